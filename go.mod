@@ -1,0 +1,23 @@
+module github.com/aigrid/gridnet
+
+go 1.26.8
+
+require (
+	github.com/flynn/noise v1.1.0 // admission handshake (Noise XX)
+	go.etcd.io/bbolt v1.5.0 // vault file: crash-safe embedded store
+	go.yaml.in/yaml/v3 v3.0.6 // node config with line numbers in errors
+	golang.org/x/crypto v0.59.0 // XChaCha20-Poly1305, Argon2id, X25519
+	golang.org/x/net v0.62.0 // ICMP echo on kernel TUNs
+	golang.org/x/sys v0.50.0 // flock holder lookup, errno classes
+	golang.org/x/term v0.48.0 // vault passphrase prompt without echo
+	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446 // WireGuard device, Bind, netstack TUN (pins gVisor)
+)
+
+require (
+	github.com/google/btree v1.1.3 // indirect
+	github.com/stretchr/testify v1.12.1 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/time v0.7.0 // indirect
+	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
+	gvisor.dev/gvisor v0.0.0-20250503011706-39ed1f5ac29c // indirect
+)

@@ -1,0 +1,299 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/stack"
+)
+
+// Benchmark sizes. GRIDNET_BENCH_BYTES overrides the bulk size (default
+// 1 GiB as the issue asks; `make bench` may lower it).
+const (
+	defaultBulkBytes = 1 << 30
+	rrRounds         = 2000
+	rrSize           = 64
+	benchPort        = 5201
+)
+
+func bulkBytes() int64 {
+	if s := os.Getenv("GRIDNET_BENCH_BYTES"); s != "" {
+		if n, err := strconv.ParseInt(s, 10, 64); err == nil && n > 0 {
+			return n
+		}
+	}
+	return defaultBulkBytes
+}
+
+// pair is two endpoints that can dial and listen on overlay addresses.
+type pair struct {
+	dial   func(ctx context.Context, addr string) (net.Conn, error)
+	listen func() (net.Listener, error)
+	target string
+	close  func()
+}
+
+// rawPair is the baseline: two wireguard-go devices with wireguard-go's
+// netstack TUN, configured by hand, same MTU as gridnet's default.
+func rawPair(b *testing.B) pair {
+	b.Helper()
+	mtu := stack.DefaultMTU
+	type end struct {
+		dev  *device.Device
+		net  *netstack.Net
+		priv [32]byte
+		pub  [32]byte
+		port int
+	}
+	mk := func(addr string) *end {
+		e := &end{}
+		rand.Read(e.priv[:])
+		e.priv[0] &= 248
+		e.priv[31] = (e.priv[31] & 127) | 64
+		p, _ := curve25519.X25519(e.priv[:], curve25519.Basepoint)
+		copy(e.pub[:], p)
+		tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{netip.MustParseAddr(addr)}, nil, mtu)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.net = tnet
+		e.dev = device.NewDevice(tdev, conn.NewStdNetBind(), device.NewLogger(device.LogLevelSilent, ""))
+		if err := e.dev.IpcSet("private_key=" + hex.EncodeToString(e.priv[:]) + "\nlisten_port=0\n"); err != nil {
+			b.Fatal(err)
+		}
+		if err := e.dev.Up(); err != nil {
+			b.Fatal(err)
+		}
+		got, err := e.dev.IpcGet()
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, line := range strings.Split(got, "\n") {
+			if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+				e.port, _ = strconv.Atoi(v)
+			}
+		}
+		return e
+	}
+	a, c := mk("100.64.0.1"), mk("100.64.0.2")
+	link := func(x, y *end, yAddr string) {
+		cfg := fmt.Sprintf("public_key=%s\nendpoint=127.0.0.1:%d\nallowed_ip=%s/32\n", hex.EncodeToString(y.pub[:]), y.port, yAddr)
+		if err := x.dev.IpcSet(cfg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	link(a, c, "100.64.0.2")
+	link(c, a, "100.64.0.1")
+	return pair{
+		dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			return a.net.DialContext(ctx, "tcp", addr)
+		},
+		listen: func() (net.Listener, error) {
+			return c.net.ListenTCPAddrPort(netip.AddrPortFrom(netip.MustParseAddr("100.64.0.2"), benchPort))
+		},
+		target: fmt.Sprintf("100.64.0.2:%d", benchPort),
+		close:  func() { a.dev.Close(); c.dev.Close() },
+	}
+}
+
+// gridnetPair is two admitted gridnet nodes.
+func gridnetPair(b *testing.B) pair {
+	b.Helper()
+	ca, err := node.NewLocalCA("bench-ca", "bench.gridnet")
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := func(name string, host int, peers ...netip.AddrPort) *node.Node {
+		opts, err := ca.NodeOptions(name, overlayPrefix(host), nil, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		opts.Peers = peers
+		n, err := node.Start(context.Background(), opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+	a := start("alpha", 1)
+	c := start("beta", 2, netip.AddrPortFrom(loopback, a.UnderlayPort()))
+	deadline := time.Now().Add(admitTimeout)
+	for !hasPeer(a, "beta") || !hasPeer(c, "alpha") {
+		if time.Now().After(deadline) {
+			b.Fatal("gridnet pair not admitted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return pair{
+		dial:   func(ctx context.Context, addr string) (net.Conn, error) { return a.Dial(ctx, "tcp", addr) },
+		listen: func() (net.Listener, error) { return c.ListenTCP(benchPort) },
+		target: fmt.Sprintf("100.64.0.2:%d", benchPort),
+		close:  func() { a.Close(); c.Close() },
+	}
+}
+
+// measureBulk sends size bytes one way and returns Mbit/s.
+func measureBulk(b *testing.B, p pair, size int64) float64 {
+	b.Helper()
+	ln, err := p.listen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- -1
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		done <- n
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := p.dial(ctx, p.target)
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 128<<10)
+	start := time.Now()
+	var sent int64
+	for sent < size {
+		n := int64(len(buf))
+		if size-sent < n {
+			n = size - sent
+		}
+		if _, err := c.Write(buf[:n]); err != nil {
+			b.Fatal(err)
+		}
+		sent += n
+	}
+	c.Close()
+	got := <-done
+	elapsed := time.Since(start)
+	if got != size {
+		b.Fatalf("received %d of %d bytes", got, size)
+	}
+	return float64(size*8) / elapsed.Seconds() / 1e6
+}
+
+// measureRR runs rrRounds 64-byte request/response exchanges and returns
+// the p50 and p99 round trips.
+func measureRR(b *testing.B, p pair) (time.Duration, time.Duration) {
+	b.Helper()
+	ln, err := p.listen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, rrSize)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := p.dial(ctx, p.target)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, rrSize)
+	rtts := make([]time.Duration, 0, rrRounds)
+	for i := 0; i < rrRounds; i++ {
+		t0 := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2], rtts[len(rtts)*99/100]
+}
+
+func rssMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkTunnel compares two gridnet nodes with raw wireguard-go +
+// netstack in the same run: bulk TCP throughput, 64-byte request/response
+// latency, and the process's resident memory idle and after the bulk run.
+func BenchmarkTunnel(b *testing.B) {
+	size := bulkBytes()
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		debug.FreeOSMemory()
+		raw := rawPair(b)
+		rawRSSIdle := rssMiB()
+		rawMbps := measureBulk(b, raw, size)
+		rawRSSBulk := rssMiB()
+		rawP50, rawP99 := measureRR(b, raw)
+		raw.close()
+
+		runtime.GC()
+		debug.FreeOSMemory()
+		gn := gridnetPair(b)
+		gnRSSIdle := rssMiB()
+		gnMbps := measureBulk(b, gn, size)
+		gnRSSBulk := rssMiB()
+		gnP50, gnP99 := measureRR(b, gn)
+		gn.close()
+
+		b.ReportMetric(rawMbps, "raw-Mbit/s")
+		b.ReportMetric(gnMbps, "gridnet-Mbit/s")
+		b.ReportMetric(gnMbps/rawMbps, "throughput-ratio")
+		b.ReportMetric(float64(rawP50.Microseconds()), "raw-p50-µs")
+		b.ReportMetric(float64(gnP50.Microseconds()), "gridnet-p50-µs")
+		b.ReportMetric(float64(gnP50)/float64(rawP50), "p50-ratio")
+		b.ReportMetric(float64(gnP99)/float64(rawP99), "p99-ratio")
+		b.Logf("bulk %d MiB: raw %.0f Mbit/s, gridnet %.0f Mbit/s (ratio %.3f)", size>>20, rawMbps, gnMbps, gnMbps/rawMbps)
+		b.Logf("64-byte RR: raw p50 %v p99 %v; gridnet p50 %v p99 %v (p50 ratio %.3f)", rawP50, rawP99, gnP50, gnP99, float64(gnP50)/float64(rawP50))
+		b.Logf("process RSS (two nodes): raw idle %.0f MiB, after bulk %.0f MiB; gridnet idle %.0f MiB, after bulk %.0f MiB",
+			rawRSSIdle, rawRSSBulk, gnRSSIdle, gnRSSBulk)
+	}
+}

@@ -1,0 +1,296 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aigrid/gridnet/node"
+)
+
+// The namespace tests run real gridnet binaries in two network namespaces
+// joined by a veth pair. Underlay addresses come from 198.18.0.0/15, the
+// range set aside for network benchmark tests; they exist only inside the
+// namespaces the test makes.
+const (
+	underlayA     = "198.18.0.1"
+	underlayB     = "198.18.0.2"
+	underlayPort  = "4242"
+	processWait   = 10 * time.Second
+	netnsDeadline = 20 * time.Second
+)
+
+var (
+	binaryOnce sync.Once
+	binaryPath string
+	binaryErr  error
+)
+
+// gridnetBinary builds the gridnet command once per test run.
+func gridnetBinary(t *testing.T) string {
+	t.Helper()
+	binaryOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "gridnet-bin-")
+		if err != nil {
+			binaryErr = err
+			return
+		}
+		binaryPath = filepath.Join(dir, "gridnet")
+		out, err := exec.Command("go", "build", "-o", binaryPath, "github.com/aigrid/gridnet").CombinedOutput()
+		if err != nil {
+			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binaryErr != nil {
+		t.Fatal(binaryErr)
+	}
+	return binaryPath
+}
+
+// requireNetns skips unless the test can make network namespaces.
+func requireNetns(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces, veth pairs and TUN devices (CI runs as root)")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip command (.ci/run installs it)")
+	}
+}
+
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), netnsDeadline)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// netnsPair makes two namespaces joined by veth with the underlay
+// addresses, and removes them when the test ends.
+func netnsPair(t *testing.T) (string, string) {
+	t.Helper()
+	var b [4]byte
+	rand.Read(b[:])
+	tag := hex.EncodeToString(b[:])
+	nsA, nsB := "gn-"+tag+"-a", "gn-"+tag+"-b"
+	runCmd(t, "ip", "netns", "add", nsA)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsA).Run() })
+	runCmd(t, "ip", "netns", "add", nsB)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", nsB).Run() })
+	runCmd(t, "ip", "link", "add", "veth-a", "netns", nsA, "type", "veth", "peer", "name", "veth-b", "netns", nsB)
+	for _, x := range []struct{ ns, dev, addr string }{{nsA, "veth-a", underlayA}, {nsB, "veth-b", underlayB}} {
+		runCmd(t, "ip", "-n", x.ns, "addr", "add", x.addr+"/24", "dev", x.dev)
+		runCmd(t, "ip", "-n", x.ns, "link", "set", x.dev, "up")
+		runCmd(t, "ip", "-n", x.ns, "link", "set", "lo", "up")
+	}
+	return nsA, nsB
+}
+
+// nsNode is one gridnet process in a namespace.
+type nsNode struct {
+	name, ns, config, socket string
+	cmd                      *exec.Cmd
+	logs                     *bytes.Buffer
+	done                     chan error
+}
+
+// fabricFiles makes a CA and one node vault per name with the real CLI
+// (key files, one-step issue) and writes a config for each.
+func fabricFiles(t *testing.T, bin, dir, tunMode string, names, addrs, underlays []string) []*nsNode {
+	t.Helper()
+	key := filepath.Join(dir, "vault.key")
+	runCmd(t, bin, "vault", "keyfile", key)
+	runCmd(t, bin, "ca", "init", "--name", "ns-ca", "--domain", "ns.gridnet", "--vault", filepath.Join(dir, "ca.vault"),
+		"--vault-key-file", key, "--out", filepath.Join(dir, "ca.crt"))
+	var nodes []*nsNode
+	for i, name := range names {
+		runCmd(t, bin, "cert", "issue", "--ca-vault", filepath.Join(dir, "ca.vault"), "--ca-vault-key-file", key,
+			"--ca-cert", filepath.Join(dir, "ca.crt"), "--name", name, "--out-vault", filepath.Join(dir, name+".vault"),
+			"--out-vault-key-file", key, "--ip", addrs[i]+"/10", "--out", filepath.Join(dir, name+".crt"))
+		var peers []string
+		for j, u := range underlays {
+			if j != i {
+				peers = append(peers, fmt.Sprintf("%q", u+":"+underlayPort))
+			}
+		}
+		n := &nsNode{name: name, config: filepath.Join(dir, name+".yaml"), socket: filepath.Join(dir, name+".sock")}
+		cfg := fmt.Sprintf(`vault:
+  path: %s.vault
+  key_file: vault.key
+crl: crl.pem
+listen: 0.0.0.0:%s
+peers: [%s]
+tun:
+  mode: %s
+  name: gridnet0
+control:
+  socket: %s
+log:
+  level: debug
+`, name, underlayPort, strings.Join(peers, ", "), tunMode, n.socket)
+		if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes
+}
+
+// start runs `gridnet up` in the node's namespace; the test's cleanup
+// stops it with SIGTERM and checks that it exits cleanly.
+func (n *nsNode) start(t *testing.T, bin string) {
+	t.Helper()
+	n.logs = &bytes.Buffer{}
+	n.cmd = exec.Command("ip", "netns", "exec", n.ns, bin, "up", "--config", n.config)
+	n.cmd.Stdout = n.logs
+	n.cmd.Stderr = n.logs
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.done = make(chan error, 1)
+	go func() { n.done <- n.cmd.Wait() }()
+	t.Cleanup(func() {
+		n.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-n.done:
+			if err != nil {
+				t.Errorf("%s did not exit cleanly on SIGTERM: %v\n%s", n.name, err, n.logs)
+			}
+		case <-time.After(processWait):
+			n.cmd.Process.Kill()
+			<-n.done
+			t.Errorf("%s did not stop within %s of SIGTERM\n%s", n.name, processWait, n.logs)
+		}
+		if t.Failed() {
+			t.Logf("%s logs:\n%s", n.name, n.logs)
+		}
+	})
+}
+
+// waitPeer polls `gridnet status --json` until peer is listed.
+func (n *nsNode) waitPeer(t *testing.T, bin, peer string) node.Status {
+	t.Helper()
+	deadline := time.Now().Add(netnsDeadline)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := exec.Command(bin, "status", "--json", "--socket", n.socket).CombinedOutput()
+		last = string(out)
+		if err == nil {
+			var st node.Status
+			if json.Unmarshal(out, &st) == nil {
+				for _, p := range st.Peers {
+					if p.Name == peer {
+						return st
+					}
+				}
+			}
+		}
+		select {
+		case err := <-n.done:
+			t.Fatalf("%s exited: %v\n%s", n.name, err, n.logs)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s never listed %s; last status: %s\nlogs:\n%s", n.name, peer, last, n.logs)
+	return node.Status{}
+}
+
+func TestNetnsUserspace(t *testing.T) {
+	requireNetns(t)
+	bin := gridnetBinary(t)
+	nsA, nsB := netnsPair(t)
+	dir := t.TempDir()
+	nodes := fabricFiles(t, bin, dir, "userspace", []string{"alpha", "beta"}, []string{"100.64.0.1", "100.64.0.2"}, []string{underlayA, underlayB})
+	nodes[0].ns, nodes[1].ns = nsA, nsB
+	for _, n := range nodes {
+		n.start(t, bin)
+	}
+	st := nodes[0].waitPeer(t, bin, "beta")
+	nodes[1].waitPeer(t, bin, "alpha")
+	if st.Name != "alpha" || len(st.Addresses) != 1 || st.Addresses[0] != "100.64.0.1/10" {
+		t.Errorf("alpha status: %+v", st)
+	}
+	out := runCmd(t, bin, "ping", "beta", "-c", "3", "--interval", "200ms", "--socket", nodes[0].socket)
+	if strings.Count(out, "reply from 100.64.0.2") != 3 {
+		t.Errorf("ping output:\n%s", out)
+	}
+	text := runCmd(t, bin, "status", "--socket", nodes[1].socket)
+	if !strings.Contains(text, "alpha") || !strings.Contains(text, underlayA) {
+		t.Errorf("beta status:\n%s", text)
+	}
+}
+
+func TestNetnsKernelTUN(t *testing.T) {
+	requireNetns(t)
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("needs /dev/net/tun for kernel TUN devices")
+	}
+	for _, tool := range []string{"ping", "iperf3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (.ci/run installs it)", tool)
+		}
+	}
+	bin := gridnetBinary(t)
+	nsA, nsB := netnsPair(t)
+	dir := t.TempDir()
+	nodes := fabricFiles(t, bin, dir, "kernel", []string{"alpha", "beta"}, []string{"100.64.0.1", "100.64.0.2"}, []string{underlayA, underlayB})
+	nodes[0].ns, nodes[1].ns = nsA, nsB
+	for _, n := range nodes {
+		n.start(t, bin)
+	}
+	nodes[0].waitPeer(t, bin, "beta")
+	nodes[1].waitPeer(t, bin, "alpha")
+
+	link := runCmd(t, "ip", "-n", nsA, "-j", "addr", "show", "dev", "gridnet0")
+	if !strings.Contains(link, "100.64.0.1") || !strings.Contains(link, `"mtu":1280`) {
+		t.Errorf("gridnet0 in %s: %s", nsA, link)
+	}
+	out := runCmd(t, "ip", "netns", "exec", nsA, "ping", "-c", "3", "-W", "2", "100.64.0.2")
+	if !strings.Contains(out, "3 received") {
+		t.Errorf("kernel ping:\n%s", out)
+	}
+
+	// iperf3 across the TUN devices: bounded to 3 seconds.
+	srv := exec.Command("ip", "netns", "exec", nsB, "iperf3", "-s", "-1", "-B", "100.64.0.2")
+	var srvOut bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	var last string
+	for i := 0; i < 20; i++ { // the server needs a moment to listen
+		out, err := exec.Command("ip", "netns", "exec", nsA, "iperf3", "-c", "100.64.0.2", "-t", "3", "-J").CombinedOutput()
+		last = string(out)
+		if err == nil && json.Unmarshal(out, &res) == nil && res.End.SumReceived.BitsPerSecond > 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if res.End.SumReceived.BitsPerSecond <= 0 {
+		t.Fatalf("iperf3 across the kernel TUNs failed: %s\nserver: %s", last, srvOut.String())
+	}
+	t.Logf("iperf3 over gridnet kernel TUNs: %.0f Mbit/s", res.End.SumReceived.BitsPerSecond/1e6)
+}

@@ -1,0 +1,322 @@
+package node
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/cert"
+)
+
+func upCommand() *command {
+	type opts struct {
+		config string
+		test   bool
+	}
+	return &command{
+		name:    "up",
+		summary: "run a node from a YAML config",
+		usage:   "--config node.yaml [--test]",
+		help: `Opens the node's vault, verifies its certificate against the CA bundle,
+brings up the virtual interface and the WireGuard device, admits the static
+peers and serves the control API. SIGINT/SIGTERM stop it cleanly; SIGHUP
+re-reads the CRL file and the certificate (renewal with the same keys).
+--test validates the config, prints it and exits.`,
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			fs.StringVar(&o.config, "config", "", "config file (YAML)")
+			fs.BoolVar(&o.test, "test", false, "validate the config, print it and exit")
+			return o
+		},
+		run: func(ctx context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 0 || o.config == "" {
+				return usageError("--config is required")
+			}
+			cfg, err := LoadConfig(o.config)
+			if err != nil {
+				return err
+			}
+			if o.test {
+				enc := json.NewEncoder(env.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(cfg)
+			}
+			return runUp(ctx, env, cfg)
+		},
+	}
+}
+
+func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
+	hopts := &slog.HandlerOptions{Level: cfg.Level.Level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, hopts))
+	}
+	return slog.New(slog.NewTextHandler(w, hopts))
+}
+
+// loadedIdentity is what `up` reads from the vault and the files.
+type loadedIdentity struct {
+	keys nodeKeys
+	cert []byte
+	cas  []*x509.Certificate
+	crls []*x509.RevocationList
+}
+
+func loadIdentity(cfg *Config, env Env) (*loadedIdentity, error) {
+	v, err := openVault(cfg.Vault.Path, vaultKeyFlags{keyFile: cfg.Vault.KeyFile}, env)
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	keys, _, err := loadNodeKeys(v)
+	if err != nil {
+		return nil, err
+	}
+	li := &loadedIdentity{keys: keys}
+	certPEM, err := readFileOrItem(cfg.Cert, func() ([]byte, error) { b, _, err := v.Get(itemNodeCert); return b, err })
+	if err != nil {
+		return nil, fmt.Errorf("node certificate: %w", err)
+	}
+	c, err := cert.ParseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("node certificate: %w", err)
+	}
+	li.cert = c.Raw
+	caPEM, err := readFileOrItem(cfg.CA, func() ([]byte, error) { b, _, err := v.Get(itemCACert); return b, err })
+	if err != nil {
+		return nil, fmt.Errorf("CA bundle: %w", err)
+	}
+	if li.cas, err = cert.ParseCertsPEM(caPEM); err != nil {
+		return nil, fmt.Errorf("CA bundle: %w", err)
+	}
+	if cfg.CRL != "" {
+		crl, err := readCRL(cfg.CRL)
+		if err != nil {
+			return nil, err
+		}
+		if crl != nil {
+			li.crls = append(li.crls, crl)
+		}
+	}
+	return li, nil
+}
+
+// readCRL reads a CRL file; a missing file is no CRL yet.
+func readCRL(path string) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("CRL: %w", err)
+	}
+	crl, err := cert.ParseCRLPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("CRL %s: %w", path, err)
+	}
+	return crl, nil
+}
+
+func readFileOrItem(path string, item func() ([]byte, error)) ([]byte, error) {
+	if path != "" {
+		return os.ReadFile(path)
+	}
+	return item()
+}
+
+func runUp(ctx context.Context, env Env, cfg *Config) error {
+	log := newLogger(env.Stderr, cfg.Log)
+	li, err := loadIdentity(cfg, env)
+	if err != nil {
+		return err
+	}
+	n, err := Start(ctx, Options{
+		IdentityKey:  li.keys.identity,
+		WireGuardKey: li.keys.wireGuard,
+		Certificate:  li.cert,
+		CAs:          li.cas,
+		CRLs:         li.crls,
+		Listen:       cfg.Listen.AddrPort.AddrPort,
+		Peers:        addrPorts(cfg.Peers),
+		TunMode:      cfg.Tun.Mode,
+		TunName:      cfg.Tun.Name,
+		MTU:          int(cfg.Tun.MTU),
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	reload := func() error {
+		if cfg.CRL == "" {
+			return errors.New("no crl file configured")
+		}
+		crl, err := readCRL(cfg.CRL)
+		if err != nil || crl == nil {
+			return err
+		}
+		applied, err := n.ApplyCRL(crl)
+		if err != nil {
+			return err
+		}
+		log.Info("CRL reloaded", "applied", applied, "number", crl.Number)
+		return nil
+	}
+	cs, err := serveControl(n, cfg.Control.Socket, reload, log)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			return nil
+		case <-hup:
+			if err := reload(); err != nil {
+				log.Error("reload failed; keeping the old state", "err", err)
+			}
+		}
+	}
+}
+
+func addrPorts(in []AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(in))
+	for _, a := range in {
+		out = append(out, a.AddrPort)
+	}
+	return out
+}
+
+type socketFlag struct{ socket string }
+
+func (s *socketFlag) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.socket, "socket", DefaultControlSocket, "control API socket of the running node")
+}
+
+func statusCommand() *command {
+	type opts struct {
+		socketFlag
+		json bool
+	}
+	return &command{
+		name:    "status",
+		summary: "show the running node and its peers",
+		usage:   "[--json] [--socket PATH]",
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			o.register(fs)
+			fs.BoolVar(&o.json, "json", false, "print JSON")
+			return o
+		},
+		run: func(ctx context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 0 {
+				return usageError("unexpected arguments %q", args)
+			}
+			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+			defer cancel()
+			body, err := newControlClient(o.socket).get(ctx, pathStatus)
+			if err != nil {
+				return err
+			}
+			defer body.Close()
+			var st Status
+			if err := json.NewDecoder(body).Decode(&st); err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			if o.json {
+				enc := json.NewEncoder(env.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(env.Stdout, st, time.Now())
+			return nil
+		},
+	}
+}
+
+func printStatus(w io.Writer, st Status, now time.Time) {
+	fmt.Fprintf(w, "%s (%s) %s  underlay port %d  certificate valid until %s\n",
+		st.Name, st.Domain, strings.Join(st.Addresses, ", "), st.UnderlayPort, st.CertExpiry.UTC().Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tADDRESS\tENDPOINT\tHANDSHAKE\tRX\tTX\tSTATE")
+	for _, p := range st.Peers {
+		hs := "never"
+		if !p.LastHandshake.IsZero() {
+			hs = now.Sub(p.LastHandshake).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, p.RxBytes, p.TxBytes, p.State)
+	}
+	tw.Flush()
+}
+
+func pingCommand() *command {
+	type opts struct {
+		socketFlag
+		count    int
+		interval time.Duration
+	}
+	return &command{
+		name:    "ping",
+		summary: "ping a peer over the overlay",
+		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH]",
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			o.register(fs)
+			fs.IntVar(&o.count, "c", 4, "number of echo requests")
+			fs.DurationVar(&o.interval, "interval", time.Second, "time between requests")
+			return o
+		},
+		run: func(ctx context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 1 {
+				return usageError("want one peer name or overlay address")
+			}
+			q := url.Values{"target": {args[0]}, "count": {fmt.Sprint(o.count)}, "interval": {o.interval.String()}}
+			body, err := newControlClient(o.socket).get(ctx, pathPing+"?"+q.Encode())
+			if err != nil {
+				return err
+			}
+			defer body.Close()
+			dec := json.NewDecoder(body)
+			lost := 0
+			for {
+				var r PingReply
+				if err := dec.Decode(&r); errors.Is(err, io.EOF) {
+					break
+				} else if err != nil {
+					return fmt.Errorf("ping: %w", err)
+				}
+				if r.Error != "" {
+					lost++
+					fmt.Fprintf(env.Stdout, "seq=%d %s: %s\n", r.Seq, r.To, r.Error)
+					continue
+				}
+				fmt.Fprintf(env.Stdout, "seq=%d reply from %s: time=%.3f ms\n", r.Seq, r.To, r.RTTms)
+			}
+			if lost == o.count {
+				return fmt.Errorf("no reply from %s", args[0])
+			}
+			return nil
+		},
+	}
+}

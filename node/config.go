@@ -1,0 +1,252 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the YAML configuration of `gridnet up`. Every field is
+// documented in docs/CONFIG.md; paths are relative to the config file.
+type Config struct {
+	// Vault says where the node's keys live and how to open the vault.
+	Vault VaultConfig `yaml:"vault"`
+	// CA is a PEM bundle of trusted CA certificates (several CAs federate
+	// domains). Empty: the bundle stored in the vault by 'cert import'.
+	CA string `yaml:"ca"`
+	// Cert is the node certificate (PEM). Empty: the one in the vault.
+	Cert string `yaml:"cert"`
+	// CRL is an optional CRL file, re-read on SIGHUP.
+	CRL string `yaml:"crl"`
+	// Listen is the underlay UDP address for WireGuard and admission. The
+	// address must be unspecified (0.0.0.0 or [::]): the socket listens on
+	// every address, IPv4 and IPv6, as wireguard-go's does.
+	Listen ListenAddr `yaml:"listen"`
+	// Peers are static peers or seeds by underlay address.
+	Peers []AddrPort `yaml:"peers"`
+	// Tun selects the virtual interface.
+	Tun TunConfig `yaml:"tun"`
+	// Control is the control API socket.
+	Control ControlConfig `yaml:"control"`
+	// Log sets logging.
+	Log LogConfig `yaml:"log"`
+}
+
+// VaultConfig locates the node vault and its key.
+type VaultConfig struct {
+	// Path of the vault file.
+	Path string `yaml:"path"`
+	// KeyFile holds the vault key; empty means $GRIDNET_VAULT_PASSPHRASE,
+	// $CREDENTIALS_DIRECTORY/gridnet-vault-key or a prompt.
+	KeyFile string `yaml:"key_file"`
+}
+
+// TunConfig selects the virtual interface.
+type TunConfig struct {
+	// Mode is "userspace" (gVisor netstack, no privileges; the default) or
+	// "kernel" (a real TUN device; needs CAP_NET_ADMIN).
+	Mode TunMode `yaml:"mode"`
+	// Name of the kernel TUN device (kernel mode).
+	Name string `yaml:"name"`
+	// MTU of the overlay interface; 0 means the default 1280.
+	MTU MTU `yaml:"mtu"`
+}
+
+// ControlConfig places the control API socket.
+type ControlConfig struct {
+	// Socket is the unix socket path; created 0600.
+	Socket string `yaml:"socket"`
+}
+
+// LogConfig sets logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level LogLevel `yaml:"level"`
+	// Format is text or json.
+	Format string `yaml:"format"`
+}
+
+// DefaultListen is the underlay address used when the config names none:
+// all interfaces, the port Nebula users know.
+var defaultListen = netip.MustParseAddrPort("0.0.0.0:4242")
+
+// DefaultControlSocket is where the control API listens unless configured.
+const DefaultControlSocket = "/run/gridnet/gridnet.sock"
+
+// maxConfigSize bounds a config file: a real one is a few kilobytes.
+const maxConfigSize = 1 << 20
+
+// LoadConfig reads and validates the YAML config at path. Relative paths in
+// it are resolved against the config file's directory. Errors name the line.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(data) > maxConfigSize {
+		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxConfigSize)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg.resolvePaths(filepath.Dir(path))
+	return cfg, nil
+}
+
+// ParseConfig parses and validates YAML config bytes. Unknown keys and bad
+// values are errors that name their line.
+func ParseConfig(data []byte) (*Config, error) {
+	cfg := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
+	}
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) applyDefaults() {
+	if !c.Listen.IsValid() {
+		c.Listen = ListenAddr{AddrPort{defaultListen}}
+	}
+	if c.Tun.Mode == "" {
+		c.Tun.Mode = TunUserspace
+	}
+	if c.Tun.Name == "" {
+		c.Tun.Name = "gridnet0"
+	}
+	if c.Control.Socket == "" {
+		c.Control.Socket = DefaultControlSocket
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+}
+
+// validate checks what a single field's parser cannot.
+func (c *Config) validate() error {
+	if c.Vault.Path == "" {
+		return errors.New("vault.path is required")
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return fmt.Errorf("log.format %q: want text or json", c.Log.Format)
+	}
+	return nil
+}
+
+func (c *Config) resolvePaths(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Vault.Path)
+	abs(&c.Vault.KeyFile)
+	abs(&c.CA)
+	abs(&c.Cert)
+	abs(&c.CRL)
+	abs(&c.Control.Socket)
+}
+
+// AddrPort is a netip.AddrPort that reads from YAML and names the line of
+// a bad value.
+type AddrPort struct{ netip.AddrPort }
+
+// UnmarshalYAML parses "host:port" with a literal IP address.
+func (a *AddrPort) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want an address like 192.0.2.1:4242", n.Line)
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not an IP address with port (like 192.0.2.1:4242 or [2001:db8::1]:4242)", n.Line, s)
+	}
+	a.AddrPort = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	return nil
+}
+
+// ListenAddr is the underlay listen address: an unspecified IP and a port.
+type ListenAddr struct{ AddrPort }
+
+// UnmarshalYAML parses "0.0.0.0:PORT" or "[::]:PORT".
+func (l *ListenAddr) UnmarshalYAML(n *yaml.Node) error {
+	if err := l.AddrPort.UnmarshalYAML(n); err != nil {
+		return err
+	}
+	if !l.Addr().IsUnspecified() {
+		return fmt.Errorf("line %d: listen %s: gridnet listens on every address; write 0.0.0.0:%d", n.Line, l.AddrPort, l.Port())
+	}
+	return nil
+}
+
+// TunMode selects the virtual interface implementation.
+type TunMode string
+
+// The tun modes.
+const (
+	TunUserspace TunMode = "userspace"
+	TunKernel    TunMode = "kernel"
+)
+
+// UnmarshalYAML accepts "userspace" or "kernel".
+func (m *TunMode) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil || (s != string(TunUserspace) && s != string(TunKernel)) {
+		return fmt.Errorf("line %d: tun mode %q: want userspace or kernel", n.Line, n.Value)
+	}
+	*m = TunMode(s)
+	return nil
+}
+
+// LogLevel is a slog level read from YAML.
+type LogLevel struct{ slog.Level }
+
+// UnmarshalYAML accepts debug, info, warn or error.
+func (l *LogLevel) UnmarshalYAML(n *yaml.Node) error {
+	if err := l.Level.UnmarshalText([]byte(n.Value)); err != nil || n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: log level %q: want debug, info, warn or error", n.Line, n.Value)
+	}
+	return nil
+}
+
+// MTU is an interface MTU read from YAML.
+type MTU int
+
+// Limits of a configured MTU: IPv6 needs at least 1280; 9000 is a jumbo frame.
+const (
+	minMTU = 1280
+	maxMTU = 9000
+)
+
+// UnmarshalYAML accepts an integer in [minMTU, maxMTU].
+func (m *MTU) UnmarshalYAML(n *yaml.Node) error {
+	var v int
+	if err := n.Decode(&v); err != nil || v < minMTU || v > maxMTU {
+		return fmt.Errorf("line %d: mtu %q: want an integer from %d to %d", n.Line, n.Value, minMTU, maxMTU)
+	}
+	*m = MTU(v)
+	return nil
+}

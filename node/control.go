@@ -1,0 +1,292 @@
+package node
+
+import (
+	"context"
+
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/aigrid/gridnet/overlay"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// The control API is HTTP with JSON bodies on a unix socket that only the
+// node's user can open (0600). The CLI commands status and ping use it.
+const (
+	pathStatus = "/v1/status"
+	pathPing   = "/v1/ping"
+	pathCRL    = "/v1/crl/reload"
+	// maxPingCount bounds one ping request.
+	maxPingCount = 1000
+	// controlTimeout bounds a control request that is not a stream.
+	controlTimeout = 10 * time.Second
+)
+
+// Status is the control API's view of a node.
+type Status struct {
+	Name         string            `json:"name"`
+	Domain       string            `json:"domain"`
+	Addresses    []string          `json:"addresses"`
+	UnderlayPort uint16            `json:"underlay_port"`
+	CertExpiry   time.Time         `json:"cert_expiry"`
+	Peers        []PeerView        `json:"peers"`
+	Interface    CounterView       `json:"interface"`
+	Admission    map[string]uint64 `json:"admission"`
+}
+
+// PeerView is one peer in Status.
+type PeerView struct {
+	Name          string    `json:"name"`
+	Domain        string    `json:"domain"`
+	Addresses     []string  `json:"addresses"`
+	Endpoint      string    `json:"endpoint"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+	State         string    `json:"state"`
+	CertExpiry    time.Time `json:"cert_expiry"`
+}
+
+// CounterView is the virtual interface's packet counters.
+type CounterView struct {
+	InAccepted  uint64 `json:"in_accepted"`
+	InDropped   uint64 `json:"in_dropped"`
+	OutAccepted uint64 `json:"out_accepted"`
+	OutDropped  uint64 `json:"out_dropped"`
+}
+
+// PingReply is one line of the ping stream.
+type PingReply struct {
+	Seq   int     `json:"seq"`
+	To    string  `json:"to"`
+	RTTms float64 `json:"rtt_ms,omitempty"`
+	Error string  `json:"error,omitempty"`
+}
+
+// Status reports the node and its peers.
+func (n *Node) Status() Status {
+	st := Status{
+		Name:         n.id.Name,
+		Domain:       n.id.Domain,
+		UnderlayPort: n.ov.Port(),
+		CertExpiry:   n.id.NotAfter,
+		Admission:    admissionCounters(n.ov.Stats()),
+	}
+	for _, a := range n.id.Addresses {
+		st.Addresses = append(st.Addresses, a.String())
+	}
+	for _, p := range n.ov.Peers() {
+		pv := PeerView{
+			Name: p.Name, Endpoint: p.Endpoint.String(),
+			LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+			State: string(p.State), CertExpiry: p.NotAfter,
+		}
+		if p.Identity != nil {
+			pv.Domain = p.Identity.Domain
+		}
+		for _, a := range p.Addresses {
+			pv.Addresses = append(pv.Addresses, a.String())
+		}
+		st.Peers = append(st.Peers, pv)
+	}
+	c := n.stack.Counters()
+	st.Interface = CounterView{
+		InAccepted: c.Inbound.AcceptedPackets, InDropped: c.Inbound.DroppedPackets,
+		OutAccepted: c.Outbound.AcceptedPackets, OutDropped: c.Outbound.DroppedPackets,
+	}
+	return st
+}
+
+// controlServer serves the control API for one node.
+type controlServer struct {
+	node   *Node
+	log    *slog.Logger
+	reload func() error
+	srv    *http.Server
+	ln     net.Listener
+	done   chan struct{}
+}
+
+// serveControl listens on the unix socket at path (replacing a stale one)
+// and serves the control API until Close. reload is called by
+// POST /v1/crl/reload.
+func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (*controlServer, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s is in use by another gridnet", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	cs := &controlServer{node: n, log: log, reload: reload, ln: ln, done: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+pathStatus, cs.handleStatus)
+	mux.HandleFunc("GET "+pathPing, cs.handlePing)
+	mux.HandleFunc("POST "+pathCRL, cs.handleReload)
+	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: controlTimeout}
+	go func() {
+		defer close(cs.done)
+		if err := cs.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("control API stopped", "err", err)
+		}
+	}()
+	return cs, nil
+}
+
+func (cs *controlServer) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := cs.srv.Shutdown(ctx)
+	<-cs.done
+	_ = os.Remove(cs.ln.Addr().String())
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func (cs *controlServer) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, cs.node.Status())
+}
+
+func (cs *controlServer) handleReload(w http.ResponseWriter, _ *http.Request) {
+	if err := cs.reload(); err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handlePing streams one JSON PingReply per line.
+func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	target := q.Get("target")
+	count, err := strconv.Atoi(q.Get("count"))
+	if err != nil || count < 1 || count > maxPingCount {
+		writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("count must be 1..%d", maxPingCount)})
+		return
+	}
+	interval, err := time.ParseDuration(q.Get("interval"))
+	if err != nil || interval < 10*time.Millisecond {
+		interval = time.Second
+	}
+	addr, err := cs.node.Resolve(target)
+	if err != nil {
+		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	for seq := 1; seq <= count; seq++ {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		rtt, err := cs.node.stack.Ping(ctx, addr, pingPayload)
+		cancel()
+		reply := PingReply{Seq: seq, To: addr.String()}
+		if err != nil {
+			reply.Error = err.Error()
+		} else {
+			reply.RTTms = float64(rtt.Microseconds()) / 1000
+		}
+		if enc.Encode(reply) != nil {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		if seq < count {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(interval):
+			}
+		}
+	}
+}
+
+// controlClient talks to a node's control API.
+type controlClient struct {
+	http *http.Client
+}
+
+func newControlClient(socket string) *controlClient {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", socket)
+			if err != nil {
+				return nil, fmt.Errorf("control socket %s (is 'gridnet up' running?): %w", socket, err)
+			}
+			return c, nil
+		},
+	}
+	return &controlClient{http: &http.Client{Transport: tr}}
+}
+
+// get fetches path and returns the body, or the API's error.
+func (c *controlClient) get(ctx context.Context, path string) (io.ReadCloser, error) {
+	return c.do(ctx, http.MethodGet, path)
+}
+
+func (c *controlClient) do(ctx context.Context, method, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://gridnet"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		var e apiError
+		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
+			return nil, errors.New(e.Error)
+		}
+		return nil, fmt.Errorf("control API: %s", resp.Status)
+	}
+	return resp.Body, nil
+}
+
+// admissionCounters flattens the handshake counters for the control API and
+// the demo: one name per counter, "rejected_REASON" per refusal reason.
+func admissionCounters(s overlay.Stats) map[string]uint64 {
+	m := map[string]uint64{
+		"initiated":      s.Initiated,
+		"responded":      s.Responded,
+		"completed":      s.Completed,
+		"rate_limited":   s.RateLimited,
+		"junk":           s.Junk,
+		"half_open_full": s.HalfOpenFull,
+		"queue_full":     s.QueueFull,
+		"timeouts":       s.Timeouts,
+		"removed":        s.Removed,
+	}
+	for r, v := range s.Rejected {
+		m["rejected_"+r.String()] = v
+	}
+	return m
+}

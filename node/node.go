@@ -1,0 +1,297 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/stack"
+)
+
+// Options configure one node. `gridnet up` fills them from a Config and the
+// node's vault; Go programs that embed gridnet (like tsnet) and the
+// in-process tests fill them directly.
+type Options struct {
+	// IdentityKey is the node's Ed25519 identity private key.
+	IdentityKey ed25519.PrivateKey
+	// WireGuardKey is the node's X25519 WireGuard private key.
+	WireGuardKey [32]byte
+	// Certificate is the node certificate, DER.
+	Certificate []byte
+	// CAs are the trusted CA certificates.
+	CAs []*x509.Certificate
+	// CRLs are applied to the trust pool at start (each only if newer).
+	CRLs []*x509.RevocationList
+	// Listen is the underlay UDP address. Only its port is used: the
+	// socket listens on every address, IPv4 and IPv6; port 0 picks one.
+	Listen netip.AddrPort
+	// Peers are static peers or seeds by underlay address.
+	Peers []netip.AddrPort
+	// TunMode is userspace (the default) or kernel.
+	TunMode TunMode
+	// TunName names the kernel TUN device.
+	TunName string
+	// MTU of the overlay interface; 0 means stack.DefaultMTU.
+	MTU int
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// SkipSelfCheckForTest starts the node even if its own certificate does
+	// not verify or is not for its keys. Only tests set it, to play a node
+	// that an honest peer must refuse.
+	SkipSelfCheckForTest bool
+}
+
+// Node is a running gridnet node: its virtual interface, its WireGuard
+// device with admitted peers, and its trust pool.
+type Node struct {
+	opts   Options
+	log    *slog.Logger
+	id     *cert.Identity
+	pool   *cert.Pool
+	stack  *stack.Stack
+	ov     *overlay.Overlay
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start verifies the node's own certificate, brings up the virtual
+// interface and the WireGuard device, and starts admitting its static peers.
+func Start(ctx context.Context, opts Options) (*Node, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.TunMode == "" {
+		opts.TunMode = TunUserspace
+	}
+	pool, err := cert.NewPool(opts.CAs...)
+	if err != nil {
+		return nil, fmt.Errorf("trust pool: %w", err)
+	}
+	for _, crl := range opts.CRLs {
+		if _, err := pool.ApplyCRL(crl, opts.Now()); err != nil {
+			return nil, fmt.Errorf("apply CRL: %w", err)
+		}
+	}
+	id, err := checkOwnCertificate(pool, opts)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{opts: opts, log: opts.Logger.With("node", id.Name), id: id, pool: pool}
+
+	mode := stack.Userspace
+	if opts.TunMode == TunKernel {
+		mode = stack.Kernel
+	}
+	n.stack, err = stack.New(stack.Config{
+		Mode:      mode,
+		Addresses: id.Addresses,
+		MTU:       opts.MTU,
+		TUNName:   opts.TunName,
+		Logger:    n.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("virtual interface: %w", err)
+	}
+	n.ov, err = overlay.New(overlay.Config{
+		Logger:       n.log,
+		WireGuardKey: opts.WireGuardKey,
+		IdentityKey:  opts.IdentityKey,
+		Certificate:  opts.Certificate,
+		Verifier:     verifierFor(pool, opts, id),
+		ListenPort:   opts.Listen.Port(),
+		TUN:          n.stack.Device(),
+		Now:          opts.Now,
+	})
+	if err != nil {
+		n.stack.Close()
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	for _, p := range opts.Peers {
+		n.ov.AddStaticPeer(p)
+	}
+	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
+	return n, nil
+}
+
+// checkOwnCertificate verifies the node's own certificate and that it is
+// for the node's keys: a node must not start with an identity its peers
+// will refuse.
+func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) {
+	id, err := pool.VerifyDER(opts.Certificate, opts.Now())
+	if err != nil && opts.SkipSelfCheckForTest {
+		c, perr := x509.ParseCertificate(opts.Certificate)
+		if perr != nil {
+			return nil, fmt.Errorf("own certificate: %w", perr)
+		}
+		id, err = cert.Describe(c)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("own certificate: %w", err)
+	}
+	if opts.SkipSelfCheckForTest {
+		return id, nil
+	}
+	if !opts.IdentityKey.Public().(ed25519.PublicKey).Equal(id.IdentityKey) {
+		return nil, errors.New("own certificate is for another identity key")
+	}
+	pub, err := nodeKeys{wireGuard: opts.WireGuardKey}.wireGuardPublic()
+	if err != nil {
+		return nil, err
+	}
+	if pub != id.WireGuardKey {
+		return nil, errors.New("own certificate carries another WireGuard key")
+	}
+	return id, nil
+}
+
+// Identity is the node's own verified identity.
+func (n *Node) Identity() *cert.Identity { return n.id }
+
+// Addr is the node's first overlay address.
+func (n *Node) Addr() netip.Addr { return n.id.Addresses[0].Addr() }
+
+// UnderlayPort is the UDP port WireGuard and admission listen on.
+func (n *Node) UnderlayPort() uint16 { return n.ov.Port() }
+
+// Admit runs the admission handshake with the node at endpoint now and
+// returns its verified identity.
+func (n *Node) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
+	return n.ov.Admit(ctx, endpoint)
+}
+
+// AddPeer keeps admitting the node at endpoint in the background.
+func (n *Node) AddPeer(endpoint netip.AddrPort) { n.ov.AddStaticPeer(endpoint) }
+
+// Dial connects over the overlay ("tcp" or "udp"; address is an overlay
+// address or a peer name, with port).
+func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	addr, err := n.Resolve(host)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", address, err)
+	}
+	return n.stack.DialContext(ctx, network, net.JoinHostPort(addr.String(), port))
+}
+
+// ListenTCP accepts TCP connections on the node's overlay address.
+func (n *Node) ListenTCP(port uint16) (net.Listener, error) { return n.stack.ListenTCP(port) }
+
+// ListenUDP receives UDP datagrams on the node's overlay address.
+func (n *Node) ListenUDP(port uint16) (net.PacketConn, error) { return n.stack.ListenUDP(port) }
+
+// Resolve turns a peer name or an overlay address into an overlay address.
+func (n *Node) Resolve(target string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(target); err == nil {
+		return a.Unmap(), nil
+	}
+	if target == n.id.Name {
+		return n.Addr(), nil
+	}
+	for _, p := range n.ov.Peers() {
+		if p.Name == target && len(p.Addresses) > 0 {
+			return p.Addresses[0].Addr(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no admitted peer named %q", target)
+}
+
+// Ping sends one ICMP echo over the overlay and returns the round trip.
+func (n *Node) Ping(ctx context.Context, target string) (time.Duration, error) {
+	addr, err := n.Resolve(target)
+	if err != nil {
+		return 0, err
+	}
+	return n.stack.Ping(ctx, addr, pingPayload)
+}
+
+// pingPayload is the ICMP echo payload size, as ping(8) uses by default.
+const pingPayload = 56
+
+// ApplyCRL installs crl if it is validly signed and newer than the one the
+// node holds, and cuts off every admitted peer it revokes.
+func (n *Node) ApplyCRL(crl *x509.RevocationList) (bool, error) {
+	applied, err := n.pool.ApplyCRL(crl, n.opts.Now())
+	if err != nil || !applied {
+		return applied, err
+	}
+	removed := n.ov.Revalidate(n.opts.Now())
+	if len(removed) > 0 {
+		n.log.Warn("revoked peers removed", "peers", removed)
+	}
+	return true, nil
+}
+
+// Peers lists the admitted peers.
+func (n *Node) Peers() []overlay.PeerStatus { return n.ov.Peers() }
+
+// Counters are the virtual interface's packet counters.
+func (n *Node) Counters() stack.Counters { return n.stack.Counters() }
+
+// Overlay exposes the WireGuard and admission layer (for tests and status).
+func (n *Node) Overlay() *overlay.Overlay { return n.ov }
+
+// Close shuts the node down: peers, WireGuard device, virtual interface.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.cancel != nil {
+			n.cancel()
+		}
+		err1 := n.ov.Close()
+		err2 := n.stack.Close()
+		n.wg.Wait()
+		n.closeErr = errors.Join(err1, err2)
+	})
+	return n.closeErr
+}
+
+// verifierFor is the pool, except for a node started with
+// SkipSelfCheckForTest: that node believes its own certificate names its
+// actual keys, so that tests can play a node with a forged or replayed
+// certificate and watch the honest side refuse it.
+func verifierFor(pool *cert.Pool, opts Options, own *cert.Identity) overlay.Verifier {
+	if !opts.SkipSelfCheckForTest {
+		return pool
+	}
+	believed := *own
+	believed.IdentityKey = opts.IdentityKey.Public().(ed25519.PublicKey)
+	if pub, err := (nodeKeys{wireGuard: opts.WireGuardKey}).wireGuardPublic(); err == nil {
+		believed.WireGuardKey = pub
+	}
+	return selfTrustingVerifier{Pool: pool, own: opts.Certificate, believed: &believed}
+}
+
+type selfTrustingVerifier struct {
+	*cert.Pool
+	own      []byte
+	believed *cert.Identity
+}
+
+// VerifyDER returns the believed identity for the node's own certificate.
+func (v selfTrustingVerifier) VerifyDER(der []byte, now time.Time) (*cert.Identity, error) {
+	if bytes.Equal(der, v.own) {
+		id := *v.believed
+		return &id, nil
+	}
+	return v.Pool.VerifyDER(der, now)
+}

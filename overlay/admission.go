@@ -1,0 +1,234 @@
+package overlay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/handshake"
+)
+
+// inboundPacket is a copied gridnet datagram.
+type inboundPacket struct {
+	pkt  []byte
+	from netip.AddrPort
+}
+
+// halfOpenState is a responder waiting for msg3.
+type halfOpenState struct {
+	resp    *handshake.Responder
+	from    netip.AddrPort
+	expires time.Time
+}
+
+// onGridnet is the bind's divert function. It runs on WireGuard's receive
+// goroutine, so it only does cheap checks (size/kind, rate limit, table
+// lookups), copies survivors and hands them off without blocking.
+func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
+	if err := handshake.CheckSize(pkt); err != nil || !from.IsValid() {
+		o.stats.junk.Add(1)
+		return
+	}
+	if !o.limiter.allow(from.Addr()) {
+		o.stats.rateLimited.Add(1)
+		return
+	}
+	receiver := binary.LittleEndian.Uint32(pkt[6:10])
+	in := inboundPacket{from: from}
+	switch pkt[1] {
+	case handshake.KindResponse:
+		o.hsMu.Lock()
+		ch, ok := o.pending[receiver]
+		o.hsMu.Unlock()
+		if !ok {
+			o.stats.junk.Add(1)
+			return
+		}
+		in.pkt = bytes.Clone(pkt)
+		select {
+		case ch <- in:
+		default: // the initiator already has a candidate msg2
+			o.stats.junk.Add(1)
+		}
+		return
+	case handshake.KindInit:
+		if o.halfOpenFull() {
+			o.stats.halfOpenFull.Add(1)
+			return
+		}
+	case handshake.KindFinal:
+		o.hsMu.Lock()
+		h, ok := o.halfOpen[receiver]
+		o.hsMu.Unlock()
+		if !ok || h.from != from {
+			o.stats.junk.Add(1)
+			return
+		}
+	}
+	in.pkt = bytes.Clone(pkt)
+	select {
+	case o.queue <- in:
+	default:
+		o.stats.queueFull.Add(1)
+	}
+}
+
+// halfOpenFull reports whether the half-open table is at capacity after
+// dropping expired entries.
+func (o *Overlay) halfOpenFull() bool {
+	o.hsMu.Lock()
+	defer o.hsMu.Unlock()
+	if len(o.halfOpen) < HalfOpenCap {
+		return false
+	}
+	o.sweepHalfOpenLocked(time.Now())
+	return len(o.halfOpen) >= HalfOpenCap
+}
+
+func (o *Overlay) sweepHalfOpenLocked(now time.Time) {
+	for idx, h := range o.halfOpen {
+		if now.After(h.expires) {
+			delete(o.halfOpen, idx)
+		}
+	}
+}
+
+// newIndexLocked picks a random non-zero session index unused by any
+// half-open or pending handshake. Random indices keep off-path attackers
+// from guessing a live session.
+func (o *Overlay) newIndexLocked() uint32 {
+	var b [4]byte
+	for {
+		_, _ = rand.Read(b[:])
+		idx := binary.LittleEndian.Uint32(b[:])
+		if idx == 0 {
+			continue
+		}
+		if _, ok := o.halfOpen[idx]; ok {
+			continue
+		}
+		if _, ok := o.pending[idx]; ok {
+			continue
+		}
+		return idx
+	}
+}
+
+// worker serves the handshake queue until the overlay closes.
+func (o *Overlay) worker() {
+	defer o.wg.Done()
+	for {
+		select {
+		case <-o.ctx.Done():
+			return
+		case in := <-o.queue:
+			o.handleInbound(in)
+		}
+	}
+}
+
+// handleInbound runs the responder side for msg1 and msg3.
+func (o *Overlay) handleInbound(in inboundPacket) {
+	m, err := handshake.ParseMessage(in.pkt)
+	if err != nil {
+		o.stats.junk.Add(1)
+		return
+	}
+	switch m.Kind {
+	case handshake.KindInit:
+		o.respond(m, in.from)
+	case handshake.KindFinal:
+		o.finish(m, in.from)
+	default:
+		o.stats.junk.Add(1)
+	}
+}
+
+// respond answers msg1 with msg2 and records the half-open state.
+func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
+	o.hsMu.Lock()
+	if len(o.halfOpen) >= HalfOpenCap {
+		o.sweepHalfOpenLocked(time.Now())
+		if len(o.halfOpen) >= HalfOpenCap {
+			o.hsMu.Unlock()
+			o.stats.halfOpenFull.Add(1)
+			return
+		}
+	}
+	idx := o.newIndexLocked()
+	// Reserve the index before the (unlocked) crypto.
+	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL)}
+	o.hsMu.Unlock()
+
+	resp, msg2, err := handshake.NewResponder(o.credentials(), m, idx)
+	o.hsMu.Lock()
+	h := o.halfOpen[idx] // nil if swept meanwhile: drop the handshake
+	if err != nil || h == nil {
+		delete(o.halfOpen, idx)
+	} else {
+		h.resp = resp
+	}
+	o.hsMu.Unlock()
+	if err != nil {
+		o.reject(err, from, "responder")
+		return
+	}
+	if h == nil {
+		return
+	}
+	if err := o.bind.SendTo(msg2, from); err != nil {
+		o.logSend(err)
+		return
+	}
+	o.stats.responded.Add(1)
+}
+
+// finish verifies msg3 and admits the initiator.
+func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
+	o.hsMu.Lock()
+	h, ok := o.halfOpen[m.Receiver]
+	if ok && h.resp != nil && h.from == from {
+		delete(o.halfOpen, m.Receiver)
+	} else {
+		ok = false
+	}
+	o.hsMu.Unlock()
+	if !ok || time.Now().After(h.expires) {
+		o.stats.junk.Add(1)
+		return
+	}
+	peer, err := h.resp.ConsumeFinal(m, o.verifyPeer)
+	if err != nil {
+		o.reject(err, from, "responder")
+		return
+	}
+	if err := o.admit(peer, from, o.startsSession(peer.Static, from)); err != nil {
+		o.reject(err, from, "responder")
+		return
+	}
+	o.stats.completed.Add(1)
+}
+
+// startsSession decides whether this node, admitting peer as responder,
+// starts the WireGuard session. The responder normally does: it admits
+// last, so the initiator already has it configured. But when both nodes
+// admit each other at once (both name the other as a static peer), each is
+// the responder of one handshake, and two simultaneous WireGuard
+// initiations leave both sides waiting for WireGuard's 5 s retry. Then only
+// the node with the lower WireGuard key starts; the other, which has its own
+// attempt in flight towards the peer, waits for it.
+func (o *Overlay) startsSession(peer [32]byte, from netip.AddrPort) bool {
+	o.hsMu.Lock()
+	initiating := o.attempting[from] > 0
+	o.hsMu.Unlock()
+	return !initiating || bytes.Compare(o.wgPub[:], peer[:]) < 0
+}
+
+// logSend logs a failed handshake send, rate limited.
+func (o *Overlay) logSend(err error) {
+	if o.logLim.allow("send") {
+		o.log.Warn("handshake send failed", "err", err.Error())
+	}
+}

@@ -1,0 +1,162 @@
+package overlay
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/aigrid/gridnet/overlay/handshake"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// divertFunc receives one gridnet datagram. pkt is only valid during the
+// call (the buffer belongs to wireguard-go and is reused): the callee must
+// copy what it keeps and must not block.
+type divertFunc func(pkt []byte, from netip.AddrPort)
+
+// divertBind is a conn.Bind that shares one UDP socket between WireGuard and
+// gridnet's admission handshake. In every received batch it hands gridnet
+// datagrams (first byte handshake.TypeGridnet) to the divert function, drops
+// datagrams that are neither gridnet nor WireGuard-shaped, and compacts the
+// WireGuard datagrams to the front of the batch in order, so wireguard-go
+// sees them untouched and still batched.
+type divertBind struct {
+	inner  conn.Bind
+	divert divertFunc
+	junk   *atomic.Uint64 // datagrams dropped as neither WireGuard nor gridnet
+
+	mu   sync.Mutex
+	port uint16
+}
+
+var _ conn.Bind = (*divertBind)(nil)
+
+func newDivertBind(inner conn.Bind, divert divertFunc, junk *atomic.Uint64) *divertBind {
+	return &divertBind{inner: inner, divert: divert, junk: junk}
+}
+
+// isWireGuard reports whether b looks like a WireGuard message: a
+// little-endian uint32 type in 1..4. Everything else WireGuard would drop.
+func isWireGuard(b []byte) bool {
+	return len(b) >= 4 && b[0] >= 1 && b[0] <= 4 && b[1] == 0 && b[2] == 0 && b[3] == 0
+}
+
+// Open opens the inner bind and wraps each of its receive functions.
+func (b *divertBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.inner.Open(port)
+	if err != nil {
+		return nil, 0, err
+	}
+	b.mu.Lock()
+	b.port = actual
+	b.mu.Unlock()
+	wrapped := make([]conn.ReceiveFunc, len(fns))
+	for i, fn := range fns {
+		wrapped[i] = b.wrap(fn)
+	}
+	return wrapped, actual, nil
+}
+
+// wrap returns a ReceiveFunc that filters fn's batches. wireguard-go reads
+// packet i from its own backing array i, so WireGuard datagrams are moved by
+// copying bytes (only when a diverted one precedes them), never by swapping
+// slices.
+func (b *divertBind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
+	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		for {
+			n, err := fn(packets, sizes, eps)
+			if err != nil {
+				return 0, err
+			}
+			j := b.filter(packets, sizes, eps, n)
+			if j > 0 {
+				return j, nil
+			}
+		}
+	}
+}
+
+// filter diverts and compacts one batch of n datagrams; it returns how many
+// WireGuard datagrams remain at the front.
+func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
+	j := 0
+	var junk uint64
+	for i := 0; i < n; i++ {
+		size := sizes[i]
+		if size <= 0 {
+			continue
+		}
+		pkt := packets[i][:size]
+		switch {
+		case isWireGuard(pkt):
+			if j != i {
+				copy(packets[j][:size], pkt)
+				sizes[j] = size
+				eps[j] = eps[i]
+			}
+			j++
+		case pkt[0] == handshake.TypeGridnet:
+			b.divert(pkt, endpointAddr(eps[i]))
+		default:
+			junk++
+		}
+	}
+	for k := j; k < n; k++ {
+		sizes[k] = 0
+		eps[k] = nil
+	}
+	if junk > 0 {
+		b.junk.Add(junk)
+	}
+	return j
+}
+
+// endpointAddr extracts the remote address of a received endpoint.
+func endpointAddr(ep conn.Endpoint) netip.AddrPort {
+	switch e := ep.(type) {
+	case *conn.StdNetEndpoint:
+		return e.AddrPort
+	case nil:
+		return netip.AddrPort{}
+	default:
+		ap, _ := netip.ParseAddrPort(e.DstToString())
+		return ap
+	}
+}
+
+// Close closes the inner bind.
+func (b *divertBind) Close() error { return b.inner.Close() }
+
+// SetMark forwards to the inner bind.
+func (b *divertBind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
+
+// Send forwards WireGuard traffic to the inner bind.
+func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+
+// ParseEndpoint forwards to the inner bind.
+func (b *divertBind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	return b.inner.ParseEndpoint(s)
+}
+
+// BatchSize forwards to the inner bind.
+func (b *divertBind) BatchSize() int { return b.inner.BatchSize() }
+
+// Port returns the port the bind was last opened on.
+func (b *divertBind) Port() uint16 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.port
+}
+
+// SendTo sends one gridnet datagram through the shared socket.
+func (b *divertBind) SendTo(pkt []byte, to netip.AddrPort) error {
+	ep, err := b.inner.ParseEndpoint(to.String())
+	if err != nil {
+		return fmt.Errorf("overlay: endpoint %s: %w", to, err)
+	}
+	if err := b.inner.Send([][]byte{pkt}, ep); err != nil {
+		return fmt.Errorf("overlay: send to %s: %w", to, err)
+	}
+	return nil
+}

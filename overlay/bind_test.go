@@ -1,0 +1,242 @@
+package overlay
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/handshake"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// fakeBind delivers scripted batches, then net.ErrClosed.
+type fakeBind struct {
+	batches [][]fakePacket
+	loop    bool // repeat the batches forever (benchmarks)
+}
+
+type fakePacket struct {
+	data []byte
+	from netip.AddrPort
+}
+
+func (f *fakeBind) Open(uint16) ([]conn.ReceiveFunc, uint16, error) {
+	i := 0
+	eps := map[netip.AddrPort]conn.Endpoint{}
+	fn := func(packets [][]byte, sizes []int, out []conn.Endpoint) (int, error) {
+		if i == len(f.batches) {
+			if !f.loop {
+				return 0, net.ErrClosed
+			}
+			i = 0
+		}
+		b := f.batches[i]
+		i++
+		for k, p := range b {
+			sizes[k] = copy(packets[k], p.data)
+			ep, ok := eps[p.from]
+			if !ok {
+				ep = &conn.StdNetEndpoint{AddrPort: p.from}
+				eps[p.from] = ep
+			}
+			out[k] = ep
+		}
+		return len(b), nil
+	}
+	return []conn.ReceiveFunc{fn}, 51820, nil
+}
+func (f *fakeBind) Close() error                                { return nil }
+func (f *fakeBind) SetMark(uint32) error                        { return nil }
+func (f *fakeBind) Send([][]byte, conn.Endpoint) error          { return nil }
+func (f *fakeBind) ParseEndpoint(string) (conn.Endpoint, error) { return nil, nil }
+func (f *fakeBind) BatchSize() int                              { return conn.IdealBatchSize }
+
+func wgPacket(id byte, n int) []byte {
+	p := make([]byte, n)
+	p[0] = 4 // transport data
+	for i := 4; i < n; i++ {
+		p[i] = id
+	}
+	return p
+}
+
+func gnPacket(id byte) []byte {
+	p := make([]byte, 64)
+	p[0], p[1], p[2] = handshake.TypeGridnet, handshake.KindFinal, id
+	return p
+}
+
+func TestBindDiversion(t *testing.T) {
+	src := netip.MustParseAddrPort("192.0.2.1:1000")
+	src2 := netip.MustParseAddrPort("192.0.2.2:2000")
+	junkPkt := []byte{0x99, 1, 2, 3}
+	fb := &fakeBind{batches: [][]fakePacket{
+		{{gnPacket(1), src}, {wgPacket(1, 100), src}, {junkPkt, src}, {gnPacket(2), src2}, {wgPacket(2, 32), src2}, {wgPacket(3, 1500), src}},
+		{{gnPacket(3), src}, {gnPacket(4), src2}}, // all diverted: the wrapper reads again
+		{{wgPacket(4, 148), src2}},
+	}}
+	var diverted []fakePacket
+	var junk atomic.Uint64
+	b := newDivertBind(fb, func(p []byte, from netip.AddrPort) {
+		diverted = append(diverted, fakePacket{bytes.Clone(p), from})
+		for i := range p { // the handler must not rely on the buffer afterwards
+			p[i] = 0xEE
+		}
+	}, &junk)
+	fns, port, err := b.Open(0)
+	if err != nil || port != 51820 || b.Port() != 51820 {
+		t.Fatal(err, port)
+	}
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+
+	n, err := fns[0](bufs, sizes, eps)
+	if err != nil || n != 3 {
+		t.Fatalf("first batch: n=%d err=%v", n, err)
+	}
+	want := []fakePacket{{wgPacket(1, 100), src}, {wgPacket(2, 32), src2}, {wgPacket(3, 1500), src}}
+	for i, w := range want {
+		if !bytes.Equal(bufs[i][:sizes[i]], w.data) || endpointAddr(eps[i]) != w.from {
+			t.Fatalf("packet %d: got %d bytes from %v, want %d bytes from %v", i, sizes[i], endpointAddr(eps[i]), len(w.data), w.from)
+		}
+	}
+	for i := n; i < 6; i++ {
+		if sizes[i] != 0 || eps[i] != nil {
+			t.Fatalf("slot %d not cleared", i)
+		}
+	}
+	n, err = fns[0](bufs, sizes, eps)
+	if err != nil || n != 1 || !bytes.Equal(bufs[0][:sizes[0]], wgPacket(4, 148)) || endpointAddr(eps[0]) != src2 {
+		t.Fatalf("after fully diverted batch: n=%d err=%v", n, err)
+	}
+	if _, err := fns[0](bufs, sizes, eps); err != net.ErrClosed {
+		t.Fatalf("want net.ErrClosed, got %v", err)
+	}
+	wantDiv := []fakePacket{{gnPacket(1), src}, {gnPacket(2), src2}, {gnPacket(3), src}, {gnPacket(4), src2}}
+	if len(diverted) != len(wantDiv) {
+		t.Fatalf("diverted %d, want %d", len(diverted), len(wantDiv))
+	}
+	for i, w := range wantDiv {
+		if !bytes.Equal(diverted[i].data, w.data) || diverted[i].from != w.from {
+			t.Fatalf("diverted %d = %x from %v", i, diverted[i].data[:3], diverted[i].from)
+		}
+	}
+	if junk.Load() != 1 {
+		t.Fatalf("junk = %d, want 1", junk.Load())
+	}
+}
+
+func TestIsWireGuard(t *testing.T) {
+	for _, tc := range []struct {
+		b    []byte
+		want bool
+	}{
+		{[]byte{1, 0, 0, 0}, true}, {[]byte{4, 0, 0, 0, 9}, true}, {[]byte{5, 0, 0, 0}, false},
+		{[]byte{0, 0, 0, 0}, false}, {[]byte{1, 0, 0, 1}, false}, {[]byte{1, 0, 0}, false},
+		{[]byte{handshake.TypeGridnet, 0, 0, 0}, false},
+	} {
+		if got := isWireGuard(tc.b); got != tc.want {
+			t.Errorf("isWireGuard(%x) = %v", tc.b, got)
+		}
+	}
+}
+
+func TestRateLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	rl := newRateLimiter(20, 5, func() time.Time { return now })
+	a := netip.MustParseAddr("198.51.100.7")
+	for i := range 5 {
+		if !rl.allow(a) {
+			t.Fatalf("burst packet %d refused", i)
+		}
+	}
+	if rl.allow(a) {
+		t.Fatal("sixth packet allowed")
+	}
+	if !rl.allow(netip.MustParseAddr("198.51.100.8")) {
+		t.Fatal("other source limited")
+	}
+	now = now.Add(50 * time.Millisecond) // one token at 20 pps
+	if !rl.allow(a) || rl.allow(a) {
+		t.Fatal("refill wrong")
+	}
+	// IPv6 is grouped by /64.
+	v6a, v6b := netip.MustParseAddr("2001:db8:1:2::1"), netip.MustParseAddr("2001:db8:1:2:ffff::9")
+	for range 5 {
+		rl.allow(v6a)
+	}
+	if rl.allow(v6b) {
+		t.Fatal("same /64 not grouped")
+	}
+	if !rl.allow(netip.MustParseAddr("2001:db8:1:3::1")) {
+		t.Fatal("different /64 limited")
+	}
+	// The table is capped; idle entries are reclaimed.
+	rl = newRateLimiter(20, 5, func() time.Time { return now })
+	for i := range rateTableCap {
+		rl.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	}
+	fresh := netip.MustParseAddr("203.0.113.1")
+	if rl.allow(fresh) || rl.size() != rateTableCap {
+		t.Fatal("full table accepted a new source")
+	}
+	now = now.Add(2 * time.Second)
+	if !rl.allow(fresh) || rl.size() != 1 {
+		t.Fatalf("idle entries not reclaimed: size %d", rl.size())
+	}
+}
+
+func TestParseIpcGet(t *testing.T) {
+	dump := "private_key=00\nlisten_port=1\npublic_key=" + string(bytes.Repeat([]byte("ab"), 32)) +
+		"\nendpoint=127.0.0.1:9\nlast_handshake_time_sec=100\nlast_handshake_time_nsec=5\ntx_bytes=7\nrx_bytes=8\n" +
+		"public_key=" + string(bytes.Repeat([]byte("cd"), 32)) + "\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\nrx_bytes=1\n"
+	m := parseIpcGet(dump)
+	var k1, k2 [32]byte
+	for i := range k1 {
+		k1[i], k2[i] = 0xab, 0xcd
+	}
+	s1, s2 := m[k1], m[k2]
+	if s1 == nil || s2 == nil || !s1.lastHandshake.Equal(time.Unix(100, 5)) || s1.tx != 7 || s1.rx != 8 ||
+		s1.endpoint != netip.MustParseAddrPort("127.0.0.1:9") || !s2.lastHandshake.IsZero() || s2.rx != 1 {
+		t.Fatalf("parse: %+v %+v", s1, s2)
+	}
+}
+
+// BenchmarkBindReceive measures the receive-path overhead per WireGuard
+// packet (full batches of 128 transport packets, nothing diverted).
+func BenchmarkBindReceive(b *testing.B) {
+	src := netip.MustParseAddrPort("192.0.2.1:1000")
+	batch := make([]fakePacket, conn.IdealBatchSize)
+	for i := range batch {
+		batch[i] = fakePacket{wgPacket(byte(i), 64), src}
+	}
+	var junk atomic.Uint64
+	inner := &fakeBind{batches: [][]fakePacket{batch}, loop: true}
+	bind := newDivertBind(inner, func([]byte, netip.AddrPort) {}, &junk)
+	fns, _, _ := bind.Open(0)
+	raw, _, _ := inner.Open(0)
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	run := func(b *testing.B, fn conn.ReceiveFunc) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if n, _ := fn(bufs, sizes, eps); n != conn.IdealBatchSize {
+				b.Fatal(n)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*conn.IdealBatchSize), "ns/pkt")
+	}
+	b.Run("inner", func(b *testing.B) { run(b, raw[0]) })
+	b.Run("divert", func(b *testing.B) { run(b, fns[0]) })
+}

@@ -1,0 +1,208 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/overlay/handshake"
+)
+
+const (
+	// AttemptTimeout is how long an initiator waits for msg2 before
+	// retrying; well above any sane RTT, short enough to recover from loss.
+	AttemptTimeout = time.Second
+	// BackoffMin is the first retry delay.
+	BackoffMin = 100 * time.Millisecond
+	// BackoffMax caps the retry delay so a returning peer is found quickly.
+	BackoffMax = 30 * time.Second
+	// staticCheckInterval is how often a static peer's admission is checked.
+	staticCheckInterval = 2 * time.Second
+	// confirmWait bounds how long Admit waits for the WireGuard session
+	// after msg3: longer than WireGuard's 5 s REKEY_TIMEOUT plus its jitter,
+	// so one lost WireGuard initiation is retried before we give up.
+	confirmWait = 6 * time.Second
+	// confirmPoll is the IpcGet polling period while confirming.
+	confirmPoll = 10 * time.Millisecond
+)
+
+var (
+	// errAttemptTimeout is a retryable attempt failure.
+	errAttemptTimeout = errors.New("overlay: no handshake response")
+	// errNotConfirmed: admitted, but no WireGuard session formed (retryable).
+	errNotConfirmed = errors.New("overlay: no WireGuard session after admission")
+)
+
+// backoff yields exponentially growing delays with jitter in [d/2, d].
+type backoff struct{ cur time.Duration }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = BackoffMin
+	} else {
+		b.cur = min(b.cur*2, BackoffMax)
+	}
+	half := b.cur / 2
+	return half + rand.N(half+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleep waits d or until ctx ends; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// Admit runs the handshake as initiator with the node at endpoint and, once
+// msg2 verified, adds it as a WireGuard peer, sends msg3 and waits (at most
+// confirmWait) for the WireGuard session the responder then starts. Lost or
+// unanswered attempts are retried with exponential backoff and jitter until
+// ctx ends or the overlay closes. A verification refusal (bad certificate,
+// key mismatch, bad signature, address conflict) is returned at once as a
+// *RejectError: retrying would not change the answer.
+func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(o.ctx, cancel)
+	defer stop()
+	var bo backoff
+	for {
+		id, err := o.attempt(ctx, endpoint)
+		if err == nil {
+			return id, nil
+		}
+		var rej *RejectError
+		if errors.As(err, &rej) {
+			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, err)
+		}
+		if ctx.Err() != nil || !sleep(ctx, bo.next()) {
+			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, errors.Join(ctx.Err(), err))
+		}
+	}
+}
+
+// attempt is one initiator handshake. Retryable failures are returned as
+// plain errors, refusals as *RejectError.
+func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
+	ch := make(chan inboundPacket, 1)
+	o.hsMu.Lock()
+	idx := o.newIndexLocked()
+	o.pending[idx] = ch
+	o.attempting[endpoint]++
+	o.hsMu.Unlock()
+	defer func() {
+		o.hsMu.Lock()
+		delete(o.pending, idx)
+		if o.attempting[endpoint]--; o.attempting[endpoint] <= 0 {
+			delete(o.attempting, endpoint)
+		}
+		o.hsMu.Unlock()
+	}()
+
+	init, msg1, err := handshake.NewInitiator(o.credentials(), idx)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: start handshake: %w", err)
+	}
+	if err := o.bind.SendTo(msg1, endpoint); err != nil {
+		return nil, err
+	}
+	o.stats.initiated.Add(1)
+	timer := time.NewTimer(AttemptTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			o.stats.timeouts.Add(1)
+			return nil, errAttemptTimeout
+		case in := <-ch:
+			if in.from != endpoint {
+				o.stats.junk.Add(1)
+				continue // not from whom we asked: keep waiting
+			}
+			return o.complete(ctx, init, in, endpoint)
+		}
+	}
+}
+
+// complete verifies msg2, admits the responder and sends msg3.
+func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, endpoint netip.AddrPort) (*cert.Identity, error) {
+	m, err := handshake.ParseMessage(in.pkt)
+	if err != nil {
+		o.stats.junk.Add(1)
+		return nil, err
+	}
+	msg3, peer, err := init.ConsumeResponse(m, o.verifyPeer)
+	if err != nil {
+		rej := o.reject(err, endpoint, "initiator")
+		if errors.Is(err, handshake.ErrNoise) || errors.Is(err, handshake.ErrMalformed) {
+			return nil, err // possibly forged or corrupted in transit: retry
+		}
+		return nil, rej
+	}
+	if err := o.admit(peer, endpoint, false); err != nil {
+		return nil, o.reject(err, endpoint, "initiator")
+	}
+	if err := o.bind.SendTo(msg3, endpoint); err != nil {
+		return nil, err // confirm would fail: retry the handshake
+	}
+	if err := o.confirm(ctx, peer.Static, peer.Identity.Name); err != nil {
+		return nil, err
+	}
+	o.stats.completed.Add(1)
+	return peer.Identity, nil
+}
+
+// AddStaticPeer keeps the node at endpoint admitted in the background: it
+// admits it with backoff and re-admits it whenever it is removed (expiry,
+// revocation, renewal of our side); it stops when the overlay closes.
+func (o *Overlay) AddStaticPeer(endpoint netip.AddrPort) {
+	o.lifeMu.Lock()
+	defer o.lifeMu.Unlock()
+	if o.closing {
+		return
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.staticPeer(endpoint)
+	}()
+}
+
+func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
+	var bo backoff
+	for o.ctx.Err() == nil {
+		id, err := o.Admit(o.ctx, endpoint)
+		if err != nil {
+			if !sleep(o.ctx, bo.next()) {
+				return
+			}
+			continue
+		}
+		bo.reset()
+		for sleep(o.ctx, staticCheckInterval) && o.hasPeer(id.WireGuardKey) {
+		}
+	}
+}
+
+// sessionSeen reports whether WireGuard ever completed a handshake with key.
+func (o *Overlay) sessionSeen(key [32]byte) bool {
+	st, err := o.wgStats()
+	if err != nil {
+		return false
+	}
+	s := st[key]
+	return s != nil && !s.lastHandshake.IsZero()
+}

@@ -1,0 +1,392 @@
+package overlay
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/overlay/handshake"
+)
+
+const (
+	// RevalidateInterval is how often admitted certificates are re-checked
+	// (expiry, revocation) even if nobody calls Revalidate.
+	RevalidateInterval = 10 * time.Second
+	// sessionFresh is how long after its last WireGuard handshake a peer
+	// counts as connected (WireGuard's RejectAfterTime).
+	sessionFresh = 180 * time.Second
+)
+
+// PeerState is a coarse peer state for status displays.
+type PeerState string
+
+// Peer states.
+const (
+	// PeerAdmitted: certificate verified and peer configured, no WireGuard
+	// session yet.
+	PeerAdmitted PeerState = "admitted"
+	// PeerConnected: a WireGuard handshake completed within the last 180 s.
+	PeerConnected PeerState = "connected"
+	// PeerIdle: the last WireGuard handshake is older than 180 s.
+	PeerIdle PeerState = "idle"
+)
+
+// PeerStatus describes one admitted peer.
+type PeerStatus struct {
+	// Name is the peer's certificate name.
+	Name string
+	// Addresses are the certificate's overlay addresses (address + overlay
+	// prefix length); WireGuard routes each as a host route.
+	Addresses []netip.Prefix
+	// WireGuardKey is the peer's WireGuard public key.
+	WireGuardKey [32]byte
+	// Endpoint is WireGuard's current endpoint for the peer (follows roaming).
+	Endpoint netip.AddrPort
+	// LastHandshake is the last WireGuard handshake; zero if none yet.
+	LastHandshake time.Time
+	// RxBytes and TxBytes are WireGuard's byte counters for the peer.
+	RxBytes, TxBytes uint64
+	// AdmittedAt is when the certificate was last verified and installed.
+	AdmittedAt time.Time
+	// NotAfter is the certificate's expiry.
+	NotAfter time.Time
+	// State summarises the session.
+	State PeerState
+	// Identity is the verified certificate identity.
+	Identity *cert.Identity
+}
+
+type peerEntry struct {
+	id         *cert.Identity
+	key        [32]byte
+	endpoint   netip.AddrPort
+	admittedAt time.Time
+}
+
+// addrTable is an immutable overlay-address index, replaced wholesale on
+// every change so readers need no lock.
+type addrTable struct {
+	m map[netip.Addr]*cert.Identity
+}
+
+// IdentityByAddr returns the identity of the admitted peer owning overlay
+// address a. It is lock-free (one atomic load and a map read) for per-packet
+// use by the firewall.
+func (o *Overlay) IdentityByAddr(a netip.Addr) (*cert.Identity, bool) {
+	id, ok := o.byAddr.Load().m[a.Unmap()]
+	return id, ok
+}
+
+// hostRoute turns a certificate address into a WireGuard allowed IP.
+func hostRoute(p netip.Prefix) netip.Prefix {
+	a := p.Addr().Unmap()
+	return netip.PrefixFrom(a, a.BitLen())
+}
+
+// admit adds or replaces a verified peer in the device and the table.
+//
+// Exactly one side starts the WireGuard session, by turning on persistent
+// keepalive (wireguard-go then sends a handshake initiation at once):
+// simultaneous initiations from both sides cross, and each side then waits
+// for WireGuard's 5 s retry. start says whether this admission starts it
+// (the responder's, see startsSession). Otherwise a new peer gets no
+// keepalive and an existing peer's keepalive is left as it is; the
+// initiator enables keepalive once the session is up (see confirm).
+func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) error {
+	id := p.Identity
+	if p.Static == o.wgPub {
+		return fmt.Errorf("%w (certificate %q)", ErrSelf, id.Name)
+	}
+	now := o.now()
+	self := o.self.Load()
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	table := o.byAddr.Load().m
+	var evict []*peerEntry
+	for _, pfx := range id.Addresses {
+		a := pfx.Addr().Unmap()
+		if slices.ContainsFunc(self.Addresses, func(s netip.Prefix) bool { return s.Addr().Unmap() == a }) {
+			return fmt.Errorf("%w: %s is this node's address (certificate %q)", ErrAddressConflict, a, id.Name)
+		}
+		holder, ok := table[a]
+		if !ok || holder.WireGuardKey == p.Static {
+			continue
+		}
+		if o.stillValid(holder, now) {
+			return fmt.Errorf("%w: %s held by %q (certificate %q)", ErrAddressConflict, a, holder.Name, id.Name)
+		}
+		if e := o.peers[holder.WireGuardKey]; e != nil {
+			evict = append(evict, e)
+		}
+	}
+	for _, e := range evict {
+		o.removeLocked(e, "superseded by "+id.Name)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\nendpoint=%s\n", hex.EncodeToString(p.Static[:]), endpoint)
+	if _, exists := o.peers[p.Static]; start {
+		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", PersistentKeepalive)
+	} else if !exists {
+		b.WriteString("persistent_keepalive_interval=0\n")
+	}
+	for _, pfx := range id.Addresses {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", hostRoute(pfx))
+	}
+	if err := o.dev.IpcSet(b.String()); err != nil {
+		return fmt.Errorf("overlay: configure peer %q: %w", id.Name, err)
+	}
+	o.peers[p.Static] = &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
+	o.publishLocked()
+	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
+	return nil
+}
+
+// confirm waits up to confirmWait for a WireGuard session with a peer this
+// node just admitted as initiator, then enables its persistent keepalive.
+// Without a session (msg3 lost, or the responder refused us) the peer is
+// removed again and a retryable error returned.
+func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string) error {
+	deadline := time.Now().Add(confirmWait)
+	for !o.sessionSeen(key) {
+		if time.Now().After(deadline) || !sleep(ctx, confirmPoll) {
+			o.peersMu.Lock()
+			if e := o.peers[key]; e != nil {
+				o.removeLocked(e, "no WireGuard session after admission")
+				o.publishLocked()
+			}
+			o.peersMu.Unlock()
+			return fmt.Errorf("%w with %q", errNotConfirmed, name)
+		}
+	}
+	err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n",
+		hex.EncodeToString(key[:]), PersistentKeepalive))
+	if err != nil {
+		return fmt.Errorf("overlay: enable keepalive for %q: %w", name, err)
+	}
+	return nil
+}
+
+// stillValid reports whether an admitted identity is still acceptable now.
+func (o *Overlay) stillValid(id *cert.Identity, now time.Time) bool {
+	if !now.Before(id.NotAfter) || now.Before(id.NotBefore) || o.verify.IsRevoked(id) {
+		return false
+	}
+	_, err := o.verify.VerifyDER(id.Raw, now)
+	return err == nil
+}
+
+// removeLocked removes a peer from the device (which also drops its
+// sessions) and the table. The caller publishes.
+func (o *Overlay) removeLocked(e *peerEntry, why string) {
+	if err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(e.key[:]))); err != nil {
+		o.log.Error("remove peer failed", "name", e.id.Name, "err", err.Error())
+	}
+	delete(o.peers, e.key)
+	o.stats.removedPeers.Add(1)
+	o.log.Info("peer removed", "name", e.id.Name, "reason", why)
+}
+
+// publishLocked rebuilds the address index and pokes the revalidation timer.
+func (o *Overlay) publishLocked() {
+	m := make(map[netip.Addr]*cert.Identity, len(o.peers))
+	for _, e := range o.peers {
+		for _, pfx := range e.id.Addresses {
+			m[pfx.Addr().Unmap()] = e.id
+		}
+	}
+	o.byAddr.Store(&addrTable{m: m})
+	select {
+	case o.changed <- struct{}{}:
+	default:
+	}
+}
+
+// hasPeer reports whether key is currently admitted.
+func (o *Overlay) hasPeer(key [32]byte) bool {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	_, ok := o.peers[key]
+	return ok
+}
+
+// Revalidate removes at once every peer whose certificate has expired at now
+// or is revoked (or otherwise no longer verifies) and returns their names.
+// Call it whenever the Verifier's CRL changes; it also runs on a timer.
+func (o *Overlay) Revalidate(now time.Time) []string {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	var removed []string
+	for _, e := range o.peers {
+		if o.stillValid(e.id, now) {
+			continue
+		}
+		why := "certificate no longer valid"
+		if !now.Before(e.id.NotAfter) {
+			why = "certificate expired"
+		} else if o.verify.IsRevoked(e.id) {
+			why = "certificate revoked"
+		}
+		o.removeLocked(e, why)
+		removed = append(removed, e.id.Name)
+	}
+	if len(removed) > 0 {
+		o.publishLocked()
+	}
+	slices.Sort(removed)
+	return removed
+}
+
+// earliestExpiry returns the earliest NotAfter among admitted peers.
+func (o *Overlay) earliestExpiry() (time.Time, bool) {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	var t time.Time
+	for _, e := range o.peers {
+		if t.IsZero() || e.id.NotAfter.Before(t) {
+			t = e.id.NotAfter
+		}
+	}
+	return t, !t.IsZero()
+}
+
+// revalidateLoop runs Revalidate every RevalidateInterval and exactly at the
+// earliest certificate expiry (measured on the injected clock).
+func (o *Overlay) revalidateLoop() {
+	defer o.wg.Done()
+	tick := time.NewTicker(RevalidateInterval)
+	defer tick.Stop()
+	expiry := time.NewTimer(time.Hour)
+	defer expiry.Stop()
+	arm := func() {
+		d := time.Hour
+		if t, ok := o.earliestExpiry(); ok {
+			d = max(t.Sub(o.now()), 0)
+		}
+		expiry.Reset(min(d, time.Hour))
+	}
+	arm()
+	for {
+		select {
+		case <-o.ctx.Done():
+			return
+		case <-tick.C:
+			o.Revalidate(o.now())
+		case <-expiry.C:
+			o.Revalidate(o.now())
+		case <-o.changed:
+		}
+		arm()
+	}
+}
+
+// wgPeerStats is what IpcGet reports per peer.
+type wgPeerStats struct {
+	endpoint      netip.AddrPort
+	lastHandshake time.Time
+	rx, tx        uint64
+}
+
+// wgStats parses the device's UAPI dump.
+func (o *Overlay) wgStats() (map[[32]byte]*wgPeerStats, error) {
+	dump, err := o.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("overlay: IpcGet: %w", err)
+	}
+	return parseIpcGet(dump), nil
+}
+
+// parseIpcGet extracts per-peer endpoint, handshake time and byte counters.
+func parseIpcGet(dump string) map[[32]byte]*wgPeerStats {
+	out := make(map[[32]byte]*wgPeerStats)
+	var cur *wgPeerStats
+	var sec, nsec int64
+	flush := func() {
+		if cur != nil && (sec != 0 || nsec != 0) {
+			cur.lastHandshake = time.Unix(sec, nsec)
+		}
+		sec, nsec = 0, 0
+	}
+	sc := bufio.NewScanner(strings.NewReader(dump))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			var key [32]byte
+			if b, err := hex.DecodeString(v); err == nil && len(b) == 32 {
+				copy(key[:], b)
+				cur = &wgPeerStats{}
+				out[key] = cur
+			} else {
+				cur = nil
+			}
+		case "endpoint":
+			if cur != nil {
+				cur.endpoint, _ = netip.ParseAddrPort(v)
+			}
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			if cur != nil {
+				cur.rx, _ = strconv.ParseUint(v, 10, 64)
+			}
+		case "tx_bytes":
+			if cur != nil {
+				cur.tx, _ = strconv.ParseUint(v, 10, 64)
+			}
+		}
+	}
+	flush()
+	return out
+}
+
+// Peers returns the admitted peers with their WireGuard session state,
+// sorted by name.
+func (o *Overlay) Peers() []PeerStatus {
+	wg, err := o.wgStats()
+	if err != nil {
+		wg = nil
+	}
+	o.peersMu.Lock()
+	out := make([]PeerStatus, 0, len(o.peers))
+	for _, e := range o.peers {
+		ps := PeerStatus{
+			Name:         e.id.Name,
+			Addresses:    slices.Clone(e.id.Addresses),
+			WireGuardKey: e.key,
+			Endpoint:     e.endpoint,
+			AdmittedAt:   e.admittedAt,
+			NotAfter:     e.id.NotAfter,
+			State:        PeerAdmitted,
+			Identity:     e.id,
+		}
+		if s := wg[e.key]; s != nil {
+			if s.endpoint.IsValid() {
+				ps.Endpoint = s.endpoint
+			}
+			ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.lastHandshake, s.rx, s.tx
+			if !s.lastHandshake.IsZero() {
+				ps.State = PeerIdle
+				if time.Since(s.lastHandshake) < sessionFresh {
+					ps.State = PeerConnected
+				}
+			}
+		}
+		out = append(out, ps)
+	}
+	o.peersMu.Unlock()
+	slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}

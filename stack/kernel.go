@@ -1,0 +1,139 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// ipCommandTimeout bounds each iproute2 invocation.
+const ipCommandTimeout = 10 * time.Second
+
+// kernel is the host-stack backend over a real TUN device.
+type kernel struct {
+	name string
+	log  *slog.Logger
+}
+
+// newKernel creates the TUN device and configures it with iproute2:
+// addresses (each with its overlay prefix, so the kernel installs the
+// connected route for the prefix through the device), MTU and link up.
+// The interface disappears when the device is closed.
+func newKernel(name string, addrs []netip.Prefix, mtu int, log *slog.Logger) (tun.Device, backend, error) {
+	if runtime.GOOS != "linux" {
+		return nil, nil, fmt.Errorf("kernel mode on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+	}
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create TUN %q: %w", name, err)
+	}
+	ifname, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, nil, fmt.Errorf("TUN %q name: %w", name, err)
+	}
+	k := &kernel{name: ifname, log: log}
+	if err := k.configure(addrs, mtu); err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	log.Debug("TUN configured", "interface", ifname, "addresses", addrs, "mtu", mtu)
+	return dev, k, nil
+}
+
+func (k *kernel) configure(addrs []netip.Prefix, mtu int) error {
+	if err := runIP("link", "set", "dev", k.name, "mtu", strconv.Itoa(mtu)); err != nil {
+		return err
+	}
+	for _, p := range addrs {
+		args := []string{"addr", "add", p.String(), "dev", k.name}
+		if p.Addr().Is6() {
+			// Skip duplicate address detection: nobody else owns
+			// addresses on a point-to-point overlay link, and DAD would
+			// leave the address unusable for about a second.
+			args = append([]string{"-6"}, append(args, "nodad")...)
+		}
+		if err := runIP(args...); err != nil {
+			return err
+		}
+	}
+	return runIP("link", "set", "dev", k.name, "up")
+}
+
+// runIP runs the ip command with args (no shell involved).
+func runIP(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), ipCommandTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (k *kernel) dialTCP(ctx context.Context, network string, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+	return d.DialContext(ctx, network, remote.String())
+}
+
+func (k *kernel) dialUDP(ctx context.Context, network string, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+	return d.DialContext(ctx, network, remote.String())
+}
+
+func (k *kernel) listenTCP(local netip.AddrPort) (net.Listener, error) {
+	return net.ListenTCP(tcpNet(local.Addr()), net.TCPAddrFromAddrPort(local))
+}
+
+func (k *kernel) listenUDP(local netip.AddrPort) (net.PacketConn, error) {
+	return net.ListenUDP(udpNet(local.Addr()), net.UDPAddrFromAddrPort(local))
+}
+
+// ping uses a raw ICMP socket (root) and falls back to an unprivileged ping
+// socket (net.ipv4.ping_group_range) when raw sockets are not permitted.
+func (k *kernel) ping(ctx context.Context, local, remote netip.Addr, payload []byte) (time.Duration, error) {
+	rawNet, dgramNet := "ip4:icmp", "udp4"
+	if remote.Is6() {
+		rawNet, dgramNet = "ip6:ipv6-icmp", "udp6"
+	}
+	var dst net.Addr = &net.IPAddr{IP: remote.AsSlice()}
+	raw := true
+	c, err := icmp.ListenPacket(rawNet, local.String())
+	if err != nil {
+		var errDgram error
+		c, errDgram = icmp.ListenPacket(dgramNet, local.String())
+		if errDgram != nil {
+			return 0, fmt.Errorf("open ICMP socket: %w", errors.Join(err, errDgram))
+		}
+		dst, raw = &net.UDPAddr{IP: remote.AsSlice()}, false
+	}
+	defer c.Close()
+	return roundTrip(ctx, c, dst, remote.Is6(), payload, raw)
+}
+
+func (k *kernel) close() error { return nil }
+
+func tcpNet(a netip.Addr) string {
+	if a.Is4() {
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+func udpNet(a netip.Addr) string {
+	if a.Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
