@@ -85,7 +85,8 @@ func overlayPrefix(host int) netip.Prefix {
 
 func underlay(n *node.Node) netip.AddrPort { return netip.AddrPortFrom(loopback, n.UnderlayPort()) }
 
-// waitPeers waits until every node in set lists every other one.
+// waitPeers waits until every node in set lists every other one as a
+// peer with a WireGuard session.
 func waitPeers(t *testing.T, set ...*node.Node) {
 	t.Helper()
 	deadline := time.Now().Add(admitTimeout)
@@ -108,9 +109,11 @@ func waitPeers(t *testing.T, set ...*node.Node) {
 	}
 }
 
+// hasPeer reports whether n has admitted name and holds a WireGuard
+// session with it.
 func hasPeer(n *node.Node, name string) bool {
 	for _, p := range n.Peers() {
-		if p.Name == name {
+		if p.Name == name && !p.LastHandshake.IsZero() {
 			return true
 		}
 	}

@@ -182,7 +182,8 @@ func (n *nsNode) start(t *testing.T, bin string) {
 	})
 }
 
-// waitPeer polls `gridnet status --json` until peer is listed.
+// waitPeer polls `gridnet status --json` until peer is listed with a
+// WireGuard session.
 func (n *nsNode) waitPeer(t *testing.T, bin, peer string) node.Status {
 	t.Helper()
 	deadline := time.Now().Add(netnsDeadline)
@@ -194,7 +195,7 @@ func (n *nsNode) waitPeer(t *testing.T, bin, peer string) node.Status {
 			var st node.Status
 			if json.Unmarshal(out, &st) == nil {
 				for _, p := range st.Peers {
-					if p.Name == peer {
+					if p.Name == peer && !p.LastHandshake.IsZero() {
 						return st
 					}
 				}

@@ -223,7 +223,8 @@ func peerNames(n *Node) string {
 	return strings.Join(names, ", ")
 }
 
-// waitFullMesh waits until every node lists every other as a peer.
+// waitFullMesh waits until every node lists every other as a peer with a
+// WireGuard session.
 func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -231,7 +232,7 @@ func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) err
 		for _, n := range nodes {
 			have := map[string]bool{}
 			for _, p := range n.Peers() {
-				have[p.Name] = true
+				have[p.Name] = !p.LastHandshake.IsZero()
 			}
 			for _, m := range nodes {
 				if m != n && !have[m.Identity().Name] {
