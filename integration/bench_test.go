@@ -32,7 +32,8 @@ const (
 	defaultBulkBytes = 1 << 30
 	rrRounds         = 2000
 	rrSize           = 64
-	benchPort        = 5201
+	bulkPort         = 5201
+	rrPort           = 5202
 )
 
 func bulkBytes() int64 {
@@ -47,9 +48,10 @@ func bulkBytes() int64 {
 // pair is two endpoints that can dial and listen on overlay addresses.
 type pair struct {
 	dial   func(ctx context.Context, addr string) (net.Conn, error)
-	listen func() (net.Listener, error)
-	target string
-	close  func()
+	listen func(port uint16) (net.Listener, error)
+	// host is the listener's overlay address.
+	host  string
+	close func()
 }
 
 // rawPair is the baseline: two wireguard-go devices with wireguard-go's
@@ -107,11 +109,11 @@ func rawPair(b *testing.B) pair {
 		dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return a.net.DialContext(ctx, "tcp", addr)
 		},
-		listen: func() (net.Listener, error) {
-			return c.net.ListenTCPAddrPort(netip.AddrPortFrom(netip.MustParseAddr("100.64.0.2"), benchPort))
+		listen: func(port uint16) (net.Listener, error) {
+			return c.net.ListenTCPAddrPort(netip.AddrPortFrom(netip.MustParseAddr("100.64.0.2"), port))
 		},
-		target: fmt.Sprintf("100.64.0.2:%d", benchPort),
-		close:  func() { a.dev.Close(); c.dev.Close() },
+		host:  "100.64.0.2",
+		close: func() { a.dev.Close(); c.dev.Close() },
 	}
 }
 
@@ -145,8 +147,8 @@ func gridnetPair(b *testing.B) pair {
 	}
 	return pair{
 		dial:   func(ctx context.Context, addr string) (net.Conn, error) { return a.Dial(ctx, "tcp", addr) },
-		listen: func() (net.Listener, error) { return c.ListenTCP(benchPort) },
-		target: fmt.Sprintf("100.64.0.2:%d", benchPort),
+		listen: func(port uint16) (net.Listener, error) { return c.ListenTCP(port) },
+		host:   "100.64.0.2",
 		close:  func() { a.Close(); c.Close() },
 	}
 }
@@ -154,7 +156,7 @@ func gridnetPair(b *testing.B) pair {
 // measureBulk sends size bytes one way and returns Mbit/s.
 func measureBulk(b *testing.B, p pair, size int64) float64 {
 	b.Helper()
-	ln, err := p.listen()
+	ln, err := p.listen(bulkPort)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -172,7 +174,7 @@ func measureBulk(b *testing.B, p pair, size int64) float64 {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := p.dial(ctx, p.target)
+	c, err := p.dial(ctx, fmt.Sprintf("%s:%d", p.host, bulkPort))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -202,7 +204,7 @@ func measureBulk(b *testing.B, p pair, size int64) float64 {
 // the p50 and p99 round trips.
 func measureRR(b *testing.B, p pair) (time.Duration, time.Duration) {
 	b.Helper()
-	ln, err := p.listen()
+	ln, err := p.listen(rrPort)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -225,7 +227,7 @@ func measureRR(b *testing.B, p pair) (time.Duration, time.Duration) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := p.dial(ctx, p.target)
+	c, err := p.dial(ctx, fmt.Sprintf("%s:%d", p.host, rrPort))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -277,12 +279,15 @@ func BenchmarkTunnel(b *testing.B) {
 
 		runtime.GC()
 		debug.FreeOSMemory()
+		// As `gridnet up` does by default (node.DefaultMemoryLimitMiB).
+		oldLimit := debug.SetMemoryLimit(node.DefaultMemoryLimitMiB << 20)
 		gn := gridnetPair(b)
 		gnRSSIdle := rssMiB()
 		gnMbps := measureBulk(b, gn, size)
 		gnRSSBulk := rssMiB()
 		gnP50, gnP99 := measureRR(b, gn)
 		gn.close()
+		debug.SetMemoryLimit(oldLimit)
 
 		b.ReportMetric(rawMbps, "raw-Mbit/s")
 		b.ReportMetric(gnMbps, "gridnet-Mbit/s")
@@ -293,7 +298,9 @@ func BenchmarkTunnel(b *testing.B) {
 		b.ReportMetric(float64(gnP99)/float64(rawP99), "p99-ratio")
 		b.Logf("bulk %d MiB: raw %.0f Mbit/s, gridnet %.0f Mbit/s (ratio %.3f)", size>>20, rawMbps, gnMbps, gnMbps/rawMbps)
 		b.Logf("64-byte RR: raw p50 %v p99 %v; gridnet p50 %v p99 %v (p50 ratio %.3f)", rawP50, rawP99, gnP50, gnP99, float64(gnP50)/float64(rawP50))
-		b.Logf("process RSS (two nodes): raw idle %.0f MiB, after bulk %.0f MiB; gridnet idle %.0f MiB, after bulk %.0f MiB",
-			rawRSSIdle, rawRSSBulk, gnRSSIdle, gnRSSBulk)
+		b.Logf("process RSS (two nodes): raw idle %.0f MiB, after bulk %.0f MiB; gridnet (soft memory limit %d MiB) idle %.0f MiB, after bulk %.0f MiB",
+			rawRSSIdle, rawRSSBulk, node.DefaultMemoryLimitMiB, gnRSSIdle, gnRSSBulk)
+		b.ReportMetric(rawRSSBulk, "raw-RSS-MiB")
+		b.ReportMetric(gnRSSBulk, "gridnet-RSS-MiB")
 	}
 }

@@ -234,6 +234,58 @@ func TestNetnsUserspace(t *testing.T) {
 	if !strings.Contains(text, "alpha") || !strings.Contains(text, underlayA) {
 		t.Errorf("beta status:\n%s", text)
 	}
+
+	// Renewal without a restart: a new certificate for beta's keys, stored
+	// in its vault, picked up by 'gridnet reload'.
+	p := func(name string) string { return filepath.Join(dir, name) }
+	key := p("vault.key")
+	runCmd(t, bin, "cert", "request", "--vault", p("beta.vault"), "--vault-key-file", key, "--csr", p("beta.csr"))
+	runCmd(t, bin, "cert", "issue", "--ca-vault", p("ca.vault"), "--ca-vault-key-file", key, "--ca-cert", p("ca.crt"),
+		"--csr", p("beta.csr"), "--ip", "100.64.0.2/10", "--duration", "48h", "--out", p("beta2.crt"))
+	runCmd(t, bin, "cert", "import", "--vault", p("beta.vault"), "--vault-key-file", key, p("beta2.crt"), p("ca.crt"))
+	before := statusOf(t, bin, nodes[1].socket).CertExpiry
+	runCmd(t, bin, "reload", "--socket", nodes[1].socket)
+	after := statusOf(t, bin, nodes[1].socket).CertExpiry
+	if !after.Before(before) || time.Until(after) > 49*time.Hour {
+		t.Errorf("after renewal beta's certificate expires %v (before: %v), want about 48h from now", after, before)
+	}
+
+	// Revocation: both of beta's certificates go into the CRL; SIGHUP makes
+	// alpha apply it and cut beta off at once.
+	for _, c := range []string{"beta.crt", "beta2.crt"} {
+		runCmd(t, bin, "ca", "revoke", "--ca-vault", p("ca.vault"), "--vault-key-file", key, "--ca-cert", p("ca.crt"),
+			"--cert", p(c), "--crl", p("crl.pem"))
+	}
+	if err := nodes[0].cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := statusOf(t, bin, nodes[0].socket)
+		gone := true
+		for _, peer := range st.Peers {
+			gone = gone && peer.Name != "beta"
+		}
+		if gone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha still lists beta 5 s after SIGHUP with a CRL revoking it: %+v", st.Peers)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pingOut, err := exec.Command(bin, "ping", "beta", "-c", "1", "--socket", nodes[0].socket).CombinedOutput(); err == nil {
+		t.Errorf("ping to revoked beta succeeded:\n%s", pingOut)
+	}
+}
+
+func statusOf(t *testing.T, bin, socket string) node.Status {
+	t.Helper()
+	var st node.Status
+	if err := json.Unmarshal([]byte(runCmd(t, bin, "status", "--json", "--socket", socket)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 func TestNetnsKernelTUN(t *testing.T) {

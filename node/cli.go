@@ -96,6 +96,7 @@ variable GRIDNET_VAULT_PASSPHRASE, $CREDENTIALS_DIRECTORY/gridnet-vault-key
 			vaultCommand(),
 			upCommand(),
 			statusCommand(),
+			reloadCommand(),
 			pingCommand(),
 			demoCommand(),
 			versionCommand(),

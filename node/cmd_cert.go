@@ -100,7 +100,7 @@ func certCommand() *command {
 	return &command{
 		name:    "cert",
 		summary: "issue, show and import node certificates",
-		sub:     []*command{certIssueCommand(), certShowCommand(), certImportCommand()},
+		sub:     []*command{certIssueCommand(), certShowCommand(), certImportCommand(), certRequestCommand()},
 	}
 }
 
@@ -267,6 +267,59 @@ func storeCerts(v *vault.Vault, nodePEM, caPEM []byte) error {
 		return fmt.Errorf("store CA certificate: %w", err)
 	}
 	return nil
+}
+
+func certRequestCommand() *command {
+	type opts struct {
+		keys      vaultKeyFlags
+		vaultPath string
+		csr       string
+		force     bool
+	}
+	return &command{
+		name:    "request",
+		summary: "write a certificate request for the keys already in a node vault (renewal)",
+		usage:   "--vault node.vault --csr node.csr",
+		help: `For renewal: the CA signs the request with 'cert issue --csr', the node
+stores the result with 'cert import' and picks it up on SIGHUP or 'gridnet
+reload' without a restart.`,
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			fs.StringVar(&o.vaultPath, "vault", "", "node vault")
+			fs.StringVar(&o.csr, "csr", "node.csr", "where to write the request (PEM)")
+			fs.BoolVar(&o.force, "force", false, "replace an existing --csr file")
+			o.keys.register(fs, "", "the node vault")
+			return o
+		},
+		run: func(_ context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 0 {
+				return usageError("unexpected arguments %q", args)
+			}
+			v, err := openVault(o.vaultPath, o.keys, env)
+			if err != nil {
+				return err
+			}
+			defer v.Close()
+			keys, name, err := loadNodeKeys(v)
+			if err != nil {
+				return err
+			}
+			pub, err := keys.wireGuardPublic()
+			if err != nil {
+				return err
+			}
+			der, err := cert.CreateCSR(name, keys.identity, pub)
+			if err != nil {
+				return fmt.Errorf("create request: %w", err)
+			}
+			if err := writeFileNew(o.csr, cert.EncodeCSRPEM(der), 0o644, o.force); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "request for %q written to %s\n", name, o.csr)
+			return nil
+		},
+	}
 }
 
 func certImportCommand() *command {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -140,6 +142,9 @@ func readFileOrItem(path string, item func() ([]byte, error)) ([]byte, error) {
 
 func runUp(ctx context.Context, env Env, cfg *Config) error {
 	log := newLogger(env.Stderr, cfg.Log)
+	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
+		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
+	}
 	li, err := loadIdentity(cfg, env)
 	if err != nil {
 		return err
@@ -161,21 +166,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		return err
 	}
 	defer n.Close()
-	reload := func() error {
-		if cfg.CRL == "" {
-			return errors.New("no crl file configured")
-		}
-		crl, err := readCRL(cfg.CRL)
-		if err != nil || crl == nil {
-			return err
-		}
-		applied, err := n.ApplyCRL(crl)
-		if err != nil {
-			return err
-		}
-		log.Info("CRL reloaded", "applied", applied, "number", crl.Number)
-		return nil
-	}
+	reload := func() error { return reloadNode(cfg, env, n, log) }
 	cs, err := serveControl(n, cfg.Control.Socket, reload, log)
 	if err != nil {
 		return err
@@ -198,6 +189,60 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	}
 }
 
+// reloadNode re-reads what can change without a restart: the CRL file and
+// the node certificate (renewal for the same keys). Each part is applied
+// only if it verifies; a failure keeps the old state and is returned.
+func reloadNode(cfg *Config, env Env, n *Node, log *slog.Logger) error {
+	var errs []error
+	if cfg.CRL != "" {
+		crl, err := readCRL(cfg.CRL)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case crl != nil:
+			applied, err := n.ApplyCRL(crl)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("CRL %s: %w", cfg.CRL, err))
+			} else {
+				log.Info("CRL checked", "applied", applied, "number", crl.Number)
+			}
+		}
+	}
+	certPEM, err := readNodeCert(cfg, env)
+	if err != nil {
+		errs = append(errs, err)
+	} else if c, err := cert.ParseCertPEM(certPEM); err != nil {
+		errs = append(errs, fmt.Errorf("node certificate: %w", err))
+	} else if !bytes.Equal(c.Raw, n.Identity().Raw) {
+		if err := n.RenewCertificate(c.Raw); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readNodeCert reads the node certificate from the configured file or the
+// vault.
+func readNodeCert(cfg *Config, env Env) ([]byte, error) {
+	if cfg.Cert != "" {
+		b, err := os.ReadFile(cfg.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("node certificate: %w", err)
+		}
+		return b, nil
+	}
+	v, err := openVault(cfg.Vault.Path, vaultKeyFlags{keyFile: cfg.Vault.KeyFile}, env)
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	b, _, err := v.Get(itemNodeCert)
+	if err != nil {
+		return nil, fmt.Errorf("node certificate from vault: %w", err)
+	}
+	return b, nil
+}
+
 func addrPorts(in []AddrPort) []netip.AddrPort {
 	out := make([]netip.AddrPort, 0, len(in))
 	for _, a := range in {
@@ -210,6 +255,30 @@ type socketFlag struct{ socket string }
 
 func (s *socketFlag) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.socket, "socket", DefaultControlSocket, "control API socket of the running node")
+}
+
+func reloadCommand() *command {
+	return &command{
+		name:    "reload",
+		summary: "make the running node re-read its CRL and certificate (as SIGHUP does)",
+		usage:   "[--socket PATH]",
+		flags:   func(fs *flag.FlagSet) any { o := &socketFlag{}; o.register(fs); return o },
+		run: func(ctx context.Context, env Env, a any, args []string) error {
+			o := a.(*socketFlag)
+			if len(args) != 0 {
+				return usageError("unexpected arguments %q", args)
+			}
+			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+			defer cancel()
+			body, err := newControlClient(o.socket).do(ctx, "POST", pathReload)
+			if err != nil {
+				return fmt.Errorf("reload: %w", err)
+			}
+			body.Close()
+			fmt.Fprintln(env.Stdout, "reloaded")
+			return nil
+		},
+	}
 }
 
 func statusCommand() *command {

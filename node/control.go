@@ -22,7 +22,7 @@ import (
 const (
 	pathStatus = "/v1/status"
 	pathPing   = "/v1/ping"
-	pathCRL    = "/v1/crl/reload"
+	pathReload = "/v1/reload"
 	// maxPingCount bounds one ping request.
 	maxPingCount = 1000
 	// controlTimeout bounds a control request that is not a stream.
@@ -72,14 +72,15 @@ type PingReply struct {
 
 // Status reports the node and its peers.
 func (n *Node) Status() Status {
+	id := n.Identity()
 	st := Status{
-		Name:         n.id.Name,
-		Domain:       n.id.Domain,
+		Name:         id.Name,
+		Domain:       id.Domain,
 		UnderlayPort: n.ov.Port(),
-		CertExpiry:   n.id.NotAfter,
+		CertExpiry:   id.NotAfter,
 		Admission:    admissionCounters(n.ov.Stats()),
 	}
-	for _, a := range n.id.Addresses {
+	for _, a := range id.Addresses {
 		st.Addresses = append(st.Addresses, a.String())
 	}
 	for _, p := range n.ov.Peers() {
@@ -116,7 +117,7 @@ type controlServer struct {
 
 // serveControl listens on the unix socket at path (replacing a stale one)
 // and serves the control API until Close. reload is called by
-// POST /v1/crl/reload.
+// POST /v1/reload.
 func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (*controlServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
@@ -138,7 +139,7 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+pathStatus, cs.handleStatus)
 	mux.HandleFunc("GET "+pathPing, cs.handlePing)
-	mux.HandleFunc("POST "+pathCRL, cs.handleReload)
+	mux.HandleFunc("POST "+pathReload, cs.handleReload)
 	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: controlTimeout}
 	go func() {
 		defer close(cs.done)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,7 +59,6 @@ type Options struct {
 type Node struct {
 	opts   Options
 	log    *slog.Logger
-	id     *cert.Identity
 	pool   *cert.Pool
 	stack  *stack.Stack
 	ov     *overlay.Overlay
@@ -94,7 +94,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{opts: opts, log: opts.Logger.With("node", id.Name), id: id, pool: pool}
+	n := &Node{opts: opts, log: opts.Logger.With("node", id.Name), pool: pool}
 
 	mode := stack.Userspace
 	if opts.TunMode == TunKernel {
@@ -162,11 +162,36 @@ func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) 
 	return id, nil
 }
 
-// Identity is the node's own verified identity.
-func (n *Node) Identity() *cert.Identity { return n.id }
+// Identity is the node's own verified identity (the renewed one after
+// RenewCertificate).
+func (n *Node) Identity() *cert.Identity { return n.ov.Identity() }
 
 // Addr is the node's first overlay address.
-func (n *Node) Addr() netip.Addr { return n.id.Addresses[0].Addr() }
+func (n *Node) Addr() netip.Addr { return n.Identity().Addresses[0].Addr() }
+
+// RenewCertificate installs a new certificate for the node's keys. It must
+// verify and keep the node's name and overlay addresses (the interface is
+// not renumbered); new handshakes present it, existing sessions continue.
+func (n *Node) RenewCertificate(der []byte) error {
+	old := n.Identity()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("renew certificate: %w", err)
+	}
+	next, err := cert.Describe(c)
+	if err != nil {
+		return fmt.Errorf("renew certificate: %w", err)
+	}
+	if next.Name != old.Name || !slices.Equal(next.Addresses, old.Addresses) {
+		return fmt.Errorf("renew certificate: it is for %q at %v, the node is %q at %v; restart the node to change them",
+			next.Name, next.Addresses, old.Name, old.Addresses)
+	}
+	if err := n.ov.SetCertificate(der); err != nil {
+		return fmt.Errorf("renew certificate: %w", err)
+	}
+	n.log.Info("certificate renewed", "fingerprint", n.Identity().Fingerprint, "not_after", n.Identity().NotAfter)
+	return nil
+}
 
 // UnderlayPort is the UDP port WireGuard and admission listen on.
 func (n *Node) UnderlayPort() uint16 { return n.ov.Port() }
@@ -205,7 +230,7 @@ func (n *Node) Resolve(target string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(target); err == nil {
 		return a.Unmap(), nil
 	}
-	if target == n.id.Name {
+	if target == n.Identity().Name {
 		return n.Addr(), nil
 	}
 	for _, p := range n.ov.Peers() {
