@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -137,15 +138,29 @@ func checkGoroutines(t *testing.T) {
 	})
 }
 
-// tcpEcho serves one echo connection on n's overlay address.
+// tcpEcho serves echo connections on n's overlay address until the test
+// ends; cleanup closes the listener and every open connection (a peer that
+// vanished never sends its FIN).
 func tcpEcho(t *testing.T, n *node.Node, port uint16) {
 	t.Helper()
 	ln, err := n.ListenTCP(port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -154,6 +169,9 @@ func tcpEcho(t *testing.T, n *node.Node, port uint16) {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -457,5 +475,31 @@ func TestMutualStaticPeers(t *testing.T) {
 		if removed := a.Overlay().Stats().Removed + b.Overlay().Stats().Removed; removed != 0 {
 			t.Errorf("round %d: %d peers removed while both sides admitted each other", round, removed)
 		}
+	}
+}
+
+// TestRestartSameIdentity: a node that restarts with the same keys and
+// certificate (a new process, a new port) is admitted again and gets a
+// working session at once, although its peer still holds the old session.
+func TestRestartSameIdentity(t *testing.T) {
+	checkGoroutines(t)
+	f := newFabric(t)
+	a := f.add("alpha", 1)
+	opts, err := f.ca.NodeOptions("beta", overlayPrefix(2), nil, 4*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.start(opts, a)
+	waitPeers(t, a, b)
+	tcpEcho(t, a, 8200)
+	bulkEcho(t, b, a, 8200, 64<<10)
+	b.Close()
+
+	start := time.Now()
+	b2 := f.start(opts, a)
+	waitPeers(t, a, b2)
+	bulkEcho(t, b2, a, 8200, 64<<10)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("restarted node took %v to get a working session, want well under WireGuard's rekey timers", took)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -141,6 +142,11 @@ func readFileOrItem(path string, item func() ([]byte, error)) ([]byte, error) {
 }
 
 func runUp(ctx context.Context, env Env, cfg *Config) error {
+	// Catch SIGHUP from the start: its default action would kill a node
+	// that is still starting.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log := newLogger(env.Stderr, cfg.Log)
 	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
@@ -166,16 +172,19 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		return err
 	}
 	defer n.Close()
-	reload := func() error { return reloadNode(cfg, env, n, log) }
+	// SIGHUP and the control API may ask at once; one reload at a time.
+	var reloadMu sync.Mutex
+	reload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		return reloadNode(cfg, env, n, log)
+	}
 	cs, err := serveControl(n, cfg.Control.Socket, reload, log)
 	if err != nil {
 		return err
 	}
 	defer cs.Close()
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-ctx.Done():
@@ -183,7 +192,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 			return nil
 		case <-hup:
 			if err := reload(); err != nil {
-				log.Error("reload failed; keeping the old state", "err", err)
+				log.Error("reload incomplete; what failed keeps its old state", "err", err)
 			}
 		}
 	}

@@ -101,11 +101,16 @@ func vaultGetCommand() *command {
 			if err != nil {
 				return fmt.Errorf("write item: %w", err)
 			}
-			if _, err := f.Write(data); err != nil {
-				f.Close()
+			_, err = f.Write(data)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				// Leave no partial copy of a secret behind.
+				os.Remove(o.out)
 				return fmt.Errorf("write item: %w", err)
 			}
-			return f.Close()
+			return nil
 		},
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -122,17 +123,25 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s is in use by another gridnet", path)
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s is in use by another gridnet", path)
+		}
+		// A stale socket from a node that did not shut down cleanly.
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket: %w", err)
+		}
 	}
-	_ = os.Remove(path)
+	// Create the socket 0600 from the start: no moment where others could
+	// connect.
+	oldMask := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
+	syscall.Umask(oldMask)
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	cs := &controlServer{node: n, log: log, reload: reload, ln: ln, done: make(chan struct{})}
@@ -154,6 +163,10 @@ func (cs *controlServer) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := cs.srv.Shutdown(ctx)
+	if err != nil {
+		// A long ping stream: cut it rather than outlive the node.
+		err = cs.srv.Close()
+	}
 	<-cs.done
 	_ = os.Remove(cs.ln.Addr().String())
 	return err

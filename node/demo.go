@@ -261,9 +261,11 @@ func demoEcho(ctx context.Context, a, b *Node) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		ln.Close()
+		wg.Wait()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

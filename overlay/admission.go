@@ -90,8 +90,21 @@ func (o *Overlay) halfOpenFull() bool {
 func (o *Overlay) sweepHalfOpenLocked(now time.Time) {
 	for idx, h := range o.halfOpen {
 		if now.After(h.expires) {
-			delete(o.halfOpen, idx)
+			o.deleteHalfOpenLocked(idx)
 		}
+	}
+}
+
+// deleteHalfOpenLocked drops a half-open entry and its per-source count.
+func (o *Overlay) deleteHalfOpenLocked(idx uint32) {
+	h, ok := o.halfOpen[idx]
+	if !ok {
+		return
+	}
+	delete(o.halfOpen, idx)
+	key := rateKey(h.from.Addr())
+	if o.halfOpenBySrc[key]--; o.halfOpenBySrc[key] <= 0 {
+		delete(o.halfOpenBySrc, key)
 	}
 }
 
@@ -157,16 +170,23 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 			return
 		}
 	}
+	key := rateKey(from.Addr())
+	if o.halfOpenBySrc[key] >= o.halfOpenPerSrc {
+		o.hsMu.Unlock()
+		o.stats.halfOpenFull.Add(1)
+		return
+	}
 	idx := o.newIndexLocked()
 	// Reserve the index before the (unlocked) crypto.
 	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL)}
+	o.halfOpenBySrc[key]++
 	o.hsMu.Unlock()
 
 	resp, msg2, err := handshake.NewResponder(o.credentials(), m, idx)
 	o.hsMu.Lock()
 	h := o.halfOpen[idx] // nil if swept meanwhile: drop the handshake
 	if err != nil || h == nil {
-		delete(o.halfOpen, idx)
+		o.deleteHalfOpenLocked(idx)
 	} else {
 		h.resp = resp
 	}
@@ -190,7 +210,7 @@ func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
 	o.hsMu.Lock()
 	h, ok := o.halfOpen[m.Receiver]
 	if ok && h.resp != nil && h.from == from {
-		delete(o.halfOpen, m.Receiver)
+		o.deleteHalfOpenLocked(m.Receiver)
 	} else {
 		ok = false
 	}

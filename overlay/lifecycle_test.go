@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"math/big"
@@ -271,7 +272,8 @@ func TestHalfOpenTableBounded(t *testing.T) {
 	cred := handshake.Credentials{StaticPrivate: k.wgPriv, IdentityKey: k.idKey}
 	dst := net.UDPAddrFromAddrPort(a.ep)
 	a.hsMu.Lock()
-	a.halfOpenTTL = time.Hour // slow -race runs must not expire entries
+	a.halfOpenTTL = time.Hour  // slow -race runs must not expire entries
+	a.halfOpenPerSrc = 1 << 20 // one test socket plays many sources
 	a.hsMu.Unlock()
 	const chunk = 64 // well below the worker queue, so nothing is dropped there
 	for sent := 0; sent < HalfOpenCap+20; {
@@ -297,5 +299,55 @@ func TestHalfOpenTableBounded(t *testing.T) {
 	a.hsMu.Unlock()
 	if n != HalfOpenCap {
 		t.Fatalf("half-open table holds %d", n)
+	}
+}
+
+// TestHalfOpenPerSource: one source cannot hold more than HalfOpenPerSource
+// half-open handshakes, and while it holds them an honest node from
+// another address is still admitted.
+func TestHalfOpenPerSource(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "alpha")
+	a := startNode(t, f, "node-a", "100.64.0.1", nodeOpts{rate: 1e6})
+	a.hsMu.Lock()
+	a.halfOpenTTL = time.Hour
+	a.hsMu.Unlock()
+	// The flooder sends from 127.0.0.2; the honest node from 127.0.0.1.
+	sock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	go func() { // drain msg2s
+		buf := make([]byte, 4096)
+		for {
+			if _, _, err := sock.ReadFromUDP(buf); err != nil {
+				return
+			}
+		}
+	}()
+	k := newKeys(t)
+	cred := handshake.Credentials{StaticPrivate: k.wgPriv, IdentityKey: k.idKey}
+	dst := net.UDPAddrFromAddrPort(a.ep)
+	const sent = 3 * HalfOpenPerSource
+	for i := range sent {
+		_, msg1, err := handshake.NewInitiator(cred, uint32(i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sock.WriteToUDP(msg1, dst)
+	}
+	waitFor(t, 20*time.Second, "msg1s handled", func() bool {
+		s := a.Stats()
+		return s.Responded+s.HalfOpenFull+s.QueueFull >= sent
+	})
+	if st := a.Stats(); st.Responded != HalfOpenPerSource || st.HalfOpenFull != sent-HalfOpenPerSource {
+		t.Fatalf("responded %d, refused %d; want %d, %d", st.Responded, st.HalfOpenFull, HalfOpenPerSource, sent-HalfOpenPerSource)
+	}
+	b := startNode(t, f, "node-b", "100.64.0.2", nodeOpts{rate: 1e6})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Admit(ctx, a.ep); err != nil {
+		t.Fatalf("honest node refused while another source holds its half-open share: %v", err)
 	}
 }

@@ -73,6 +73,10 @@ const (
 	PersistentKeepalive = 25
 	// HalfOpenCap bounds responder state kept between msg1 and msg3.
 	HalfOpenCap = 1024
+	// HalfOpenPerSource bounds the half-open entries one source (an IPv4
+	// address or an IPv6 /64) may hold, so that a few sources cannot fill
+	// the table and lock everyone else out; an honest node needs one.
+	HalfOpenPerSource = 8
 	// HalfOpenTimeout is how long a responder waits for msg3.
 	HalfOpenTimeout = 5 * time.Second
 	// handshakeQueueLen bounds handshake datagrams waiting for a worker;
@@ -144,7 +148,11 @@ type Overlay struct {
 	hsMu        sync.Mutex
 	halfOpenTTL time.Duration // HalfOpenTimeout; tests may raise it
 	halfOpen    map[uint32]*halfOpenState
-	pending     map[uint32]chan inboundPacket
+	// halfOpenBySrc counts halfOpen entries per rateKey(source), capped
+	// at halfOpenPerSrc (HalfOpenPerSource; tests may raise it).
+	halfOpenBySrc  map[netip.Addr]int
+	halfOpenPerSrc int
+	pending        map[uint32]chan inboundPacket
 	// attempting counts initiator attempts in flight per endpoint; a
 	// responder consults it to break the tie when both sides admit each
 	// other at once (see startsSession).
@@ -180,20 +188,22 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		return nil, errors.New("overlay: Config needs IdentityKey and Certificate")
 	}
 	o := &Overlay{
-		log:         cfg.Logger,
-		now:         cfg.Now,
-		verify:      cfg.Verifier,
-		wgPriv:      cfg.WireGuardKey,
-		idKey:       cfg.IdentityKey,
-		limiter:     newRateLimiter(cfg.HandshakeRate, cfg.HandshakeBurst, nil),
-		logLim:      newLogLimiter(nil),
-		queue:       make(chan inboundPacket, handshakeQueueLen),
-		halfOpen:    make(map[uint32]*halfOpenState),
-		halfOpenTTL: HalfOpenTimeout,
-		pending:     make(map[uint32]chan inboundPacket),
-		attempting:  make(map[netip.AddrPort]int),
-		peers:       make(map[[32]byte]*peerEntry),
-		changed:     make(chan struct{}, 1),
+		log:            cfg.Logger,
+		now:            cfg.Now,
+		verify:         cfg.Verifier,
+		wgPriv:         cfg.WireGuardKey,
+		idKey:          cfg.IdentityKey,
+		limiter:        newRateLimiter(cfg.HandshakeRate, cfg.HandshakeBurst, nil),
+		logLim:         newLogLimiter(nil),
+		queue:          make(chan inboundPacket, handshakeQueueLen),
+		halfOpen:       make(map[uint32]*halfOpenState),
+		halfOpenBySrc:  make(map[netip.Addr]int),
+		halfOpenPerSrc: HalfOpenPerSource,
+		halfOpenTTL:    HalfOpenTimeout,
+		pending:        make(map[uint32]chan inboundPacket),
+		attempting:     make(map[netip.AddrPort]int),
+		peers:          make(map[[32]byte]*peerEntry),
+		changed:        make(chan struct{}, 1),
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)

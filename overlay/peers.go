@@ -108,6 +108,12 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	self := o.self.Load()
 	o.peersMu.Lock()
 	defer o.peersMu.Unlock()
+	// A CRL applied while this handshake ran (after its certificate was
+	// verified) must still keep the peer out: Revalidate ran before us and
+	// could not see it.
+	if o.verify.IsRevoked(id) {
+		return fmt.Errorf("admit %q: %w", id.Name, cert.ErrRevoked)
+	}
 	table := o.byAddr.Load().m
 	var evict []*peerEntry
 	for _, pfx := range id.Addresses {
@@ -130,8 +136,15 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 		o.removeLocked(e, "superseded by "+id.Name)
 	}
 	var b strings.Builder
+	_, exists := o.peers[p.Static]
+	if start && exists {
+		// The peer may have restarted with the same keys while we still
+		// hold its old session: drop the peer and add it afresh, so the
+		// keepalive below goes from 0 to on and a new session starts.
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(p.Static[:]))
+	}
 	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\nendpoint=%s\n", hex.EncodeToString(p.Static[:]), endpoint)
-	if _, exists := o.peers[p.Static]; start {
+	if start {
 		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", PersistentKeepalive)
 	} else if !exists {
 		b.WriteString("persistent_keepalive_interval=0\n")

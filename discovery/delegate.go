@@ -1,0 +1,565 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Broadcast limits.
+const (
+	// maxGossipMsg is the largest user message put in the gossip queue:
+	// the packet size minus a margin for memberlist's compound and message
+	// headers (and the CRC of protocol 5). Larger records and CRLs are
+	// announced instead and pulled by push/pull.
+	maxGossipMsg = udpBufferSize - 64
+	// maxBroadcastQueue bounds the gossip queue; the oldest (most sent)
+	// broadcasts are pruned first. Anti-entropy repairs what is pruned.
+	maxBroadcastQueue = 1024
+)
+
+// delegate implements memberlist.Delegate.
+type delegate Discovery
+
+// NodeMeta returns the metadata digest: the own record's version.
+func (g *delegate) NodeMeta(limit int) []byte {
+	d := (*Discovery)(g)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return encodeMeta(d.self.Version)
+}
+
+// NotifyMsg handles a gossip message: a record, a CRL or an announcement.
+func (g *delegate) NotifyMsg(b []byte) {
+	d := (*Discovery)(g)
+	if len(b) < 2 {
+		return
+	}
+	switch b[0] {
+	case msgRecord:
+		rec, gossip, err := decodeRecord(b[1:])
+		if err != nil {
+			d.log.Debug("discovery: bad record message", "err", err)
+			return
+		}
+		e := entry{rec, gossip}
+		if d.acceptEntry(e, LearnedGossip) {
+			d.queueRecord(e)
+		}
+	case msgCRL:
+		der := bytes.Clone(b[1:])
+		if d.acceptCRL(der) {
+			d.queueCRL(der)
+		}
+	case msgAnnounce:
+		a, err := decodeAnnounce(b[1:])
+		if err != nil {
+			d.log.Debug("discovery: bad announcement", "err", err)
+			return
+		}
+		if d.wants(a) {
+			d.requestSync(a.holderAddr)
+		}
+	case msgLeave:
+		name, version, err := decodeLeave(b[1:])
+		if err != nil {
+			d.log.Debug("discovery: bad leave notice", "err", err)
+			return
+		}
+		if d.leaving(name, version) {
+			d.enqueue("l/"+name, bytes.Clone(b))
+		}
+	}
+}
+
+// GetBroadcasts hands memberlist queued records and CRLs.
+func (g *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return g.queue.GetBroadcasts(overhead, limit)
+}
+
+// LocalState encodes the state for a push/pull: own record first, the
+// others in random order (so a state trimmed at MaxStateSize carries a
+// different subset each time), and the newest CRL.
+func (g *delegate) LocalState(join bool) []byte {
+	d := (*Discovery)(g)
+	d.mu.Lock()
+	s := state{from: d.self.Name, crl: d.crl}
+	s.entries = make([]entry, 0, len(d.members)+1)
+	s.entries = append(s.entries, entry{d.self, d.addr})
+	for _, m := range d.members {
+		if m.hasRec {
+			s.entries = append(s.entries, entry{m.rec, m.gossip})
+		}
+	}
+	d.mu.Unlock()
+	rest := s.entries[1:]
+	rand.Shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+	return encodeState(s)
+}
+
+// MergeRemoteState merges a peer's state. The sender's own record is news
+// and is re-broadcast; third-party records are not (anti-entropy already
+// spreads them). A new CRL accepted by OnCRL is re-broadcast.
+func (g *delegate) MergeRemoteState(buf []byte, join bool) {
+	d := (*Discovery)(g)
+	s, err := decodeState(buf)
+	if err != nil {
+		d.log.Debug("discovery: refused remote state", "err", err, "bytes", len(buf))
+		return
+	}
+	if s.truncated {
+		d.log.Debug("discovery: remote state truncated", "from", s.from, "kept", MaxStateRecords)
+	}
+	how := LearnedPushPull
+	if join {
+		how = LearnedJoin
+	}
+	for _, e := range s.entries {
+		if d.acceptEntry(e, how) && e.rec.Name == s.from {
+			d.queueRecord(e)
+		}
+	}
+	if len(s.crl) > 0 && d.acceptCRL(s.crl) {
+		d.queueCRL(s.crl)
+	}
+}
+
+// acceptEntry keeps e if its record is newer than the one held for its
+// name and reports whether it did. A record for this node's own name that
+// is not ours and not older makes us bump our version (like memberlist's
+// refutation) so the fabric converges on our record.
+func (d *Discovery) acceptEntry(e entry, how string) bool {
+	d.mu.Lock()
+	if e.rec.Name == d.self.Name {
+		refute := !e.rec.Equal(d.self) && e.rec.Version >= d.self.Version
+		if refute {
+			d.self.Version = e.rec.Version + 1
+		}
+		d.mu.Unlock()
+		if refute {
+			d.log.Debug("discovery: refuting a record for our name", "version", e.rec.Version)
+			d.spreadSelf()
+		}
+		return false
+	}
+	m := d.members[e.rec.Name]
+	if m == nil {
+		m = &member{stateChange: time.Now()}
+		d.members[e.rec.Name] = m
+	}
+	if !m.gossip.IsValid() && e.gossip.IsValid() {
+		m.gossip = e.gossip
+	}
+	if m.hasRec && e.rec.Version <= m.rec.Version {
+		d.mu.Unlock()
+		return false
+	}
+	m.rec, m.hasRec, m.learned, m.updated = e.rec.Clone(), true, how, time.Now()
+	m.leaveNotified = false
+	rec := e.rec.Clone()
+	if d.cfg.OnRecord != nil {
+		d.events.push(func() { d.cfg.OnRecord(rec) })
+	}
+	d.mu.Unlock()
+	return true
+}
+
+// acceptCRL offers der to OnCRL unless it is the CRL held or one refused
+// before, and keeps it if OnCRL accepts it.
+func (d *Discovery) acceptCRL(der []byte) bool {
+	if len(der) == 0 || len(der) > MaxCRLSize || d.cfg.OnCRL == nil {
+		return false
+	}
+	sum := crlDigest(der)
+	d.crlMu.Lock()
+	defer d.crlMu.Unlock()
+	d.mu.Lock()
+	known := bytes.Equal(der, d.crl)
+	for _, r := range d.rejected {
+		known = known || bytes.Equal(r, sum)
+	}
+	d.mu.Unlock()
+	if known {
+		return false
+	}
+	ok := d.cfg.OnCRL(bytes.Clone(der))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !ok {
+		if len(d.rejected) == maxRejectedCRLs {
+			d.rejected = d.rejected[1:]
+		}
+		d.rejected = append(d.rejected, sum)
+		return false
+	}
+	d.crl = bytes.Clone(der)
+	return true
+}
+
+// leaving handles a leave notice and reports whether it was news. A member
+// still alive is marked, so that memberlist's coming NotifyLeave is a
+// leave; one already reported dead is corrected to left (OnLeave again,
+// dead=false). Notices for an older record than held are stale.
+func (d *Discovery) leaving(name string, version uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.members[name]
+	if name == d.self.Name || m == nil || m.leaving || (m.hasRec && m.rec.Version > version) {
+		return false
+	}
+	m.leaving = true
+	if m.state == StateDead {
+		m.state, m.stateChange = StateLeft, time.Now()
+		if d.cfg.OnLeave != nil {
+			d.events.push(func() { d.cfg.OnLeave(name, false) })
+		}
+	}
+	return true
+}
+
+// wants reports whether an announcement names something newer than held.
+func (d *Discovery) wants(a announce) bool {
+	if a.holderAddr == d.addr {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch a.kind {
+	case kindRecord:
+		if a.name == d.self.Name {
+			return false
+		}
+		m := d.members[a.name]
+		return m == nil || !m.hasRec || m.rec.Version < a.version
+	case kindCRL:
+		if d.cfg.OnCRL == nil || (d.crl != nil && bytes.Equal(crlDigest(d.crl), a.digest)) {
+			return false
+		}
+		for _, r := range d.rejected {
+			if bytes.Equal(r, a.digest) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// broadcast is one queued gossip message; a newer one with the same key
+// replaces it.
+type broadcast struct {
+	key string
+	msg []byte
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	ob, ok := o.(*broadcast)
+	return ok && ob.key == b.key
+}
+func (b *broadcast) Name() string    { return b.key }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+func (d *Discovery) enqueue(key string, msg []byte) {
+	d.queue.QueueBroadcast(&broadcast{key: key, msg: msg})
+	d.queue.Prune(maxBroadcastQueue)
+}
+
+// queueRecord gossips a record, or announces it if it does not fit in a
+// packet.
+func (d *Discovery) queueRecord(e entry) {
+	msg, err := encodeRecord([]byte{msgRecord}, e.rec, e.gossip)
+	if err != nil {
+		return
+	}
+	if len(msg) > maxGossipMsg {
+		msg = encodeAnnounce(announce{kind: kindRecord, name: e.rec.Name, version: e.rec.Version,
+			holder: d.cfg.Self.Name, holderAddr: d.addr})
+	}
+	d.enqueue("r/"+e.rec.Name, msg)
+}
+
+// queueCRL gossips a CRL, or announces it if it does not fit in a packet.
+func (d *Discovery) queueCRL(der []byte) {
+	msg := append([]byte{msgCRL}, der...)
+	if len(msg) > maxGossipMsg {
+		msg = encodeAnnounce(announce{kind: kindCRL, digest: crlDigest(der),
+			holder: d.cfg.Self.Name, holderAddr: d.addr})
+	}
+	d.enqueue("crl", msg)
+}
+
+// eventDelegate implements memberlist.EventDelegate. memberlist calls it
+// with its node lock held: it only updates the table and queues callbacks.
+type eventDelegate Discovery
+
+func nodeAddr(n *memberlist.Node) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(n.Addr)
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}
+
+// NotifyJoin records a member as alive.
+func (g *eventDelegate) NotifyJoin(n *memberlist.Node) { (*Discovery)(g).alive(n) }
+
+// NotifyUpdate records new metadata or address.
+func (g *eventDelegate) NotifyUpdate(n *memberlist.Node) { (*Discovery)(g).alive(n) }
+
+// NotifyLeave records a member as dead or left and calls OnLeave.
+func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	d := (*Discovery)(g)
+	if n.Name == d.cfg.Self.Name {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.members[n.Name]
+	if m == nil {
+		m = &member{}
+		d.members[n.Name] = m
+	}
+	dead := !m.leaving
+	if m.state == StateAlive {
+		d.numAlive.Add(-1)
+	}
+	m.state, m.stateChange, m.inML = StateLeft, time.Now(), true
+	if dead {
+		m.state = StateDead
+	}
+	m.leaveNotified = true
+	if d.cfg.OnLeave != nil {
+		name := n.Name
+		d.events.push(func() { d.cfg.OnLeave(name, dead) })
+	}
+}
+
+func (d *Discovery) alive(n *memberlist.Node) {
+	if n.Name == d.cfg.Self.Name {
+		return
+	}
+	v, _ := decodeMeta(n.Meta)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.members[n.Name]
+	if m == nil {
+		m = &member{}
+		d.members[n.Name] = m
+	}
+	now := time.Now()
+	if m.state != StateAlive {
+		d.numAlive.Add(1)
+		m.state, m.stateChange, m.leaving = StateAlive, now, false
+	}
+	m.inML = true
+	if a := nodeAddr(n); a.IsValid() {
+		m.gossip = a
+	}
+	if v > m.metaVersion || m.metaSeen.IsZero() {
+		m.metaVersion, m.metaSeen = max(v, m.metaVersion), now
+	}
+	// A member reported gone is back: hand its record to the node again,
+	// unless a newer one is on its way (then OnRecord fires for that).
+	if m.leaveNotified && m.hasRec && m.metaVersion <= m.rec.Version {
+		m.leaveNotified = false
+		rec := m.rec.Clone()
+		if d.cfg.OnRecord != nil {
+			d.events.push(func() { d.cfg.OnRecord(rec) })
+		}
+	}
+}
+
+// requestSync queues a push/pull with addr unless one is already queued.
+func (d *Discovery) requestSync(addr netip.AddrPort) {
+	if !addr.IsValid() || addr == d.addr {
+		return
+	}
+	d.mu.Lock()
+	if d.pending[addr] {
+		d.mu.Unlock()
+		return
+	}
+	d.pending[addr] = true
+	d.mu.Unlock()
+	select {
+	case d.syncCh <- addr:
+	default:
+		d.mu.Lock()
+		delete(d.pending, addr)
+		d.mu.Unlock()
+	}
+}
+
+// syncWorker performs queued push/pulls (memberlist joins: a full two-way
+// exchange of membership and records).
+func (d *Discovery) syncWorker() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case addr := <-d.syncCh:
+			if _, err := d.ml.Join([]string{addr.String()}); err != nil {
+				d.log.Debug("discovery: sync failed", "peer", addr, "err", err)
+			}
+			d.mu.Lock()
+			delete(d.pending, addr)
+			d.mu.Unlock()
+		}
+	}
+}
+
+// settle is the straggler fix. When many members join one seed at once,
+// each learns from the seed only those that joined before it, and learns
+// the later ones only from gossip whose retransmit budget can run out: a
+// member may then stay unaware of others until the next periodic push/pull
+// (30 s or more at LAN timings). After a join, settle runs push/pulls with
+// random live members at growing delays, so every member exchanges full
+// state with members that joined after it.
+func (d *Discovery) settle() {
+	defer d.wg.Done()
+	start := time.Now()
+	for _, delay := range d.tun.settleDelays {
+		t := time.NewTimer(time.Until(start.Add(delay)))
+		select {
+		case <-d.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		for _, a := range d.randomAlive(d.tun.settleFanout) {
+			d.requestSync(a)
+		}
+	}
+}
+
+// randomAlive returns up to k random live members' gossip addresses.
+func (d *Discovery) randomAlive(k int) []netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var all []netip.AddrPort
+	for _, m := range d.members {
+		if m.state == StateAlive && m.gossip.IsValid() {
+			all = append(all, m.gossip)
+		}
+	}
+	rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	return all[:min(k, len(all))]
+}
+
+// maintain runs the repair loop every repairInterval:
+//   - record repair: a live member whose metadata advertises a newer record
+//     than held (for longer than recordGrace, so gossip had its chance) is
+//     pulled from; a record whose owner memberlist never reported is
+//     joined through the record's gossip address;
+//   - reconnect: one random dead member (not left) per reconnectInterval,
+//     for reconnectTimeout, so partitions heal without an operator;
+//   - seeds: when no member is alive, the Join seeds are retried with
+//     backoff;
+//   - members gone for longer than reconnectTimeout are forgotten.
+func (d *Discovery) maintain() {
+	defer d.wg.Done()
+	tick := time.NewTicker(d.tun.repairInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, a := range d.repairTargets(time.Now()) {
+			d.requestSync(a)
+		}
+	}
+}
+
+func (d *Discovery) repairTargets(now time.Time) []netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.left {
+		return nil
+	}
+	var repair, dead []netip.AddrPort
+	alive := 0
+	for name, m := range d.members {
+		switch {
+		case m.state == StateAlive:
+			alive++
+			stale := !m.hasRec || m.metaVersion > m.rec.Version
+			if stale && now.Sub(m.metaSeen) >= d.tun.recordGrace {
+				repair = append(repair, m.gossip)
+			}
+		case !m.inML && now.Sub(m.updated) > d.tun.reconnectTimeout:
+			delete(d.members, name)
+		case !m.inML:
+			if m.hasRec && now.Sub(m.updated) >= d.tun.recordGrace {
+				repair = append(repair, m.gossip)
+			}
+		case now.Sub(m.stateChange) > d.tun.reconnectTimeout:
+			delete(d.members, name)
+		case m.state == StateDead:
+			dead = append(dead, m.gossip)
+		}
+	}
+	rand.Shuffle(len(repair), func(i, j int) { repair[i], repair[j] = repair[j], repair[i] })
+	out := repair[:min(len(repair), d.tun.maxSyncsPerTick)]
+	if len(dead) > 0 && now.Sub(d.lastRecon) >= d.tun.reconnectInterval {
+		d.lastRecon = now
+		out = append(out, dead[rand.N(len(dead))])
+	}
+	if alive == 0 && len(d.seeds) > 0 && !now.Before(d.seedNext) {
+		out = append(out, d.seeds[rand.N(len(d.seeds))])
+		d.seedNext = now.Add(jitter(d.seedWait))
+		d.seedWait = min(2*d.seedWait, d.tun.joinBackoffMax)
+	} else if alive > 0 {
+		d.seedWait = d.tun.joinBackoffMin
+	}
+	return out
+}
+
+// notifier runs callbacks one at a time, in order, off memberlist's locks.
+type notifier struct {
+	mu    sync.Mutex
+	queue []func()
+	wake  chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{wake: make(chan struct{}, 1)} }
+
+func (n *notifier) push(f func()) {
+	n.mu.Lock()
+	n.queue = append(n.queue, f)
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *notifier) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.wake:
+		}
+		for {
+			n.mu.Lock()
+			q := n.queue
+			n.queue = nil
+			n.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, f := range q {
+				if ctx.Err() != nil {
+					return
+				}
+				f()
+			}
+		}
+	}
+}

@@ -1,0 +1,473 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// DefaultPort is the gossip port on the overlay (memberlist's usual port).
+const DefaultPort = 7946
+
+// Network is the overlay network as seen from this node. The node's stack
+// package implements it; memnet implements it in memory for tests.
+type Network interface {
+	// ListenUDP opens a UDP socket on the node's overlay address.
+	ListenUDP(port uint16) (net.PacketConn, error)
+	// ListenTCP opens a TCP listener on the node's overlay address.
+	ListenTCP(port uint16) (net.Listener, error)
+	// DialContext opens a stream ("tcp") to an overlay ip:port.
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+	// LocalAddr returns the node's overlay address.
+	LocalAddr() netip.Addr
+}
+
+// Config configures Start.
+type Config struct {
+	// Network is the overlay network (required).
+	Network Network
+	// Port is the gossip port on the overlay; zero means DefaultPort.
+	Port uint16
+	// Self is this node's record. Version zero means "now in
+	// nanoseconds", so a restarted node's record beats its previous one.
+	Self Record
+	// Logger receives the package's logs and memberlist's (at debug,
+	// rate-limited); nil discards them.
+	Logger *slog.Logger
+
+	// Callbacks run one at a time, in order, on a goroutine of the package
+	// (OnCRL runs on the goroutine that received the CRL). They must not
+	// block: the node queues work.
+
+	// OnRecord is called when a record newer than any held for its name
+	// is learned (by gossip, push/pull or join), and again with the held
+	// record when a member that was reported by OnLeave comes back alive.
+	// Never called for Self.
+	OnRecord func(Record)
+	// OnLeave is called when a member left gracefully (dead=false) or was
+	// declared dead by failure detection (dead=true).
+	OnLeave func(name string, dead bool)
+	// OnCRL is offered every CRL that differs from the newest accepted one.
+	// It returns true if the CRL is valid and newer (it is then kept, put in
+	// state exchanges and re-broadcast), false otherwise (dropped, and not
+	// offered again). A nil OnCRL drops CRLs from others.
+	OnCRL func(der []byte) bool
+	// Profile selects timings: ProfileLAN (default) or ProfileLocal.
+	Profile Profile
+
+	// testHook, if set, adjusts memberlist's and the package's timings
+	// (tests only).
+	testHook func(*memberlist.Config, *tuning)
+}
+
+// MemberState is a member's liveness.
+type MemberState int
+
+// Member states.
+const (
+	// StateUnknown: a record is known but memberlist has not reported the
+	// member yet (it will, or the record is repaired by a pull).
+	StateUnknown MemberState = iota
+	// StateAlive: the member answers probes.
+	StateAlive
+	// StateSuspect: a probe failed; the member has the suspicion timeout to
+	// refute. Reserved: memberlist v0.7.0 does not expose suspicion (the
+	// Node it hands out never has its State updated), so Members reports
+	// suspects as alive until they are declared dead.
+	StateSuspect
+	// StateDead: failure detection declared the member dead.
+	StateDead
+	// StateLeft: the member left gracefully.
+	StateLeft
+)
+
+// String returns the state's lower-case name.
+func (s MemberState) String() string {
+	switch s {
+	case StateAlive:
+		return "alive"
+	case StateSuspect:
+		return "suspect"
+	case StateDead:
+		return "dead"
+	case StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Where a record was learned (Member.LearnedFrom).
+const (
+	// LearnedLocal marks this node's own record.
+	LearnedLocal = "local"
+	// LearnedJoin: from a join-type state exchange: this node's Join, a
+	// joiner's push, or one of the package's settle and repair syncs
+	// (which memberlist performs as joins).
+	LearnedJoin = "join"
+	// LearnedGossip: from a gossip broadcast.
+	LearnedGossip = "gossip"
+	// LearnedPushPull: from memberlist's periodic push/pull anti-entropy.
+	LearnedPushPull = "push-pull"
+)
+
+// Member is one member as this node sees it.
+type Member struct {
+	// Name is the node name.
+	Name string
+	// Addr is the member's overlay address (invalid if not yet known).
+	Addr netip.Addr
+	// State is the member's liveness.
+	State MemberState
+	// Record is the newest record held (zero Version if none yet).
+	Record Record
+	// LearnedFrom says how Record arrived: LearnedLocal, LearnedJoin,
+	// LearnedGossip or LearnedPushPull ("" if no record yet).
+	LearnedFrom string
+	// Updated is when Record was learned or State last changed.
+	Updated time.Time
+}
+
+// member is the package's bookkeeping for one name.
+type member struct {
+	rec           Record
+	hasRec        bool
+	learned       string
+	updated       time.Time
+	gossip        netip.AddrPort // overlay ip:port of its gossip port
+	state         MemberState
+	stateChange   time.Time
+	inML          bool      // memberlist reported it
+	metaVersion   uint64    // record version its metadata advertises
+	metaSeen      time.Time // when metaVersion was last raised
+	leaveNotified bool      // OnLeave called since the last OnRecord
+	leaving       bool      // a leave notice arrived (graceful, not dead)
+}
+
+// Discovery is a running member of the fabric.
+type Discovery struct {
+	cfg  Config
+	tun  tuning
+	log  *slog.Logger
+	tr   *transport
+	ml   *memberlist.Memberlist
+	addr netip.AddrPort // own gossip address
+
+	gossipInterval time.Duration
+
+	queue    *memberlist.TransmitLimitedQueue
+	numAlive atomic.Int32 // members alive, self included (queue scaling)
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	events *notifier
+	syncCh chan netip.AddrPort
+
+	crlMu sync.Mutex // serializes CRL acceptance (OnCRL calls)
+
+	mu        sync.Mutex
+	self      Record
+	members   map[string]*member
+	crl       []byte
+	rejected  [][]byte // digests of CRLs OnCRL refused (ring)
+	pending   map[netip.AddrPort]bool
+	seeds     []netip.AddrPort
+	seedNext  time.Time
+	seedWait  time.Duration
+	lastRecon time.Time
+	left      bool
+
+	closeOnce sync.Once
+}
+
+// leaveNoticeRounds is how many gossip intervals the leave notice travels
+// ahead of memberlist's leave message, so that members mostly learn it is a
+// leave before memberlist reports the member gone (late notices correct a
+// "dead" to "left").
+const leaveNoticeRounds = 3
+
+// maxRejectedCRLs is how many refused CRL digests are remembered so that a
+// bad CRL still circulating is not offered to OnCRL again and again.
+const maxRejectedCRLs = 32
+
+// syncQueueLen bounds queued push/pulls; more requests are dropped (the
+// repair loop asks again later).
+const syncQueueLen = 64
+
+// syncWorkers is how many push/pulls the package runs at once.
+const syncWorkers = 2
+
+// Start creates the memberlist instance on the overlay and starts the
+// package's loops. ctx bounds only the start; the returned Discovery runs
+// until Close.
+func Start(ctx context.Context, cfg Config) (*Discovery, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("discovery: start: %w", err)
+	}
+	if cfg.Network == nil {
+		return nil, errors.New("discovery: start: no network")
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Self = cfg.Self.Clone()
+	if cfg.Self.Version == 0 {
+		cfg.Self.Version = uint64(time.Now().UnixNano())
+	}
+	if err := cfg.Self.Validate(); err != nil {
+		return nil, fmt.Errorf("discovery: start: self: %w", err)
+	}
+	d := &Discovery{
+		cfg:     cfg,
+		tun:     cfg.Profile.tuning(),
+		log:     cfg.Logger.With("node", cfg.Self.Name),
+		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
+		self:    cfg.Self,
+		members: make(map[string]*member),
+		pending: make(map[netip.AddrPort]bool),
+		syncCh:  make(chan netip.AddrPort, syncQueueLen),
+	}
+	d.numAlive.Store(1)
+	mc := cfg.Profile.memberlistConfig()
+	if cfg.testHook != nil {
+		cfg.testHook(mc, &d.tun)
+	}
+	d.gossipInterval = mc.GossipInterval
+	d.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(d.numAlive.Load()) },
+		RetransmitMult: mc.RetransmitMult,
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.events = newNotifier()
+
+	tr, err := newTransport(cfg.Network, cfg.Port, d.log)
+	if err != nil {
+		d.cancel()
+		return nil, err
+	}
+	d.tr = tr
+	mc.Name = cfg.Self.Name
+	mc.Transport = tr
+	mc.Delegate = (*delegate)(d)
+	mc.Events = (*eventDelegate)(d)
+	mc.Logger = log.New(newMLLogWriter(d.log), "", 0)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		tr.Shutdown()
+		d.cancel()
+		return nil, fmt.Errorf("discovery: start memberlist: %w", err)
+	}
+	d.ml = ml
+	d.wg.Add(2 + syncWorkers)
+	go func() { defer d.wg.Done(); d.events.run(d.ctx) }()
+	go d.maintain()
+	for range syncWorkers {
+		go d.syncWorker()
+	}
+	d.log.Debug("discovery: started", "addr", d.addr, "profile", cfg.Profile)
+	return d, nil
+}
+
+// Join joins the fabric through seeds (overlay addresses; the gossip port
+// is Config.Port). It retries all seeds with exponential backoff until one
+// answers or ctx ends, and returns how many answered. After a join the
+// package runs settle syncs (push/pull with random members a few times in
+// the next seconds) so that members joining at the same moment do not miss
+// each other; the seeds are remembered and retried whenever this node has
+// no live peer left.
+func (d *Discovery) Join(ctx context.Context, seeds []netip.Addr) (int, error) {
+	var addrs []string
+	var aps []netip.AddrPort
+	for _, s := range seeds {
+		ap := netip.AddrPortFrom(s.Unmap(), d.cfg.Port)
+		if ap == d.addr {
+			continue
+		}
+		addrs = append(addrs, ap.String())
+		aps = append(aps, ap)
+	}
+	if len(addrs) == 0 {
+		return 0, errors.New("discovery: join: no seed other than this node")
+	}
+	d.mu.Lock()
+	d.seeds = aps
+	d.seedWait = d.tun.joinBackoffMin
+	d.mu.Unlock()
+	wait := d.tun.joinBackoffMin
+	for {
+		n, err := d.ml.Join(addrs)
+		if n > 0 {
+			d.log.Debug("discovery: joined", "seeds", n)
+			d.wg.Add(1)
+			go d.settle()
+			return n, nil
+		}
+		d.log.Debug("discovery: join failed; retrying", "err", err, "wait", wait)
+		t := time.NewTimer(jitter(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("discovery: join: %w (last: %w)", ctx.Err(), err)
+		case <-d.ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("discovery: join: %w", net.ErrClosed)
+		case <-t.C:
+		}
+		wait = min(2*wait, d.tun.joinBackoffMax)
+	}
+}
+
+// jitter returns d plus or minus up to 20%, so that retries spread out.
+func jitter(d time.Duration) time.Duration {
+	return d*4/5 + rand.N(d*2/5+1)
+}
+
+// Members returns every known member, this node included, sorted by name.
+func (d *Discovery) Members() []Member {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Member, 0, len(d.members)+1)
+	out = append(out, Member{Name: d.self.Name, Addr: d.addr.Addr(), State: StateAlive,
+		Record: d.self.Clone(), LearnedFrom: LearnedLocal, Updated: time.Now()})
+	for name, m := range d.members {
+		mm := Member{Name: name, Addr: m.gossip.Addr(), State: m.state, LearnedFrom: m.learned,
+			Updated: m.updated}
+		if m.stateChange.After(mm.Updated) {
+			mm.Updated = m.stateChange
+		}
+		if m.hasRec {
+			mm.Record = m.rec.Clone()
+		}
+		out = append(out, mm)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Self returns this node's current record.
+func (d *Discovery) Self() Record {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.self.Clone()
+}
+
+// UpdateSelf replaces this node's record (same name; e.g. a renewed
+// certificate or new endpoints) and spreads it. The version becomes
+// max(r.Version, current+1).
+func (d *Discovery) UpdateSelf(r Record) error {
+	r = r.Clone()
+	d.mu.Lock()
+	if r.Name == "" {
+		r.Name = d.self.Name
+	}
+	if r.Name != d.self.Name {
+		d.mu.Unlock()
+		return fmt.Errorf("discovery: update self: name %q is not %q", r.Name, d.self.Name)
+	}
+	r.Version = max(r.Version, d.self.Version+1)
+	if err := r.Validate(); err != nil {
+		d.mu.Unlock()
+		return fmt.Errorf("discovery: update self: %w", err)
+	}
+	d.self = r
+	d.mu.Unlock()
+	d.spreadSelf()
+	return nil
+}
+
+// spreadSelf broadcasts the own record and re-advertises the metadata
+// digest so members that miss the broadcast pull the record.
+func (d *Discovery) spreadSelf() {
+	d.mu.Lock()
+	self := d.self.Clone()
+	d.mu.Unlock()
+	d.queueRecord(entry{rec: self, gossip: d.addr})
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.ml.UpdateNode(d.tun.updateTimeout); err != nil {
+			d.log.Debug("discovery: metadata update", "err", err)
+		}
+	}()
+}
+
+// BroadcastCRL makes der the newest CRL of this node (the caller has
+// validated it) and spreads it; others offer it to their OnCRL. CRLs over
+// MaxCRLSize are refused.
+func (d *Discovery) BroadcastCRL(der []byte) error {
+	if len(der) == 0 {
+		return fmt.Errorf("discovery: broadcast CRL: empty: %w", ErrMalformed)
+	}
+	if len(der) > MaxCRLSize {
+		return fmt.Errorf("discovery: broadcast CRL of %d bytes, limit %d: %w", len(der), MaxCRLSize, ErrTooLarge)
+	}
+	der = bytes.Clone(der)
+	d.crlMu.Lock()
+	d.mu.Lock()
+	d.crl = der
+	d.mu.Unlock()
+	d.crlMu.Unlock()
+	d.queueCRL(der)
+	return nil
+}
+
+// CRL returns the newest CRL this node holds (nil if none).
+func (d *Discovery) CRL() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return bytes.Clone(d.crl)
+}
+
+// Leave tells the fabric that this node leaves, waiting up to timeout for
+// the messages to go out; members see it at once (OnLeave dead=false).
+// It first gossips the package's leave notice for leaveNoticeRounds gossip
+// intervals (at most half of timeout), then memberlist's leave. Call Close
+// afterwards.
+func (d *Discovery) Leave(timeout time.Duration) error {
+	d.mu.Lock()
+	d.left = true
+	notice := encodeLeave(d.self.Name, d.self.Version)
+	d.mu.Unlock()
+	d.enqueue("l/"+d.cfg.Self.Name, notice)
+	start := time.Now()
+	wait := min(timeout/2, leaveNoticeRounds*d.gossipInterval)
+	t := time.NewTimer(wait)
+	select {
+	case <-t.C:
+	case <-d.ctx.Done():
+		t.Stop()
+	}
+	if err := d.ml.Leave(timeout - time.Since(start)); err != nil {
+		return fmt.Errorf("discovery: leave: %w", err)
+	}
+	return nil
+}
+
+// Close stops the member without a leave message (others will declare it
+// dead) and waits for every goroutine of the package. Safe to call twice.
+func (d *Discovery) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		d.cancel()
+		if e := d.ml.Shutdown(); e != nil {
+			err = fmt.Errorf("discovery: close: %w", e)
+		}
+		d.wg.Wait()
+	})
+	return err
+}

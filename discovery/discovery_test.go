@@ -1,0 +1,397 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// noPeriodicPushPull removes memberlist's periodic anti-entropy, so that
+// convergence must come from gossip and the package's own syncs: with it,
+// a straggler would be hidden by the next periodic push/pull.
+func noPeriodicPushPull(c *memberlist.Config, _ *tuning) { c.PushPullInterval = 0 }
+
+func TestJoinOneSeedConverges(t *testing.T) {
+	for _, n := range []int{3, 10, 50} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			if n == 50 && testing.Short() {
+				t.Skip("50 members in -short")
+			}
+			checkLeaks(t)
+			f := newFabric(t, ProfileLocal)
+			f.hook = noPeriodicPushPull
+			for i := range n {
+				f.start(i, 1)
+			}
+			f.joinAll(1, n)
+			want := f.want()
+			// Without the settle syncs and record repair, members joining
+			// at once can miss each other until a periodic push/pull,
+			// which is disabled here.
+			took := waitFor(t, 8*time.Second, "every member knows every record", func() error {
+				return f.allKnowAll(want)
+			})
+			t.Logf("N=%d converged in %v", n, took)
+			for _, nd := range f.nodes {
+				nd.mu.Lock()
+				got := len(nd.records)
+				nd.mu.Unlock()
+				if got != n-1 {
+					t.Errorf("node %d: OnRecord for %d names, want %d", nd.i, got, n-1)
+				}
+			}
+		})
+	}
+}
+
+func TestKillDeadEverywhereThenRestart(t *testing.T) {
+	checkLeaks(t)
+	const n = 10
+	f := newFabric(t, ProfileLocal)
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+
+	const victim = 7
+	name := f.nodes[victim].d.Self().Name
+	f.hub.Kill(overlayAddr(victim))
+	window := ProfileLocal.SuspicionWindow(n)
+	took := waitFor(t, window, "killed member dead everywhere", func() error {
+		for _, nd := range f.nodes {
+			if nd.i == victim {
+				continue
+			}
+			for _, m := range nd.d.Members() {
+				if m.Name == name && m.State != StateDead {
+					return fmt.Errorf("node %d sees %s %v", nd.i, name, m.State)
+				}
+			}
+			nd.mu.Lock()
+			dead, ok := nd.leaves[name]
+			nd.mu.Unlock()
+			if !ok || !dead {
+				return fmt.Errorf("node %d: no OnLeave(%s, dead)", nd.i, name)
+			}
+		}
+		return nil
+	})
+	t.Logf("dead everywhere after %v (window %v)", took, window)
+
+	// Restart with the same name and a newer record.
+	f.nodes[victim].d.Close()
+	f.hub.Revive(overlayAddr(victim))
+	f.start(victim, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := f.nodes[victim].d.Join(ctx, []netip.Addr{overlayAddr(0)}); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 8*time.Second, "restarted member alive everywhere", func() error {
+		if err := f.allKnowAll(f.want()); err != nil {
+			return err
+		}
+		for _, nd := range f.nodes {
+			nd.mu.Lock()
+			v := nd.records[name].Version
+			nd.mu.Unlock()
+			if nd.i != victim && v != 2 {
+				return fmt.Errorf("node %d: OnRecord saw version %d of %s", nd.i, v, name)
+			}
+		}
+		return nil
+	})
+	t.Logf("back everywhere after %v", took)
+}
+
+func TestGracefulLeaveSeenAtOnce(t *testing.T) {
+	checkLeaks(t)
+	const n = 5
+	f := newFabric(t, ProfileLocal)
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	leaver := f.nodes[3]
+	name := leaver.d.Self().Name
+	if err := leaver.d.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Far less than a probe round plus suspicion: the leave is gossiped.
+	took := waitFor(t, 500*time.Millisecond, "leave seen everywhere", func() error {
+		for _, nd := range f.nodes {
+			if nd == leaver {
+				continue
+			}
+			nd.mu.Lock()
+			dead, ok := nd.leaves[name]
+			nd.mu.Unlock()
+			if !ok || dead {
+				return fmt.Errorf("node %d: OnLeave(%s) seen=%v dead=%v", nd.i, name, ok, dead)
+			}
+			for _, m := range nd.d.Members() {
+				if m.Name == name && m.State != StateLeft {
+					return fmt.Errorf("node %d sees %s %v", nd.i, name, m.State)
+				}
+			}
+		}
+		return nil
+	})
+	t.Logf("leave seen everywhere after %v", took)
+}
+
+func crlEverywhere(f *fabric, num int) func() error {
+	return func() error {
+		for _, nd := range f.nodes {
+			if c, _ := crlNumber(nd.d.CRL()); c != num {
+				return fmt.Errorf("node %d holds CRL %d, want %d", nd.i, c, num)
+			}
+		}
+		return nil
+	}
+}
+
+func TestCRLSpreadsAndLateJoinerGetsIt(t *testing.T) {
+	checkLeaks(t)
+	const n = 10
+	f := newFabric(t, ProfileLocal)
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+
+	// A CRL that fits in one gossip packet.
+	if err := f.nodes[4].d.BroadcastCRL(testCRL(1, 600)); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 3*time.Second, "CRL 1 everywhere", crlEverywhere(f, 1))
+	t.Logf("CRL (600 B) everywhere after %v", took)
+
+	// One too large for a packet: announced and pulled.
+	if err := f.nodes[2].d.BroadcastCRL(testCRL(2, 20000)); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 3*time.Second, "CRL 2 everywhere", crlEverywhere(f, 2))
+	t.Logf("CRL (20 kB) everywhere after %v", took)
+
+	// A late joiner gets the newest CRL in the join's state exchange.
+	late := f.start(n, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := late.d.Join(ctx, []netip.Addr{overlayAddr(0)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "late joiner has CRL 2", crlEverywhere(f, 2))
+}
+
+func TestCRLRefusedIsNotRebroadcast(t *testing.T) {
+	checkLeaks(t)
+	f := newFabric(t, ProfileLocal)
+	nd := f.start(0, 1)
+	g := (*delegate)(nd.d)
+	msg := append([]byte{msgCRL}, testCRL(5, 300)...)
+
+	nd.mu.Lock()
+	nd.refuse = true
+	nd.mu.Unlock()
+	g.NotifyMsg(msg)
+	if q := nd.d.queue.NumQueued(); q != 0 {
+		t.Fatalf("refused CRL queued for re-broadcast (%d queued)", q)
+	}
+	if nd.d.CRL() != nil {
+		t.Fatal("refused CRL kept")
+	}
+	g.NotifyMsg(msg) // a refused CRL is not offered again
+	nd.mu.Lock()
+	seen := nd.crlSeen
+	nd.refuse = false
+	nd.mu.Unlock()
+	if seen != 1 {
+		t.Fatalf("OnCRL called %d times for the same refused CRL, want 1", seen)
+	}
+
+	msg = append([]byte{msgCRL}, testCRL(6, 300)...)
+	g.NotifyMsg(msg)
+	if q := nd.d.queue.NumQueued(); q != 1 {
+		t.Fatalf("accepted CRL: %d queued, want 1", q)
+	}
+	if c, _ := crlNumber(nd.d.CRL()); c != 6 {
+		t.Fatalf("holds CRL %d, want 6", c)
+	}
+}
+
+func TestUpdateSelfSpreads(t *testing.T) {
+	checkLeaks(t)
+	const n = 10
+	f := newFabric(t, ProfileLocal)
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+
+	for _, size := range []int{700, 5000} { // gossiped; announced and pulled
+		r := f.nodes[5].d.Self()
+		r.Certificate = fakeCert(r.Name+"-renewed", size)
+		if err := f.nodes[5].d.UpdateSelf(r); err != nil {
+			t.Fatal(err)
+		}
+		self := f.nodes[5].d.Self()
+		if self.Version != r.Version+1 {
+			t.Fatalf("version %d not bumped past %d", self.Version, r.Version)
+		}
+		took := waitFor(t, 3*time.Second, "renewed record everywhere", func() error {
+			for _, nd := range f.nodes {
+				if nd.i == 5 {
+					continue
+				}
+				nd.mu.Lock()
+				got := nd.records[self.Name]
+				nd.mu.Unlock()
+				if !got.Equal(self) {
+					return fmt.Errorf("node %d has version %d of %s, want %d", nd.i, got.Version, self.Name, self.Version)
+				}
+			}
+			return f.allKnowAll(f.want())
+		})
+		t.Logf("update with a %d-byte certificate everywhere after %v", size, took)
+	}
+	if err := f.nodes[5].d.UpdateSelf(Record{Name: "someone-else"}); err == nil {
+		t.Fatal("UpdateSelf accepted another name")
+	}
+}
+
+func TestPartitionHeals(t *testing.T) {
+	checkLeaks(t)
+	const n = 6
+	f := newFabric(t, ProfileLocal)
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	want := f.want()
+	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(want) })
+
+	f.hub.Partition(overlayAddr(0), overlayAddr(1), overlayAddr(2))
+	half := func(i int) bool { return i < 3 }
+	waitFor(t, 2*ProfileLocal.SuspicionWindow(n), "halves lose each other", func() error {
+		for _, nd := range f.nodes {
+			for _, m := range nd.d.Members() {
+				var j int
+				fmt.Sscanf(m.Name, "node-%d", &j)
+				if half(j) != half(nd.i) && m.State != StateDead {
+					return fmt.Errorf("node %d sees %s %v", nd.i, m.Name, m.State)
+				}
+			}
+		}
+		return nil
+	})
+	f.hub.Heal()
+	took := waitFor(t, 10*time.Second, "halves find each other", func() error {
+		return f.allKnowAll(want)
+	})
+	t.Logf("healed after %v", took)
+	// The node is handed the records of the members that came back.
+	for _, nd := range f.nodes {
+		nd.mu.Lock()
+		for name, c := range nd.onRec {
+			var j int
+			fmt.Sscanf(name, "node-%d", &j)
+			if half(j) != half(nd.i) && c < 2 {
+				t.Errorf("node %d: OnRecord(%s) %d times, want a second call after heal", nd.i, name, c)
+			}
+		}
+		nd.mu.Unlock()
+	}
+}
+
+func TestLimits(t *testing.T) {
+	checkLeaks(t)
+	f := newFabric(t, ProfileLocal)
+	nd := f.start(0, 1)
+
+	big := testRecord(1, 1)
+	big.Certificate = make([]byte, MaxRecordSize)
+	if err := big.Validate(); err == nil {
+		t.Error("oversize record validated")
+	}
+	if err := nd.d.UpdateSelf(Record{Certificate: make([]byte, MaxRecordSize)}); err == nil {
+		t.Error("UpdateSelf accepted an oversize record")
+	}
+	if _, err := Start(context.Background(), Config{Network: f.hub.Host(overlayAddr(9)), Self: big}); err == nil {
+		t.Error("Start accepted an oversize record")
+	}
+	if err := nd.d.BroadcastCRL(make([]byte, MaxCRLSize+1)); err == nil {
+		t.Error("oversize CRL broadcast")
+	}
+
+	// Oversize state is refused whole.
+	if _, err := decodeState(make([]byte, MaxStateSize+1)); err == nil {
+		t.Error("oversize state decoded")
+	}
+	// Too many records: the first MaxStateRecords are kept.
+	s := state{from: "x"}
+	for i := range MaxStateRecords + 10 {
+		s.entries = append(s.entries, entry{rec: Record{Name: fmt.Sprintf("n%d", i), Version: 1}})
+	}
+	enc := encodeState(s)
+	// encodeState never emits more than the cap; append more by hand.
+	for i := range 10 {
+		rb, _ := encodeRecord(nil, Record{Name: fmt.Sprintf("extra%d", i), Version: 1}, netip.AddrPort{})
+		enc = appendField(enc, stateRecord, rb)
+	}
+	got, err := decodeState(enc)
+	if err != nil || len(got.entries) != MaxStateRecords || !got.truncated {
+		t.Errorf("capped state: %d entries, truncated %v, err %v", len(got.entries), got.truncated, err)
+	}
+	// An oversize CRL inside a state refuses the state.
+	crlState := appendField([]byte{stateFormat}, stateCRL, make([]byte, MaxCRLSize+1))
+	if _, err := decodeState(crlState); err == nil {
+		t.Error("state with oversize CRL decoded")
+	}
+	// Garbage pushed at a live member does not panic or change anything.
+	g := (*delegate)(nd.d)
+	g.MergeRemoteState(enc, false)
+	g.MergeRemoteState([]byte{stateFormat, 2, 0xff, 0xff, 0xff, 0xff, 0x0f}, true)
+	g.MergeRemoteState(nil, false)
+	g.NotifyMsg([]byte{msgRecord, 1, 2, 3})
+	g.NotifyMsg([]byte{msgAnnounce, 0xff})
+	if got := len(nd.d.Members()); got != 1+MaxStateRecords {
+		t.Errorf("after capped state: %d members, want %d", got, 1+MaxStateRecords)
+	}
+}
+
+func TestTransportRefusesCompressedStreams(t *testing.T) {
+	checkLeaks(t)
+	f := newFabric(t, ProfileLocal)
+	f.start(0, 1)
+	c, err := f.hub.Host(overlayAddr(1)).DialContext(context.Background(), "tcp",
+		netip.AddrPortFrom(overlayAddr(0), DefaultPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A compressMsg header claiming a huge payload: the member must hang up
+	// without reading (or decompressing) it.
+	go c.Write(append([]byte{memberlistCompressMsg}, bytes.Repeat([]byte{0}, 1024)...))
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("member answered a compressed stream")
+	}
+}
+
+func TestStreamByteBudget(t *testing.T) {
+	sc := &streamConn{left: 4, checked: true}
+	sc.left = 0
+	if _, err := sc.Read(make([]byte, 8)); err == nil {
+		t.Fatal("read past the stream budget")
+	}
+}

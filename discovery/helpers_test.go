@@ -1,0 +1,255 @@
+package discovery
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aigrid/gridnet/discovery/memnet"
+	"github.com/hashicorp/memberlist"
+)
+
+// checkLeaks fails the test if goroutines are not back to the count at the
+// call within 5 s of the test's end. Register it before anything that
+// starts goroutines (cleanups run last-in first-out).
+func checkLeaks(t testing.TB) {
+	base := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if runtime.NumGoroutine() <= base {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		t.Errorf("goroutine leak: %d running, %d at start\n%s", runtime.NumGoroutine(), base, buf[:n])
+	})
+}
+
+func overlayAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
+}
+
+// fakeCert makes a certificate-sized blob that names its owner.
+func fakeCert(name string, size int) []byte {
+	b := bytes.Repeat([]byte{0x30}, size)
+	copy(b, name)
+	return b
+}
+
+func testRecord(i int, version uint64) Record {
+	name := fmt.Sprintf("node-%03d", i)
+	return Record{
+		Name:        name,
+		Certificate: fakeCert(name, 700),
+		Endpoints:   []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 51820)},
+		Version:     version,
+	}
+}
+
+// crlNumber parses the test CRL format "crl-<number>-<padding>".
+func crlNumber(der []byte) (int, bool) {
+	parts := strings.SplitN(string(der), "-", 3)
+	if len(parts) < 2 || parts[0] != "crl" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(parts[1])
+	return n, err == nil
+}
+
+func testCRL(n, size int) []byte {
+	s := fmt.Sprintf("crl-%d-", n)
+	return append([]byte(s), bytes.Repeat([]byte{'x'}, max(0, size-len(s)))...)
+}
+
+// tnode is one member of a test fabric with what its callbacks saw.
+type tnode struct {
+	i    int
+	d    *Discovery
+	host *memnet.Host
+
+	mu      sync.Mutex
+	records map[string]Record // newest per name via OnRecord
+	onRec   map[string]int    // OnRecord calls per name
+	leaves  map[string]bool   // name -> dead flag of the last OnLeave
+	crlNum  int               // newest CRL number accepted
+	crlSeen int               // OnCRL calls
+	refuse  bool              // OnCRL returns false
+}
+
+type fabric struct {
+	t     testing.TB
+	hub   *memnet.Hub
+	prof  Profile
+	hook  func(*memberlist.Config, *tuning)
+	nodes []*tnode
+}
+
+func newFabric(t testing.TB, prof Profile) *fabric {
+	f := &fabric{t: t, hub: memnet.NewHub(), prof: prof}
+	t.Cleanup(func() {
+		var wg sync.WaitGroup
+		for _, n := range f.nodes {
+			if n != nil && n.d != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); n.d.Close() }()
+			}
+		}
+		wg.Wait()
+	})
+	return f
+}
+
+// start starts node i (a new one, or a restart in place) with version v.
+func (f *fabric) start(i int, v uint64) *tnode {
+	f.t.Helper()
+	n := &tnode{i: i, host: f.hub.Host(overlayAddr(i)),
+		records: map[string]Record{}, onRec: map[string]int{}, leaves: map[string]bool{}}
+	cfg := Config{
+		Network: n.host,
+		Self:    testRecord(i, v),
+		Profile: f.prof,
+		OnRecord: func(r Record) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			n.onRec[r.Name]++
+			if old, ok := n.records[r.Name]; !ok || r.Version >= old.Version {
+				n.records[r.Name] = r
+			}
+		},
+		OnLeave: func(name string, dead bool) {
+			n.mu.Lock()
+			n.leaves[name] = dead
+			n.mu.Unlock()
+		},
+		OnCRL: func(der []byte) bool {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			n.crlSeen++
+			num, ok := crlNumber(der)
+			if !ok || n.refuse || num <= n.crlNum {
+				return false
+			}
+			n.crlNum = num
+			return true
+		},
+		testHook: f.hook,
+	}
+	d, err := Start(context.Background(), cfg)
+	if err != nil {
+		f.t.Fatalf("start node %d: %v", i, err)
+	}
+	n.d = d
+	for len(f.nodes) <= i {
+		f.nodes = append(f.nodes, nil)
+	}
+	f.nodes[i] = n
+	return n
+}
+
+// joinAll makes nodes [from, to) join node 0 at the same moment.
+func (f *fabric) joinAll(from, to int) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, to-from)
+	start := make(chan struct{})
+	for i := from; i < to; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := f.nodes[i].d.Join(ctx, []netip.Addr{overlayAddr(0)}); err != nil {
+				errs <- fmt.Errorf("node %d: %w", i, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		f.t.Fatal(err)
+	}
+}
+
+// waitFor polls cond until it holds or the bound passes, and returns the
+// time it took.
+func waitFor(t testing.TB, bound time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < bound {
+		if err = cond(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v: %v", what, bound, err)
+	return 0
+}
+
+// knowsAll checks that node n sees every node in want alive with the
+// given record versions.
+func knowsAll(n *tnode, want map[string]uint64) error {
+	ms := n.d.Members()
+	got := make(map[string]Member, len(ms))
+	for _, m := range ms {
+		got[m.Name] = m
+	}
+	for name, v := range want {
+		m, ok := got[name]
+		if !ok {
+			return fmt.Errorf("node %d does not know %s", n.i, name)
+		}
+		if m.State != StateAlive {
+			return fmt.Errorf("node %d sees %s %v", n.i, name, m.State)
+		}
+		if m.Record.Version != v {
+			return fmt.Errorf("node %d has %s version %d, want %d", n.i, name, m.Record.Version, v)
+		}
+	}
+	return nil
+}
+
+func (f *fabric) want() map[string]uint64 {
+	w := map[string]uint64{}
+	for _, n := range f.nodes {
+		if n != nil {
+			r := n.d.Self()
+			w[r.Name] = r.Version
+		}
+	}
+	return w
+}
+
+// allKnowAll checks every node in idx against want.
+func (f *fabric) allKnowAll(want map[string]uint64, skip ...int) error {
+	for _, n := range f.nodes {
+		if n == nil || contains(skip, n.i) {
+			continue
+		}
+		if err := knowsAll(n, want); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,264 @@
+package discovery
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// stateFormat is the first byte of an encoded state (push/pull user data);
+// as for records, unknown field tags are skipped.
+const stateFormat = 1
+
+// State field tags.
+const (
+	stateFrom   = 1 // the sender's node name
+	stateRecord = 2 // one record entry (repeated)
+	stateCRL    = 3 // the newest CRL the sender accepted
+)
+
+// Gossip message types: the first byte of a user message.
+const (
+	msgRecord   = 1 // a record entry
+	msgCRL      = 2 // CRL DER
+	msgAnnounce = 3 // "I hold something new; pull it from me"
+	msgLeave    = 4 // "this member is leaving gracefully": name and record version
+)
+
+// Announce field tags and kinds.
+const (
+	annKind       = 1
+	annName       = 2
+	annVersion    = 3
+	annDigest     = 4
+	annHolder     = 5
+	annHolderAddr = 6
+
+	kindRecord = 1
+	kindCRL    = 2
+)
+
+// digestLen is the length of a CRL digest in announcements: a truncated
+// SHA-256, enough to tell CRLs apart (collisions only cost a missed pull).
+const digestLen = 16
+
+// entry is a record plus the overlay address its owner gossips on.
+type entry struct {
+	rec    Record
+	gossip netip.AddrPort
+}
+
+// state is the user data of a push/pull exchange.
+type state struct {
+	from      string
+	entries   []entry
+	crl       []byte
+	truncated bool // more than MaxStateRecords entries were offered
+}
+
+// announce tells receivers that holder has a record version or CRL that
+// did not fit in a gossip packet.
+type announce struct {
+	kind       byte
+	name       string // record owner (kindRecord)
+	version    uint64 // record version (kindRecord)
+	digest     []byte // CRL digest (kindCRL)
+	holder     string
+	holderAddr netip.AddrPort
+}
+
+func crlDigest(der []byte) []byte {
+	sum := sha256.Sum256(der)
+	return sum[:digestLen]
+}
+
+// encodeState encodes s, dropping entries (from the end) that would take it
+// over MaxStateSize; callers put the most important entries first.
+func encodeState(s state) []byte {
+	b := []byte{stateFormat}
+	b = appendField(b, stateFrom, []byte(s.from))
+	if len(s.crl) > 0 && len(s.crl) <= MaxCRLSize {
+		b = appendField(b, stateCRL, s.crl)
+	}
+	var scratch []byte
+	for i, e := range s.entries {
+		if i == MaxStateRecords {
+			break
+		}
+		var err error
+		scratch, err = encodeRecord(scratch[:0], e.rec, e.gossip)
+		if err != nil {
+			continue
+		}
+		if len(b)+len(scratch)+2*binary.MaxVarintLen64 > MaxStateSize {
+			break
+		}
+		b = appendField(b, stateRecord, scratch)
+	}
+	return b
+}
+
+// decodeState decodes an untrusted state. Entries past MaxStateRecords are
+// ignored (truncated is set); a state over MaxStateSize, a bad record or a
+// CRL over MaxCRLSize is refused as a whole.
+func decodeState(b []byte) (state, error) {
+	var s state
+	if len(b) > MaxStateSize {
+		return s, fmt.Errorf("state of %d bytes, limit %d: %w", len(b), MaxStateSize, ErrTooLarge)
+	}
+	rd := &reader{b: b}
+	if f := rd.byte(); rd.err == nil && f != stateFormat {
+		return s, fmt.Errorf("state format %d: %w", f, ErrMalformed)
+	}
+	for rd.err == nil && len(rd.b) > 0 {
+		tag := rd.uvarint()
+		v := rd.bytes(rd.uvarint())
+		if rd.err != nil {
+			break
+		}
+		switch tag {
+		case stateFrom:
+			if len(v) > MaxNameLen {
+				return s, fmt.Errorf("state sender name of %d bytes: %w", len(v), ErrMalformed)
+			}
+			s.from = string(v)
+		case stateCRL:
+			if len(v) > MaxCRLSize {
+				return s, fmt.Errorf("state CRL of %d bytes, limit %d: %w", len(v), MaxCRLSize, ErrTooLarge)
+			}
+			s.crl = bytes.Clone(v)
+		case stateRecord:
+			if len(s.entries) == MaxStateRecords {
+				s.truncated = true
+				continue
+			}
+			rec, gossip, err := decodeRecord(v)
+			if err != nil {
+				return s, fmt.Errorf("state entry %d: %w", len(s.entries), err)
+			}
+			s.entries = append(s.entries, entry{rec, gossip})
+		}
+	}
+	if rd.err != nil {
+		return s, fmt.Errorf("state: %w", rd.err)
+	}
+	return s, nil
+}
+
+func encodeAnnounce(a announce) []byte {
+	b := []byte{msgAnnounce}
+	b = appendField(b, annKind, []byte{a.kind})
+	b = appendField(b, annHolder, []byte(a.holder))
+	hv, _ := a.holderAddr.MarshalBinary()
+	b = appendField(b, annHolderAddr, hv)
+	switch a.kind {
+	case kindRecord:
+		b = appendField(b, annName, []byte(a.name))
+		b = appendField(b, annVersion, binary.BigEndian.AppendUint64(nil, a.version))
+	case kindCRL:
+		b = appendField(b, annDigest, a.digest)
+	}
+	return b
+}
+
+// decodeAnnounce decodes the body of an msgAnnounce (after the type byte).
+func decodeAnnounce(b []byte) (announce, error) {
+	a, err := decodeFields(b)
+	if err != nil {
+		return a, err
+	}
+	if a.holder == "" || !a.holderAddr.IsValid() ||
+		(a.kind == kindRecord && a.name == "") || (a.kind == kindCRL && a.digest == nil) ||
+		(a.kind != kindRecord && a.kind != kindCRL) {
+		return a, fmt.Errorf("announce incomplete: %w", ErrMalformed)
+	}
+	return a, nil
+}
+
+// decodeFields decodes announce-style fields.
+func decodeFields(b []byte) (announce, error) {
+	var a announce
+	rd := &reader{b: b}
+	for rd.err == nil && len(rd.b) > 0 {
+		tag := rd.uvarint()
+		v := rd.bytes(rd.uvarint())
+		if rd.err != nil {
+			break
+		}
+		switch tag {
+		case annKind:
+			if len(v) != 1 {
+				return a, fmt.Errorf("announce kind: %w", ErrMalformed)
+			}
+			a.kind = v[0]
+		case annName:
+			if len(v) > MaxNameLen {
+				return a, fmt.Errorf("announce name: %w", ErrMalformed)
+			}
+			a.name = string(v)
+		case annVersion:
+			if len(v) != 8 {
+				return a, fmt.Errorf("announce version: %w", ErrMalformed)
+			}
+			a.version = binary.BigEndian.Uint64(v)
+		case annDigest:
+			if len(v) != digestLen {
+				return a, fmt.Errorf("announce digest: %w", ErrMalformed)
+			}
+			a.digest = bytes.Clone(v)
+		case annHolder:
+			if len(v) == 0 || len(v) > MaxNameLen {
+				return a, fmt.Errorf("announce holder: %w", ErrMalformed)
+			}
+			a.holder = string(v)
+		case annHolderAddr:
+			if err := a.holderAddr.UnmarshalBinary(v); err != nil {
+				return a, fmt.Errorf("announce holder address: %w", ErrMalformed)
+			}
+		}
+	}
+	if rd.err != nil {
+		return a, fmt.Errorf("announce: %w", rd.err)
+	}
+	return a, nil
+}
+
+// metaFormat is the first byte of the memberlist node metadata: the format,
+// followed by the 8-byte version of the node's current record. That digest
+// (9 bytes, far under memberlist's 512) lets every member notice that it
+// holds an older record than the owner advertises, and pull the new one.
+const metaFormat = 1
+
+func encodeMeta(version uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{metaFormat}, version)
+}
+
+func decodeMeta(b []byte) (uint64, bool) {
+	if len(b) < 9 || b[0] != metaFormat {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(b[1:9]), true
+}
+
+// encodeLeave encodes a leave notice. memberlist does not tell a graceful
+// leave from a death to its EventDelegate (v0.7.0 passes a Node whose State
+// is never updated), so the package gossips its own notice first.
+func encodeLeave(name string, version uint64) []byte {
+	b := []byte{msgLeave}
+	b = appendField(b, annName, []byte(name))
+	return appendField(b, annVersion, binary.BigEndian.AppendUint64(nil, version))
+}
+
+// decodeLeave decodes the body of a msgLeave (after the type byte).
+func decodeLeave(b []byte) (string, uint64, error) {
+	a, err := decodeFields(b)
+	if err != nil {
+		return "", 0, err
+	}
+	if a.name == "" {
+		return "", 0, fmt.Errorf("leave notice without name: %w", ErrMalformed)
+	}
+	return a.name, a.version, nil
+}

@@ -1,0 +1,146 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freeUDPPort returns a UDP port that was free a moment ago.
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// upNode runs `gridnet up` in-process until the test ends and checks that
+// it shuts down cleanly.
+func upNode(t *testing.T, config string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	env, _, errb := cliEnv("", nil)
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, rootCommand(), []string{"gridnet"}, []string{"up", "--config", config}, env) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("up exited %d:\n%s", code, errb)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("up did not stop within 10 s of cancel")
+		}
+	})
+}
+
+// TestUpControlAPI runs two nodes with `gridnet up` in this process and uses
+// status, ping and reload through their control sockets.
+func TestUpControlAPI(t *testing.T) {
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	mustGridnet(t, nil, "vault", "keyfile", p("k"))
+	mustGridnet(t, nil, "ca", "init", "--name", "ca", "--domain", "corp.example", "--vault", p("ca.vault"), "--vault-key-file", p("k"), "--out", p("ca.crt"))
+	ports := []int{freeUDPPort(t), freeUDPPort(t)}
+	names := []string{"alpha", "beta"}
+	for i, name := range names {
+		mustGridnet(t, nil, "cert", "issue", "--ca-vault", p("ca.vault"), "--ca-vault-key-file", p("k"), "--ca-cert", p("ca.crt"),
+			"--name", name, "--out-vault", p(name+".vault"), "--out-vault-key-file", p("k"), "--ip", fmt.Sprintf("100.64.0.%d/10", i+1), "--out", p(name+".crt"))
+		peers := ""
+		if i == 1 {
+			peers = fmt.Sprintf("peers: [\"127.0.0.1:%d\"]\n", ports[0])
+		}
+		cfg := fmt.Sprintf("vault:\n  path: %s.vault\n  key_file: k\nlisten: 0.0.0.0:%d\n%scontrol:\n  socket: %s.sock\nlog:\n  level: debug\n",
+			name, ports[i], peers, name)
+		if err := os.WriteFile(p(name+".yaml"), []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// --test validates and prints without starting anything.
+		if out := mustGridnet(t, nil, "up", "--config", p(name+".yaml"), "--test"); !strings.Contains(out, name+".vault") {
+			t.Errorf("up --test printed:\n%s", out)
+		}
+		upNode(t, p(name+".yaml"))
+	}
+
+	// The control socket is the node user's alone.
+	var fi os.FileInfo
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if fi, err = os.Stat(p("alpha.sock")); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if fi == nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("control socket: %v", fi)
+	}
+
+	var st Status
+	for {
+		out, _, code := gridnet(t, nil, "", "status", "--json", "--socket", p("alpha.sock"))
+		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Peers) == 1 && !st.Peers[0].LastHandshake.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha never got a session with beta; last status %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.Name != "alpha" || st.Peers[0].Name != "beta" || st.Peers[0].Addresses[0] != "100.64.0.2/10" {
+		t.Errorf("status: %+v", st)
+	}
+	text := mustGridnet(t, nil, "status", "--socket", p("beta.sock"))
+	if !strings.Contains(text, "alpha") || !strings.Contains(text, "100.64.0.1/10") {
+		t.Errorf("beta status:\n%s", text)
+	}
+	out := mustGridnet(t, nil, "ping", "beta", "-c", "2", "--interval", "50ms", "--socket", p("alpha.sock"))
+	if strings.Count(out, "reply from 100.64.0.2") != 2 {
+		t.Errorf("ping:\n%s", out)
+	}
+	if _, errOut, code := gridnet(t, nil, "", "ping", "nobody", "-c", "1", "--socket", p("alpha.sock")); code == 0 || !strings.Contains(errOut, "nobody") {
+		t.Errorf("ping to an unknown name: exit %d, %s", code, errOut)
+	}
+	// A reload with nothing new succeeds; a broken CRL file is refused
+	// with its name and the node keeps running.
+	mustGridnet(t, nil, "reload", "--socket", p("alpha.sock"))
+}
+
+// TestControlSocketRefusesToReplaceAFile: a mistyped socket path must not
+// delete what is there.
+func TestControlSocketRefusesToReplaceAFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "important")
+	if err := os.WriteFile(path, []byte("keep me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := serveControl(nil, path, nil, nil); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("serveControl over a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(path); !bytes.Equal(b, []byte("keep me")) {
+		t.Fatal("the file was touched")
+	}
+}
+
+// TestDemo runs the demo end to end: it must succeed and show each step.
+func TestDemo(t *testing.T) {
+	out, errOut, code := gridnet(t, nil, "", "demo")
+	if code != 0 {
+		t.Fatalf("demo exited %d:\n%s\n%s", code, out, errOut)
+	}
+	for _, want := range []string{"alpha  admitted: beta", "echoed intact", "reply from gamma", "alpha's check of mallory", "unknown_ca", "demo finished"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
