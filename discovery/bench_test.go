@@ -86,8 +86,8 @@ func convergeBaseline(b *testing.B, n int, limit time.Duration) (time.Duration, 
 func BenchmarkConverge(b *testing.B) {
 	for _, n := range []int{10, 50, 100} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			for b.Loop() {
-				b.StopTimer()
+			for range b.N {
+
 				f, ours, ok := convergeOurs(b, n, 60*time.Second)
 				if !ok {
 					b.Errorf("N=%d: not converged in 60 s", n)
@@ -109,8 +109,8 @@ func BenchmarkConverge(b *testing.B) {
 func BenchmarkKilledRemoved(b *testing.B) {
 	for _, n := range []int{10, 50} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			for b.Loop() {
-				b.StopTimer()
+			for range b.N {
+
 				f, _, ok := convergeOurs(b, n, 60*time.Second)
 				if !ok {
 					b.Fatal("not converged")
@@ -142,8 +142,8 @@ func BenchmarkKilledRemoved(b *testing.B) {
 
 func BenchmarkCRLSpread(b *testing.B) {
 	const n = 50
-	for b.Loop() {
-		b.StopTimer()
+	for range b.N {
+
 		f, _, ok := convergeOurs(b, n, 60*time.Second)
 		if !ok {
 			b.Fatal("not converged")
@@ -158,8 +158,8 @@ func BenchmarkGossipAtRest(b *testing.B) {
 	const settle, window = 10 * time.Second, 10 * time.Second
 	for _, n := range []int{10, 50} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			for b.Loop() {
-				b.StopTimer()
+			for range b.N {
+
 				f, _, ok := convergeOurs(b, n, 60*time.Second)
 				if !ok {
 					b.Fatal("not converged")

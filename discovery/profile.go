@@ -25,9 +25,10 @@ const (
 	// for 24 h; seed retries from 1 s backing off to 30 s.
 	ProfileLAN Profile = iota
 	// ProfileLocal is for tests in one process (in-memory or loopback): the
-	// LAN changes plus probe every 200 ms with a 100 ms timeout (in-memory
-	// RTT is microseconds; 100 ms tolerates -race on two cores), gossip
-	// every 50 ms, suspicion 3 × log10(N) × 200 ms (at most 4 times that),
+	// LAN changes plus probe every 400 ms with a 300 ms timeout (in-memory
+	// RTT is microseconds, but 50 members under -race on two cores next to
+	// other test packages stall for 100 ms and more), gossip every 50 ms,
+	// suspicion 4 × log10(N) × 400 ms (at most 4 times that),
 	// push/pull every 5 s, TCP timeout 1 s, dead members gossiped for 5 s.
 	// Package loops: settle syncs 0.2, 0.5, 1, 2, 4 s after Join; record
 	// repair every 200 ms after 500 ms of grace; reconnect every 300 ms for
@@ -95,10 +96,10 @@ func (p Profile) memberlistConfig() *memberlist.Config {
 	c.EnableCompression = false
 	c.DeadNodeReclaimTime = time.Second
 	if p == ProfileLocal {
-		c.ProbeInterval = 200 * time.Millisecond
-		c.ProbeTimeout = 100 * time.Millisecond
+		c.ProbeInterval = 400 * time.Millisecond
+		c.ProbeTimeout = 300 * time.Millisecond
 		c.GossipInterval = 50 * time.Millisecond
-		c.SuspicionMult = 3
+		c.SuspicionMult = 4
 		c.SuspicionMaxTimeoutMult = 4
 		c.PushPullInterval = 5 * time.Second
 		c.TCPTimeout = time.Second

@@ -130,6 +130,7 @@ func gridnetPair(b *testing.B) pair {
 			b.Fatal(err)
 		}
 		opts.Peers = peers
+		opts.Firewall = mustRules(b, allowAll)
 		n, err := node.Start(context.Background(), opts)
 		if err != nil {
 			b.Fatal(err)

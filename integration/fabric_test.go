@@ -23,6 +23,7 @@ import (
 
 	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/policy"
 )
 
 // Bounds of the in-process tests.
@@ -63,8 +64,24 @@ func (f *fabric) add(name string, host int, peers ...*node.Node) *node.Node {
 	return f.start(opts, peers...)
 }
 
+// allowAll is the fabric's firewall unless a test sets its own: every
+// admitted peer may reach every port.
+const allowAll = "inbound:\n  - {port: any, proto: any, host: any}\n"
+
+func mustRules(t testing.TB, yaml string) *policy.Config {
+	t.Helper()
+	c, err := policy.ParseConfig([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func (f *fabric) start(opts node.Options, peers ...*node.Node) *node.Node {
 	f.t.Helper()
+	if opts.Firewall == nil {
+		opts.Firewall = mustRules(f.t, allowAll)
+	}
 	for _, p := range peers {
 		opts.Peers = append(opts.Peers, underlay(p))
 	}

@@ -142,6 +142,9 @@ control:
   socket: %s
 log:
   level: debug
+firewall:
+  inbound:
+    - {port: any, proto: any, host: any}
 `, name, underlayPort, strings.Join(peers, ", "), tunMode, n.socket)
 		if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)

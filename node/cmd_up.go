@@ -166,6 +166,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		TunMode:      cfg.Tun.Mode,
 		TunName:      cfg.Tun.Name,
 		MTU:          int(cfg.Tun.MTU),
+		Firewall:     cfg.FirewallRules,
 		Logger:       log,
 	})
 	if err != nil {
@@ -198,11 +199,20 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	}
 }
 
-// reloadNode re-reads what can change without a restart: the CRL file and
-// the node certificate (renewal for the same keys). Each part is applied
+// reloadNode re-reads what can change without a restart: the firewall
+// rules in the config file, the CRL file and the node certificate (renewal
+// for the same keys). Each part is applied
 // only if it verifies; a failure keeps the old state and is returned.
 func reloadNode(cfg *Config, env Env, n *Node, log *slog.Logger) error {
 	var errs []error
+	if cfg.path != "" {
+		next, err := LoadConfig(cfg.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("firewall rules not reloaded: %w", err))
+		} else if err := n.ReloadFirewall(next.FirewallRules); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if cfg.CRL != "" {
 		crl, err := readCRL(cfg.CRL)
 		switch {

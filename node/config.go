@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/aigrid/gridnet/policy"
 )
 
 // Config is the YAML configuration of `gridnet up`. Every field is
@@ -38,6 +40,14 @@ type Config struct {
 	Control ControlConfig `yaml:"control"`
 	// Log sets logging.
 	Log LogConfig `yaml:"log"`
+	// Firewall is the rule set (see docs/FIREWALL.md), parsed by package
+	// policy so that its errors name their lines too. Without it inbound
+	// traffic is denied.
+	Firewall yaml.Node `yaml:"firewall" json:"-"`
+	// FirewallRules is the parsed Firewall section.
+	FirewallRules *policy.Config `yaml:"-" json:"firewall"`
+	// path is the file the config was loaded from (for reloads).
+	path string
 	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
 	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
 	// the environment wins.
@@ -116,6 +126,7 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	cfg.resolvePaths(filepath.Dir(path))
+	cfg.path = path
 	return cfg, nil
 }
 
@@ -136,6 +147,15 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	var fwNode *yaml.Node
+	if cfg.Firewall.Kind != 0 {
+		fwNode = &cfg.Firewall
+	}
+	rules, err := policy.ConfigFromYAML(fwNode)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: %w", err)
+	}
+	cfg.FirewallRules = rules
 	return cfg, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/policy"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +25,7 @@ const (
 	pathStatus = "/v1/status"
 	pathPing   = "/v1/ping"
 	pathReload = "/v1/reload"
+	pathEvents = "/v1/events"
 	// maxPingCount bounds one ping request.
 	maxPingCount = 1000
 	// controlTimeout bounds a control request that is not a stream.
@@ -40,6 +42,17 @@ type Status struct {
 	Peers        []PeerView        `json:"peers"`
 	Interface    CounterView       `json:"interface"`
 	Admission    map[string]uint64 `json:"admission"`
+	Firewall     FirewallView      `json:"firewall"`
+}
+
+// FirewallView is the firewall's counters in Status.
+type FirewallView struct {
+	Accepted    uint64            `json:"accepted"`
+	Dropped     uint64            `json:"dropped"`
+	Drops       map[string]uint64 `json:"drops,omitempty"`
+	Flows       int               `json:"flows"`
+	Quarantined int               `json:"quarantined"`
+	FlowsCut    uint64            `json:"flows_cut"`
 }
 
 // PeerView is one peer in Status.
@@ -53,6 +66,9 @@ type PeerView struct {
 	TxBytes       uint64    `json:"tx_bytes"`
 	State         string    `json:"state"`
 	CertExpiry    time.Time `json:"cert_expiry"`
+	Trust         float64   `json:"trust"`
+	Quarantined   bool      `json:"quarantined,omitempty"`
+	Dropped       uint64    `json:"dropped"`
 }
 
 // CounterView is the virtual interface's packet counters.
@@ -84,8 +100,14 @@ func (n *Node) Status() Status {
 	for _, a := range id.Addresses {
 		st.Addresses = append(st.Addresses, a.String())
 	}
+	fwPeers := map[string]policy.PeerState{}
+	for _, ps := range n.fw.Peers() {
+		fwPeers[ps.Name] = ps
+	}
 	for _, p := range n.ov.Peers() {
+		ps := fwPeers[p.Name]
 		pv := PeerView{
+			Trust: ps.Trust, Quarantined: ps.Quarantined, Dropped: ps.Dropped,
 			Name: p.Name, Endpoint: p.Endpoint.String(),
 			LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
 			State: string(p.State), CertExpiry: p.NotAfter,
@@ -98,6 +120,8 @@ func (n *Node) Status() Status {
 		}
 		st.Peers = append(st.Peers, pv)
 	}
+	fs := n.fw.Stats()
+	st.Firewall = FirewallView{Accepted: fs.Accepted, Dropped: fs.Dropped, Drops: fs.Drops, Flows: fs.Flows, Quarantined: fs.Quarantined, FlowsCut: fs.FlowsCut}
 	c := n.stack.Counters()
 	st.Interface = CounterView{
 		InAccepted: c.Inbound.AcceptedPackets, InDropped: c.Inbound.DroppedPackets,
@@ -149,6 +173,7 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 	mux.HandleFunc("GET "+pathStatus, cs.handleStatus)
 	mux.HandleFunc("GET "+pathPing, cs.handlePing)
 	mux.HandleFunc("POST "+pathReload, cs.handleReload)
+	mux.HandleFunc("GET "+pathEvents, cs.handleEvents)
 	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: controlTimeout}
 	go func() {
 		defer close(cs.done)
@@ -192,6 +217,47 @@ func (cs *controlServer) handleReload(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handleEvents returns the recent firewall events as one JSON line each;
+// with follow=1 it then streams new ones until the client goes away.
+func (cs *controlServer) handleEvents(w http.ResponseWriter, r *http.Request) {
+	follow := r.URL.Query().Get("follow") == "1"
+	var (
+		ch     <-chan EventView
+		cancel = func() {}
+	)
+	if follow {
+		ch, cancel = cs.node.events.follow()
+	}
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	for _, e := range cs.node.events.recent() {
+		if enc.Encode(e) != nil {
+			return
+		}
+	}
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	if !follow {
+		return
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case e, ok := <-ch:
+			if !ok || enc.Encode(e) != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+	}
 }
 
 // handlePing streams one JSON PingReply per line.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/policy"
 )
 
 // Demo limits: the demo must finish by itself on any machine.
@@ -58,6 +59,17 @@ is written to disk and nothing leaves this machine.`,
 			return runDemo(ctx, env.Stdout, logger)
 		},
 	}
+}
+
+// demoFirewall is the demo's rule set: ping from anyone admitted, the echo
+// service from the demo group, nothing else.
+const demoFirewall = `inbound:
+  - {proto: icmp, port: any, host: any}
+  - {proto: tcp, port: 7000, group: demo}
+`
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
 }
 
 // LocalCA is a throwaway CA that makes ready-to-start node options on
@@ -114,6 +126,11 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	rules, err := policy.ParseConfig([]byte(demoFirewall))
+	if err != nil {
+		return fmt.Errorf("demo firewall: %w", err)
+	}
+	step("firewall on every node (inbound default deny):\n%s", indent(demoFirewall))
 	names := []string{"alpha", "beta", "gamma"}
 	nodes := make([]*Node, 0, len(names))
 	defer func() {
@@ -127,6 +144,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		opts.Logger = logger
+		opts.Firewall = rules
 		for _, prev := range nodes {
 			opts.Peers = append(opts.Peers, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), prev.UnderlayPort()))
 		}
@@ -168,6 +186,29 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		fmt.Fprintf(out, "    reply from gamma (%s): time=%.3f ms\n", nodes[2].Addr(), float64(rtt.Microseconds())/1000)
 	}
 
+	step("firewall: alpha tries beta's port 22, which no rule allows")
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	if c, err := nodes[0].Dial(dctx, "tcp", "beta:22"); err == nil {
+		c.Close()
+		cancel()
+		return errors.New("alpha reached beta:22 through the firewall")
+	}
+	cancel()
+	var seen *EventView
+	for deadline := time.Now().Add(2 * time.Second); seen == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, e := range nodes[1].events.recent() {
+			if e.DstPort == 22 && e.Peer == "alpha" {
+				seen = &e
+			}
+		}
+	}
+	if seen == nil {
+		return errors.New("beta recorded no event for the blocked flow")
+	}
+	fmt.Fprintf(out, "    blocked; beta's event: %s %s from %s (%s:%d -> %s:%d): %s\n",
+		seen.Kind, seen.Direction, seen.Peer, seen.Src, seen.SrcPort, seen.Dst, seen.DstPort, seen.Reason)
+	fmt.Fprintf(out, "    beta's firewall: %d packets accepted, %d dropped\n", nodes[1].fw.Stats().Accepted, nodes[1].fw.Stats().Dropped)
+
 	step("intruder: mallory holds a valid certificate from a foreign CA and tries to join alpha")
 	rogue, err := NewLocalCA("rogue-ca", "demo.gridnet")
 	if err != nil {
@@ -178,6 +219,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		return err
 	}
 	mopts.Logger = logger
+	mopts.Firewall = rules
 	// The CA certificate is public: mallory trusts it, so the decision is
 	// alpha's alone.
 	mopts.CAs = append(mopts.CAs, lca.CA.Cert)

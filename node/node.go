@@ -16,6 +16,7 @@ import (
 
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack"
 )
 
@@ -44,6 +45,10 @@ type Options struct {
 	TunName string
 	// MTU of the overlay interface; 0 means stack.DefaultMTU.
 	MTU int
+	// Firewall is the rule set judging every packet at the virtual
+	// interface; nil means policy.DefaultConfig: inbound denied, outbound
+	// allowed.
+	Firewall *policy.Config
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -62,6 +67,8 @@ type Node struct {
 	pool   *cert.Pool
 	stack  *stack.Stack
 	ov     *overlay.Overlay
+	fw     *policy.Firewall
+	events *eventLog
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -110,7 +117,23 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtual interface: %w", err)
 	}
+	fwCfg := opts.Firewall
+	if fwCfg == nil {
+		fwCfg = policy.DefaultConfig()
+	}
+	n.fw, err = policy.New(fwCfg, policy.Options{Logger: n.log.With("component", "firewall"), Self: peerInfo(id)})
+	if err != nil {
+		n.stack.Close()
+		return nil, fmt.Errorf("firewall: %w", err)
+	}
+	n.events = newEventLog(n.fw)
+	n.stack.SetHooks(stack.Hooks{
+		Inbound:  stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Inbound(pkt)) }),
+		Outbound: stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Outbound(pkt)) }),
+	})
 	n.ov, err = overlay.New(overlay.Config{
+		OnAdmit:      func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
+		OnRemove:     func(id *cert.Identity) { n.fw.RemovePeer(id.Name) },
 		Logger:       n.log,
 		WireGuardKey: opts.WireGuardKey,
 		IdentityKey:  opts.IdentityKey,
@@ -122,6 +145,8 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	})
 	if err != nil {
 		n.stack.Close()
+		n.events.close()
+		n.fw.Close()
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
 	for _, p := range opts.Peers {
@@ -270,6 +295,39 @@ func (n *Node) ApplyCRL(crl *x509.RevocationList) (bool, error) {
 // Peers lists the admitted peers.
 func (n *Node) Peers() []overlay.PeerStatus { return n.ov.Peers() }
 
+// Firewall is the node's packet filter (stats, peers' trust, Check).
+func (n *Node) Firewall() *policy.Firewall { return n.fw }
+
+// ReloadFirewall swaps in a new rule set: established flows the new rules
+// still allow survive, the others are cut. On error the old rules stay.
+func (n *Node) ReloadFirewall(cfg *policy.Config) error {
+	if err := n.fw.Reload(cfg); err != nil {
+		return fmt.Errorf("firewall reload: %w", err)
+	}
+	n.log.Info("firewall rules reloaded", "inbound", len(cfg.Inbound), "outbound", len(cfg.Outbound))
+	return nil
+}
+
+// peerInfo is what the firewall may match of a verified identity.
+func peerInfo(id *cert.Identity) policy.PeerInfo {
+	info := policy.PeerInfo{
+		Name: id.Name, Domain: id.Domain, CAName: id.CAName, CAFingerprint: id.CAFingerprint,
+		Groups: id.Groups, Attributes: id.Attributes, NotBefore: id.NotBefore, NotAfter: id.NotAfter,
+	}
+	for _, p := range id.Addresses {
+		info.Addresses = append(info.Addresses, p.Addr().Unmap())
+	}
+	return info
+}
+
+// verdict maps a firewall verdict to the stack's.
+func verdict(v policy.Verdict) stack.Verdict {
+	if v == policy.Accept {
+		return stack.Accept
+	}
+	return stack.Drop
+}
+
 // Counters are the virtual interface's packet counters.
 func (n *Node) Counters() stack.Counters { return n.stack.Counters() }
 
@@ -284,6 +342,8 @@ func (n *Node) Close() error {
 		}
 		err1 := n.ov.Close()
 		err2 := n.stack.Close()
+		n.events.close()
+		n.fw.Close()
 		n.wg.Wait()
 		n.closeErr = errors.Join(err1, err2)
 	})

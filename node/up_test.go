@@ -61,7 +61,8 @@ func TestUpControlAPI(t *testing.T) {
 		if i == 1 {
 			peers = fmt.Sprintf("peers: [\"127.0.0.1:%d\"]\n", ports[0])
 		}
-		cfg := fmt.Sprintf("vault:\n  path: %s.vault\n  key_file: k\nlisten: 0.0.0.0:%d\n%scontrol:\n  socket: %s.sock\nlog:\n  level: debug\n",
+		cfg := fmt.Sprintf("vault:\n  path: %s.vault\n  key_file: k\nlisten: 0.0.0.0:%d\n%scontrol:\n  socket: %s.sock\nlog:\n  level: debug\n"+
+			"firewall:\n  inbound:\n    - {proto: icmp, port: any, host: any}\n",
 			name, ports[i], peers, name)
 		if err := os.WriteFile(p(name+".yaml"), []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -138,7 +139,7 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exited %d:\n%s\n%s", code, out, errOut)
 	}
-	for _, want := range []string{"alpha  admitted: beta", "echoed intact", "reply from gamma", "alpha's check of mallory", "unknown_ca", "demo finished"} {
+	for _, want := range []string{"alpha  admitted: beta", "echoed intact", "reply from gamma", "blocked; beta's event: drop inbound from alpha", "alpha's check of mallory", "unknown_ca", "demo finished"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -123,6 +123,13 @@ type Config struct {
 	// limit; zero means DefaultHandshakeRate / DefaultHandshakeBurst.
 	HandshakeRate  float64
 	HandshakeBurst int
+	// OnAdmit is called with a peer's verified identity just before its
+	// WireGuard peer is configured (so a firewall knows it before its first
+	// packet), and again when its certificate is renewed. OnRemove is
+	// called after the peer was removed. Both run under the peer table's
+	// lock: they must be quick and must not call back into the Overlay.
+	OnAdmit  func(*cert.Identity)
+	OnRemove func(*cert.Identity)
 }
 
 // Overlay is a running node data plane. Methods are safe for concurrent use.
@@ -145,9 +152,11 @@ type Overlay struct {
 	wg     sync.WaitGroup
 	queue  chan inboundPacket
 
-	hsMu        sync.Mutex
-	halfOpenTTL time.Duration // HalfOpenTimeout; tests may raise it
-	halfOpen    map[uint32]*halfOpenState
+	hsMu              sync.Mutex
+	halfOpenTTL       time.Duration // HalfOpenTimeout; tests may raise it
+	halfOpen          map[uint32]*halfOpenState
+	onAdmit, onRemove func(*cert.Identity)
+
 	// halfOpenBySrc counts halfOpen entries per rateKey(source), capped
 	// at halfOpenPerSrc (HalfOpenPerSource; tests may raise it).
 	halfOpenBySrc  map[netip.Addr]int
@@ -189,6 +198,8 @@ func newOverlay(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{
 		log:            cfg.Logger,
+		onAdmit:        cfg.OnAdmit,
+		onRemove:       cfg.OnRemove,
 		now:            cfg.Now,
 		verify:         cfg.Verifier,
 		wgPriv:         cfg.WireGuardKey,

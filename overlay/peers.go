@@ -152,7 +152,15 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	for _, pfx := range id.Addresses {
 		fmt.Fprintf(&b, "allowed_ip=%s\n", hostRoute(pfx))
 	}
+	if o.onAdmit != nil {
+		o.onAdmit(id)
+	}
 	if err := o.dev.IpcSet(b.String()); err != nil {
+		if old := o.peers[p.Static]; old != nil && o.onAdmit != nil {
+			o.onAdmit(old.id) // keep what the device still has
+		} else if o.onRemove != nil {
+			o.onRemove(id)
+		}
 		return fmt.Errorf("overlay: configure peer %q: %w", id.Name, err)
 	}
 	o.peers[p.Static] = &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
@@ -203,6 +211,9 @@ func (o *Overlay) removeLocked(e *peerEntry, why string) {
 	}
 	delete(o.peers, e.key)
 	o.stats.removedPeers.Add(1)
+	if o.onRemove != nil {
+		o.onRemove(e.id)
+	}
 	o.log.Info("peer removed", "name", e.id.Name, "reason", why)
 }
 

@@ -1,0 +1,52 @@
+// Package discovery runs hashicorp/memberlist over the gridnet overlay, so
+// that nodes find each other, spread their records and CRLs, and detect
+// failures, with every gossip byte inside an authenticated WireGuard tunnel.
+//
+// # Transport
+//
+// memberlist gets a Transport built on a Network (implemented by the node's
+// stack package; memnet implements it in memory for tests): one UDP socket
+// for packets and one TCP listener for streams, both on the node's overlay
+// address and Config.Port. memberlist node names are gridnet node names and
+// member addresses are overlay addresses, so an address is reachable only
+// through a tunnel the node has admitted. The package knows nothing about
+// WireGuard or certificates: the node verifies every certificate in a record
+// (OnRecord) before it configures a peer from it.
+//
+// # Records
+//
+// A Record (name, certificate DER, underlay endpoints, version) is encoded
+// in a versioned binary format of tagged fields (unknown fields skipped).
+// memberlist's 512-byte metadata carries only a digest: the record version.
+// Full records travel in push/pull state (LocalState/MergeRemoteState) and
+// in gossip broadcasts; a record or CRL too large for one packet is
+// announced ("pull from me") and fetched by push/pull. For each name the
+// newest version wins; OnRecord fires only for newer records (and again when
+// a member reported gone comes back). A member whose metadata advertises a
+// newer version than held is pulled from after a grace period.
+//
+// # Limits
+//
+// MaxRecordSize (8 KiB) per record, MaxNameLen, MaxEndpoints (16),
+// MaxStateRecords (4096) records accepted from one exchange, MaxCRLSize
+// (1 MiB), MaxStateSize (8 MiB) per state; inbound streams are capped at
+// MaxStateSize+4 MiB and 64 at once; compression is off and compressed
+// streams are refused unread, so no decompression happens for them
+// (memberlist bounds the rest at 40 MiB).
+//
+// # Profiles
+//
+// ProfileLAN keeps memberlist's LAN timings; ProfileLocal is fast, for
+// tests. Each profile documents the values it changes and why.
+//
+// # Stragglers
+//
+// When many members join one seed at once, memberlist alone can leave a
+// member unaware of later joiners until the next periodic push/pull (30 s
+// and more), because gossip has a finite retransmit budget. The package
+// closes that gap three ways: settle syncs (push/pull with a random live
+// member at growing delays after Join), record repair (pull from a member
+// whose metadata digest is newer than its held record, and join the owner
+// of a record memberlist has not reported), and reconnects (one dead member
+// per interval, which also heals partitions without an operator).
+package discovery

@@ -1,0 +1,89 @@
+package policy
+
+import "net/netip"
+
+// related reports whether the ICMP error p carries the header of a packet
+// of one of pr's tracked flows (so "packet too big" and "unreachable" for a
+// live connection pass).
+func (f *Firewall) related(pr *peer, pkt []byte, p *packet, dir Direction, now int64) bool {
+	off := p.l4 + icmpHeaderLen
+	if off >= len(pkt) || off >= p.length {
+		return false
+	}
+	var in packet
+	if parse(pkt[off:p.length], &in, true) != parseOK {
+		return false
+	}
+	// The embedded packet travelled the other way.
+	k := keyFor(&in, 1-dir)
+	fl, _ := pr.flows.lookup(&k, now)
+	return fl != nil
+}
+
+// penalize lowers pr's trust and raises the quarantine alert if it fell
+// below the threshold. pr.mu is held.
+func (f *Firewall) penalize(pr *peer, amount float64, rs *ruleset, now int64, ev *pending) {
+	if pr.trust.penalize(now, amount, &rs.trust) {
+		f.quarantineAlert(pr, rs, now, ev)
+	}
+}
+
+func (f *Firewall) quarantineAlert(pr *peer, rs *ruleset, now int64, ev *pending) {
+	ev.hasAlert = true
+	ev.alert = Event{Time: f.timeOf(now), Kind: EventQuarantine, Peer: pr.info.Name, Direction: Inbound,
+		Reason: ReasonQuarantined, Trust: pr.trust.current(now, &rs.trust)}
+}
+
+// floodDrop drops for a flood reason and applies the flood penalty.
+func (f *Firewall) floodDrop(pr *peer, p *packet, r Reason, rs *ruleset, now int64, ev *pending) Verdict {
+	if pr.trust.floodPenalty(now, &rs.trust) {
+		f.quarantineAlert(pr, rs, now, ev)
+	}
+	return f.dropPeer(pr, p, Inbound, r, -1, rs, now, ev)
+}
+
+// dropPeer counts a drop for pr and prepares its event when the limiter
+// lets it through. pr.mu is held. It does not allocate.
+func (f *Firewall) dropPeer(pr *peer, p *packet, dir Direction, r Reason, rule int32, rs *ruleset, now int64, ev *pending) Verdict {
+	pr.drops[r]++
+	ok, sup := pr.lim[r].allow(now, eventBurst, int64(eventWindow))
+	if !ok {
+		return Drop
+	}
+	ev.hasDrop = true
+	fillEvent(&ev.drop, p, dir, r, sup)
+	ev.drop.Time = f.timeOf(now)
+	ev.drop.Peer = pr.info.Name
+	if rule >= 0 && int(rule) < len(rs.rules) {
+		ev.drop.Rule = rs.rules[rule].label
+	}
+	return Drop
+}
+
+func fillEvent(e *Event, p *packet, dir Direction, r Reason, sup uint64) {
+	*e = Event{Kind: EventDrop, Direction: dir, Proto: p.proto, Reason: r, Suppressed: sup,
+		SrcPort: p.srcPort, DstPort: p.dstPort}
+	if p.src != ([16]byte{}) || p.dst != ([16]byte{}) {
+		e.Src = netip.AddrFrom16(p.src)
+		e.Dst = netip.AddrFrom16(p.dst)
+		if !p.v6 {
+			e.Src, e.Dst = e.Src.Unmap(), e.Dst.Unmap()
+		}
+	}
+}
+
+// dropAnon counts a drop not tied to a peer (malformed, spoofed source).
+func (f *Firewall) dropAnon(p *packet, dir Direction, r Reason) Verdict {
+	f.anonDrops[r].Add(1)
+	now := f.nanos()
+	f.anonMu.Lock()
+	ok, sup := f.anonLim[r].allow(now, eventBurst, int64(eventWindow))
+	f.anonMu.Unlock()
+	if ok {
+		var ev Event
+		fillEvent(&ev, p, dir, r, sup)
+		ev.Time = f.timeOf(now)
+		f.hub.emit(&ev, now)
+	}
+	return Drop
+}

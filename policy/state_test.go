@@ -1,0 +1,300 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConntrackTimeouts(t *testing.T) {
+	cases := []struct {
+		name    string
+		out, in pk
+		idle    time.Duration
+		want    Verdict
+	}{
+		{"udp within", pk{src: selfV4, dst: v4(2), proto: protoUDP, sport: 1, dport: 2}, pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 2, dport: 1}, udpTimeout - time.Second, Accept},
+		{"udp expired", pk{src: selfV4, dst: v4(2), proto: protoUDP, sport: 1, dport: 2}, pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 2, dport: 1}, udpTimeout + time.Second, Drop},
+		{"icmp expired", pk{src: selfV4, dst: v4(2), proto: protoICMP, icmpType: 8, icmpID: 9}, pk{src: v4(2), dst: selfV4, proto: protoICMP, icmpType: 0, icmpID: 9}, icmpTimeout + time.Second, Drop},
+		{"tcp unreplied expired", pk{src: selfV4, dst: v4(2), proto: protoTCP, sport: 1, dport: 2, flags: tcpSYN}, pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: 2, dport: 1, flags: tcpACK}, tcpNewTimeout + time.Second, Drop},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, clk := testFW(t, "inbound: []\n", peerInfo("a", 2))
+			if f.Outbound(c.out.build()) != Accept {
+				t.Fatal("outbound refused")
+			}
+			clk.Advance(c.idle)
+			if got := f.Inbound(c.in.build()); got != c.want {
+				t.Fatalf("after %v: got %v want %v", c.idle, got, c.want)
+			}
+		})
+	}
+	// Established TCP lives 12 minutes idle.
+	f, clk := testFW(t, "inbound: []\n", peerInfo("a", 2))
+	syn := pk{src: selfV4, dst: v4(2), proto: protoTCP, sport: 1, dport: 2, flags: tcpSYN}.build()
+	ack := pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: 2, dport: 1, flags: tcpSYN | tcpACK}.build()
+	f.Outbound(syn)
+	f.Inbound(ack)
+	clk.Advance(tcpTimeout - time.Second)
+	if f.Inbound(ack) != Accept {
+		t.Fatal("established flow expired early")
+	}
+	clk.Advance(tcpTimeout + time.Second)
+	if f.Inbound(ack) != Drop {
+		t.Fatal("established flow outlived its timeout")
+	}
+	// RST closes fast.
+	f.Outbound(syn)
+	f.Inbound(ack)
+	f.Inbound(pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: 2, dport: 1, flags: tcpRST}.build())
+	clk.Advance(tcpClosingTimeout + time.Second)
+	if f.Inbound(ack) != Drop {
+		t.Fatal("flow alive after RST timeout")
+	}
+}
+
+func TestConntrackPerPeerCap(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {port: any, proto: udp, host: any}\nflood: {max_flows_per_peer: 10, max_flows: 1000, new_flows_per_sec: 0}\n",
+		peerInfo("a", 2), peerInfo("b", 3))
+	for i := 0; i < 10; i++ {
+		if f.Inbound(pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: uint16(1000 + i), dport: 53}.build()) != Accept {
+			t.Fatalf("flow %d refused", i)
+		}
+	}
+	if f.Inbound(pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 2000, dport: 53}.build()) != Drop {
+		t.Fatal("flow over the per-peer cap accepted")
+	}
+	// Established flows still pass, and the other peer is unaffected.
+	if f.Inbound(pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1000, dport: 53}.build()) != Accept {
+		t.Fatal("established flow refused at cap")
+	}
+	if f.Inbound(pk{src: v4(3), dst: selfV4, proto: protoUDP, sport: 1000, dport: 53}.build()) != Accept {
+		t.Fatal("other peer refused")
+	}
+	if s := f.Stats(); s.Drops["flow-cap-peer"] != 1 || s.Flows != 11 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestConntrackGlobalFairShare(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {port: any, proto: udp, host: any}\nflood: {max_flows_per_peer: 1000, max_flows: 80, new_flows_per_sec: 0}\n",
+		peerInfo("hog", 2), peerInfo("small", 3), peerInfo("new", 4))
+	// The small peer opens a few flows, the hog fills towards the cap.
+	for i := 0; i < 5; i++ {
+		f.Inbound(pk{src: v4(3), dst: selfV4, proto: protoUDP, sport: uint16(i + 1), dport: 53}.build())
+	}
+	hog := 0
+	for i := 0; i < 200; i++ {
+		if f.Inbound(pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: uint16(i + 1), dport: 53}.build()) == Accept {
+			hog++
+		}
+	}
+	if hog >= 80-5 {
+		t.Fatalf("hog got %d flows: no fair share", hog)
+	}
+	// Below their share, the others can still add flows.
+	if f.Inbound(pk{src: v4(3), dst: selfV4, proto: protoUDP, sport: 100, dport: 53}.build()) != Accept {
+		t.Fatal("small peer refused while near full")
+	}
+	if f.Inbound(pk{src: v4(4), dst: selfV4, proto: protoUDP, sport: 100, dport: 53}.build()) != Accept {
+		t.Fatal("new peer refused while near full")
+	}
+	if f.Stats().Drops["flow-cap-global"] == 0 {
+		t.Fatal("global cap drops not counted")
+	}
+}
+
+func TestReloadRecheck(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {port: 22, proto: tcp, host: any}\n  - {port: 80, proto: tcp, host: any}\n", peerInfo("a", 2))
+	sub := f.Events(16)
+	ssh := tcpIn(v4(2), 1000, 22)
+	web := tcpIn(v4(2), 1001, 80)
+	if f.Inbound(ssh) != Accept || f.Inbound(web) != Accept {
+		t.Fatal("setup refused")
+	}
+	bad := &Config{}
+	if _, err := ParseConfig([]byte("inbound:\n  - {port: 80, proto: tcpp, host: any}\n")); err == nil {
+		t.Fatal("bad config parsed")
+	}
+	bad.Inbound = []Rule{{Line: 7, Service: "nope", Match: Match{Host: "any"}}}
+	if err := f.Reload(bad); err == nil || !strings.Contains(err.Error(), "line 7") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	if f.Inbound(ssh) != Accept {
+		t.Fatal("old rules lost after a refused reload")
+	}
+	cfg, err := ParseConfig([]byte("inbound:\n  - {port: 80, proto: tcp, host: any}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ack := func(sp, dp uint16) []byte {
+		return pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: sp, dport: dp, flags: tcpACK}.build()
+	}
+	if f.Inbound(ack(1000, 22)) != Drop {
+		t.Fatal("flow denied by new rules survived")
+	}
+	if f.Inbound(ack(1001, 80)) != Accept {
+		t.Fatal("flow still allowed was cut")
+	}
+	if s := f.Stats(); s.FlowsCut != 1 {
+		t.Fatalf("FlowsCut = %d", s.FlowsCut)
+	}
+	select {
+	case ev := <-sub.C:
+		if ev.Kind != EventFlowCut || ev.DstPort != 22 {
+			t.Fatalf("event %+v", ev)
+		}
+	default:
+		t.Fatal("no flow-cut event")
+	}
+}
+
+func TestFloodBuckets(t *testing.T) {
+	f, clk := testFW(t, "inbound:\n  - {port: any, proto: udp, host: any}\nflood: {packets_per_sec: 100, packets_burst: 10, new_flows_per_sec: 0}\n",
+		peerInfo("flood", 2), peerInfo("calm", 3))
+	pkt := pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1, dport: 2}.build()
+	calm := pk{src: v4(3), dst: selfV4, proto: protoUDP, sport: 1, dport: 2}.build()
+	timeline := []struct {
+		advance time.Duration
+		send    int
+		accept  int
+	}{
+		{0, 20, 10},                      // burst of 10
+		{10 * time.Millisecond, 5, 1},    // 100/s refills 1 per 10 ms
+		{100 * time.Millisecond, 20, 10}, // 10 refilled (capped by burst)
+		{time.Second, 20, 10},            // never more than the burst
+	}
+	for i, st := range timeline {
+		clk.Advance(st.advance)
+		got := 0
+		for j := 0; j < st.send; j++ {
+			if f.Inbound(pkt) == Accept {
+				got++
+			}
+		}
+		if got != st.accept {
+			t.Fatalf("step %d: accepted %d, want %d", i, got, st.accept)
+		}
+		if f.Inbound(calm) != Accept {
+			t.Fatalf("step %d: calm peer limited by the flooder", i)
+		}
+	}
+	if f.Stats().PeerDrops["flood"]["flood-packets"] == 0 || len(f.Stats().PeerDrops["calm"]) != 0 {
+		t.Fatalf("drops %+v", f.Stats().PeerDrops)
+	}
+}
+
+func TestNewFlowRate(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {port: any, proto: tcp, host: any}\nflood: {new_flows_per_sec: 10, new_flows_burst: 5}\ntrust: {threshold: 0}\n", peerInfo("scan", 2))
+	got := 0
+	for i := 0; i < 50; i++ {
+		if f.Inbound(tcpIn(v4(2), uint16(1000+i), 80)) == Accept {
+			got++
+		}
+	}
+	if got != 5 {
+		t.Fatalf("accepted %d new flows, want the burst of 5", got)
+	}
+	if f.Inbound(tcpIn(v4(2), 1000, 80)) != Accept {
+		t.Fatal("established flow refused by the new-flow limit")
+	}
+}
+
+func TestTrustQuarantine(t *testing.T) {
+	f, clk := testFW(t, "inbound:\n  - {port: 22, proto: tcp, host: any}\ntrust: {threshold: 0.5, quarantine: 60s, half_life: 1m, blocked_penalty: 0.1}\n",
+		peerInfo("lateral", 2), peerInfo("good", 3))
+	sub := f.Events(64)
+	ok := tcpIn(v4(2), 999, 22)
+	if f.Inbound(ok) != Accept {
+		t.Fatal("setup")
+	}
+	// Scan: blocked attempts lower the score 0.1 each; the 6th crosses 0.5.
+	for i := 0; i < 6; i++ {
+		f.Inbound(tcpIn(v4(2), 1000, uint16(100+i)))
+	}
+	ps := f.Peers() // sorted: good, lateral
+	if !ps[1].Quarantined || ps[1].Name != "lateral" || ps[0].Quarantined {
+		t.Fatalf("peers %+v", ps)
+	}
+	if f.Inbound(ok) != Drop {
+		t.Fatal("quarantined peer's established flow passed")
+	}
+	if f.Inbound(tcpIn(v4(3), 1, 22)) != Accept {
+		t.Fatal("good peer affected")
+	}
+	alert := false
+	for len(sub.C) > 0 {
+		if ev := <-sub.C; ev.Kind == EventQuarantine && ev.Peer == "lateral" {
+			alert = true
+		}
+	}
+	if !alert {
+		t.Fatal("no quarantine alert")
+	}
+	clk.Advance(61 * time.Second)
+	if f.Inbound(ok) != Accept {
+		t.Fatal("not released after the cool-down")
+	}
+	if tr := f.Peers()[1].Trust; tr <= 0.4 || tr >= 1 {
+		t.Fatalf("trust after 61 s: %v (want recovering)", tr)
+	}
+	clk.Advance(10 * time.Minute)
+	if tr := f.Peers()[1].Trust; tr < 0.99 {
+		t.Fatalf("trust after 10 half-lives: %v", tr)
+	}
+}
+
+func TestTrustExpiry(t *testing.T) {
+	f, clk := testFW(t, "inbound: []\n")
+	p := peerInfo("old", 2)
+	p.NotBefore = clk.Now().Add(-90 * time.Hour)
+	p.NotAfter = clk.Now().Add(10 * time.Hour)
+	f.SetPeer(p)
+	if tr := f.Peers()[0].Trust; tr != 1 {
+		t.Fatalf("trust at 10%% left: %v", tr)
+	}
+	clk.Advance(5 * time.Hour)
+	if tr := f.Peers()[0].Trust; tr < 0.74 || tr > 0.76 {
+		t.Fatalf("trust at 5%% left: %v, want 0.75", tr)
+	}
+}
+
+func TestEventRateLimit(t *testing.T) {
+	f, clk := testFW(t, "inbound: []\ntrust: {threshold: 0}\n", peerInfo("a", 2))
+	sub := f.Events(1000)
+	small := f.Events(1)
+	for i := 0; i < 1000; i++ {
+		f.Inbound(tcpIn(v4(2), 1, 22))
+	}
+	if n := len(sub.C); n != eventBurst {
+		t.Fatalf("%d events for 1000 drops, want %d", n, eventBurst)
+	}
+	if small.Dropped() != eventBurst-1 {
+		t.Fatalf("full subscriber dropped %d", small.Dropped())
+	}
+	clk.Advance(eventWindow)
+	f.Inbound(tcpIn(v4(2), 1, 22))
+	var last Event
+	for len(sub.C) > 0 {
+		last = <-sub.C
+	}
+	if last.Suppressed != 1000-eventBurst || last.Reason != ReasonDefaultDeny || last.DstPort != 22 || last.Peer != "a" {
+		t.Fatalf("last event %+v", last)
+	}
+	if f.Stats().PeerDrops["a"]["default-deny"] != 1001 {
+		t.Fatal("drops not all counted")
+	}
+	sub.Close()
+	sub.Close()
+	f.Close()
+	if _, open := <-small.C; open {
+		// drain the one buffered event
+		if _, open := <-small.C; open {
+			t.Fatal("subscription not closed by Close")
+		}
+	}
+}
