@@ -97,6 +97,8 @@ variable GRIDNET_VAULT_PASSPHRASE, $CREDENTIALS_DIRECTORY/gridnet-vault-key
 			upCommand(),
 			statusCommand(),
 			reloadCommand(),
+			fwCommand(),
+			eventsCommand(),
 			pingCommand(),
 			demoCommand(),
 			versionCommand(),

@@ -61,9 +61,13 @@ func TestUpControlAPI(t *testing.T) {
 		if i == 1 {
 			peers = fmt.Sprintf("peers: [\"127.0.0.1:%d\"]\n", ports[0])
 		}
-		cfg := fmt.Sprintf("vault:\n  path: %s.vault\n  key_file: k\nlisten: 0.0.0.0:%d\n%scontrol:\n  socket: %s.sock\nlog:\n  level: debug\n"+
-			"firewall:\n  inbound:\n    - {proto: icmp, port: any, host: any}\n",
-			name, ports[i], peers, name)
+		// beta lets pings in; alpha has no firewall section: inbound denied.
+		fw := ""
+		if name == "beta" {
+			fw = "firewall:\n  inbound:\n    - {proto: icmp, port: any, host: any}\n"
+		}
+		cfg := fmt.Sprintf("vault:\n  path: %s.vault\n  key_file: k\nlisten: 0.0.0.0:%d\n%scontrol:\n  socket: %s.sock\nlog:\n  level: debug\n%s",
+			name, ports[i], peers, name, fw)
 		if err := os.WriteFile(p(name+".yaml"), []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -113,9 +117,39 @@ func TestUpControlAPI(t *testing.T) {
 	if _, errOut, code := gridnet(t, nil, "", "ping", "nobody", "-c", "1", "--socket", p("alpha.sock")); code == 0 || !strings.Contains(errOut, "nobody") {
 		t.Errorf("ping to an unknown name: exit %d, %s", code, errOut)
 	}
-	// A reload with nothing new succeeds; a broken CRL file is refused
-	// with its name and the node keeps running.
 	mustGridnet(t, nil, "reload", "--socket", p("alpha.sock"))
+
+	// alpha's firewall drops beta's pings (replies to alpha's own pings
+	// passed by conntrack above), and says so in its events.
+	if out, _, code := gridnet(t, nil, "", "ping", "alpha", "-c", "1", "--socket", p("beta.sock")); code == 0 {
+		t.Errorf("beta's ping passed alpha's default-deny firewall:\n%s", out)
+	}
+	events := mustGridnet(t, nil, "events", "--socket", p("alpha.sock"))
+	if !strings.Contains(events, "peer=beta proto=1") || !strings.Contains(events, "reason=default-deny") {
+		t.Errorf("alpha's events:\n%s", events)
+	}
+
+	// Hot reload: a bad rule is refused with its line and the old rules
+	// stay; a good one lets the pings in without a restart.
+	alphaCfg, err := os.ReadFile(p("alpha.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := string(alphaCfg) + "firewall:\n  inbound:\n    - {proto: icmp, port: any, hots: any}\n"
+	if err := os.WriteFile(p("alpha.yaml"), []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := gridnet(t, nil, "", "fw", "reload", "--socket", p("alpha.sock")); code == 0 || !strings.Contains(errOut, "line 11") {
+		t.Errorf("reload of a bad rule: exit %d, %s", code, errOut)
+	}
+	good := string(alphaCfg) + "firewall:\n  inbound:\n    - {proto: icmp, port: any, host: beta}\n"
+	if err := os.WriteFile(p("alpha.yaml"), []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustGridnet(t, nil, "fw", "reload", "--socket", p("alpha.sock"))
+	if out := mustGridnet(t, nil, "ping", "alpha", "-c", "1", "--socket", p("beta.sock")); !strings.Contains(out, "reply from 100.64.0.1") {
+		t.Errorf("ping after reload:\n%s", out)
+	}
 }
 
 // TestControlSocketRefusesToReplaceAFile: a mistyped socket path must not
