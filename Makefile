@@ -1,6 +1,7 @@
 # gridnet build, test and demo targets. `make demo` and `make test` are the
 # two commands a fresh machine needs (see README.md).
 
+SHELL     := /bin/bash
 GO        ?= go
 BIN       ?= bin/gridnet
 PKGS      ?= ./...
@@ -26,6 +27,8 @@ vet:
 # otherwise.
 test: vet
 	$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) $(PKGS)
+	# Load tests whose throughput goals only mean something without -race.
+	$(GO) test -count=1 -run 'Flood' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test'; exit $${PIPESTATUS[0]}
 
 test-short: vet
 	$(GO) test -short -count=1 $(PKGS)
