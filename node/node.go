@@ -53,6 +53,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// UnfilteredForTest leaves the packet hook a pass-through (counters
+	// only): benchmarks compare it with the firewall. gridnet up never sets
+	// it.
+	UnfilteredForTest bool
 	// SkipSelfCheckForTest starts the node even if its own certificate does
 	// not verify or is not for its keys. Only tests set it, to play a node
 	// that an honest peer must refuse.
@@ -127,10 +131,12 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("firewall: %w", err)
 	}
 	n.events = newEventLog(n.fw)
-	n.stack.SetHooks(stack.Hooks{
-		Inbound:  stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Inbound(pkt)) }),
-		Outbound: stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Outbound(pkt)) }),
-	})
+	if !opts.UnfilteredForTest {
+		n.stack.SetHooks(stack.Hooks{
+			Inbound:  stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Inbound(pkt)) }),
+			Outbound: stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Outbound(pkt)) }),
+		})
+	}
 	n.ov, err = overlay.New(overlay.Config{
 		OnAdmit:      func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
 		OnRemove:     func(id *cert.Identity) { n.fw.RemovePeer(id.Name) },
