@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigrid/gridnet/discovery"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
@@ -45,6 +46,17 @@ type Options struct {
 	TunName string
 	// MTU of the overlay interface; 0 means stack.DefaultMTU.
 	MTU int
+	// HandshakeRate and HandshakeBurst set the per-source-address limit on
+	// admission handshakes (0: the overlay's defaults, 20/s burst 5). Many
+	// nodes on one address (in-process fabrics on 127.0.0.1) need more.
+	HandshakeRate  float64
+	HandshakeBurst int
+	// HalfOpenPerSource caps unfinished handshakes per source address (0:
+	// the overlay's default, 8).
+	HalfOpenPerSource int
+	// Gossip turns on discovery (memberlist over the overlay); nil means
+	// the node reaches only its static peers.
+	Gossip *GossipOptions
 	// Firewall is the rule set judging every packet at the virtual
 	// interface; nil means policy.DefaultConfig: inbound denied, outbound
 	// allowed.
@@ -73,6 +85,7 @@ type Node struct {
 	ov     *overlay.Overlay
 	fw     *policy.Firewall
 	events *eventLog
+	gossip *gossip
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -125,7 +138,17 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if fwCfg == nil {
 		fwCfg = policy.DefaultConfig()
 	}
-	n.fw, err = policy.New(fwCfg, policy.Options{Logger: n.log.With("component", "firewall"), Self: peerInfo(id)})
+	var builtins []policy.BuiltinRule
+	if opts.Gossip != nil {
+		port := opts.Gossip.Port
+		if port == 0 {
+			port = discovery.DefaultPort
+		}
+		// Gossip between admitted members passes whatever the user's rules
+		// say (it is still subject to flood control).
+		builtins = []policy.BuiltinRule{{Name: "gossip-udp", Proto: policy.ProtoUDP, Port: port}, {Name: "gossip-tcp", Proto: policy.ProtoTCP, Port: port}}
+	}
+	n.fw, err = policy.New(fwCfg, policy.Options{Logger: n.log.With("component", "firewall"), Self: peerInfo(id), Builtins: builtins})
 	if err != nil {
 		n.stack.Close()
 		return nil, fmt.Errorf("firewall: %w", err)
@@ -138,16 +161,19 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		})
 	}
 	n.ov, err = overlay.New(overlay.Config{
-		OnAdmit:      func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
-		OnRemove:     func(id *cert.Identity) { n.fw.RemovePeer(id.Name) },
-		Logger:       n.log,
-		WireGuardKey: opts.WireGuardKey,
-		IdentityKey:  opts.IdentityKey,
-		Certificate:  opts.Certificate,
-		Verifier:     verifierFor(pool, opts, id),
-		ListenPort:   opts.Listen.Port(),
-		TUN:          n.stack.Device(),
-		Now:          opts.Now,
+		OnAdmit:           func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
+		OnRemove:          func(id *cert.Identity) { n.fw.RemovePeer(id.Name) },
+		Logger:            n.log,
+		WireGuardKey:      opts.WireGuardKey,
+		IdentityKey:       opts.IdentityKey,
+		Certificate:       opts.Certificate,
+		Verifier:          verifierFor(pool, opts, id),
+		ListenPort:        opts.Listen.Port(),
+		HandshakeRate:     opts.HandshakeRate,
+		HandshakeBurst:    opts.HandshakeBurst,
+		HalfOpenPerSource: opts.HalfOpenPerSource,
+		TUN:               n.stack.Device(),
+		Now:               opts.Now,
 	})
 	if err != nil {
 		n.stack.Close()
@@ -157,6 +183,12 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	}
 	for _, p := range opts.Peers {
 		n.ov.AddStaticPeer(p)
+	}
+	if opts.Gossip != nil {
+		if n.gossip, err = startGossip(n, *opts.Gossip); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
@@ -219,6 +251,13 @@ func (n *Node) RenewCertificate(der []byte) error {
 	}
 	if err := n.ov.SetCertificate(der); err != nil {
 		return fmt.Errorf("renew certificate: %w", err)
+	}
+	if n.gossip != nil {
+		self := n.gossip.d.Self()
+		self.Certificate, self.Version = der, 0
+		if err := n.gossip.d.UpdateSelf(self); err != nil {
+			return fmt.Errorf("spread renewed certificate: %w", err)
+		}
 	}
 	n.log.Info("certificate renewed", "fingerprint", n.Identity().Fingerprint, "not_after", n.Identity().NotAfter)
 	return nil
@@ -342,9 +381,20 @@ func (n *Node) Overlay() *overlay.Overlay { return n.ov }
 
 // Close shuts the node down: peers, WireGuard device, virtual interface.
 func (n *Node) Close() error {
+	return n.shutdown(true)
+}
+
+// CrashForTest stops the node without leaving the gossip fabric, as a
+// killed process would: the others must notice by failure detection.
+func (n *Node) CrashForTest() error { return n.shutdown(false) }
+
+func (n *Node) shutdown(graceful bool) error {
 	n.closeOnce.Do(func() {
 		if n.cancel != nil {
 			n.cancel()
+		}
+		if n.gossip != nil {
+			n.gossip.close(graceful)
 		}
 		err1 := n.ov.Close()
 		err2 := n.stack.Close()

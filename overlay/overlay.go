@@ -48,6 +48,7 @@
 package overlay
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
@@ -123,6 +124,10 @@ type Config struct {
 	// limit; zero means DefaultHandshakeRate / DefaultHandshakeBurst.
 	HandshakeRate  float64
 	HandshakeBurst int
+	// HalfOpenPerSource caps half-open handshakes per source address (an
+	// IPv6 /64); zero means HalfOpenPerSource. Raise it with the rate when
+	// many nodes share one address (in-process tests).
+	HalfOpenPerSource int
 	// OnAdmit is called with a peer's verified identity just before its
 	// WireGuard peer is configured (so a firewall knows it before its first
 	// packet), and again when its certificate is renewed. OnRemove is
@@ -209,7 +214,7 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		queue:          make(chan inboundPacket, handshakeQueueLen),
 		halfOpen:       make(map[uint32]*halfOpenState),
 		halfOpenBySrc:  make(map[netip.Addr]int),
-		halfOpenPerSrc: HalfOpenPerSource,
+		halfOpenPerSrc: cmp.Or(cfg.HalfOpenPerSource, HalfOpenPerSource),
 		halfOpenTTL:    HalfOpenTimeout,
 		pending:        make(map[uint32]chan inboundPacket),
 		attempting:     make(map[netip.AddrPort]int),

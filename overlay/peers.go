@@ -414,3 +414,21 @@ func (o *Overlay) Peers() []PeerStatus {
 	slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// RemovePeer removes the admitted peer with WireGuard key key (its
+// sessions too), e.g. when failure detection declared it dead. It reports
+// whether there was one. A static peer is admitted again by its loop.
+func (o *Overlay) RemovePeer(key [32]byte, why string) bool {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	e := o.peers[key]
+	if e == nil {
+		return false
+	}
+	o.removeLocked(e, why)
+	o.publishLocked()
+	return true
+}
+
+// HasPeer reports whether a peer with WireGuard key key is admitted.
+func (o *Overlay) HasPeer(key [32]byte) bool { return o.hasPeer(key) }

@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/overlay"
+)
+
+// gossipOptions makes node options with discovery on (fast test timings).
+func (f *fabric) gossipOptions(t *testing.T, name string, host int) node.Options {
+	t.Helper()
+	opts, err := f.ca.NodeOptions(name, overlayPrefix(host), []string{"test"}, 4*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Gossip = &node.GossipOptions{Profile: discovery.ProfileLocal}
+	// Every node sends from 127.0.0.1: one per-source handshake budget
+	// would be shared by the whole fabric.
+	opts.HandshakeRate, opts.HandshakeBurst, opts.HalfOpenPerSource = 10000, 1000, 1024
+	return opts
+}
+
+// waitFor polls cond until it holds or bound passes.
+func waitFor(t *testing.T, bound time.Duration, what string, cond func() string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		problem := cond()
+		if problem == "" {
+			return time.Since(start)
+		}
+		if time.Since(start) > bound {
+			t.Fatalf("%s: not within %v: %s", what, bound, problem)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// meshProblem names a pair in nodes without a session, or "".
+func meshProblem(nodes []*node.Node) string {
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b && !hasPeer(a, b.Identity().Name) {
+				return a.Identity().Name + " lacks " + b.Identity().Name
+			}
+		}
+	}
+	return ""
+}
+
+// TestGossipFabric: ten nodes that know only one seed find each other,
+// a crashed node is removed everywhere and comes back after a restart, a
+// revocation pushed at one node cuts the node off everywhere, and a node
+// from an untrusted CA never gets in.
+func TestGossipFabric(t *testing.T) {
+	checkGoroutines(t)
+	const n = 10
+	f := newFabric(t)
+	seed := f.start(f.gossipOptions(t, "seed", 1))
+	nodes := []*node.Node{seed}
+	opts := map[string]node.Options{}
+	for i := 2; i <= n; i++ {
+		name := fmt.Sprintf("node-%d", i)
+		o := f.gossipOptions(t, name, i)
+		opts[name] = o
+		nodes = append(nodes, f.start(o, seed))
+	}
+	took := waitFor(t, 30*time.Second, "full mesh through one seed", func() string { return meshProblem(nodes) })
+	t.Logf("%d nodes in a full mesh %v after start", n, took)
+	tcpEcho(t, nodes[n-1], 8300)
+	bulkEcho(t, nodes[n-2], nodes[n-1], 8300, 256<<10)
+
+	// Crash (no graceful leave): removed everywhere by failure detection.
+	victim := nodes[n-1]
+	victim.CrashForTest()
+	rest := nodes[:n-1]
+	took = waitFor(t, 20*time.Second, "crashed node removed everywhere", func() string {
+		for _, x := range rest {
+			for _, p := range x.Peers() {
+				if p.Name == victim.Identity().Name {
+					return x.Identity().Name + " still has " + p.Name
+				}
+			}
+		}
+		return ""
+	})
+	t.Logf("crashed node removed everywhere after %v", took)
+
+	// Restart with the same identity: back everywhere without help.
+	back := f.start(opts[victim.Identity().Name], seed)
+	nodes = append(rest, back)
+	took = waitFor(t, 30*time.Second, "restarted node back in the mesh", func() string { return meshProblem(nodes) })
+	t.Logf("restarted node back everywhere after %v", took)
+
+	// Revoke node-2 at one node; the CRL spreads and cuts it off everywhere.
+	revoked := nodes[1]
+	crl, err := f.ca.CA.Revoke(nil, []*big.Int{revoked.Identity().Serial}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := nodes[2].PushCRL(crl); err != nil || !applied {
+		t.Fatalf("push CRL: %v %v", applied, err)
+	}
+	others := append([]*node.Node{nodes[0]}, nodes[2:]...)
+	took = waitFor(t, 10*time.Second, "revoked node cut off everywhere", func() string {
+		for _, x := range others {
+			for _, p := range x.Peers() {
+				if p.Name == revoked.Identity().Name {
+					return x.Identity().Name + " still has " + p.Name
+				}
+			}
+		}
+		return ""
+	})
+	t.Logf("revocation effective everywhere after %v", took)
+	// It knocks again: refused for the revocation, not admitted.
+	before := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	revoked.Admit(ctx, underlay(seed))
+	cancel()
+	waitFor(t, 5*time.Second, "seed refuses the revoked node as revoked", func() string {
+		if after := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]; after <= before {
+			return fmt.Sprintf("revoked refusals %d -> %d", before, after)
+		}
+		return ""
+	})
+	if hasPeer(seed, revoked.Identity().Name) {
+		t.Error("the revoked node was admitted again")
+	}
+
+	// A node with a certificate from an untrusted CA, pointed at the seed,
+	// joins nothing.
+	rogue, err := node.NewLocalCA("rogue", "test.gridnet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := rogue.NodeOptions("intruder", overlayPrefix(99), []string{"test"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.CAs = append(ro.CAs, f.ca.CA.Cert) // it even trusts our CA
+	ro.Gossip = &node.GossipOptions{Profile: discovery.ProfileLocal}
+	ro.HandshakeRate, ro.HandshakeBurst, ro.HalfOpenPerSource = 10000, 1000, 1024
+	intruder := f.start(ro, seed)
+	time.Sleep(2 * time.Second)
+	for _, x := range others {
+		for _, p := range x.Peers() {
+			if p.Name == "intruder" {
+				t.Errorf("%s admitted the intruder", x.Identity().Name)
+			}
+		}
+	}
+	if len(intruder.Members()) > 1 {
+		t.Errorf("the intruder sees members: %+v", intruder.Members())
+	}
+}

@@ -1,0 +1,323 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/aigrid/gridnet/discovery"
+)
+
+// GossipOptions turn on discovery: memberlist over the overlay spreads node
+// records and CRLs, so a node needs only one seed among its static peers.
+type GossipOptions struct {
+	// Port is the gossip port on the overlay; 0 means discovery.DefaultPort.
+	Port uint16
+	// Advertise are the underlay endpoints other nodes should use to reach
+	// this node's WireGuard port. Empty: 127.0.0.1 with the node's port
+	// (enough for one machine; real fabrics set it).
+	Advertise []netip.AddrPort
+	// Profile selects memberlist timings (LAN default; Local for tests).
+	Profile discovery.Profile
+}
+
+// Gossip limits.
+const (
+	// admitWorkers bounds concurrent admissions of gossip-learned nodes.
+	admitWorkers = 4
+	// admitTimeout bounds one admission attempt of a learned node.
+	admitTimeout = 8 * time.Second
+	// yieldDelay: when both nodes learn each other's record, the one with
+	// the higher WireGuard key waits this long for the other to admit it
+	// first, so that two admissions do not cross.
+	yieldDelay = 1500 * time.Millisecond
+	// joinBackoffMax caps the delay between attempts to (re)join the
+	// fabric through admitted peers when no other member is alive.
+	joinBackoffMax = 10 * time.Second
+)
+
+// gossip connects discovery with the overlay: records learned by gossip
+// are verified and admitted, dead members are removed, CRLs are applied.
+type gossip struct {
+	n   *Node
+	d   *discovery.Discovery
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	pending map[string]discovery.Record // name → newest record to admit
+	wake    chan struct{}
+}
+
+// overlayNetwork is the node's stack as discovery's Network.
+type overlayNetwork struct{ n *Node }
+
+func (o overlayNetwork) ListenUDP(port uint16) (net.PacketConn, error) {
+	return o.n.stack.ListenUDP(port)
+}
+func (o overlayNetwork) ListenTCP(port uint16) (net.Listener, error) {
+	return o.n.stack.ListenTCP(port)
+}
+func (o overlayNetwork) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return o.n.stack.DialContext(ctx, network, address)
+}
+func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
+
+func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
+	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]discovery.Record{}, wake: make(chan struct{}, 1)}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	adv := opts.Advertise
+	if len(adv) == 0 {
+		adv = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ov.Port())}
+	}
+	d, err := discovery.Start(g.ctx, discovery.Config{
+		Network:  overlayNetwork{n},
+		Port:     opts.Port,
+		Self:     discovery.Record{Name: n.Identity().Name, Certificate: n.Identity().Raw, Endpoints: adv},
+		Logger:   g.log,
+		OnRecord: g.onRecord,
+		OnLeave:  g.onLeave,
+		OnCRL:    g.onCRL,
+		Profile:  opts.Profile,
+	})
+	if err != nil {
+		g.cancel()
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	g.d = d
+	for range admitWorkers {
+		g.wg.Add(1)
+		go g.admitLoop()
+	}
+	g.wg.Add(1)
+	go g.joinLoop()
+	return g, nil
+}
+
+// onRecord queues a learned record for admission; memberlist callbacks
+// must not block.
+func (g *gossip) onRecord(r discovery.Record) {
+	g.mu.Lock()
+	g.pending[r.Name] = r
+	g.mu.Unlock()
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *gossip) next() (discovery.Record, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, r := range g.pending {
+		delete(g.pending, name)
+		return r, true
+	}
+	return discovery.Record{}, false
+}
+
+func (g *gossip) admitLoop() {
+	defer g.wg.Done()
+	for {
+		r, ok := g.next()
+		if !ok {
+			select {
+			case <-g.ctx.Done():
+				return
+			case <-g.wake:
+				continue
+			}
+		}
+		g.admit(r)
+		// More may be pending: pass the wake-up on.
+		select {
+		case g.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// admit verifies a learned record's certificate and admits the node: a
+// member cannot introduce a node the trusted CAs did not sign.
+func (g *gossip) admit(r discovery.Record) {
+	id, err := g.n.pool.VerifyDER(r.Certificate, g.n.opts.Now())
+	if err != nil {
+		g.log.Warn("gossip record refused", "name", r.Name, "err", err)
+		return
+	}
+	if id.Name != r.Name {
+		g.log.Warn("gossip record refused: name differs from its certificate", "record", r.Name, "certificate", id.Name)
+		return
+	}
+	self := g.n.Identity()
+	if id.WireGuardKey == self.WireGuardKey || g.n.ov.HasPeer(id.WireGuardKey) {
+		return
+	}
+	if bytes.Compare(self.WireGuardKey[:], id.WireGuardKey[:]) > 0 {
+		// Let the other side admit us first.
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-time.After(yieldDelay + rand.N(yieldDelay/2)):
+		}
+		if g.n.ov.HasPeer(id.WireGuardKey) {
+			return
+		}
+	}
+	for _, ep := range r.Endpoints {
+		ctx, cancel := context.WithTimeout(g.ctx, admitTimeout)
+		_, err := g.n.ov.Admit(ctx, ep)
+		cancel()
+		if err == nil {
+			return
+		}
+		if g.ctx.Err() != nil {
+			return
+		}
+		g.log.Debug("admission of a gossip-learned node failed", "name", r.Name, "endpoint", ep, "err", err)
+	}
+}
+
+// onLeave removes a member that left or died from WireGuard at once.
+func (g *gossip) onLeave(name string, dead bool) {
+	for _, p := range g.n.ov.Peers() {
+		if p.Name == name {
+			why := "left the fabric"
+			if dead {
+				why = "declared dead by failure detection"
+			}
+			g.n.ov.RemovePeer(p.WireGuardKey, why)
+		}
+	}
+}
+
+// onCRL applies a CRL learned by gossip; only a valid, newer one spreads.
+func (g *gossip) onCRL(der []byte) bool {
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		g.log.Warn("gossip CRL refused", "err", err)
+		return false
+	}
+	applied, err := g.n.ApplyCRL(crl)
+	if err != nil {
+		g.log.Warn("gossip CRL refused", "err", err)
+		return false
+	}
+	return applied
+}
+
+// joinLoop (re)joins the fabric through admitted peers whenever no other
+// member is alive, with backoff: a node that lost all its peers keeps
+// trying.
+func (g *gossip) joinLoop() {
+	defer g.wg.Done()
+	delay := 100 * time.Millisecond
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if g.aliveOthers() > 0 {
+			delay = 2 * time.Second
+			continue
+		}
+		var seeds []netip.Addr
+		for _, p := range g.n.ov.Peers() {
+			if len(p.Addresses) > 0 {
+				seeds = append(seeds, p.Addresses[0].Addr())
+			}
+		}
+		if len(seeds) > 0 {
+			ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+			_, err := g.d.Join(ctx, seeds)
+			cancel()
+			if err == nil {
+				delay = 2 * time.Second
+				continue
+			}
+			g.log.Debug("gossip join failed", "seeds", seeds, "err", err)
+		}
+		delay = min(2*delay, joinBackoffMax)
+	}
+}
+
+func (g *gossip) aliveOthers() int {
+	n := 0
+	self := g.n.Identity().Name
+	for _, m := range g.d.Members() {
+		if m.Name != self && m.State == discovery.StateAlive {
+			n++
+		}
+	}
+	return n
+}
+
+// close leaves the fabric (gracefully unless crash) and stops.
+func (g *gossip) close(graceful bool) {
+	if graceful {
+		_ = g.d.Leave(time.Second)
+	}
+	g.cancel()
+	g.d.Close()
+	g.wg.Wait()
+}
+
+// MemberView is one member in `gridnet peers`.
+type MemberView struct {
+	Name        string    `json:"name"`
+	Addr        string    `json:"addr,omitempty"`
+	State       string    `json:"state"`
+	CertExpiry  time.Time `json:"cert_expiry,omitzero"`
+	LearnedFrom string    `json:"learned_from,omitempty"`
+	Updated     time.Time `json:"updated"`
+	Admitted    bool      `json:"admitted"`
+}
+
+// Members lists the fabric's members as this node sees them (empty without
+// gossip).
+func (n *Node) Members() []MemberView {
+	if n.gossip == nil {
+		return nil
+	}
+	admitted := map[string]bool{}
+	for _, p := range n.ov.Peers() {
+		admitted[p.Name] = true
+	}
+	var out []MemberView
+	for _, m := range n.gossip.d.Members() {
+		v := MemberView{Name: m.Name, State: m.State.String(), LearnedFrom: m.LearnedFrom, Updated: m.Updated, Admitted: admitted[m.Name]}
+		if m.Addr.IsValid() {
+			v.Addr = m.Addr.String()
+		}
+		if c, err := x509.ParseCertificate(m.Record.Certificate); err == nil {
+			v.CertExpiry = c.NotAfter
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// PushCRL applies a CRL here and, if it was new, spreads it to the fabric.
+func (n *Node) PushCRL(crl *x509.RevocationList) (bool, error) {
+	applied, err := n.ApplyCRL(crl)
+	if err != nil || !applied {
+		return applied, err
+	}
+	if n.gossip != nil {
+		if err := n.gossip.d.BroadcastCRL(crl.Raw); err != nil {
+			return true, fmt.Errorf("spread CRL: %w", err)
+		}
+	}
+	return true, nil
+}
