@@ -98,6 +98,8 @@ variable GRIDNET_VAULT_PASSPHRASE, $CREDENTIALS_DIRECTORY/gridnet-vault-key
 			statusCommand(),
 			reloadCommand(),
 			fwCommand(),
+			peersCommand(),
+			crlCommand(),
 			eventsCommand(),
 			pingCommand(),
 			demoCommand(),

@@ -167,6 +167,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		TunName:      cfg.Tun.Name,
 		MTU:          int(cfg.Tun.MTU),
 		Firewall:     cfg.FirewallRules,
+		Gossip:       gossipOptions(cfg.Gossip),
 		Logger:       log,
 	})
 	if err != nil {
@@ -260,6 +261,13 @@ func readNodeCert(cfg *Config, env Env) ([]byte, error) {
 		return nil, fmt.Errorf("node certificate from vault: %w", err)
 	}
 	return b, nil
+}
+
+func gossipOptions(c GossipConfig) *GossipOptions {
+	if !c.Enabled {
+		return nil
+	}
+	return &GossipOptions{Port: c.Port, Advertise: addrPorts(c.Advertise)}
 }
 
 func addrPorts(in []AddrPort) []netip.AddrPort {

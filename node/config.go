@@ -40,6 +40,8 @@ type Config struct {
 	Control ControlConfig `yaml:"control"`
 	// Log sets logging.
 	Log LogConfig `yaml:"log"`
+	// Gossip turns on discovery: memberlist over the overlay.
+	Gossip GossipConfig `yaml:"gossip"`
 	// Firewall is the rule set (see docs/FIREWALL.md), parsed by package
 	// policy so that its errors name their lines too. Without it inbound
 	// traffic is denied.
@@ -80,6 +82,18 @@ type TunConfig struct {
 	Name string `yaml:"name"`
 	// MTU of the overlay interface; 0 means the default 1280.
 	MTU MTU `yaml:"mtu"`
+}
+
+// GossipConfig configures discovery.
+type GossipConfig struct {
+	// Enabled turns gossip on: the node then needs only one seed in peers.
+	Enabled bool `yaml:"enabled"`
+	// Port is the gossip port on the overlay (default 7946).
+	Port uint16 `yaml:"port"`
+	// Advertise are the underlay addresses (IP:port) other nodes use to
+	// reach this node; required with gossip unless all nodes share
+	// 127.0.0.1.
+	Advertise []AddrPort `yaml:"advertise"`
 }
 
 // ControlConfig places the control API socket.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 	"io"
 	"log/slog"
@@ -26,6 +27,10 @@ const (
 	pathPing   = "/v1/ping"
 	pathReload = "/v1/reload"
 	pathEvents = "/v1/events"
+	pathPeers  = "/v1/members"
+	pathCRL    = "/v1/crl"
+	// maxCRLBody bounds a pushed CRL (discovery refuses larger ones too).
+	maxCRLBody = 1 << 20
 	// maxPingCount bounds one ping request.
 	maxPingCount = 1000
 	// controlTimeout bounds a control request that is not a stream.
@@ -174,6 +179,8 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 	mux.HandleFunc("GET "+pathPing, cs.handlePing)
 	mux.HandleFunc("POST "+pathReload, cs.handleReload)
 	mux.HandleFunc("GET "+pathEvents, cs.handleEvents)
+	mux.HandleFunc("GET "+pathPeers, cs.handleMembers)
+	mux.HandleFunc("POST "+pathCRL, cs.handleCRL)
 	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: controlTimeout}
 	go func() {
 		defer close(cs.done)
@@ -217,6 +224,49 @@ func (cs *controlServer) handleReload(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// handleMembers lists the gossip members (or, without gossip, the
+// admitted peers as members).
+func (cs *controlServer) handleMembers(w http.ResponseWriter, _ *http.Request) {
+	members := cs.node.Members()
+	if cs.node.gossip == nil {
+		for _, p := range cs.node.ov.Peers() {
+			v := MemberView{Name: p.Name, State: "alive", CertExpiry: p.NotAfter, LearnedFrom: "static", Updated: p.AdmittedAt, Admitted: true}
+			if len(p.Addresses) > 0 {
+				v.Addr = p.Addresses[0].Addr().String()
+			}
+			members = append(members, v)
+		}
+	}
+	writeJSON(w, http.StatusOK, members)
+}
+
+// CRLResult answers a CRL push.
+type CRLResult struct {
+	Applied bool   `json:"applied"`
+	Number  string `json:"number"`
+	Removed int    `json:"revoked_entries"`
+}
+
+// handleCRL applies a pushed CRL (PEM or DER) and spreads it by gossip.
+func (cs *controlServer) handleCRL(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxCRLBody+1))
+	if err != nil || len(body) > maxCRLBody {
+		writeJSON(w, http.StatusBadRequest, apiError{"CRL missing or larger than 1 MiB"})
+		return
+	}
+	crl, err := cert.ParseCRLPEM(body)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		return
+	}
+	applied, err := cs.node.PushCRL(crl)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, CRLResult{Applied: applied, Number: crl.Number.String(), Removed: len(crl.RevokedCertificateEntries)})
 }
 
 // handleEvents returns the recent firewall events as one JSON line each;
@@ -332,7 +382,11 @@ func (c *controlClient) get(ctx context.Context, path string) (io.ReadCloser, er
 }
 
 func (c *controlClient) do(ctx context.Context, method, path string) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://gridnet"+path, nil)
+	return c.send(ctx, method, path, nil)
+}
+
+func (c *controlClient) send(ctx context.Context, method, path string, body io.Reader) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://gridnet"+path, body)
 	if err != nil {
 		return nil, err
 	}

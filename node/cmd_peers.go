@@ -1,0 +1,107 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+)
+
+func peersCommand() *command {
+	type opts struct {
+		socketFlag
+		json bool
+	}
+	return &command{
+		name:    "peers",
+		summary: "list the fabric's members: state, certificate expiry, where each was learned",
+		usage:   "[--json] [--socket PATH]",
+		help: `With gossip on, every member the node knows of: alive, suspect, dead or
+left, whether it is admitted (a WireGuard peer now) and how its record
+arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			o.register(fs)
+			fs.BoolVar(&o.json, "json", false, "print JSON")
+			return o
+		},
+		run: func(ctx context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 0 {
+				return usageError("unexpected arguments %q", args)
+			}
+			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+			defer cancel()
+			body, err := newControlClient(o.socket).get(ctx, pathPeers)
+			if err != nil {
+				return err
+			}
+			defer body.Close()
+			var members []MemberView
+			if err := json.NewDecoder(body).Decode(&members); err != nil {
+				return fmt.Errorf("peers: %w", err)
+			}
+			if o.json {
+				enc := json.NewEncoder(env.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(members)
+			}
+			tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tADMITTED\tCERT EXPIRES\tLEARNED FROM")
+			for _, m := range members {
+				exp := "-"
+				if !m.CertExpiry.IsZero() {
+					exp = m.CertExpiry.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\n", m.Name, m.Addr, m.State, m.Admitted, exp, m.LearnedFrom)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func crlCommand() *command {
+	return &command{
+		name:    "crl",
+		summary: "spread a CRL through the fabric",
+		sub: []*command{{
+			name:    "push",
+			summary: "give the running node a CRL; if valid and newer it is applied and gossiped to every node",
+			usage:   "crl.pem [--socket PATH]",
+			help: `Every node checks the CRL's signature and number, keeps only the newest,
+cuts the revoked nodes off at once and refuses them when they come back.`,
+			flags: func(fs *flag.FlagSet) any { o := &socketFlag{}; o.register(fs); return o },
+			run: func(ctx context.Context, env Env, a any, args []string) error {
+				o := a.(*socketFlag)
+				if len(args) != 1 {
+					return usageError("want one CRL file")
+				}
+				b, err := os.ReadFile(args[0])
+				if err != nil {
+					return fmt.Errorf("read CRL: %w", err)
+				}
+				ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+				defer cancel()
+				body, err := newControlClient(o.socket).send(ctx, "POST", pathCRL, bytes.NewReader(b))
+				if err != nil {
+					return fmt.Errorf("crl push: %w", err)
+				}
+				defer body.Close()
+				var res CRLResult
+				if err := json.NewDecoder(body).Decode(&res); err != nil {
+					return fmt.Errorf("crl push: %w", err)
+				}
+				if res.Applied {
+					fmt.Fprintf(env.Stdout, "CRL number %s applied and spreading (%d revoked entries)\n", res.Number, res.Removed)
+				} else {
+					fmt.Fprintf(env.Stdout, "CRL number %s is not newer than the one the node holds; nothing to do\n", res.Number)
+				}
+				return nil
+			},
+		}},
+	}
+}
