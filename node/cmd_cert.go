@@ -100,7 +100,7 @@ func certCommand() *command {
 	return &command{
 		name:    "cert",
 		summary: "issue, show and import node certificates",
-		sub:     []*command{certIssueCommand(), certShowCommand(), certImportCommand(), certRequestCommand()},
+		sub:     []*command{certIssueCommand(), certShowCommand(), certImportCommand(), certRequestCommand(), certReloadCommand()},
 	}
 }
 
@@ -320,6 +320,12 @@ reload' without a restart.`,
 			return nil
 		},
 	}
+}
+
+func certReloadCommand() *command {
+	c := reloadCommand()
+	c.summary = "make the running node pick up its renewed certificate and spread it (as SIGHUP does)"
+	return c
 }
 
 func certImportCommand() *command {
