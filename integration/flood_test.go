@@ -14,7 +14,7 @@ import (
 
 // Flood test bounds.
 const (
-	floodMaxTime = 30 * time.Second
+	floodMaxTime = 60 * time.Second
 )
 
 // victimRules lets both peers reach the services; the flood limits are
@@ -23,7 +23,7 @@ const victimRules = `inbound:
   - {proto: tcp, port: 9100, host: any}
   - {proto: udp, port: 9200, host: any}
 flood:
-  packets_per_sec: 60000
+  packets_per_sec: 400000
   new_flows_per_sec: 200
   max_flows_per_peer: 512
   max_flows: 2048

@@ -71,7 +71,11 @@ func TestGossipFabric(t *testing.T) {
 		opts[name] = o
 		nodes = append(nodes, f.start(o, seed))
 	}
-	took := waitFor(t, 30*time.Second, "full mesh through one seed", func() string { return meshProblem(nodes) })
+	bound := 30 * time.Second
+	if raceEnabled {
+		bound = 90 * time.Second
+	}
+	took := waitFor(t, bound, "full mesh through one seed", func() string { return meshProblem(nodes) })
 	t.Logf("%d nodes in a full mesh %v after start", n, took)
 	tcpEcho(t, nodes[n-1], 8300)
 	bulkEcho(t, nodes[n-2], nodes[n-1], 8300, 256<<10)
@@ -95,7 +99,7 @@ func TestGossipFabric(t *testing.T) {
 	// Restart with the same identity: back everywhere without help.
 	back := f.start(opts[victim.Identity().Name], seed)
 	nodes = append(rest, back)
-	took = waitFor(t, 30*time.Second, "restarted node back in the mesh", func() string { return meshProblem(nodes) })
+	took = waitFor(t, bound, "restarted node back in the mesh", func() string { return meshProblem(nodes) })
 	t.Logf("restarted node back everywhere after %v", took)
 
 	// Revoke node-2 at one node; the CRL spreads and cuts it off everywhere.

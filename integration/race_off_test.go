@@ -9,3 +9,6 @@ const floodMinRatio = 0.70
 
 // floodTransfer is what the honest peer sends per measurement.
 const floodTransfer = 48 << 20
+
+// raceEnabled: see race_on_test.go.
+const raceEnabled = false

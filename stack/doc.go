@@ -12,8 +12,10 @@
 //
 // # Modes
 //
-// Userspace runs gVisor's TCP/IP stack in-process through wireguard-go's
-// tun/netstack. It needs no privilege and touches nothing on the host; only
+// Userspace runs gVisor's TCP/IP stack in-process; the package owns the
+// stack and its link endpoint (a gVisor channel endpoint), so it controls
+// shutdown: Close stops gVisor's goroutines before the device's queue is
+// closed, and gVisor never blocks on a reader. It needs no privilege and touches nothing on the host; only
 // this process reaches the overlay, through Stack.DialContext, ListenTCP,
 // ListenUDP and Ping.
 //

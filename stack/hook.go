@@ -145,9 +145,6 @@ type hookedDevice struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	// beforeClose runs once before the inner device is closed (the
-	// userspace backend uses it to unblock netstack writers).
-	beforeClose func()
 }
 
 var _ tun.Device = (*hookedDevice)(nil)
@@ -183,9 +180,6 @@ func (d *hookedDevice) BatchSize() int { return d.inner.BatchSize() }
 // Close closes the inner device once.
 func (d *hookedDevice) Close() error {
 	d.closeOnce.Do(func() {
-		if d.beforeClose != nil {
-			d.beforeClose()
-		}
 		d.closeErr = d.inner.Close()
 	})
 	return d.closeErr

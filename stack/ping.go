@@ -91,11 +91,12 @@ type pingConn interface {
 
 const (
 	// pingResendInterval is how long Ping waits for a reply before it sends
-	// another request (with the next sequence number). wireguard-go's
-	// netstack PingConn only reads after a wake-up that a reply arriving
-	// before ReadFrom registered its waiter never gets; reading from a
-	// goroutine started before the first request avoids that, and resending
-	// recovers if it still happens.
+	// another request (with the next sequence number). A socket that only
+	// reads after a wake-up (as wireguard-go's netstack PingConn did) misses
+	// a reply arriving before ReadFrom registered its waiter; reading from a
+	// goroutine started before the first request avoids that (the userspace
+	// backend's socket also tries a read before waiting), and resending
+	// recovers from lost requests or replies.
 	pingResendInterval = 250 * time.Millisecond
 	// maxPingAttempts bounds the requests of one Ping (and the list of
 	// outstanding requests matched against replies).

@@ -19,9 +19,10 @@ import (
 type Mode uint8
 
 const (
-	// Userspace runs gVisor's netstack in-process (via wireguard-go's
-	// tun/netstack). No privileges needed; only this process can use the
-	// overlay, through Stack.DialContext/ListenTCP/ListenUDP/Ping.
+	// Userspace runs gVisor's netstack in-process, on a channel link
+	// endpoint owned by this package. No privileges needed; only this
+	// process can use the overlay, through
+	// Stack.DialContext/ListenTCP/ListenUDP/Ping.
 	Userspace Mode = iota
 	// Kernel creates a real TUN device; every process on the host can use
 	// the overlay addresses. Needs CAP_NET_ADMIN and /dev/net/tun.
@@ -139,9 +140,6 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	s.dev = newHookedDevice(inner)
-	if d, ok := s.be.(interface{ drain(tun.Device) }); ok {
-		s.dev.beforeClose = func() { d.drain(inner) }
-	}
 	log.Info("stack up", "addresses", cfg.Addresses, "mtu", mtu)
 	return s, nil
 }

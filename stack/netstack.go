@@ -1,0 +1,253 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// netstackNIC is the ID of the single NIC of the userspace stack.
+const netstackNIC tcpip.NICID = 1
+
+// netstackQueueLen is the capacity of the outbound packet queue between
+// gVisor and Read (the channel endpoint's queue). When it is full gVisor
+// drops the packet as a NIC with a full transmit ring would; TCP recovers.
+const netstackQueueLen = 1024
+
+// netstackBatch is the number of packets Read moves per call at most, and
+// the batch size the device reports.
+const netstackBatch = 128
+
+// netstackDev is the userspace stack's tun.Device: a gVisor stack whose only
+// NIC is a channel.Endpoint. Write injects packets into the stack, Read
+// takes the packets gVisor sends out of the endpoint's queue.
+//
+// # Shutdown
+//
+// wireguard-go's tun/netstack moves outbound packets from a gVisor write
+// notification into an unbuffered channel that Close closes without waiting
+// for gVisor's goroutines; a TCP timer firing during Close could then send on
+// the closed channel. netstackDev has no channel of its own that gVisor
+// sends on: gVisor's goroutines only ever call channel.Endpoint's queue
+// Write, which checks the queue's closed flag under the queue's read lock,
+// while the queue's Close closes its channel under the write lock. Read
+// receives from that queue (ReadContext) and is woken by ctx on Close. gVisor
+// goroutines never block on the way out (a full queue drops), so no reader is
+// needed for the stack to shut down: the old drain goroutine is gone.
+//
+// Close, in order:
+//  1. takes mu for writing and sets closed: Writes in flight (injecting
+//     inbound packets into the stack) finish first, later ones return
+//     os.ErrClosed;
+//  2. cancels ctx: blocked Reads return os.ErrClosed;
+//  3. removes the NIC, aborts every endpoint (stack.Close) and waits for
+//     gVisor's worker goroutines (stack.Wait);
+//  4. closes the endpoint (its queue refuses further packets and is
+//     drained, releasing queued packet buffers);
+//  5. closes the events channel (wireguard-go's event reader ends).
+type netstackDev struct {
+	ep     *channel.Endpoint
+	stack  *gstack.Stack
+	mtu    int
+	events chan tun.Event
+
+	ctx    context.Context // done once Close starts
+	cancel context.CancelFunc
+
+	mu     sync.RWMutex // write-locked by Close, read-locked by Write
+	closed bool         // guarded by mu
+
+	closeOnce sync.Once
+}
+
+var _ tun.Device = (*netstackDev)(nil)
+
+// newNetstackDev creates the gVisor stack, gives its NIC the node addresses
+// (as /32 and /128) and routes everything of their families to it.
+func newNetstackDev(addrs []netip.Addr, mtu int) (*netstackDev, error) {
+	s := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		HandleLocal:        true,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &netstackDev{
+		ep:     channel.New(netstackQueueLen, uint32(mtu), ""),
+		stack:  s,
+		mtu:    mtu,
+		events: make(chan tun.Event, 1),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	if err := d.setup(addrs); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.events <- tun.EventUp
+	return d, nil
+}
+
+func (d *netstackDev) setup(addrs []netip.Addr) error {
+	sack := tcpip.TCPSACKEnabled(true) // off by default in gVisor
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
+		return fmt.Errorf("enable TCP SACK: %v", err)
+	}
+	if err := d.stack.CreateNIC(netstackNIC, d.ep); err != nil {
+		return fmt.Errorf("create NIC: %v", err)
+	}
+	var has4, has6 bool
+	for _, a := range addrs {
+		pa := tcpip.ProtocolAddress{
+			Protocol:          ipv4.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddrFromSlice(a.AsSlice()).WithPrefix(),
+		}
+		if a.Is6() {
+			pa.Protocol = ipv6.ProtocolNumber
+		}
+		if err := d.stack.AddProtocolAddress(netstackNIC, pa, gstack.AddressProperties{}); err != nil {
+			return fmt.Errorf("add address %v: %v", a, err)
+		}
+		has4, has6 = has4 || a.Is4(), has6 || a.Is6()
+	}
+	if has4 {
+		d.stack.AddRoute(tcpip.Route{Destination: header.IPv4EmptySubnet, NIC: netstackNIC})
+	}
+	if has6 {
+		d.stack.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: netstackNIC})
+	}
+	return nil
+}
+
+// File returns nil: there is no file descriptor behind the device.
+func (d *netstackDev) File() *os.File { return nil }
+
+// MTU returns the NIC MTU.
+func (d *netstackDev) MTU() (int, error) { return d.mtu, nil }
+
+// Name returns a fixed name; the device has no kernel interface.
+func (d *netstackDev) Name() (string, error) { return "netstack", nil }
+
+// Events delivers tun.EventUp once and is closed by Close.
+func (d *netstackDev) Events() <-chan tun.Event { return d.events }
+
+// BatchSize is the largest batch Read returns.
+func (d *netstackDev) BatchSize() int { return netstackBatch }
+
+// Write injects each packet (starting at offset) into the stack. Packets are
+// copied; bufs can be reused when Write returns.
+func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return 0, os.ErrClosed
+	}
+	for i, b := range bufs {
+		if offset > len(b) {
+			return i, syscall.EINVAL
+		}
+		pkt := b[offset:]
+		if len(pkt) == 0 {
+			continue
+		}
+		var proto tcpip.NetworkProtocolNumber
+		switch pkt[0] >> 4 {
+		case 4:
+			proto = header.IPv4ProtocolNumber
+		case 6:
+			proto = header.IPv6ProtocolNumber
+		default:
+			return i, syscall.EAFNOSUPPORT
+		}
+		pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+		d.ep.InjectInbound(proto, pb)
+		pb.DecRef() // the stack took its own references
+	}
+	return len(bufs), nil
+}
+
+// Read blocks until gVisor sends at least one packet, then returns up to
+// len(bufs) queued packets, each copied to bufs[i][offset:] with its length
+// in sizes[i]. After Close it returns os.ErrClosed.
+func (d *netstackDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := min(len(bufs), len(sizes))
+	if n == 0 {
+		return 0, nil
+	}
+	k := 0
+	for k == 0 {
+		pkt := d.ep.ReadContext(d.ctx)
+		if pkt == nil {
+			return 0, os.ErrClosed // ctx canceled or queue closed
+		}
+		if copyPacket(bufs[0], sizes, 0, offset, pkt) {
+			k++
+		}
+	}
+	for k < n {
+		pkt := d.ep.Read()
+		if pkt == nil {
+			break
+		}
+		if copyPacket(bufs[k], sizes, k, offset, pkt) {
+			k++
+		}
+	}
+	return k, nil
+}
+
+// copyPacket copies pkt to buf[offset:], records its size in sizes[i] and
+// releases pkt. It reports false (dropping the packet) when buf is too small,
+// which cannot happen with wireguard-go's buffers (larger than MaxMTU).
+func copyPacket(buf []byte, sizes []int, i, offset int, pkt *gstack.PacketBuffer) bool {
+	defer pkt.DecRef()
+	size := pkt.Size()
+	if offset < 0 || offset+size > len(buf) {
+		return false
+	}
+	dst := buf[offset : offset+size]
+	views, skip := pkt.AsViewList()
+	for v := views.Front(); v != nil && len(dst) > 0; v = v.Next() {
+		s := v.AsSlice()
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		s = s[skip:]
+		skip = 0
+		dst = dst[copy(dst, s):]
+	}
+	sizes[i] = size
+	return true
+}
+
+// Close shuts the stack down; see the type's documentation for the order.
+// It is idempotent.
+func (d *netstackDev) Close() error {
+	d.closeOnce.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
+		d.cancel()
+		d.stack.RemoveNIC(netstackNIC)
+		d.stack.Close()
+		d.stack.Wait()
+		d.ep.Close()
+		close(d.events)
+	})
+	return nil
+}
