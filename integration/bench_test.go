@@ -297,6 +297,7 @@ func BenchmarkTunnel(b *testing.B) {
 		rawRSSIdle := rssMiB()
 		rawMbps := measureBulk(b, raw, size)
 		rawRSSBulk := rssMiB()
+		runtime.GC() // same start for every latency run: no garbage left from the bulk run
 		rawP50, rawP99 := measureRR(b, raw)
 		raw.close()
 
@@ -308,12 +309,14 @@ func BenchmarkTunnel(b *testing.B) {
 		gnRSSIdle := rssMiB()
 		gnMbps := measureBulk(b, gn, size)
 		gnRSSBulk := rssMiB()
+		runtime.GC()
 		gnP50, gnP99 := measureRR(b, gn)
 		gn.close()
 
 		runtime.GC()
 		fw := gridnetPair(b, mustRules(b, realisticRules()))
 		fwMbps := measureBulk(b, fw, size)
+		runtime.GC()
 		fwP50, _ := measureRR(b, fw)
 		fw.close()
 		debug.SetMemoryLimit(oldLimit)
