@@ -27,6 +27,9 @@ vet:
 # otherwise.
 test: vet
 	$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) $(PKGS)
+	# Allocation guards: the race detector changes allocation counts, so the
+	# per-packet zero-allocation tests run once more without it.
+	$(GO) test -count=1 -run 'ZeroAlloc|Alloc' ./stack ./policy
 	# Load tests whose throughput goals only mean something without -race.
 	$(GO) test -count=1 -run 'Flood' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test'; exit $${PIPESTATUS[0]}
 
