@@ -38,6 +38,9 @@ const (
 	// the higher WireGuard key waits this long for the other to admit it
 	// first, so that two admissions do not cross.
 	yieldDelay = 1500 * time.Millisecond
+	// retryMax caps the delay before a failed admission of a learned
+	// node is tried again.
+	retryMax = 30 * time.Second
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.
 	joinBackoffMax = 10 * time.Second
@@ -56,6 +59,7 @@ type gossip struct {
 
 	mu      sync.Mutex
 	pending map[string]discovery.Record // name → newest record to admit
+	retries map[string]int              // name → failed admissions in a row
 	wake    chan struct{}
 }
 
@@ -74,7 +78,7 @@ func (o overlayNetwork) DialContext(ctx context.Context, network, address string
 func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
 
 func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
-	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]discovery.Record{}, wake: make(chan struct{}, 1)}
+	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]discovery.Record{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	adv := opts.Advertise
 	if len(adv) == 0 {
@@ -179,6 +183,9 @@ func (g *gossip) admit(r discovery.Record) {
 		_, err := g.n.ov.Admit(ctx, ep)
 		cancel()
 		if err == nil {
+			g.mu.Lock()
+			delete(g.retries, r.Name)
+			g.mu.Unlock()
 			return
 		}
 		if g.ctx.Err() != nil {
@@ -186,6 +193,39 @@ func (g *gossip) admit(r discovery.Record) {
 		}
 		g.log.Debug("admission of a gossip-learned node failed", "name", r.Name, "endpoint", ep, "err", err)
 	}
+	g.retryLater(r)
+}
+
+// retryLater queues r again after a growing delay: a node that could not
+// be admitted (overload, lost packets) is tried until it is admitted, the
+// record is superseded or the member goes away.
+func (g *gossip) retryLater(r discovery.Record) {
+	g.mu.Lock()
+	g.retries[r.Name]++
+	n := g.retries[r.Name]
+	g.mu.Unlock()
+	delay := min(time.Second<<min(n, 5), retryMax)
+	time.AfterFunc(delay+rand.N(delay/2), func() {
+		if g.ctx.Err() != nil || !g.alive(r.Name) {
+			return
+		}
+		g.mu.Lock()
+		_, newer := g.pending[r.Name]
+		g.mu.Unlock()
+		if !newer {
+			g.onRecord(r)
+		}
+	})
+}
+
+// alive reports whether name is an alive member.
+func (g *gossip) alive(name string) bool {
+	for _, m := range g.d.Members() {
+		if m.Name == name {
+			return m.State == discovery.StateAlive || m.State == discovery.StateUnknown
+		}
+	}
+	return false
 }
 
 // onLeave removes a member that left or died from WireGuard at once.

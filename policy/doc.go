@@ -102,7 +102,7 @@
 // and new flows/s (new flows only); a rate of 0 disables a bucket, a burst
 // of 0 means a fifth of a second of rate. Violations drop and count. The
 // clock is injected (Options.Now); without it the firewall keeps a coarse
-// clock updated every millisecond by one goroutine that Close stops,
+// clock updated every 10 ms by one goroutine that Close stops,
 // because time.Now costs 30-60 ns on the VMs measured.
 //
 // # Trust formula

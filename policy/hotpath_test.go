@@ -130,7 +130,7 @@ func TestCoarseClock(t *testing.T) {
 	f.Close()
 	f.Close()
 	a := f.nanos()
-	time.Sleep(5 * time.Millisecond)
+	time.Sleep(3 * coarseTick)
 	if f.nanos() != a {
 		t.Fatal("clock goroutine still running after Close")
 	}
