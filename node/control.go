@@ -409,15 +409,16 @@ func (c *controlClient) send(ctx context.Context, method, path string, body io.R
 // the demo: one name per counter, "rejected_REASON" per refusal reason.
 func admissionCounters(s overlay.Stats) map[string]uint64 {
 	m := map[string]uint64{
-		"initiated":      s.Initiated,
-		"responded":      s.Responded,
-		"completed":      s.Completed,
-		"rate_limited":   s.RateLimited,
-		"junk":           s.Junk,
-		"half_open_full": s.HalfOpenFull,
-		"queue_full":     s.QueueFull,
-		"timeouts":       s.Timeouts,
-		"removed":        s.Removed,
+		"initiated":        s.Initiated,
+		"responded":        s.Responded,
+		"completed":        s.Completed,
+		"rate_limited":     s.RateLimited,
+		"junk":             s.Junk,
+		"half_open_full":   s.HalfOpenFull,
+		"queue_full":       s.QueueFull,
+		"timeouts":         s.Timeouts,
+		"removed":          s.Removed,
+		"stranger_limited": s.StrangerLimited,
 	}
 	for r, v := range s.Rejected {
 		m["rejected_"+r.String()] = v

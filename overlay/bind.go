@@ -21,10 +21,21 @@ type divertFunc func(pkt []byte, from netip.AddrPort)
 // datagrams that are neither gridnet nor WireGuard-shaped, and compacts the
 // WireGuard datagrams to the front of the batch in order, so wireguard-go
 // sees them untouched and still batched.
+//
+// WireGuard datagrams from a source address that is not the endpoint of an
+// admitted peer (junk, or a peer that moved) pass only within a per-source
+// token bucket, before any decryption: a flood from unknown addresses costs
+// a map lookup, not a ChaCha20-Poly1305 attempt or a handshake.
 type divertBind struct {
 	inner  conn.Bind
 	divert divertFunc
 	junk   *atomic.Uint64 // datagrams dropped as neither WireGuard nor gridnet
+
+	// known holds the source IPs of admitted peers' endpoints (immutable
+	// map, swapped whole); strangers is the limiter for every other source.
+	known     atomic.Pointer[map[netip.Addr]struct{}]
+	strangers *rateLimiter
+	limited   atomic.Uint64 // WireGuard datagrams dropped by strangers
 
 	mu   sync.Mutex
 	port uint16
@@ -32,8 +43,28 @@ type divertBind struct {
 
 var _ conn.Bind = (*divertBind)(nil)
 
+// Limits for WireGuard traffic from sources that are no admitted peer's
+// endpoint: enough for WireGuard handshakes and for a peer that moved to
+// keep working until its new address is learned (at the next revalidation
+// tick, RevalidateInterval), far below what a flood needs.
+const (
+	strangerRate  = 1000
+	strangerBurst = 200
+)
+
 func newDivertBind(inner conn.Bind, divert divertFunc, junk *atomic.Uint64) *divertBind {
-	return &divertBind{inner: inner, divert: divert, junk: junk}
+	b := &divertBind{inner: inner, divert: divert, junk: junk, strangers: newRateLimiter(strangerRate, strangerBurst, nil)}
+	b.setKnown(nil)
+	return b
+}
+
+// setKnown replaces the set of admitted peers' endpoint addresses.
+func (b *divertBind) setKnown(addrs []netip.Addr) {
+	m := make(map[netip.Addr]struct{}, len(addrs))
+	for _, a := range addrs {
+		m[a.Unmap()] = struct{}{}
+	}
+	b.known.Store(&m)
 }
 
 // isWireGuard reports whether b looks like a WireGuard message: a
@@ -81,7 +112,8 @@ func (b *divertBind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 // WireGuard datagrams remain at the front.
 func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
 	j := 0
-	var junk uint64
+	var junk, limited uint64
+	known := *b.known.Load()
 	for i := 0; i < n; i++ {
 		size := sizes[i]
 		if size <= 0 {
@@ -90,6 +122,10 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 		pkt := packets[i][:size]
 		switch {
 		case isWireGuard(pkt):
+			if _, ok := known[endpointAddr(eps[i]).Addr().Unmap()]; !ok && !b.strangers.allow(endpointAddr(eps[i]).Addr()) {
+				limited++
+				continue
+			}
 			if j != i {
 				copy(packets[j][:size], pkt)
 				sizes[j] = size
@@ -108,6 +144,9 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	}
 	if junk > 0 {
 		b.junk.Add(junk)
+	}
+	if limited > 0 {
+		b.limited.Add(limited)
 	}
 	return j
 }

@@ -211,6 +211,57 @@ func TestParseIpcGet(t *testing.T) {
 
 // BenchmarkBindReceive measures the receive-path overhead per WireGuard
 // packet (full batches of 128 transport packets, nothing diverted).
+// TestBindStrangerLimit: WireGuard datagrams from an admitted peer's
+// endpoint all pass; from any other address only a per-source budget
+// passes, before wireguard-go would try to decrypt them.
+func TestBindStrangerLimit(t *testing.T) {
+	known := netip.MustParseAddrPort("192.0.2.1:1000")
+	stranger := netip.MustParseAddrPort("198.51.100.7:2000")
+	const rounds, perBatch = 10, 64
+	var batches [][]fakePacket
+	for range rounds {
+		var kb, sb []fakePacket
+		for i := range perBatch {
+			kb = append(kb, fakePacket{wgPacket(byte(i), 64), known})
+			sb = append(sb, fakePacket{wgPacket(byte(i), 64), stranger})
+		}
+		batches = append(batches, kb, sb)
+	}
+	var junk atomic.Uint64
+	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
+	b.setKnown([]netip.Addr{known.Addr()})
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	got := map[netip.AddrPort]int{}
+	for {
+		n, err := fns[0](bufs, sizes, eps)
+		if err != nil {
+			break
+		}
+		for i := range n {
+			got[endpointAddr(eps[i])]++
+		}
+	}
+	if got[known] != rounds*perBatch {
+		t.Errorf("admitted peer: %d of %d datagrams passed", got[known], rounds*perBatch)
+	}
+	// The whole run takes far less than a second: about the burst passes.
+	if s := got[stranger]; s < strangerBurst/2 || s > strangerBurst+strangerRate/10 {
+		t.Errorf("stranger: %d of %d datagrams passed, want about the burst of %d", s, rounds*perBatch, strangerBurst)
+	}
+	if lim := b.limited.Load(); lim != uint64(rounds*perBatch-got[stranger]) {
+		t.Errorf("limited counter %d, want %d", lim, rounds*perBatch-got[stranger])
+	}
+}
+
 func BenchmarkBindReceive(b *testing.B) {
 	src := netip.MustParseAddrPort("192.0.2.1:1000")
 	batch := make([]fakePacket, conn.IdealBatchSize)
@@ -220,6 +271,7 @@ func BenchmarkBindReceive(b *testing.B) {
 	var junk atomic.Uint64
 	inner := &fakeBind{batches: [][]fakePacket{batch}, loop: true}
 	bind := newDivertBind(inner, func([]byte, netip.AddrPort) {}, &junk)
+	bind.setKnown([]netip.Addr{src.Addr()}) // an admitted peer's traffic
 	fns, _, _ := bind.Open(0)
 	raw, _, _ := inner.Open(0)
 	bufs := make([][]byte, conn.IdealBatchSize)

@@ -226,10 +226,36 @@ func (o *Overlay) publishLocked() {
 		}
 	}
 	o.byAddr.Store(&addrTable{m: m})
+	o.publishEndpointsLocked(nil)
 	select {
 	case o.changed <- struct{}{}:
 	default:
 	}
+}
+
+// publishEndpointsLocked tells the bind which source addresses belong to
+// admitted peers: where they were admitted from, and where WireGuard
+// currently sees them (roaming), when the caller has fresh device stats.
+func (o *Overlay) publishEndpointsLocked(st map[[32]byte]*wgPeerStats) {
+	addrs := make([]netip.Addr, 0, 2*len(o.peers))
+	for key, e := range o.peers {
+		addrs = append(addrs, e.endpoint.Addr())
+		if s := st[key]; s != nil && s.endpoint.IsValid() {
+			addrs = append(addrs, s.endpoint.Addr())
+		}
+	}
+	o.bind.setKnown(addrs)
+}
+
+// refreshEndpoints learns roamed peers' addresses from the device.
+func (o *Overlay) refreshEndpoints() {
+	st, err := o.wgStats()
+	if err != nil {
+		return
+	}
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	o.publishEndpointsLocked(st)
 }
 
 // hasPeer reports whether key is currently admitted.
@@ -302,6 +328,7 @@ func (o *Overlay) revalidateLoop() {
 			return
 		case <-tick.C:
 			o.Revalidate(o.now())
+			o.refreshEndpoints()
 		case <-expiry.C:
 			o.Revalidate(o.now())
 		case <-o.changed:

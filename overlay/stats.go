@@ -123,6 +123,10 @@ type Stats struct {
 	Timeouts uint64
 	// Removed counts peers removed by Revalidate.
 	Removed uint64
+	// StrangerLimited counts WireGuard datagrams from addresses that are no
+	// admitted peer's endpoint, dropped before decryption by their
+	// per-source limit.
+	StrangerLimited uint64
 }
 
 type counters struct {
@@ -136,16 +140,17 @@ type counters struct {
 func (o *Overlay) Stats() Stats {
 	c := &o.stats
 	s := Stats{
-		Initiated:    c.initiated.Load(),
-		Responded:    c.responded.Load(),
-		Completed:    c.completed.Load(),
-		RateLimited:  c.rateLimited.Load(),
-		Junk:         c.junk.Load(),
-		HalfOpenFull: c.halfOpenFull.Load(),
-		QueueFull:    c.queueFull.Load(),
-		Timeouts:     c.timeouts.Load(),
-		Removed:      c.removedPeers.Load(),
-		Rejected:     make(map[Reason]uint64),
+		Initiated:       c.initiated.Load(),
+		Responded:       c.responded.Load(),
+		Completed:       c.completed.Load(),
+		RateLimited:     c.rateLimited.Load(),
+		Junk:            c.junk.Load(),
+		HalfOpenFull:    c.halfOpenFull.Load(),
+		QueueFull:       c.queueFull.Load(),
+		Timeouts:        c.timeouts.Load(),
+		Removed:         c.removedPeers.Load(),
+		StrangerLimited: o.bind.limited.Load(),
+		Rejected:        make(map[Reason]uint64),
 	}
 	for r := range numReasons {
 		if v := c.rejected[r].Load(); v > 0 {
