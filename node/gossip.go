@@ -41,6 +41,9 @@ const (
 	// retryMax caps the delay before a failed admission of a learned
 	// node is tried again.
 	retryMax = 30 * time.Second
+	// maxRetries bounds the attempts for one record: about 20 minutes at
+	// retryMax, after which only a newer record brings the node back.
+	maxRetries = 45
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.
 	joinBackoffMax = 10 * time.Second
@@ -197,16 +200,22 @@ func (g *gossip) admit(r discovery.Record) {
 }
 
 // retryLater queues r again after a growing delay: a node that could not
-// be admitted (overload, lost packets) is tried until it is admitted, the
-// record is superseded or the member goes away.
+// be admitted (overload, lost packets), or that failure detection declared
+// dead, is tried again until it is admitted, its record is superseded, it
+// leaves gracefully, or maxRetries attempts failed. The tunnel is what
+// gossip needs to see a member again, so after a false death or a
+// partition this is how the fabric heals by itself.
 func (g *gossip) retryLater(r discovery.Record) {
 	g.mu.Lock()
 	g.retries[r.Name]++
 	n := g.retries[r.Name]
 	g.mu.Unlock()
+	if n > maxRetries {
+		return
+	}
 	delay := min(time.Second<<min(n, 5), retryMax)
 	time.AfterFunc(delay+rand.N(delay/2), func() {
-		if g.ctx.Err() != nil || !g.alive(r.Name) {
+		if g.ctx.Err() != nil || g.left(r.Name) {
 			return
 		}
 		g.mu.Lock()
@@ -218,17 +227,19 @@ func (g *gossip) retryLater(r discovery.Record) {
 	})
 }
 
-// alive reports whether name is an alive member.
-func (g *gossip) alive(name string) bool {
+// left reports whether name left the fabric gracefully.
+func (g *gossip) left(name string) bool {
 	for _, m := range g.d.Members() {
 		if m.Name == name {
-			return m.State == discovery.StateAlive || m.State == discovery.StateUnknown
+			return m.State == discovery.StateLeft
 		}
 	}
-	return false
+	return true
 }
 
-// onLeave removes a member that left or died from WireGuard at once.
+// onLeave removes a member that left or died from WireGuard at once. A
+// dead one is tried again later (see retryLater): it may only have been
+// unreachable for a while.
 func (g *gossip) onLeave(name string, dead bool) {
 	for _, p := range g.n.ov.Peers() {
 		if p.Name == name {
@@ -237,6 +248,19 @@ func (g *gossip) onLeave(name string, dead bool) {
 				why = "declared dead by failure detection"
 			}
 			g.n.ov.RemovePeer(p.WireGuardKey, why)
+		}
+	}
+	if !dead {
+		return
+	}
+	for _, m := range g.d.Members() {
+		if m.Name == name && m.Record.Version != 0 {
+			r := m.Record
+			g.mu.Lock()
+			g.retries[name] = 0
+			g.mu.Unlock()
+			// Outside memberlist's callback: retryLater only arms a timer.
+			g.retryLater(r)
 		}
 	}
 }
