@@ -44,14 +44,27 @@ func waitFor(t *testing.T, bound time.Duration, what string, cond func() string)
 
 // meshProblem names a pair in nodes without a session, or "".
 func meshProblem(nodes []*node.Node) string {
+	missing := 0
+	first := ""
 	for _, a := range nodes {
 		for _, b := range nodes {
 			if a != b && !hasPeer(a, b.Identity().Name) {
-				return a.Identity().Name + " lacks " + b.Identity().Name
+				if missing == 0 {
+					first = a.Identity().Name + " lacks " + b.Identity().Name
+					for _, p := range a.Peers() {
+						if p.Name == b.Identity().Name {
+							first += " (admitted, no WireGuard session yet)"
+						}
+					}
+				}
+				missing++
 			}
 		}
 	}
-	return ""
+	if missing == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s; %d ordered pairs without a session", first, missing)
 }
 
 // TestGossipFabric: ten nodes that know only one seed find each other,
