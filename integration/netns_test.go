@@ -350,3 +350,56 @@ func TestNetnsKernelTUN(t *testing.T) {
 	}
 	t.Logf("iperf3 over gridnet kernel TUNs: %.0f Mbit/s", res.End.SumReceived.BitsPerSecond/1e6)
 }
+
+// TestNetnsPartitionHeals: two gossiping `gridnet up` nodes in two
+// namespaces lose each other when the link between them goes down (each
+// declares the other dead and removes its WireGuard peer) and find each
+// other again after the link returns, with no operator action.
+func TestNetnsPartitionHeals(t *testing.T) {
+	requireNetns(t)
+	bin := gridnetBinary(t)
+	nsA, nsB := netnsPair(t)
+	dir := t.TempDir()
+	underlays := []string{underlayA, underlayB}
+	nodes := fabricFiles(t, bin, dir, "userspace", []string{"alpha", "beta"}, []string{"100.64.0.1", "100.64.0.2"}, underlays)
+	nodes[0].ns, nodes[1].ns = nsA, nsB
+	for i, n := range nodes {
+		f, err := os.OpenFile(n.config, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(f, "gossip:\n  enabled: true\n  advertise: [\"%s:%s\"]\n", underlays[i], underlayPort)
+		f.Close()
+		n.start(t, bin)
+	}
+	nodes[0].waitPeer(t, bin, "beta")
+	nodes[1].waitPeer(t, bin, "alpha")
+
+	runCmd(t, "ip", "-n", nsA, "link", "set", "veth-a", "down")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st := statusOf(t, bin, nodes[0].socket)
+		if len(st.Peers) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha still lists %+v 60 s after the link went down", st.Peers)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	var members []node.MemberView
+	if err := json.Unmarshal([]byte(runCmd(t, bin, "peers", "--json", "--socket", nodes[0].socket)), &members); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("alpha during the partition: %+v", members)
+
+	healStart := time.Now()
+	runCmd(t, "ip", "-n", nsA, "link", "set", "veth-a", "up")
+	nodes[0].waitPeer(t, bin, "beta")
+	nodes[1].waitPeer(t, bin, "alpha")
+	t.Logf("healed %v after the link returned", time.Since(healStart).Round(time.Millisecond))
+	out := runCmd(t, bin, "ping", "beta", "-c", "1", "--socket", nodes[0].socket)
+	if !strings.Contains(out, "reply from 100.64.0.2") {
+		t.Errorf("ping after heal:\n%s", out)
+	}
+}
