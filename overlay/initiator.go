@@ -28,6 +28,9 @@ const (
 	confirmWait = 6 * time.Second
 	// confirmPoll is the IpcGet polling period while confirming.
 	confirmPoll = 10 * time.Millisecond
+	// sessionSlack allows for the second granularity of clocks around
+	// WireGuard's last handshake time.
+	sessionSlack = time.Second
 )
 
 var (
@@ -152,13 +155,16 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		}
 		return nil, rej
 	}
+	// Only a WireGuard session newer than this admission confirms it: an
+	// old session the peer may already have dropped proves nothing.
+	since := time.Now().Add(-sessionSlack)
 	if err := o.admit(peer, endpoint, false); err != nil {
 		return nil, o.reject(err, endpoint, "initiator")
 	}
 	if err := o.bind.SendTo(msg3, endpoint); err != nil {
 		return nil, err // confirm would fail: retry the handshake
 	}
-	if err := o.confirm(ctx, peer.Static, peer.Identity.Name); err != nil {
+	if err := o.confirm(ctx, peer.Static, peer.Identity.Name, since); err != nil {
 		return nil, err
 	}
 	o.stats.completed.Add(1)
@@ -197,12 +203,13 @@ func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
 	}
 }
 
-// sessionSeen reports whether WireGuard ever completed a handshake with key.
-func (o *Overlay) sessionSeen(key [32]byte) bool {
+// sessionSeen reports whether WireGuard completed a handshake with key
+// after since.
+func (o *Overlay) sessionSeen(key [32]byte, since time.Time) bool {
 	st, err := o.wgStats()
 	if err != nil {
 		return false
 	}
 	s := st[key]
-	return s != nil && !s.lastHandshake.IsZero()
+	return s != nil && !s.lastHandshake.IsZero() && !s.lastHandshake.Before(since)
 }

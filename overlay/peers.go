@@ -173,9 +173,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 // node just admitted as initiator, then enables its persistent keepalive.
 // Without a session (msg3 lost, or the responder refused us) the peer is
 // removed again and a retryable error returned.
-func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string) error {
+func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string, since time.Time) error {
 	deadline := time.Now().Add(confirmWait)
-	for !o.sessionSeen(key) {
+	for !o.sessionSeen(key, since) {
 		if time.Now().After(deadline) || !sleep(ctx, confirmPoll) {
 			o.peersMu.Lock()
 			if e := o.peers[key]; e != nil {
