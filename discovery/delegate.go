@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -436,18 +437,32 @@ func (d *Discovery) settle() {
 	}
 }
 
-// randomAlive returns up to k random live members' gossip addresses.
+// randomAlive returns up to k random live, reachable members' gossip
+// addresses.
 func (d *Discovery) randomAlive(k int) []netip.AddrPort {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	all := d.reachableAliveLocked()
+	return all[:min(k, len(all))]
+}
+
+// reachableLocked reports whether a gossip address can be synced with now
+// (see Config.Reachable).
+func (d *Discovery) reachableLocked(a netip.AddrPort) bool {
+	return d.cfg.Reachable == nil || d.cfg.Reachable(a.Addr())
+}
+
+// reachableAliveLocked returns the live members' reachable gossip
+// addresses in random order.
+func (d *Discovery) reachableAliveLocked() []netip.AddrPort {
 	var all []netip.AddrPort
 	for _, m := range d.members {
-		if m.state == StateAlive && m.gossip.IsValid() {
+		if m.state == StateAlive && m.gossip.IsValid() && d.reachableLocked(m.gossip) {
 			all = append(all, m.gossip)
 		}
 	}
 	rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
-	return all[:min(k, len(all))]
+	return all
 }
 
 // maintain runs the repair loop every repairInterval:
@@ -505,7 +520,28 @@ func (d *Discovery) repairTargets(now time.Time) []netip.AddrPort {
 		}
 	}
 	rand.Shuffle(len(repair), func(i, j int) { repair[i], repair[j] = repair[j], repair[i] })
-	out := repair[:min(len(repair), d.tun.maxSyncsPerTick)]
+	// A record held by an unreachable member is pulled from reachable
+	// ones instead: they have gossip's copy, or will.
+	var relays []netip.AddrPort
+	out := make([]netip.AddrPort, 0, d.tun.maxSyncsPerTick+2)
+	for _, a := range repair {
+		if len(out) == d.tun.maxSyncsPerTick {
+			break
+		}
+		if !d.reachableLocked(a) {
+			if relays == nil {
+				relays = d.reachableAliveLocked()
+			}
+			if len(relays) == 0 {
+				continue
+			}
+			a, relays = relays[0], relays[1:]
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	dead = slices.DeleteFunc(dead, func(a netip.AddrPort) bool { return !d.reachableLocked(a) })
 	if len(dead) > 0 && now.Sub(d.lastRecon) >= d.tun.reconnectInterval {
 		d.lastRecon = now
 		out = append(out, dead[rand.N(len(dead))])

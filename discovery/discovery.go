@@ -66,6 +66,16 @@ type Config struct {
 	OnCRL func(der []byte) bool
 	// Profile selects timings: ProfileLAN (default) or ProfileLocal.
 	Profile Profile
+	// Reachable, if set, reports whether this node can reach a member's
+	// gossip address now (over the overlay: whether a tunnel to that
+	// address exists). The package's own push/pulls (settle, record
+	// repair, reconnect) then go only to reachable members, and a record
+	// of an unreachable member is pulled from a reachable one, so that a
+	// sync never waits out a TCP timeout towards a member this node has
+	// no tunnel to yet. It is called with the package's lock held and
+	// must be fast and must not call back into the package. Nil: every
+	// address is reachable (plain networks).
+	Reachable func(netip.Addr) bool
 
 	// testHook, if set, adjusts memberlist's and the package's timings
 	// (tests only).
@@ -409,6 +419,13 @@ func (d *Discovery) spreadSelf() {
 // BroadcastCRL makes der the newest CRL of this node (the caller has
 // validated it) and spreads it; others offer it to their OnCRL. CRLs over
 // MaxCRLSize are refused.
+//
+// A revocation must reach every member, and gossip alone reaches each one
+// only with high probability: with memberlist's retransmit budget a member
+// misses every copy a few times in a hundred revocations and then waits
+// for the next push/pull (30 s at LAN timings). So this node, where the
+// CRL enters the fabric, also sends it to every live, reachable member
+// directly over a stream; members that accept it gossip it on as usual.
 func (d *Discovery) BroadcastCRL(der []byte) error {
 	if len(der) == 0 {
 		return fmt.Errorf("discovery: broadcast CRL: empty: %w", ErrMalformed)
@@ -423,7 +440,54 @@ func (d *Discovery) BroadcastCRL(der []byte) error {
 	d.mu.Unlock()
 	d.crlMu.Unlock()
 	d.queueCRL(der)
+	// Streams have no packet limit: the whole CRL goes directly.
+	msg := append([]byte{msgCRL}, der...)
+	if d.ctx.Err() == nil {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.sendToMembers(msg)
+		}()
+	}
 	return nil
+}
+
+// directSendWorkers bounds concurrent direct sends (see sendToMembers).
+const directSendWorkers = 8
+
+// sendToMembers sends msg to every live, reachable member over a stream,
+// a few at a time; each send is bounded by memberlist's TCP timeout.
+func (d *Discovery) sendToMembers(msg []byte) {
+	sem := make(chan struct{}, directSendWorkers)
+	var wg sync.WaitGroup
+	sent, failed := 0, 0
+	var mu sync.Mutex
+	for _, n := range d.ml.Members() {
+		if n.Name == d.cfg.Self.Name || d.ctx.Err() != nil {
+			continue
+		}
+		d.mu.Lock()
+		ok := d.reachableLocked(nodeAddr(n))
+		d.mu.Unlock()
+		if !ok {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := d.ml.SendReliable(n, msg)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed++
+				d.log.Debug("discovery: direct send failed", "member", n.Name, "err", err)
+				return
+			}
+			sent++
+		})
+	}
+	wg.Wait()
+	d.log.Debug("discovery: CRL sent directly", "members", sent, "failed", failed)
 }
 
 // CRL returns the newest CRL this node holds (nil if none).

@@ -402,3 +402,36 @@ func TestStreamByteBudget(t *testing.T) {
 		t.Fatal("read past the stream budget")
 	}
 }
+
+// TestCRLSentDirectlyToEveryMember: with gossip, probes and periodic
+// push/pull switched off, a CRL broadcast at a member that knows everyone still
+// reaches every member, through the direct sends of BroadcastCRL. (Gossip
+// alone leaves a member without any copy now and then, until the next
+// push/pull.)
+func TestCRLSentDirectlyToEveryMember(t *testing.T) {
+	checkLeaks(t)
+	const n = 8
+	f := newFabric(t, ProfileLocal)
+	f.hook = func(c *memberlist.Config, tu *tuning) {
+		c.GossipNodes = 0           // no gossip rounds
+		c.ProbeInterval = time.Hour // nor probes, which carry broadcasts too
+		c.PushPullInterval = time.Hour
+		tu.settleDelays = nil
+		tu.repairInterval = time.Hour
+	}
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(t, 5*time.Second, "seed knows everyone", func() error {
+		if k := f.nodes[0].d.ml.NumMembers(); k != n {
+			return fmt.Errorf("seed knows %d of %d members", k, n)
+		}
+		return nil
+	})
+	if err := f.nodes[0].d.BroadcastCRL(testCRL(1, 600)); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 3*time.Second, "CRL everywhere without gossip", crlEverywhere(f, 1))
+	t.Logf("CRL everywhere after %v", took)
+}

@@ -17,11 +17,12 @@ import (
 
 // Transport limits.
 const (
-	// udpBufferSize is memberlist's packet size and our receive buffer. The
-	// overlay MTU is 1420 (WireGuard's default); minus 40 bytes of IPv6
-	// header and 8 of UDP that leaves 1372, and 1350 keeps a margin so that
-	// gossip never needs IP fragmentation inside the tunnel.
-	udpBufferSize = 1350
+	// udpBufferSize is memberlist's packet size and our receive buffer:
+	// the smallest overlay MTU a node accepts (1280, also the default)
+	// minus 40 bytes of IPv6 header and 8 of UDP, so that gossip never
+	// needs IP fragmentation inside the tunnel, where losing one fragment
+	// loses the whole message.
+	udpBufferSize = 1280 - 40 - 8
 	// maxInboundStreams caps concurrent inbound streams (push/pull, TCP
 	// pings). memberlist refuses push/pulls beyond 128 concurrent; we stop
 	// reading earlier, before a flood costs memory.

@@ -31,13 +31,16 @@ type GossipOptions struct {
 // Gossip limits.
 const (
 	// admitWorkers bounds concurrent admissions of gossip-learned nodes.
-	admitWorkers = 4
+	admitWorkers = 8
 	// admitTimeout bounds one admission attempt of a learned node.
 	admitTimeout = 8 * time.Second
 	// yieldDelay: when both nodes learn each other's record, the one with
 	// the higher WireGuard key waits this long for the other to admit it
 	// first, so that two admissions do not cross.
 	yieldDelay = 1500 * time.Millisecond
+	// retryBase is half the delay before the first retry of a failed
+	// admission; each further failure doubles it.
+	retryBase = 500 * time.Millisecond
 	// retryMax caps the delay before a failed admission of a learned
 	// node is tried again.
 	retryMax = 30 * time.Second
@@ -61,9 +64,17 @@ type gossip struct {
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
-	pending map[string]discovery.Record // name → newest record to admit
-	retries map[string]int              // name → failed admissions in a row
+	pending map[string]pendingRecord // name → newest record to admit
+	retries map[string]int           // name → failed admissions in a row
 	wake    chan struct{}
+}
+
+// pendingRecord is a learned record waiting for an admission worker.
+type pendingRecord struct {
+	rec discovery.Record
+	// yielded: this node already gave the other side yieldDelay to
+	// admit it first, so it now admits the other side itself.
+	yielded bool
 }
 
 // overlayNetwork is the node's stack as discovery's Network.
@@ -81,7 +92,7 @@ func (o overlayNetwork) DialContext(ctx context.Context, network, address string
 func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
 
 func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
-	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]discovery.Record{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
+	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	adv := opts.Advertise
 	if len(adv) == 0 {
@@ -96,6 +107,11 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 		OnLeave:  g.onLeave,
 		OnCRL:    g.onCRL,
 		Profile:  opts.Profile,
+		// Only admitted peers can be synced with: their tunnel exists.
+		Reachable: func(a netip.Addr) bool {
+			_, ok := n.ov.IdentityByAddr(a)
+			return ok
+		},
 	})
 	if err != nil {
 		g.cancel()
@@ -114,8 +130,13 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 // onRecord queues a learned record for admission; memberlist callbacks
 // must not block.
 func (g *gossip) onRecord(r discovery.Record) {
+	g.queue(pendingRecord{rec: r})
+}
+
+// queue makes p the record to admit for its name and wakes a worker.
+func (g *gossip) queue(p pendingRecord) {
 	g.mu.Lock()
-	g.pending[r.Name] = r
+	g.pending[p.rec.Name] = p
 	g.mu.Unlock()
 	select {
 	case g.wake <- struct{}{}:
@@ -123,14 +144,14 @@ func (g *gossip) onRecord(r discovery.Record) {
 	}
 }
 
-func (g *gossip) next() (discovery.Record, bool) {
+func (g *gossip) next() (pendingRecord, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for name, r := range g.pending {
+	for name, p := range g.pending {
 		delete(g.pending, name)
-		return r, true
+		return p, true
 	}
-	return discovery.Record{}, false
+	return pendingRecord{}, false
 }
 
 func (g *gossip) admitLoop() {
@@ -156,7 +177,8 @@ func (g *gossip) admitLoop() {
 
 // admit verifies a learned record's certificate and admits the node: a
 // member cannot introduce a node the trusted CAs did not sign.
-func (g *gossip) admit(r discovery.Record) {
+func (g *gossip) admit(p pendingRecord) {
+	r := p.rec
 	id, err := g.n.pool.VerifyDER(r.Certificate, g.n.opts.Now())
 	if err != nil {
 		g.log.Warn("gossip record refused", "name", r.Name, "err", err)
@@ -170,16 +192,21 @@ func (g *gossip) admit(r discovery.Record) {
 	if id.WireGuardKey == self.WireGuardKey || g.n.ov.HasPeer(id.WireGuardKey) {
 		return
 	}
-	if bytes.Compare(self.WireGuardKey[:], id.WireGuardKey[:]) > 0 {
-		// Let the other side admit us first.
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-time.After(yieldDelay + rand.N(yieldDelay/2)):
-		}
-		if g.n.ov.HasPeer(id.WireGuardKey) {
-			return
-		}
+	if !p.yielded && bytes.Compare(self.WireGuardKey[:], id.WireGuardKey[:]) > 0 {
+		// Let the other side admit us first; the worker moves on and the
+		// record comes back after the delay (unless a newer one came).
+		time.AfterFunc(yieldDelay+rand.N(yieldDelay/2), func() {
+			if g.ctx.Err() != nil {
+				return
+			}
+			g.mu.Lock()
+			_, newer := g.pending[r.Name]
+			g.mu.Unlock()
+			if !newer {
+				g.queue(pendingRecord{rec: r, yielded: true})
+			}
+		})
+		return
 	}
 	for _, ep := range r.Endpoints {
 		ctx, cancel := context.WithTimeout(g.ctx, admitTimeout)
@@ -194,7 +221,7 @@ func (g *gossip) admit(r discovery.Record) {
 		if g.ctx.Err() != nil {
 			return
 		}
-		g.log.Debug("admission of a gossip-learned node failed", "name", r.Name, "endpoint", ep, "err", err)
+		g.log.Info("admission of a gossip-learned node failed", "name", r.Name, "endpoint", ep, "err", err)
 	}
 	g.retryLater(r)
 }
@@ -213,7 +240,7 @@ func (g *gossip) retryLater(r discovery.Record) {
 	if n > maxRetries {
 		return
 	}
-	delay := min(time.Second<<min(n, 5), retryMax)
+	delay := min(retryBase<<min(n, 6), retryMax)
 	time.AfterFunc(delay+rand.N(delay/2), func() {
 		if g.ctx.Err() != nil || g.left(r.Name) {
 			return
@@ -222,7 +249,7 @@ func (g *gossip) retryLater(r discovery.Record) {
 		_, newer := g.pending[r.Name]
 		g.mu.Unlock()
 		if !newer {
-			g.onRecord(r)
+			g.queue(pendingRecord{rec: r, yielded: true})
 		}
 	})
 }

@@ -26,8 +26,9 @@ const (
 	// after msg3: longer than WireGuard's 5 s REKEY_TIMEOUT plus its jitter,
 	// so one lost WireGuard initiation is retried before we give up.
 	confirmWait = 6 * time.Second
-	// confirmPoll is the IpcGet polling period while confirming.
-	confirmPoll = 10 * time.Millisecond
+	// confirmPoll is the polling period while confirming; all admissions
+	// in flight share one device dump per period (see recentStats).
+	confirmPoll = 100 * time.Millisecond
 	// sessionSlack allows for the second granularity of clocks around
 	// WireGuard's last handshake time.
 	sessionSlack = time.Second
@@ -206,7 +207,7 @@ func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
 // sessionSeen reports whether WireGuard completed a handshake with key
 // after since.
 func (o *Overlay) sessionSeen(key [32]byte, since time.Time) bool {
-	st, err := o.wgStats()
+	st, err := o.recentStats(confirmPoll)
 	if err != nil {
 		return false
 	}

@@ -177,6 +177,11 @@ type Overlay struct {
 	byAddr   atomic.Pointer[addrTable]
 	changed  chan struct{} // poked when the peer table changes (revalidation timer)
 	lifeMu   sync.Mutex    // orders AddStaticPeer against Close
+
+	statsFetch sync.Mutex // one device dump at a time for recentStats
+	statsMu    sync.Mutex // guards statsCache and statsAt
+	statsCache map[[32]byte]*wgPeerStats
+	statsAt    time.Time
 	closing  bool
 	closeErr error
 	closed   sync.Once

@@ -344,13 +344,34 @@ type wgPeerStats struct {
 	rx, tx        uint64
 }
 
-// wgStats parses the device's UAPI dump.
+// wgStats parses the device's UAPI dump. The result is shared with
+// recentStats callers: treat it as read-only.
 func (o *Overlay) wgStats() (map[[32]byte]*wgPeerStats, error) {
 	dump, err := o.dev.IpcGet()
 	if err != nil {
 		return nil, fmt.Errorf("overlay: IpcGet: %w", err)
 	}
-	return parseIpcGet(dump), nil
+	st := parseIpcGet(dump)
+	o.statsMu.Lock()
+	o.statsCache, o.statsAt = st, time.Now()
+	o.statsMu.Unlock()
+	return st, nil
+}
+
+// recentStats returns device stats at most maxAge old. A dump costs time
+// in proportion to the number of peers and holds the device's
+// configuration lock, so many waiters (admissions being confirmed) share
+// one dump instead of taking one each.
+func (o *Overlay) recentStats(maxAge time.Duration) (map[[32]byte]*wgPeerStats, error) {
+	o.statsFetch.Lock()
+	defer o.statsFetch.Unlock()
+	o.statsMu.Lock()
+	st, at := o.statsCache, o.statsAt
+	o.statsMu.Unlock()
+	if st != nil && time.Since(at) < maxAge {
+		return st, nil
+	}
+	return o.wgStats()
 }
 
 // parseIpcGet extracts per-peer endpoint, handshake time and byte counters.

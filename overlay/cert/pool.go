@@ -2,6 +2,7 @@ package cert
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"math/big"
@@ -23,6 +24,25 @@ import (
 type Pool struct {
 	mu    sync.Mutex // serialises writers
 	state atomic.Pointer[poolState]
+	// verified remembers which trusted CA's signature each recently
+	// verified certificate carries, so that the same certificate seen
+	// again (every handshake with a peer, every gossip record, every
+	// revalidation) costs a hash instead of an Ed25519 verification.
+	verified atomic.Pointer[signatureCache]
+}
+
+// signatureCacheSize bounds the signature cache; when it is full it is
+// dropped and starts again empty.
+const signatureCacheSize = 8192
+
+// signatureCache maps SHA-256(certificate DER) to the fingerprint of the
+// CA whose key verified the certificate's signature. An entry only ever
+// says "these exact bytes carry a valid signature by that CA"; every other
+// check (time, domain, revocation, the CA still being trusted) runs on
+// every Verify.
+type signatureCache struct {
+	m sync.Map // [32]byte → string
+	n atomic.Int32
 }
 
 // poolState is an immutable snapshot of a Pool.
@@ -299,7 +319,7 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 		return nil, fmt.Errorf("verify: %w: nil certificate", ErrMalformed)
 	}
 	s := p.load()
-	ca := s.issuer(c)
+	ca := p.cachedIssuer(s, c)
 	if ca == nil {
 		return nil, fmt.Errorf("verify %q: %w: issuer %q", c.Subject.CommonName, ErrUnknownCA, c.Issuer.CommonName)
 	}
@@ -325,6 +345,36 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 	id.CAName = ca.name
 	id.CAFingerprint = ca.fingerprint
 	return id, nil
+}
+
+// cachedIssuer is s.issuer(c) through the signature cache. A hit counts
+// only while the CA with that fingerprint (the hash of its certificate,
+// hence of its key) is in s.
+func (p *Pool) cachedIssuer(s *poolState, c *x509.Certificate) *trustedCA {
+	key := sha256.Sum256(c.Raw)
+	cache := p.verified.Load()
+	if cache != nil {
+		if fp, ok := cache.m.Load(key); ok {
+			if ca := s.byFP[fp.(string)]; ca != nil {
+				return ca
+			}
+		}
+	}
+	ca := s.issuer(c)
+	if ca == nil {
+		return nil
+	}
+	if cache == nil || cache.n.Load() >= signatureCacheSize {
+		fresh := &signatureCache{}
+		if !p.verified.CompareAndSwap(cache, fresh) {
+			return ca
+		}
+		cache = fresh
+	}
+	if _, loaded := cache.m.LoadOrStore(key, ca.fingerprint); !loaded {
+		cache.n.Add(1)
+	}
+	return ca
 }
 
 // issuer returns the trusted CA whose key verifies c's signature, or nil.

@@ -357,3 +357,53 @@ func TestPoolConcurrent(t *testing.T) {
 	_, err := pool.Verify(c, testNow)
 	requireExactly(t, err, ErrRevoked)
 }
+
+// TestSignatureCacheKeepsEveryOtherCheck: a certificate verified once is
+// still refused once revoked, expired, altered, or presented to a pool
+// that does not trust its CA; and a full cache starts again.
+func TestSignatureCacheKeepsEveryOtherCheck(t *testing.T) {
+	ca := newTestCA(t, "Corp CA", "corp.example")
+	pool := mustPool(t, ca.Cert)
+	c, _ := issue(t, ca, "web-1")
+	for range 2 { // the second time from the cache
+		if _, err := pool.Verify(c, testNow); err != nil {
+			t.Fatalf("Verify: %v", err)
+		}
+	}
+	if n := pool.verified.Load().n.Load(); n != 1 {
+		t.Fatalf("cache holds %d entries, want 1", n)
+	}
+
+	_, err := pool.Verify(c, c.NotAfter.Add(time.Second))
+	requireExactly(t, err, ErrExpired)
+
+	altered := flipLast(c.Raw)
+	_, err = pool.VerifyDER(altered, testNow)
+	if !errors.Is(err, ErrUnknownCA) && !errors.Is(err, ErrMalformed) {
+		t.Fatalf("altered certificate: %v, want ErrUnknownCA or ErrMalformed", err)
+	}
+
+	other := mustPool(t, newTestCA(t, "Other CA", "corp.example").Cert)
+	_, err = other.Verify(c, testNow)
+	requireExactly(t, err, ErrUnknownCA)
+
+	crl, err := ca.Revoke(nil, []*big.Int{c.SerialNumber}, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.ApplyCRL(crl, testNow); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pool.Verify(c, testNow)
+	requireExactly(t, err, ErrRevoked)
+
+	full := pool.verified.Load()
+	full.n.Store(signatureCacheSize)
+	d, _ := issue(t, ca, "web-2")
+	if _, err := pool.Verify(d, testNow); err != nil {
+		t.Fatal(err)
+	}
+	if now := pool.verified.Load(); now == full || now.n.Load() != 1 {
+		t.Fatal("a full signature cache was not replaced by a fresh one")
+	}
+}
