@@ -172,19 +172,19 @@ type Overlay struct {
 	// other at once (see startsSession).
 	attempting map[netip.AddrPort]int
 
-	peersMu  sync.Mutex
-	peers    map[[32]byte]*peerEntry
-	byAddr   atomic.Pointer[addrTable]
-	changed  chan struct{} // poked when the peer table changes (revalidation timer)
-	lifeMu   sync.Mutex    // orders AddStaticPeer against Close
+	peersMu sync.Mutex
+	peers   map[[32]byte]*peerEntry
+	byAddr  atomic.Pointer[addrTable]
+	changed chan struct{} // poked when the peer table changes (revalidation timer)
+	lifeMu  sync.Mutex    // orders AddStaticPeer against Close
 
 	statsFetch sync.Mutex // one device dump at a time for recentStats
 	statsMu    sync.Mutex // guards statsCache and statsAt
 	statsCache map[[32]byte]*wgPeerStats
 	statsAt    time.Time
-	closing  bool
-	closeErr error
-	closed   sync.Once
+	closing    bool
+	closeErr   error
+	closed     sync.Once
 }
 
 // New validates cfg, opens the UDP port, creates the WireGuard device and
