@@ -101,6 +101,28 @@ type ruleset struct {
 	outboundAllow bool // no outbound section: outbound default allow
 	trust         TrustConfig
 	flood         FloodConfig
+	// trustLevels are the distinct min_trust values of the allow rules and
+	// service allow lists, ascending: a peer whose trust falls below one
+	// has its established flows re-checked.
+	trustLevels []float64
+}
+
+// addTrustLevel records a min_trust value (0: none).
+func (rs *ruleset) addTrustLevel(t float64) {
+	if t > 0 && !slices.Contains(rs.trustLevels, t) {
+		rs.trustLevels = append(rs.trustLevels, t)
+	}
+}
+
+// crossedTrustLevel reports whether trust went from before to below one of
+// the ruleset's min_trust levels that before satisfied.
+func (rs *ruleset) crossedTrustLevel(before, after float64) bool {
+	for _, l := range rs.trustLevels {
+		if before >= l && after < l {
+			return true
+		}
+	}
+	return false
 }
 
 // bitset is a small set of group indexes.
@@ -188,6 +210,15 @@ func compile(cfg *Config, builtins []BuiltinRule, version uint64) (*ruleset, err
 	for o, i := range ord {
 		rs.rules[i].order = int32(o)
 	}
+	for _, r := range rs.rules {
+		rs.addTrustLevel(r.match.minTrust)
+	}
+	for _, sv := range rs.services {
+		for _, m := range sv.allow {
+			rs.addTrustLevel(m.minTrust)
+		}
+	}
+	slices.Sort(rs.trustLevels)
 	rs.version = version
 	return rs, nil
 }

@@ -118,7 +118,9 @@
 // disables), the peer is quarantined for quarantine (60 s): all its inbound
 // packets are dropped (ReasonQuarantined, no further penalty) and an
 // EventQuarantine alert is raised. min_trust rules compare against the
-// effective score.
+// effective score, for established flows too: a penalty that takes the
+// score below a min_trust level re-checks the peer's flows and cuts those
+// no rule allows any more (EventFlowCut, ReasonLowTrust).
 //
 // # Events
 //

@@ -23,8 +23,40 @@ func (f *Firewall) related(pr *peer, pkt []byte, p *packet, dir Direction, now i
 // penalize lowers pr's trust and raises the quarantine alert if it fell
 // below the threshold. pr.mu is held.
 func (f *Firewall) penalize(pr *peer, amount float64, rs *ruleset, now int64, ev *pending) {
+	before := trustBefore(pr, rs, now)
 	if pr.trust.penalize(now, amount, &rs.trust) {
 		f.quarantineAlert(pr, rs, now, ev)
+	}
+	f.trustFell(pr, rs, before, now)
+}
+
+// trustBefore returns pr's trust ahead of a penalty when trustFell will
+// need it, -1 otherwise (no min_trust rule, or no flow to re-check), so
+// that the drop path stays cheap.
+func trustBefore(pr *peer, rs *ruleset, now int64) float64 {
+	if len(rs.trustLevels) == 0 || pr.flows.len() == 0 {
+		return -1
+	}
+	return pr.trust.current(now, &rs.trust)
+}
+
+// trustFell re-checks pr's established flows when its trust just fell
+// below a min_trust level of the rules: a flow allowed only by a rule whose
+// min_trust the peer no longer meets is cut (EventFlowCut, reason
+// low-trust), so a peer losing trust loses the access that required it,
+// not only new flows. pr.mu is held; the caller accounts the flow count.
+func (f *Firewall) trustFell(pr *peer, rs *ruleset, before float64, now int64) {
+	if before < 0 {
+		return
+	}
+	if !rs.crossedTrustLevel(before, pr.trust.current(now, &rs.trust)) {
+		return
+	}
+	for i := range pr.flows.slab {
+		fl := &pr.flows.slab[i]
+		if fl.used && !f.flowAllowed(pr, rs, fl, now) {
+			f.cutFlow(pr, int32(i), now, ReasonLowTrust)
+		}
 	}
 }
 
@@ -36,9 +68,14 @@ func (f *Firewall) quarantineAlert(pr *peer, rs *ruleset, now int64, ev *pending
 
 // floodDrop drops for a flood reason and applies the flood penalty.
 func (f *Firewall) floodDrop(pr *peer, p *packet, r Reason, rs *ruleset, now int64, ev *pending) Verdict {
+	before := -1.0
+	if pr.trust.floodPenaltyDue(now) {
+		before = trustBefore(pr, rs, now)
+	}
 	if pr.trust.floodPenalty(now, &rs.trust) {
 		f.quarantineAlert(pr, rs, now, ev)
 	}
+	f.trustFell(pr, rs, before, now)
 	return f.dropPeer(pr, p, Inbound, r, -1, rs, now, ev)
 }
 

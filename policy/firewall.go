@@ -315,7 +315,7 @@ func (f *Firewall) recheckLocked(pr *peer, rs *ruleset, now int64) {
 			continue
 		}
 		if !f.flowAllowed(pr, rs, fl, now) {
-			f.cutFlow(pr, int32(i), now)
+			f.cutFlow(pr, int32(i), now, ReasonReloadCut)
 		}
 	}
 	f.accountFlows(before, pr.flows.len())
@@ -339,19 +339,20 @@ func (f *Firewall) flowAllowed(pr *peer, rs *ruleset, fl *flow, now int64) bool 
 	return true
 }
 
-// cutFlow removes slot i as a reload cut and emits a rate-limited event.
-func (f *Firewall) cutFlow(pr *peer, i int32, now int64) {
+// cutFlow removes slot i, cut for reason (a reload, or trust below a
+// rule's min_trust), and emits a rate-limited event.
+func (f *Firewall) cutFlow(pr *peer, i int32, now int64, reason Reason) {
 	k := pr.flows.slab[i].key
 	origin := pr.flows.slab[i].origin
 	pr.flows.delete(i)
 	pr.cut++
-	ok, sup := pr.lim[ReasonReloadCut].allow(now, eventBurst, int64(eventWindow))
+	ok, sup := pr.lim[reason].allow(now, eventBurst, int64(eventWindow))
 	if !ok {
 		return
 	}
 	ev := Event{Time: f.timeOf(now), Kind: EventFlowCut, Peer: pr.info.Name, Direction: origin, Proto: k.proto,
 		Src: netip.AddrFrom16(k.remote).Unmap(), Dst: netip.AddrFrom16(k.local).Unmap(), SrcPort: k.remotePort,
-		DstPort: k.localPort, Reason: ReasonReloadCut, Suppressed: sup}
+		DstPort: k.localPort, Reason: reason, Suppressed: sup}
 	f.hub.emit(&ev, now)
 }
 
@@ -478,7 +479,7 @@ func (f *Firewall) judge(pr *peer, rs *ruleset, pkt []byte, p *packet, dir Direc
 		}
 		// The rules changed and refuse the flow: cut it and judge the
 		// packet as a new flow.
-		f.cutFlow(pr, pr.flows.index[key], now)
+		f.cutFlow(pr, pr.flows.index[key], now, ReasonReloadCut)
 	}
 	trust := 1.0
 	if pr.trust.score < 1 || pr.trust.hasValidity {

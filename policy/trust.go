@@ -85,9 +85,14 @@ func (t *trustState) penalize(now int64, p float64, cfg *TrustConfig) bool {
 	return false
 }
 
+// floodPenaltyDue reports whether floodPenalty would apply at now.
+func (t *trustState) floodPenaltyDue(now int64) bool {
+	return t.lastFlood == 0 || now-t.lastFlood >= int64(floodPenaltyWindow)
+}
+
 // floodPenalty applies the flood penalty at most once per window.
 func (t *trustState) floodPenalty(now int64, cfg *TrustConfig) bool {
-	if t.lastFlood != 0 && now-t.lastFlood < int64(floodPenaltyWindow) {
+	if !t.floodPenaltyDue(now) {
 		return false
 	}
 	t.lastFlood = now

@@ -195,3 +195,53 @@ func TestICMPErrorRelated(t *testing.T) {
 		t.Fatal("unreachable for an unknown flow accepted")
 	}
 }
+
+// TestTrustFallCutsFlowsThatNeededIt: a peer with an established flow on
+// a min_trust rule loses that flow once blocked attempts take its trust
+// below the rule's level; a flow on a rule without min_trust survives.
+func TestTrustFallCutsFlowsThatNeededIt(t *testing.T) {
+	const rules = `inbound:
+  - {port: 22, proto: tcp, host: any, min_trust: 0.8}
+  - {port: 80, proto: tcp, host: any}
+trust: {threshold: 0}
+`
+	p := peerInfo("ops", 2)
+	f, _ := testFW(t, rules, p)
+	sub := f.Events(64)
+	defer sub.Close()
+	ssh := pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: 5000, dport: 22, flags: tcpSYN}
+	web := pk{src: v4(2), dst: selfV4, proto: protoTCP, sport: 5001, dport: 80, flags: tcpSYN}
+	if f.Inbound(ssh.build()) != Accept || f.Inbound(web.build()) != Accept {
+		t.Fatal("flows refused at full trust")
+	}
+	ssh.flags, web.flags = tcpACK, tcpACK
+	// Three blocked attempts: trust 0.85, still above 0.8; the flow lives.
+	for i := range 3 {
+		f.Inbound(tcpIn(v4(2), uint16(6000+i), 23))
+	}
+	if f.Inbound(ssh.build()) != Accept {
+		t.Fatal("established flow cut while trust was still above min_trust")
+	}
+	// Two more: 0.75, below 0.8.
+	for i := range 2 {
+		f.Inbound(tcpIn(v4(2), uint16(7000+i), 23))
+	}
+	if got := f.Peers()[0].Trust; got >= 0.8 {
+		t.Fatalf("trust %v, want below 0.8", got)
+	}
+	if f.Inbound(ssh.build()) != Drop {
+		t.Fatal("established flow on a min_trust rule survived the trust fall")
+	}
+	if f.Inbound(web.build()) != Accept {
+		t.Fatal("flow on a rule without min_trust was cut")
+	}
+	cut := false
+	for len(sub.C) > 0 {
+		if e := <-sub.C; e.Kind == EventFlowCut && e.Reason == ReasonLowTrust && e.DstPort == 22 {
+			cut = true
+		}
+	}
+	if !cut {
+		t.Error("no flow-cut event with reason low-trust for the port 22 flow")
+	}
+}
