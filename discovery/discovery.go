@@ -490,6 +490,23 @@ func (d *Discovery) sendToMembers(msg []byte) {
 	d.log.Debug("discovery: CRL sent directly", "members", sent, "failed", failed)
 }
 
+// Ping sends one memberlist ping to the named member's gossip address and
+// reports whether it answered within the probe timeout. It lets the node
+// check for itself a member that failure detection declared dead.
+func (d *Discovery) Ping(name string) bool {
+	d.mu.Lock()
+	var addr netip.AddrPort
+	if m := d.members[name]; m != nil {
+		addr = m.gossip
+	}
+	d.mu.Unlock()
+	if !addr.IsValid() || d.ctx.Err() != nil {
+		return false
+	}
+	_, err := d.ml.Ping(name, net.UDPAddrFromAddrPort(addr))
+	return err == nil
+}
+
 // CRL returns the newest CRL this node holds (nil if none).
 func (d *Discovery) CRL() []byte {
 	d.mu.Lock()

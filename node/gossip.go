@@ -47,6 +47,9 @@ const (
 	// maxRetries bounds the attempts for one record: about 20 minutes at
 	// retryMax, after which only a newer record brings the node back.
 	maxRetries = 45
+	// deathPings is how many pings a member declared dead gets before its
+	// tunnel is removed (each waits memberlist's probe timeout).
+	deathPings = 2
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.
 	joinBackoffMax = 10 * time.Second
@@ -264,30 +267,48 @@ func (g *gossip) left(name string) bool {
 	return true
 }
 
-// onLeave removes a member that left or died from WireGuard at once. A
-// dead one is tried again later (see retryLater): it may only have been
-// unreachable for a while.
+// onLeave removes a member that left from WireGuard at once. A member
+// declared dead is first pinged through its tunnel (deathPings times): a
+// node starved of CPU or a lossy moment makes failure detection declare
+// live members dead, and tearing down a working tunnel would make the
+// member unreachable in earnest. One that answers keeps its tunnel (it
+// refutes its death in memberlist by itself); one that does not is removed
+// and tried again later (see retryLater): it may only be unreachable for
+// a while.
 func (g *gossip) onLeave(name string, dead bool) {
-	for _, p := range g.n.ov.Peers() {
-		if p.Name == name {
-			why := "left the fabric"
-			if dead {
-				why = "declared dead by failure detection"
-			}
-			g.n.ov.RemovePeer(p.WireGuardKey, why)
-		}
-	}
 	if !dead {
+		g.removeNamed(name, "left the fabric")
 		return
 	}
-	for _, m := range g.d.Members() {
-		if m.Name == name && m.Record.Version != 0 {
-			r := m.Record
-			g.mu.Lock()
-			g.retries[name] = 0
-			g.mu.Unlock()
-			// Outside memberlist's callback: retryLater only arms a timer.
-			g.retryLater(r)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for range deathPings {
+			if g.ctx.Err() != nil {
+				return
+			}
+			if g.d.Ping(name) {
+				g.log.Info("member declared dead answers through its tunnel; tunnel kept", "name", name)
+				return
+			}
+		}
+		g.removeNamed(name, "declared dead by failure detection")
+		for _, m := range g.d.Members() {
+			if m.Name == name && m.Record.Version != 0 && m.State == discovery.StateDead {
+				g.mu.Lock()
+				g.retries[name] = 0
+				g.mu.Unlock()
+				g.retryLater(m.Record)
+			}
+		}
+	}()
+}
+
+// removeNamed removes the admitted peer called name, if any.
+func (g *gossip) removeNamed(name, why string) {
+	for _, id := range g.n.ov.Admitted() {
+		if id.Name == name {
+			g.n.ov.RemovePeer(id.WireGuardKey, why)
 		}
 	}
 }
@@ -324,9 +345,9 @@ func (g *gossip) joinLoop() {
 			continue
 		}
 		var seeds []netip.Addr
-		for _, p := range g.n.ov.Peers() {
-			if len(p.Addresses) > 0 {
-				seeds = append(seeds, p.Addresses[0].Addr())
+		for _, id := range g.n.ov.Admitted() {
+			if len(id.Addresses) > 0 {
+				seeds = append(seeds, id.Addresses[0].Addr())
 			}
 		}
 		if len(seeds) > 0 {
@@ -382,8 +403,8 @@ func (n *Node) Members() []MemberView {
 		return nil
 	}
 	admitted := map[string]bool{}
-	for _, p := range n.ov.Peers() {
-		admitted[p.Name] = true
+	for _, id := range n.ov.Admitted() {
+		admitted[id.Name] = true
 	}
 	var out []MemberView
 	for _, m := range n.gossip.d.Members() {

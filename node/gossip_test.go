@@ -3,11 +3,14 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aigrid/gridnet/discovery"
 )
 
 // TestUpGossipPeersAndCRLPush: three `gridnet up` nodes with gossip, where
@@ -91,6 +94,61 @@ func TestUpGossipPeersAndCRLPush(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("alpha still has beta 10 s after the CRL was pushed at gamma")
+		}
+	}
+}
+
+// TestFalseDeathKeepsTunnel: when failure detection declares a member dead
+// that still answers through its tunnel, the tunnel stays; a member that
+// really crashed is removed.
+func TestFalseDeathKeepsTunnel(t *testing.T) {
+	ca, err := NewLocalCA("ca", "corp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(name string, host int, seed *Node) *Node {
+		opts, err := ca.NodeOptions(name, netip.MustParsePrefix(fmt.Sprintf("100.64.0.%d/10", host)), nil, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Gossip = &GossipOptions{Profile: discovery.ProfileLocal}
+		if seed != nil {
+			opts.Peers = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), seed.UnderlayPort())}
+		}
+		n, err := Start(t.Context(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	a := start("alpha", 1, nil)
+	b := start("beta", 2, a)
+	has := func(n *Node, name string) bool {
+		for _, id := range n.ov.Admitted() {
+			if id.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(20 * time.Second); !has(a, "beta") || a.gossip.aliveOthers() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("alpha never admitted beta and saw it alive")
+		}
+	}
+
+	a.gossip.onLeave("beta", true) // as if failure detection declared beta dead
+	time.Sleep(2 * time.Second)    // longer than deathPings probe timeouts
+	if !has(a, "beta") {
+		t.Fatal("a member that answers through its tunnel was removed on a false death")
+	}
+
+	b.CrashForTest()
+	a.gossip.onLeave("beta", true)
+	for deadline := time.Now().Add(5 * time.Second); has(a, "beta"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a crashed member declared dead was not removed")
 		}
 	}
 }

@@ -303,9 +303,9 @@ func (n *Node) Resolve(target string) (netip.Addr, error) {
 	if target == n.Identity().Name {
 		return n.Addr(), nil
 	}
-	for _, p := range n.ov.Peers() {
-		if p.Name == target && len(p.Addresses) > 0 {
-			return p.Addresses[0].Addr(), nil
+	for _, id := range n.ov.Admitted() {
+		if id.Name == target && len(id.Addresses) > 0 {
+			return id.Addresses[0].Addr(), nil
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("no admitted peer named %q", target)

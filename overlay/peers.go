@@ -143,7 +143,16 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 		// keepalive below goes from 0 to on and a new session starts.
 		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(p.Static[:]))
 	}
-	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\nendpoint=%s\n", hex.EncodeToString(p.Static[:]), endpoint)
+	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.Static[:]))
+	if start {
+		fmt.Fprintf(&b, "endpoint=%s\n", endpoint)
+	}
+	// A peer whose session the other side starts gets no endpoint from
+	// us: WireGuard learns it from the other side's initiation (and keeps
+	// the one it has). Until then this side cannot send an initiation of
+	// its own, which any outbound packet (gossip, say) would otherwise
+	// trigger; two initiations that cross invalidate each other and both
+	// sides wait for WireGuard's 5 s retry.
 	if start {
 		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", PersistentKeepalive)
 	} else if !exists {
@@ -476,6 +485,20 @@ func (o *Overlay) RemovePeer(key [32]byte, why string) bool {
 	o.removeLocked(e, why)
 	o.publishLocked()
 	return true
+}
+
+// Admitted returns the identities of the admitted peers, sorted by name,
+// without the device's session state (Peers reads that, at a cost that
+// grows with the number of peers).
+func (o *Overlay) Admitted() []*cert.Identity {
+	o.peersMu.Lock()
+	out := make([]*cert.Identity, 0, len(o.peers))
+	for _, e := range o.peers {
+		out = append(out, e.id)
+	}
+	o.peersMu.Unlock()
+	slices.SortFunc(out, func(a, b *cert.Identity) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // HasPeer reports whether a peer with WireGuard key key is admitted.
