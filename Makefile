@@ -10,7 +10,7 @@ FUZZTIME  ?= 20s
 # Test timeout: the integration fabrics and namespace tests are the slowest.
 TESTTIMEOUT ?= 30m
 
-.PHONY: all build test test-short vet bench fuzz demo clean
+.PHONY: bench-gossip all build test test-short vet bench fuzz demo clean
 
 all: build
 
@@ -30,14 +30,23 @@ test: vet
 	# Allocation guards: the race detector changes allocation counts, so the
 	# per-packet zero-allocation tests run once more without it.
 	$(GO) test -count=1 -run 'ZeroAlloc|Alloc' ./stack ./policy
-	# Load tests whose throughput goals only mean something without -race.
-	$(GO) test -count=1 -run 'Flood' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test'; exit $${PIPESTATUS[0]}
+	# Load tests whose goals only mean something without -race: the flood
+	# test, and the 50-node gossip fabric.
+	$(GO) test -count=1 -run 'Flood|GossipFabric/50' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test|gossip_test'; exit $${PIPESTATUS[0]}
 
 test-short: vet
 	$(GO) test -short -count=1 $(PKGS)
 
+# Micro-benchmarks run for the usual benchmark time; the fabric-level ones
+# (discovery, integration) start whole fabrics and run once each.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./vault ./overlay/... ./stack ./policy
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m ./discovery ./integration
+
+# The gossip fabric at 10, 50 and 100 nodes, worst of five runs each, with
+# memberlist alone measured in the same runs.
+bench-gossip:
+	GRIDNET_BENCH_NODES=10,50,100 $(GO) test -run '^$$' -bench GossipFabric -benchtime 5x -count 1 -timeout 60m ./integration
 
 # Run every fuzz target for FUZZTIME each (go test runs one target at a time).
 fuzz:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/overlay"
 )
 
 // gossipBenchSizes are the fabric sizes BenchmarkGossipFabric measures;
@@ -144,7 +145,13 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 		return fmt.Sprintf("admitted-no-session=%d unknown=%d not-alive=%d alive-not-admitted=%d", admittedNoSession, unknown, dead, knownNotAdmitted)
 	}
 	watch := meshWatcher{nodes: nodes, done: map[*node.Node]bool{}}
-	benchWait(b, bound, watch.problem)
+	benchWait(b, bound, func() string {
+		p := watch.problem()
+		if p != "" && time.Since(start) > bound-2*time.Second {
+			p += "; " + stuckPairs(nodes)
+		}
+		return p
+	})
 	benchDiag = func() string { return "" }
 	mesh := time.Since(start)
 
@@ -252,4 +259,47 @@ func (w *meshWatcher) problem() string {
 		return p
 	}
 	return ""
+}
+
+// stuckPairs describes, for up to five pairs without a session, what each
+// side holds: whether the other is admitted, its WireGuard endpoint and
+// last handshake, and its gossip state.
+func stuckPairs(nodes []*node.Node) string {
+	type view struct {
+		peer   map[string]overlay.PeerStatus
+		member map[string]node.MemberView
+	}
+	views := map[*node.Node]view{}
+	for _, x := range nodes {
+		v := view{peer: map[string]overlay.PeerStatus{}, member: map[string]node.MemberView{}}
+		for _, p := range x.Peers() {
+			v.peer[p.Name] = p
+		}
+		for _, m := range x.Members() {
+			v.member[m.Name] = m
+		}
+		views[x] = v
+	}
+	side := func(a, b *node.Node) string {
+		v := views[a]
+		name := b.Identity().Name
+		p, ok := v.peer[name]
+		if !ok {
+			return fmt.Sprintf("%s: not admitted, member %q", a.Identity().Name, v.member[name].State)
+		}
+		return fmt.Sprintf("%s: admitted %s ago, endpoint %v, handshake %v, member %q", a.Identity().Name,
+			time.Since(p.AdmittedAt).Round(time.Second), p.Endpoint, p.LastHandshake, v.member[name].State)
+	}
+	var out []string
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a == b || len(out) >= 5 {
+				continue
+			}
+			if p, ok := views[a].peer[b.Identity().Name]; !ok || p.LastHandshake.IsZero() {
+				out = append(out, "["+side(a, b)+" | "+side(b, a)+"]")
+			}
+		}
+	}
+	return strings.Join(out, " ")
 }

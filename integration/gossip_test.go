@@ -73,13 +73,24 @@ func meshProblem(nodes []*node.Node) string {
 	return fmt.Sprintf("%s; %d ordered pairs without a session", first, missing)
 }
 
-// TestGossipFabric: ten nodes that know only one seed find each other,
-// a crashed node is removed everywhere and comes back after a restart, a
-// revocation pushed at one node cuts the node off everywhere, and a node
-// from an untrusted CA never gets in.
+// TestGossipFabric: 3, 10 and 50 nodes that know only one seed find each
+// other and carry traffic between sampled pairs, a crashed node is removed
+// everywhere and comes back after a restart, a revocation pushed at one
+// node cuts the node off everywhere and the node is refused when it
+// knocks again, and a node from an untrusted CA never gets in.
 func TestGossipFabric(t *testing.T) {
+	for _, n := range []int{3, 10, 50} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			if n > 10 && (raceEnabled || testing.Short()) {
+				t.Skip("50 nodes under the race detector or -short take too long; make test runs this without -race")
+			}
+			testGossipFabric(t, n)
+		})
+	}
+}
+
+func testGossipFabric(t *testing.T, n int) {
 	checkGoroutines(t)
-	const n = 10
 	f := newFabric(t)
 	seed := f.start(f.gossipOptions(t, "seed", 1))
 	nodes := []*node.Node{seed}
@@ -94,10 +105,26 @@ func TestGossipFabric(t *testing.T) {
 	if raceEnabled {
 		bound = 90 * time.Second
 	}
+	if n > 10 {
+		bound = 60 * time.Second
+	}
 	took := waitFor(t, bound, "full mesh through one seed", func() string { return meshProblem(nodes) })
 	t.Logf("%d nodes in a full mesh %v after start", n, took)
-	tcpEcho(t, nodes[n-1], 8300)
-	bulkEcho(t, nodes[n-2], nodes[n-1], 8300, 256<<10)
+	// Traffic between a sample of pairs (every pair for small fabrics).
+	pairs := [][2]int{{n - 2, n - 1}}
+	for i := 0; i < n && len(pairs) < 8; i += max(1, n/7) {
+		if j := (i + n/2 + 1) % n; j != i {
+			pairs = append(pairs, [2]int{i, j})
+		}
+	}
+	served := map[int]bool{}
+	for _, p := range pairs {
+		if !served[p[1]] {
+			tcpEcho(t, nodes[p[1]], 8300)
+			served[p[1]] = true
+		}
+		bulkEcho(t, nodes[p[0]], nodes[p[1]], 8300, 64<<10)
+	}
 
 	// Crash (no graceful leave): removed everywhere by failure detection.
 	victim := nodes[n-1]

@@ -47,6 +47,9 @@ const (
 	// maxRetries bounds the attempts for one record: about 20 minutes at
 	// retryMax, after which only a newer record brings the node back.
 	maxRetries = 45
+	// reconcileInterval is how often live members without a tunnel are
+	// looked for (see reconcile).
+	reconcileInterval = 10 * time.Second
 	// deathPings is how many pings a member declared dead gets before its
 	// tunnel is removed (each waits memberlist's probe timeout).
 	deathPings = 2
@@ -193,6 +196,9 @@ func (g *gossip) admit(p pendingRecord) {
 	}
 	self := g.n.Identity()
 	if id.WireGuardKey == self.WireGuardKey || g.n.ov.HasPeer(id.WireGuardKey) {
+		g.mu.Lock()
+		delete(g.retries, r.Name) // admitted: no failure in a row any more
+		g.mu.Unlock()
 		return
 	}
 	if !p.yielded && bytes.Compare(self.WireGuardKey[:], id.WireGuardKey[:]) > 0 {
@@ -293,8 +299,11 @@ func (g *gossip) onLeave(name string, dead bool) {
 			}
 		}
 		g.removeNamed(name, "declared dead by failure detection")
+		// Tried again later, whatever its state by now: if it already
+		// came back alive, its record was handed over while it was still
+		// admitted here, and was skipped.
 		for _, m := range g.d.Members() {
-			if m.Name == name && m.Record.Version != 0 && m.State == discovery.StateDead {
+			if m.Name == name && m.Record.Version != 0 && m.State != discovery.StateLeft {
 				g.mu.Lock()
 				g.retries[name] = 0
 				g.mu.Unlock()
@@ -302,6 +311,30 @@ func (g *gossip) onLeave(name string, dead bool) {
 			}
 		}
 	}()
+}
+
+// reconcile queues every live member with a record that is neither
+// admitted nor waiting for a retry: a safety net for any race between
+// failure detection, admissions and removals that would otherwise leave a
+// live member without a tunnel until its record changes.
+func (g *gossip) reconcile() {
+	admitted := map[string]bool{}
+	for _, id := range g.n.ov.Admitted() {
+		admitted[id.Name] = true
+	}
+	self := g.n.Identity().Name
+	for _, m := range g.d.Members() {
+		if m.Name == self || admitted[m.Name] || m.State != discovery.StateAlive || m.Record.Version == 0 {
+			continue
+		}
+		g.mu.Lock()
+		_, queued := g.pending[m.Name]
+		retrying := g.retries[m.Name] > 0
+		g.mu.Unlock()
+		if !queued && !retrying {
+			g.queue(pendingRecord{rec: m.Record, yielded: true})
+		}
+	}
 }
 
 // removeNamed removes the admitted peer called name, if any.
@@ -334,6 +367,7 @@ func (g *gossip) onCRL(der []byte) bool {
 func (g *gossip) joinLoop() {
 	defer g.wg.Done()
 	delay := 100 * time.Millisecond
+	lastReconcile := time.Now()
 	for {
 		select {
 		case <-g.ctx.Done():
@@ -342,6 +376,10 @@ func (g *gossip) joinLoop() {
 		}
 		if g.aliveOthers() > 0 {
 			delay = 2 * time.Second
+			if time.Since(lastReconcile) >= reconcileInterval {
+				lastReconcile = time.Now()
+				g.reconcile()
+			}
 			continue
 		}
 		var seeds []netip.Addr

@@ -22,6 +22,10 @@ const (
 	// sessionFresh is how long after its last WireGuard handshake a peer
 	// counts as connected (WireGuard's RejectAfterTime).
 	sessionFresh = 180 * time.Second
+	// starterGrace is how long a node that does not start the session
+	// with a newly admitted peer waits for the other side to start it
+	// before it starts the session itself (see armStarterGrace).
+	starterGrace = 3 * time.Second
 )
 
 // PeerState is a coarse peer state for status displays.
@@ -172,10 +176,40 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 		}
 		return fmt.Errorf("overlay: configure peer %q: %w", id.Name, err)
 	}
-	o.peers[p.Static] = &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
+	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
+	o.peers[p.Static] = e
 	o.publishLocked()
+	if !start {
+		o.armStarterGrace(e, time.Now())
+	}
 	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
 	return nil
+}
+
+// armStarterGrace gives the other side starterGrace to start the session
+// with a peer this node admitted without an endpoint (it does not start
+// sessions with it). If no session came, the other side's admission of
+// this node failed or was superseded: this node then gives WireGuard the
+// endpoint and a keepalive, and starts the session itself.
+func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
+	time.AfterFunc(starterGrace, func() {
+		if o.ctx.Err() != nil {
+			return
+		}
+		o.peersMu.Lock()
+		current := o.peers[e.key] == e
+		o.peersMu.Unlock()
+		if !current || o.sessionSeen(e.key, since.Add(-sessionSlack)) {
+			return
+		}
+		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
+			hex.EncodeToString(e.key[:]), e.endpoint, PersistentKeepalive))
+		if err != nil {
+			o.log.Warn("start session after grace", "name", e.id.Name, "err", err.Error())
+			return
+		}
+		o.log.Debug("no session started by the other side; starting it", "name", e.id.Name)
+	})
 }
 
 // confirm waits up to confirmWait for a WireGuard session with a peer this
