@@ -341,3 +341,34 @@ func BenchmarkTunnel(b *testing.B) {
 		b.ReportMetric(gnRSSBulk, "gridnet-RSS-MiB")
 	}
 }
+
+// BenchmarkFirewallOverhead measures tunnel throughput with the firewall on
+// (100 realistic rules) against the pass-through hook, interleaving the two
+// (pass-through, firewall, pass-through, ...) so that drift during the run
+// (heap growth, other load on the machine) hits both alike, and reports
+// the ratio of the medians and of the best runs.
+func BenchmarkFirewallOverhead(b *testing.B) {
+	const rounds = 5
+	size := int64(256 << 20)
+	for range b.N {
+		plain := gridnetPair(b, nil)
+		filtered := gridnetPair(b, mustRules(b, realisticRules()))
+		var plainMbps, fwMbps []float64
+		for range rounds {
+			runtime.GC()
+			plainMbps = append(plainMbps, measureBulk(b, plain, size))
+			runtime.GC()
+			fwMbps = append(fwMbps, measureBulk(b, filtered, size))
+		}
+		plain.close()
+		filtered.close()
+		slices.Sort(plainMbps)
+		slices.Sort(fwMbps)
+		medianRatio := fwMbps[rounds/2] / plainMbps[rounds/2]
+		bestRatio := fwMbps[rounds-1] / plainMbps[rounds-1]
+		b.ReportMetric(medianRatio, "median-ratio")
+		b.ReportMetric(bestRatio, "best-ratio")
+		b.Logf("firewall (100 rules) vs pass-through, %d interleaved rounds of %d MiB: median %.0f vs %.0f Mbit/s (ratio %.3f), best %.0f vs %.0f (ratio %.3f); all: %.0f vs %.0f",
+			rounds, size>>20, fwMbps[rounds/2], plainMbps[rounds/2], medianRatio, fwMbps[rounds-1], plainMbps[rounds-1], bestRatio, fwMbps, plainMbps)
+	}
+}
