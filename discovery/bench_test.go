@@ -2,15 +2,10 @@ package discovery
 
 import (
 	"fmt"
-	"io"
-	"log"
-	"net"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/memberlist"
+	"github.com/aigrid/gridnet/discovery/baseline"
 )
 
 // Benchmarks run one fabric per iteration; use -benchtime=1x. They use
@@ -36,53 +31,6 @@ func convergeOurs(b *testing.B, n int, limit time.Duration) (*fabric, time.Durat
 	return f, limit, false
 }
 
-// convergeBaseline does the same with memberlist alone: its NetTransport on
-// 127.0.0.1, distinct ports, LAN preset.
-func convergeBaseline(b *testing.B, n int, limit time.Duration) (time.Duration, int) {
-	mls := make([]*memberlist.Memberlist, n)
-	defer func() {
-		for _, m := range mls {
-			if m != nil {
-				m.Shutdown()
-			}
-		}
-	}()
-	for i := range n {
-		c := memberlist.DefaultLANConfig()
-		c.Name = "base-" + strconv.Itoa(i)
-		c.BindAddr, c.BindPort, c.AdvertisePort = "127.0.0.1", 0, 0
-		c.Logger = log.New(io.Discard, "", 0)
-		m, err := memberlist.Create(c)
-		if err != nil {
-			b.Fatal(err)
-		}
-		mls[i] = m
-	}
-	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(mls[0].LocalNode().Port)))
-	start := time.Now()
-	var wg sync.WaitGroup
-	for _, m := range mls[1:] {
-		wg.Add(1)
-		go func() { defer wg.Done(); m.Join([]string{seed}) }()
-	}
-	wg.Wait()
-	for {
-		behind := 0
-		for _, m := range mls {
-			if m.NumMembers() != n {
-				behind++
-			}
-		}
-		if behind == 0 {
-			return time.Since(start), 0
-		}
-		if time.Since(start) > limit {
-			return limit, behind
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func BenchmarkConverge(b *testing.B) {
 	for _, n := range []int{10, 50, 100} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
@@ -96,7 +44,11 @@ func BenchmarkConverge(b *testing.B) {
 					nd.d.Close()
 				}
 				f.nodes = nil
-				base, behind := convergeBaseline(b, n, 30*time.Second)
+				bl, err := baseline.Run(n, 30*time.Second, false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				base, behind := bl.Converged, bl.Stragglers
 				b.ReportMetric(ours.Seconds(), "s-gridnet")
 				b.ReportMetric(base.Seconds(), "s-memberlist")
 				b.ReportMetric(ours.Seconds()/base.Seconds(), "ratio")

@@ -204,17 +204,7 @@ func (g *gossip) admit(p pendingRecord) {
 	if !p.yielded && bytes.Compare(self.WireGuardKey[:], id.WireGuardKey[:]) > 0 {
 		// Let the other side admit us first; the worker moves on and the
 		// record comes back after the delay (unless a newer one came).
-		time.AfterFunc(yieldDelay+rand.N(yieldDelay/2), func() {
-			if g.ctx.Err() != nil {
-				return
-			}
-			g.mu.Lock()
-			_, newer := g.pending[r.Name]
-			g.mu.Unlock()
-			if !newer {
-				g.queue(pendingRecord{rec: r, yielded: true})
-			}
-		})
+		g.requeueAfter(yieldDelay+rand.N(yieldDelay/2), r)
 		return
 	}
 	for _, ep := range r.Endpoints {
@@ -250,7 +240,14 @@ func (g *gossip) retryLater(r discovery.Record) {
 		return
 	}
 	delay := min(retryBase<<min(n, 6), retryMax)
-	time.AfterFunc(delay+rand.N(delay/2), func() {
+	g.requeueAfter(delay+rand.N(delay/2), r)
+}
+
+// requeueAfter queues r for admission again after d (without a second
+// yield), unless the node stopped, the member left gracefully, or a newer
+// record is already queued.
+func (g *gossip) requeueAfter(d time.Duration, r discovery.Record) {
+	time.AfterFunc(d, func() {
 		if g.ctx.Err() != nil || g.left(r.Name) {
 			return
 		}
