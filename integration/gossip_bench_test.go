@@ -228,9 +228,23 @@ func closeAll(nodes []*node.Node) {
 type meshWatcher struct {
 	nodes []*node.Node
 	done  map[*node.Node]bool
+	last  time.Time // of the last reading
+	prev  string    // its result
 }
 
+// meshReadEvery spaces the watcher's readings: the figure's resolution.
+const meshReadEvery = 200 * time.Millisecond
+
 func (w *meshWatcher) problem() string {
+	if time.Since(w.last) < meshReadEvery && w.prev != "" {
+		return w.prev
+	}
+	w.last = time.Now()
+	w.prev = w.read()
+	return w.prev
+}
+
+func (w *meshWatcher) read() string {
 	missing := 0
 	for _, a := range w.nodes {
 		if w.done[a] {
