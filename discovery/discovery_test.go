@@ -60,11 +60,7 @@ func TestKillDeadEverywhereThenRestart(t *testing.T) {
 	checkLeaks(t)
 	const n = 10
 	f := newFabric(t, ProfileLocal)
-	for i := range n {
-		f.start(i, 1)
-	}
-	f.joinAll(1, n)
-	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	f.startConverged(n)
 
 	const victim = 7
 	name := f.nodes[victim].d.Self().Name
@@ -121,11 +117,7 @@ func TestGracefulLeaveSeenAtOnce(t *testing.T) {
 	checkLeaks(t)
 	const n = 5
 	f := newFabric(t, ProfileLocal)
-	for i := range n {
-		f.start(i, 1)
-	}
-	f.joinAll(1, n)
-	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	f.startConverged(n)
 	leaver := f.nodes[3]
 	name := leaver.d.Self().Name
 	if err := leaver.d.Leave(time.Second); err != nil {
@@ -169,11 +161,7 @@ func TestCRLSpreadsAndLateJoinerGetsIt(t *testing.T) {
 	checkLeaks(t)
 	const n = 10
 	f := newFabric(t, ProfileLocal)
-	for i := range n {
-		f.start(i, 1)
-	}
-	f.joinAll(1, n)
-	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	f.startConverged(n)
 
 	// A CRL that fits in one gossip packet.
 	if err := f.nodes[4].d.BroadcastCRL(testCRL(1, 600)); err != nil {
@@ -239,11 +227,7 @@ func TestUpdateSelfSpreads(t *testing.T) {
 	checkLeaks(t)
 	const n = 10
 	f := newFabric(t, ProfileLocal)
-	for i := range n {
-		f.start(i, 1)
-	}
-	f.joinAll(1, n)
-	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	f.startConverged(n)
 
 	for _, size := range []int{700, 5000} { // gossiped; announced and pulled
 		r := f.nodes[5].d.Self()
@@ -280,12 +264,8 @@ func TestPartitionHeals(t *testing.T) {
 	checkLeaks(t)
 	const n = 6
 	f := newFabric(t, ProfileLocal)
-	for i := range n {
-		f.start(i, 1)
-	}
-	f.joinAll(1, n)
+	f.startConverged(n)
 	want := f.want()
-	waitFor(t, 8*time.Second, "converged", func() error { return f.allKnowAll(want) })
 
 	f.hub.Partition(overlayAddr(0), overlayAddr(1), overlayAddr(2))
 	half := func(i int) bool { return i < 3 }

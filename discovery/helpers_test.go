@@ -156,6 +156,17 @@ func (f *fabric) start(i int, v uint64) *tnode {
 	return n
 }
 
+// startConverged starts nodes 0..n-1 (version 1), joins them all to node
+// 0 at once and waits until every one knows every record.
+func (f *fabric) startConverged(n int) {
+	f.t.Helper()
+	for i := range n {
+		f.start(i, 1)
+	}
+	f.joinAll(1, n)
+	waitFor(f.t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+}
+
 // joinAll makes nodes [from, to) join node 0 at the same moment.
 func (f *fabric) joinAll(from, to int) {
 	f.t.Helper()

@@ -54,3 +54,15 @@ func TestSyncsGoOnlyToReachableMembers(t *testing.T) {
 		t.Fatalf("settle targets without Reachable: %v, want both live members", got)
 	}
 }
+
+// TestGossipPacketsFitSmallestMTU: memberlist's packets plus IPv6 and UDP
+// headers fit the smallest overlay MTU a node accepts (1280), so gossip is
+// never fragmented inside the tunnel.
+func TestGossipPacketsFitSmallestMTU(t *testing.T) {
+	const smallestMTU, ipv6UDP = 1280, 40 + 8
+	for _, p := range []Profile{ProfileLAN, ProfileLocal} {
+		if size := p.memberlistConfig().UDPBufferSize; size+ipv6UDP > smallestMTU {
+			t.Errorf("profile %v: %d-byte gossip packets need %d bytes with headers, above the %d-byte MTU", p, size, size+ipv6UDP, smallestMTU)
+		}
+	}
+}

@@ -20,8 +20,9 @@ func peersCommand() *command {
 		name:    "peers",
 		summary: "list the fabric's members: state, certificate expiry, where each was learned",
 		usage:   "[--json] [--socket PATH]",
-		help: `With gossip on, every member the node knows of: alive, suspect, dead or
-left, whether it is admitted (a WireGuard peer now) and how its record
+		help: `With gossip on, every member the node knows of: alive, dead or left
+(memberlist does not expose its suspect state: a suspect shows as alive
+until it is declared dead), whether it is admitted (a WireGuard peer now) and how its record
 arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &opts{}
@@ -34,15 +35,8 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
-			defer cancel()
-			body, err := newControlClient(o.socket).get(ctx, pathPeers)
-			if err != nil {
-				return err
-			}
-			defer body.Close()
 			var members []MemberView
-			if err := json.NewDecoder(body).Decode(&members); err != nil {
+			if err := newControlClient(o.socket).getJSON(ctx, pathPeers, &members); err != nil {
 				return fmt.Errorf("peers: %w", err)
 			}
 			if o.json {

@@ -328,15 +328,8 @@ func statusCommand() *command {
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
-			defer cancel()
-			body, err := newControlClient(o.socket).get(ctx, pathStatus)
-			if err != nil {
-				return err
-			}
-			defer body.Close()
 			var st Status
-			if err := json.NewDecoder(body).Decode(&st); err != nil {
+			if err := newControlClient(o.socket).getJSON(ctx, pathStatus, &st); err != nil {
 				return fmt.Errorf("status: %w", err)
 			}
 			if o.json {

@@ -381,6 +381,22 @@ func (c *controlClient) get(ctx context.Context, path string) (io.ReadCloser, er
 	return c.do(ctx, http.MethodGet, path)
 }
 
+// getJSON fetches path within controlTimeout and decodes its one JSON
+// value into v.
+func (c *controlClient) getJSON(ctx context.Context, path string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	body, err := c.get(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	if err := json.NewDecoder(body).Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", path, err)
+	}
+	return nil
+}
+
 func (c *controlClient) do(ctx context.Context, method, path string) (io.ReadCloser, error) {
 	return c.send(ctx, method, path, nil)
 }

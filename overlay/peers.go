@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -192,7 +193,8 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 // this node failed or was superseded: this node then gives WireGuard the
 // endpoint and a keepalive, and starts the session itself.
 func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
-	time.AfterFunc(starterGrace, func() {
+	// Jitter: when both sides wait, they should not start at the same moment.
+	time.AfterFunc(starterGrace+rand.N(starterGrace/2), func() {
 		if o.ctx.Err() != nil {
 			return
 		}
