@@ -44,14 +44,19 @@ func TestJoinOneSeedConverges(t *testing.T) {
 				return f.allKnowAll(want)
 			})
 			t.Logf("N=%d converged in %v", n, took)
-			for _, nd := range f.nodes {
-				nd.mu.Lock()
-				got := len(nd.records)
-				nd.mu.Unlock()
-				if got != n-1 {
-					t.Errorf("node %d: OnRecord for %d names, want %d", nd.i, got, n-1)
+			// OnRecord runs on the package's notifier goroutine after the
+			// table changed: give the queued callbacks a moment.
+			waitFor(t, 2*time.Second, "OnRecord for every other member", func() error {
+				for _, nd := range f.nodes {
+					nd.mu.Lock()
+					got := len(nd.records)
+					nd.mu.Unlock()
+					if got != n-1 {
+						return fmt.Errorf("node %d: OnRecord for %d names, want %d", nd.i, got, n-1)
+					}
 				}
-			}
+				return nil
+			})
 		})
 	}
 }
