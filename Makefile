@@ -32,7 +32,7 @@ test: vet
 	$(GO) test -count=1 -run 'ZeroAlloc|Alloc' ./stack ./policy
 	# Load tests whose goals only mean something without -race: the flood
 	# test, and the 50-node gossip fabric.
-	$(GO) test -count=1 -run 'Flood|GossipFabric/50' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test|gossip_test'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -run 'Flood|GossipFabric/50' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test|flood_proc_test|gossip_test'; exit $${PIPESTATUS[0]}
 
 test-short: vet
 	$(GO) test -short -count=1 $(PKGS)

@@ -70,11 +70,19 @@ const allowAll = "inbound:\n  - {port: any, proto: any, host: any}\n"
 
 func mustRules(t testing.TB, yaml string) *policy.Config {
 	t.Helper()
-	c, err := policy.ParseConfig([]byte(yaml))
+	c, err := parseRules(yaml)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+func parseRules(yaml string) (*policy.Config, error) {
+	c, err := policy.ParseConfig([]byte(yaml))
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
+	return c, nil
 }
 
 func (f *fabric) start(opts node.Options, peers ...*node.Node) *node.Node {

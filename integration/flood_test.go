@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,11 +34,21 @@ flood:
 // returns Mbit/s.
 func measureTransfer(t *testing.T, from, victim *node.Node) float64 {
 	t.Helper()
+	mbps, err := transferMbps(from, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mbps
+}
+
+// transferMbps sends floodTransfer bytes from n to victim:9100, waits for
+// the victim's acknowledgement and returns Mbit/s.
+func transferMbps(from, victim *node.Node) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), floodMaxTime)
 	defer cancel()
 	c, err := from.Dial(ctx, "tcp", fmt.Sprintf("%s:9100", victim.Addr()))
 	if err != nil {
-		t.Fatalf("dial victim: %v", err)
+		return 0, fmt.Errorf("dial victim: %w", err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(floodMaxTime))
@@ -45,27 +56,36 @@ func measureTransfer(t *testing.T, from, victim *node.Node) float64 {
 	start := time.Now()
 	for sent := 0; sent < floodTransfer; sent += len(buf) {
 		if _, err := c.Write(buf); err != nil {
-			t.Fatalf("transfer: %v", err)
+			return 0, fmt.Errorf("transfer: %w", err)
 		}
 	}
 	// Wait for the victim to have read everything: it answers one byte.
 	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("close write: %w", err)
 	}
 	if _, err := io.ReadFull(c, buf[:1]); err != nil {
-		t.Fatalf("transfer ack: %v", err)
+		return 0, fmt.Errorf("transfer ack: %w", err)
 	}
-	return float64(floodTransfer*8) / time.Since(start).Seconds() / 1e6
+	return float64(floodTransfer*8) / time.Since(start).Seconds() / 1e6, nil
 }
 
 // sink accepts transfers on victim:9100 and acknowledges each with a byte.
 func sink(t *testing.T, victim *node.Node) {
-	ln, err := victim.ListenTCP(9100)
+	stop, err := serveSink(victim)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(stop)
+}
+
+// serveSink accepts transfers on victim:9100 and acknowledges each with a
+// byte, until stop is called.
+func serveSink(victim *node.Node) (stop func(), err error) {
+	ln, err := victim.ListenTCP(9100)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -84,13 +104,14 @@ func sink(t *testing.T, victim *node.Node) {
 			}()
 		}
 	}()
+	return func() { ln.Close(); wg.Wait() }, nil
 }
 
 // flood makes attacker send UDP to victim:9200 from many sockets and open
 // new TCP connections to victim:9100 as fast as it can, until stop.
-func flood(attacker, victim *node.Node, stop <-chan struct{}, sent *atomic.Uint64) *sync.WaitGroup {
+func flood(attacker *node.Node, victim netip.Addr, stop <-chan struct{}, sent *atomic.Uint64) *sync.WaitGroup {
 	var wg sync.WaitGroup
-	target := victim.Addr().String()
+	target := victim.String()
 	for range 2 { // UDP: many flows, small packets
 		wg.Add(1)
 		go func() {
@@ -175,7 +196,7 @@ func TestFloodKeepsOtherPeersServed(t *testing.T) {
 	waitPeers(t, attacker, bystander)
 	stopCtl := make(chan struct{})
 	var sentCtl atomic.Uint64
-	wgCtl := flood(attacker, bystander, stopCtl, &sentCtl)
+	wgCtl := flood(attacker, bystander.Addr(), stopCtl, &sentCtl)
 	time.Sleep(500 * time.Millisecond)
 	control := measureTransfer(t, good, victim)
 	close(stopCtl)
@@ -184,7 +205,7 @@ func TestFloodKeepsOtherPeersServed(t *testing.T) {
 
 	stop := make(chan struct{})
 	var sent atomic.Uint64
-	wg := flood(attacker, victim, stop, &sent)
+	wg := flood(attacker, victim.Addr(), stop, &sent)
 	time.Sleep(500 * time.Millisecond) // let the flood ramp up
 	loaded := measureTransfer(t, good, victim)
 	// A slow run (-race) may not have tripped a limit yet: keep flooding

@@ -435,6 +435,7 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		"timeouts":         s.Timeouts,
 		"removed":          s.Removed,
 		"stranger_limited": s.StrangerLimited,
+		"throttled":        s.Throttled,
 	}
 	for r, v := range s.Rejected {
 		m["rejected_"+r.String()] = v

@@ -184,6 +184,12 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	for _, p := range opts.Peers {
 		n.ov.AddStaticPeer(p)
 	}
+	if !opts.UnfilteredForTest {
+		pctx, cancel := context.WithCancel(context.Background())
+		n.cancel = cancel
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.runPushback(pctx) }()
+	}
 	if opts.Gossip != nil {
 		if n.gossip, err = startGossip(n, *opts.Gossip); err != nil {
 			n.Close()

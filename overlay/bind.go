@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/aigrid/gridnet/overlay/handshake"
 	"golang.zx2c4.com/wireguard/conn"
@@ -37,6 +38,13 @@ type divertBind struct {
 	strangers *rateLimiter
 	limited   atomic.Uint64 // WireGuard datagrams dropped by strangers
 
+	// budgets holds the pre-decryption budgets of throttled peers by
+	// endpoint (see SetBudgets); budgetMu serializes its writers.
+	budgets   atomic.Pointer[budgetTable]
+	budgetMu  sync.Mutex
+	throttled atomic.Uint64 // transport datagrams dropped by a budget
+	epoch     time.Time
+
 	mu   sync.Mutex
 	port uint16
 }
@@ -53,8 +61,9 @@ const (
 )
 
 func newDivertBind(inner conn.Bind, divert divertFunc, junk *atomic.Uint64) *divertBind {
-	b := &divertBind{inner: inner, divert: divert, junk: junk, strangers: newRateLimiter(strangerRate, strangerBurst, nil)}
+	b := &divertBind{inner: inner, divert: divert, junk: junk, strangers: newRateLimiter(strangerRate, strangerBurst, nil), epoch: time.Now()}
 	b.setKnown(nil)
+	b.budgets.Store(&budgetTable{})
 	return b
 }
 
@@ -112,8 +121,13 @@ func (b *divertBind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 // WireGuard datagrams remain at the front.
 func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
 	j := 0
-	var junk, limited uint64
+	var junk, limited, throttled uint64
 	known := *b.known.Load()
+	budgets := *b.budgets.Load()
+	var now int64
+	if len(budgets) > 0 {
+		now = b.nanos()
+	}
 	for i := 0; i < n; i++ {
 		size := sizes[i]
 		if size <= 0 {
@@ -122,9 +136,17 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 		pkt := packets[i][:size]
 		switch {
 		case isWireGuard(pkt):
-			if _, ok := known[endpointAddr(eps[i]).Addr().Unmap()]; !ok && !b.strangers.allow(endpointAddr(eps[i]).Addr()) {
-				limited++
-				continue
+			src := endpointAddr(eps[i])
+			if _, ok := known[src.Addr().Unmap()]; !ok {
+				if !b.strangers.allow(src.Addr()) {
+					limited++
+					continue
+				}
+			} else if len(budgets) > 0 && pkt[0] == messageTransport {
+				if bg := budgets[netip.AddrPortFrom(src.Addr().Unmap(), src.Port())]; bg != nil && !bg.allow(now) {
+					throttled++
+					continue
+				}
 			}
 			if j != i {
 				copy(packets[j][:size], pkt)
@@ -147,6 +169,9 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	}
 	if limited > 0 {
 		b.limited.Add(limited)
+	}
+	if throttled > 0 {
+		b.throttled.Add(throttled)
 	}
 	return j
 }

@@ -262,6 +262,84 @@ func TestBindStrangerLimit(t *testing.T) {
 	}
 }
 
+// A budget throttles the transport packets of one admitted endpoint before
+// decryption; another peer on the same IP (another port) and the throttled
+// peer's handshakes pass untouched, and SetBudgets(nil) lifts it.
+func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
+	flooder := netip.MustParseAddrPort("127.0.0.1:1000")
+	honest := netip.MustParseAddrPort("127.0.0.1:2000")
+	const rounds, perBatch = 10, 64
+	handshake := wgPacket(0, 148)
+	handshake[0] = 1 // handshake initiation
+	var batches [][]fakePacket
+	for range rounds {
+		var fb, hb []fakePacket
+		for i := range perBatch {
+			fb = append(fb, fakePacket{wgPacket(byte(i), 64), flooder})
+			hb = append(hb, fakePacket{wgPacket(byte(i), 64), honest})
+		}
+		fb = append(fb, fakePacket{handshake, flooder})
+		batches = append(batches, fb, hb)
+	}
+	// After the budget is lifted, everything passes again.
+	var after []fakePacket
+	for i := range perBatch {
+		after = append(after, fakePacket{wgPacket(byte(i), 64), flooder})
+	}
+	batches = append(batches, after)
+	var junk atomic.Uint64
+	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
+	b.setKnown([]netip.Addr{flooder.Addr()})
+	const rate = 1000 // burst: 100 ms of rate
+	b.setBudgets(map[netip.AddrPort]float64{flooder: rate})
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	type count struct{ transport, handshake int }
+	got := map[netip.AddrPort]*count{flooder: {}, honest: {}}
+	for {
+		if got[honest].transport == rounds*perBatch {
+			b.setBudgets(nil) // every throttled batch is read: lift
+		}
+		n, err := fns[0](bufs, sizes, eps)
+		if err != nil {
+			break
+		}
+		for i := range n {
+			c := got[endpointAddr(eps[i])]
+			if bufs[i][0] == messageTransport {
+				c.transport++
+			} else {
+				c.handshake++
+			}
+		}
+	}
+	if h := got[honest]; h.transport != rounds*perBatch {
+		t.Errorf("peer on the same IP, other port: %d of %d passed", h.transport, rounds*perBatch)
+	}
+	f := got[flooder]
+	if f.handshake != rounds {
+		t.Errorf("throttled peer's handshakes: %d of %d passed", f.handshake, rounds)
+	}
+	// The run takes far less than a second: about the burst passes while
+	// throttled, then the whole last batch.
+	burst := int(rate * budgetBurst.Seconds())
+	throttledPassed := f.transport - perBatch
+	if throttledPassed < burst || throttledPassed > burst+rate/10 {
+		t.Errorf("throttled peer: %d of %d transport packets passed, want about the burst of %d", throttledPassed, rounds*perBatch, burst)
+	}
+	if th := b.throttled.Load(); th != uint64(rounds*perBatch-throttledPassed) {
+		t.Errorf("throttled counter %d, want %d", th, rounds*perBatch-throttledPassed)
+	}
+}
+
 func BenchmarkBindReceive(b *testing.B) {
 	src := netip.MustParseAddrPort("192.0.2.1:1000")
 	batch := make([]fakePacket, conn.IdealBatchSize)

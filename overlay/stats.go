@@ -127,6 +127,10 @@ type Stats struct {
 	// admitted peer's endpoint, dropped before decryption by their
 	// per-source limit.
 	StrangerLimited uint64
+	// Throttled counts WireGuard transport datagrams from admitted peers
+	// dropped before decryption because the peer was over its budget (see
+	// SetBudgets).
+	Throttled uint64
 }
 
 type counters struct {
@@ -150,6 +154,7 @@ func (o *Overlay) Stats() Stats {
 		Timeouts:        c.timeouts.Load(),
 		Removed:         c.removedPeers.Load(),
 		StrangerLimited: o.bind.limited.Load(),
+		Throttled:       o.bind.throttled.Load(),
 		Rejected:        make(map[Reason]uint64),
 	}
 	for r := range numReasons {

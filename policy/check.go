@@ -168,6 +168,26 @@ type PeerState struct {
 	Drops            map[string]uint64
 }
 
+// PeerLoad is one peer's inbound packet counts since it was admitted (a
+// peer removed and admitted again starts from zero).
+type PeerLoad struct {
+	Name     string
+	Accepted uint64 // inbound packets accepted
+	Dropped  uint64 // inbound packets dropped, any reason
+}
+
+// Loads appends every admitted peer's inbound counts to dst and returns
+// it. It takes each peer's lock briefly and allocates only to grow dst, so
+// a flood-control loop can call it a few times a second.
+func (f *Firewall) Loads(dst []PeerLoad) []PeerLoad {
+	for name, pr := range f.peers.Load().byName {
+		pr.mu.Lock()
+		dst = append(dst, PeerLoad{Name: name, Accepted: pr.inAccepted, Dropped: pr.inDropped})
+		pr.mu.Unlock()
+	}
+	return dst
+}
+
 // Peers returns the state of every admitted peer, sorted by name.
 func (f *Firewall) Peers() []PeerState {
 	rs := f.rules.Load()

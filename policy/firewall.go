@@ -87,8 +87,10 @@ type peer struct {
 	lim      [numReasons]limiter
 	accepted uint64
 	drops    [numReasons]uint64
-	cut      uint64
-	removed  bool
+	// inAccepted and inDropped count inbound packets only (Loads).
+	inAccepted, inDropped uint64
+	cut                   uint64
+	removed               bool
 }
 
 // peerMap is an immutable snapshot of the admitted peers.
@@ -421,6 +423,13 @@ func (f *Firewall) filter(pkt []byte, dir Direction) Verdict {
 		v = f.dropPeer(pr, &p, dir, ReasonNotLocal, -1, rs, now, &ev)
 	default:
 		v = f.judge(pr, rs, pkt, &p, dir, now, &ev)
+	}
+	if dir == Inbound {
+		if v == Accept {
+			pr.inAccepted++
+		} else {
+			pr.inDropped++
+		}
 	}
 	f.accountFlows(before, pr.flows.len())
 	pr.mu.Unlock()

@@ -298,3 +298,27 @@ func TestEventRateLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadsCountInboundOnly(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {port: 53, proto: udp, host: any}\n", peerInfo("a", 2), peerInfo("b", 3))
+	ok := pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1000, dport: 53}.build()
+	denied := pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1000, dport: 54}.build()
+	out := pk{src: selfV4, dst: v4(3), proto: protoUDP, sport: 1000, dport: 9}.build()
+	for range 3 {
+		f.Inbound(ok)
+	}
+	for range 5 {
+		f.Inbound(denied)
+	}
+	f.Outbound(out) // outbound: counted elsewhere, not as load
+	got := map[string]PeerLoad{}
+	for _, l := range f.Loads(nil) {
+		got[l.Name] = l
+	}
+	if a := got["a"]; a.Accepted != 3 || a.Dropped != 5 {
+		t.Errorf("peer a: %+v, want 3 accepted and 5 dropped inbound", a)
+	}
+	if b := got["b"]; b.Name != "b" || b.Accepted != 0 || b.Dropped != 0 {
+		t.Errorf("peer b: %+v, want listed with no inbound load", b)
+	}
+}
