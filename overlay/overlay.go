@@ -139,13 +139,16 @@ type Config struct {
 
 // Overlay is a running node data plane. Methods are safe for concurrent use.
 type Overlay struct {
-	log     *slog.Logger
-	logLim  *logLimiter
-	now     func() time.Time
-	verify  Verifier
-	wgPriv  [32]byte
-	wgPub   [32]byte
-	idKey   ed25519.PrivateKey
+	log    *slog.Logger
+	logLim *logLimiter
+	now    func() time.Time
+	verify Verifier
+	wgPriv [32]byte
+	wgPub  [32]byte
+	idKey  ed25519.PrivateKey
+	// creds are the handshake credentials without the certificate,
+	// prepared once (see handshake.Credentials.Prepare).
+	creds   handshake.Credentials
 	self    atomic.Pointer[cert.Identity]
 	dev     *device.Device
 	bind    *divertBind
@@ -237,6 +240,10 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		return nil, fmt.Errorf("overlay: WireGuard key: %w", err)
 	}
 	copy(o.wgPub[:], pub)
+	o.creds = handshake.Credentials{StaticPrivate: o.wgPriv, IdentityKey: o.idKey}
+	if err := o.creds.Prepare(); err != nil {
+		return nil, fmt.Errorf("overlay: WireGuard key: %w", err)
+	}
 	if err := o.setCertificate(cfg.Certificate); err != nil {
 		return nil, err
 	}
@@ -320,11 +327,9 @@ func (o *Overlay) Close() error {
 
 // credentials returns the current handshake credentials.
 func (o *Overlay) credentials() handshake.Credentials {
-	return handshake.Credentials{
-		StaticPrivate: o.wgPriv,
-		IdentityKey:   o.idKey,
-		Certificate:   o.self.Load().Raw,
-	}
+	c := o.creds
+	c.Certificate = o.self.Load().Raw
+	return c
 }
 
 // verifyPeer is the handshake's certificate check.

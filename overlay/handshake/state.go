@@ -2,13 +2,14 @@ package handshake
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/subtle"
 	"fmt"
 	"io"
 
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/flynn/noise"
-	"golang.org/x/crypto/curve25519"
 )
 
 // Prologue names the protocol and its version; both sides mix it into the
@@ -24,8 +25,13 @@ const (
 	roleInitiator byte = 'I'
 )
 
-// suite is the Noise cipher suite: the DH function matches WireGuard's keys.
-var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
+// suiteFor returns the Noise cipher suite of one handshake: 25519 (the
+// DH function matches WireGuard's keys), ChaChaPoly, BLAKE2s. Its DH
+// function keeps the handshake's parsed keys (see x25519), so each
+// handshake gets its own.
+func suiteFor(static *ecdh.PrivateKey) noise.CipherSuite {
+	return noise.NewCipherSuite(newX25519(static), noise.CipherChaChaPoly, noise.HashBLAKE2s)
+}
 
 // VerifyFunc verifies a peer's certificate DER (chain, validity, revocation,
 // domain) and returns the identity it proves.
@@ -42,6 +48,21 @@ type Credentials struct {
 	// Random is the source of ephemeral keys; nil means crypto/rand. Only
 	// tests and fuzzing set it, to replay handshakes deterministically.
 	Random io.Reader
+
+	// static is StaticPrivate parsed, with its public key (see Prepare).
+	static *ecdh.PrivateKey
+}
+
+// Prepare parses StaticPrivate and computes its public key once, so that
+// handshakes with these credentials (and copies of them) do not redo it.
+// Handshakes work without it; call it again after changing StaticPrivate.
+func (c *Credentials) Prepare() error {
+	k, err := ecdh.X25519().NewPrivateKey(c.StaticPrivate[:])
+	if err != nil {
+		return fmt.Errorf("%w: static key: %w", ErrState, err)
+	}
+	c.static = k
+	return nil
 }
 
 // Peer is the verified result of a handshake.
@@ -52,25 +73,31 @@ type Peer struct {
 	Static [32]byte
 }
 
-func (c *Credentials) dhKey() (noise.DHKey, error) {
-	pub, err := curve25519.X25519(c.StaticPrivate[:], curve25519.Basepoint)
-	if err != nil {
-		return noise.DHKey{}, fmt.Errorf("%w: static key: %w", ErrState, err)
+// staticKey returns the parsed static key: the prepared one when it still
+// matches StaticPrivate, else parsed now.
+func (c *Credentials) staticKey() (*ecdh.PrivateKey, error) {
+	if c.static != nil && subtle.ConstantTimeCompare(c.static.Bytes(), c.StaticPrivate[:]) == 1 {
+		return c.static, nil
 	}
-	priv := c.StaticPrivate
-	return noise.DHKey{Private: priv[:], Public: pub}, nil
+	k, err := ecdh.X25519().NewPrivateKey(c.StaticPrivate[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: static key: %w", ErrState, err)
+	}
+	return k, nil
 }
 
 func newState(c *Credentials, initiator bool) (*noise.HandshakeState, error) {
 	if len(c.IdentityKey) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("%w: identity key missing", ErrState)
 	}
-	kp, err := c.dhKey()
+	static, err := c.staticKey()
 	if err != nil {
 		return nil, err
 	}
+	priv := c.StaticPrivate
+	kp := noise.DHKey{Private: priv[:], Public: static.PublicKey().Bytes()}
 	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite:   suite,
+		CipherSuite:   suiteFor(static),
 		Pattern:       noise.HandshakeXX,
 		Initiator:     initiator,
 		Prologue:      []byte(Prologue),
