@@ -436,6 +436,7 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		"removed":          s.Removed,
 		"stranger_limited": s.StrangerLimited,
 		"throttled":        s.Throttled,
+		"restarted":        s.Restarted,
 	}
 	for r, v := range s.Rejected {
 		m["rejected_"+r.String()] = v

@@ -71,8 +71,13 @@ type gossip struct {
 
 	mu      sync.Mutex
 	pending map[string]pendingRecord // name → newest record to admit
-	retries map[string]int           // name → failed admissions in a row
-	wake    chan struct{}
+	// admitting holds the names a worker is admitting now: a record that
+	// comes for one of them waits in pending until that worker is done, so
+	// no two handshakes with one node run at once (a second admission
+	// would restart the WireGuard session the first is starting).
+	admitting map[string]bool
+	retries   map[string]int // name → failed admissions in a row
+	wake      chan struct{}
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -98,7 +103,7 @@ func (o overlayNetwork) DialContext(ctx context.Context, network, address string
 func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
 
 func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
-	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
+	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, admitting: map[string]bool{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	adv := opts.Advertise
 	if len(adv) == 0 {
@@ -150,14 +155,27 @@ func (g *gossip) queue(p pendingRecord) {
 	}
 }
 
+// next takes a pending record whose node no worker is admitting and marks
+// it as being admitted; done must follow.
 func (g *gossip) next() (pendingRecord, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for name, p := range g.pending {
+		if g.admitting[name] {
+			continue
+		}
 		delete(g.pending, name)
+		g.admitting[name] = true
 		return p, true
 	}
 	return pendingRecord{}, false
+}
+
+// done ends a worker's admission of name.
+func (g *gossip) done(name string) {
+	g.mu.Lock()
+	delete(g.admitting, name)
+	g.mu.Unlock()
 }
 
 func (g *gossip) admitLoop() {
@@ -173,7 +191,9 @@ func (g *gossip) admitLoop() {
 			}
 		}
 		g.admit(r)
-		// More may be pending: pass the wake-up on.
+		g.done(r.rec.Name)
+		// More may be pending (perhaps for the node just done): pass the
+		// wake-up on.
 		select {
 		case g.wake <- struct{}{}:
 		default:
@@ -326,9 +346,10 @@ func (g *gossip) reconcile() {
 		}
 		g.mu.Lock()
 		_, queued := g.pending[m.Name]
+		busy := g.admitting[m.Name]
 		retrying := g.retries[m.Name] > 0
 		g.mu.Unlock()
-		if !queued && !retrying {
+		if !queued && !busy && !retrying {
 			g.queue(pendingRecord{rec: m.Record, yielded: true})
 		}
 	}

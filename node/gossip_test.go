@@ -184,3 +184,30 @@ func TestReconcileReadmitsLiveMember(t *testing.T) {
 		}
 	}
 }
+
+// A record that comes for a node a worker is admitting waits until that
+// admission is done: two handshakes with one node at once would restart
+// the WireGuard session the first one started.
+func TestOneAdmissionPerNodeAtATime(t *testing.T) {
+	g := &gossip{pending: map[string]pendingRecord{}, admitting: map[string]bool{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
+	rec := func(name string, v uint64) pendingRecord {
+		return pendingRecord{rec: discovery.Record{Name: name, Version: v}}
+	}
+	g.queue(rec("a", 1))
+	first, ok := g.next()
+	if !ok || first.rec.Name != "a" {
+		t.Fatalf("next = %+v, %v; want a", first, ok)
+	}
+	g.queue(rec("a", 2)) // a newer record while a is being admitted
+	g.queue(rec("b", 1))
+	if p, ok := g.next(); !ok || p.rec.Name != "b" {
+		t.Fatalf("next = %+v, %v; want b (a is busy)", p, ok)
+	}
+	if p, ok := g.next(); ok {
+		t.Fatalf("next handed out %q while its admission runs", p.rec.Name)
+	}
+	g.done("a")
+	if p, ok := g.next(); !ok || p.rec.Name != "a" || p.rec.Version != 2 {
+		t.Fatalf("after done: next = %+v, %v; want a's newer record", p, ok)
+	}
+}

@@ -45,6 +45,11 @@ type divertBind struct {
 	throttled atomic.Uint64 // transport datagrams dropped by a budget
 	epoch     time.Time
 
+	// watches: endpoints whose transport messages are being watched
+	// (see transportWatch); watchMu serializes its writers.
+	watches atomic.Pointer[watchTable]
+	watchMu sync.Mutex
+
 	mu   sync.Mutex
 	port uint16
 }
@@ -64,6 +69,7 @@ func newDivertBind(inner conn.Bind, divert divertFunc, junk *atomic.Uint64) *div
 	b := &divertBind{inner: inner, divert: divert, junk: junk, strangers: newRateLimiter(strangerRate, strangerBurst, nil), epoch: time.Now()}
 	b.setKnown(nil)
 	b.budgets.Store(&budgetTable{})
+	b.watches.Store(&watchTable{})
 	return b
 }
 
@@ -124,10 +130,12 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	var junk, limited, throttled uint64
 	known := *b.known.Load()
 	budgets := *b.budgets.Load()
+	watches := *b.watches.Load()
 	var now int64
-	if len(budgets) > 0 {
+	if len(budgets) > 0 || len(watches) > 0 {
 		now = b.nanos()
 	}
+	var lastWatched netip.AddrPort // one watch update per endpoint run
 	for i := 0; i < n; i++ {
 		size := sizes[i]
 		if size <= 0 {
@@ -142,10 +150,19 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 					limited++
 					continue
 				}
-			} else if len(budgets) > 0 && pkt[0] == messageTransport {
-				if bg := budgets[netip.AddrPortFrom(src.Addr().Unmap(), src.Port())]; bg != nil && !bg.allow(now) {
-					throttled++
-					continue
+			} else if pkt[0] == messageTransport && (len(budgets) > 0 || len(watches) > 0) {
+				ep := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+				if len(budgets) > 0 {
+					if bg := budgets[ep]; bg != nil && !bg.allow(now) {
+						throttled++
+						continue
+					}
+				}
+				if len(watches) > 0 && ep != lastWatched {
+					lastWatched = ep
+					if w := watches[ep]; w != nil {
+						w.last.Store(max(now, 1))
+					}
 				}
 			}
 			if j != i {

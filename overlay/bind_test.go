@@ -340,6 +340,51 @@ func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
 	}
 }
 
+// A transport watch records WireGuard transport messages from its
+// endpoint only: not handshakes, not other endpoints, not after unwatch.
+func TestTransportWatch(t *testing.T) {
+	watched := netip.MustParseAddrPort("127.0.0.1:1000")
+	other := netip.MustParseAddrPort("127.0.0.1:2000")
+	hs := wgPacket(0, 148)
+	hs[0] = 1
+	batches := [][]fakePacket{
+		{{hs, watched}, {wgPacket(1, 64), other}},
+		{{wgPacket(2, 64), watched}},
+		{{wgPacket(3, 64), watched}},
+	}
+	var junk atomic.Uint64
+	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
+	b.setKnown([]netip.Addr{watched.Addr()})
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	start := time.Now()
+	w := b.watch(watched)
+	fns[0](bufs, sizes, eps) // a handshake from it, transport from another
+	if b.seenSince(w, start) {
+		t.Fatal("watch fired on a handshake or on another endpoint")
+	}
+	fns[0](bufs, sizes, eps) // transport from the watched endpoint
+	if !b.seenSince(w, start) {
+		t.Fatal("watch missed a transport message from its endpoint")
+	}
+	if b.seenSince(w, time.Now().Add(time.Second)) {
+		t.Fatal("watch reports a message from the future")
+	}
+	b.unwatch(watched)
+	if len(*b.watches.Load()) != 0 {
+		t.Fatal("unwatch left the endpoint watched")
+	}
+	fns[0](bufs, sizes, eps) // no watch: nothing recorded, nothing breaks
+}
+
 func BenchmarkBindReceive(b *testing.B) {
 	src := netip.MustParseAddrPort("192.0.2.1:1000")
 	batch := make([]fakePacket, conn.IdealBatchSize)

@@ -26,9 +26,13 @@ const (
 	// after msg3: longer than WireGuard's 5 s REKEY_TIMEOUT plus its jitter,
 	// so one lost WireGuard initiation is retried before we give up.
 	confirmWait = 6 * time.Second
-	// confirmPoll is the polling period while confirming; all admissions
-	// in flight share one device dump per period (see recentStats).
+	// confirmPoll bounds how often a device dump is taken for session
+	// checks: all checks within one period share it (see recentStats).
 	confirmPoll = 100 * time.Millisecond
+	// confirmWatchPoll is how often confirm reads its transport watch;
+	// confirmDumpPoll how often it falls back to a device dump.
+	confirmWatchPoll = 10 * time.Millisecond
+	confirmDumpPoll  = time.Second
 	// sessionSlack allows for the second granularity of clocks around
 	// WireGuard's last handshake time.
 	sessionSlack = time.Second
@@ -159,13 +163,16 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	// Only a WireGuard session newer than this admission confirms it: an
 	// old session the peer may already have dropped proves nothing.
 	since := time.Now().Add(-sessionSlack)
+	w := o.bind.watch(endpoint)
+	defer o.bind.unwatch(endpoint)
+	watchSince := time.Now() // the watch has no clock slack
 	if err := o.admit(peer, endpoint, false); err != nil {
 		return nil, o.reject(err, endpoint, "initiator")
 	}
 	if err := o.bind.SendTo(msg3, endpoint); err != nil {
 		return nil, err // confirm would fail: retry the handshake
 	}
-	if err := o.confirm(ctx, peer.Static, peer.Identity.Name, since); err != nil {
+	if err := o.confirm(ctx, peer.Static, peer.Identity.Name, since, watchSince, w); err != nil {
 		return nil, err
 	}
 	o.stats.completed.Add(1)

@@ -271,8 +271,9 @@ func (o *Overlay) start(cfg Config) (*Overlay, error) {
 		o.wg.Add(1)
 		go o.worker()
 	}
-	o.wg.Add(1)
+	o.wg.Add(2)
 	go o.revalidateLoop()
+	go o.watchdogLoop()
 	return o, nil
 }
 

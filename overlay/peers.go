@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"golang.zx2c4.com/wireguard/device"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -27,6 +28,10 @@ const (
 	// with a newly admitted peer waits for the other side to start it
 	// before it starts the session itself (see armStarterGrace).
 	starterGrace = 3 * time.Second
+	// starterKick is how long a session this node starts may take before
+	// it is started again at once (see armStarterKick), instead of after
+	// WireGuard's own 5 s retry.
+	starterKick = 1500 * time.Millisecond
 )
 
 // PeerState is a coarse peer state for status displays.
@@ -73,6 +78,7 @@ type peerEntry struct {
 	key        [32]byte
 	endpoint   netip.AddrPort
 	admittedAt time.Time
+	kickedAt   time.Time // last watchdog restart; guarded by peersMu
 }
 
 // addrTable is an immutable overlay-address index, replaced wholesale on
@@ -141,11 +147,17 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 		o.removeLocked(e, "superseded by "+id.Name)
 	}
 	var b strings.Builder
-	_, exists := o.peers[p.Static]
-	if start && exists {
+	old, exists := o.peers[p.Static]
+	if start && exists && (old.endpoint != endpoint || now.Sub(old.admittedAt) >= confirmWait) {
 		// The peer may have restarted with the same keys while we still
 		// hold its old session: drop the peer and add it afresh, so the
 		// keepalive below goes from 0 to on and a new session starts.
+		// Not when it was admitted moments ago from the same endpoint:
+		// that is a second handshake of the same two nodes (each
+		// admitting the other), and dropping the peer would kill the
+		// WireGuard handshake the first admission started. (A restart
+		// on the same port within that time is caught by the session
+		// check, armStarterKick.)
 		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(p.Static[:]))
 	}
 	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hex.EncodeToString(p.Static[:]))
@@ -180,7 +192,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
 	o.peers[p.Static] = e
 	o.publishLocked()
-	if !start {
+	if start {
+		o.armStarterKick(e, time.Now())
+	} else {
 		o.armStarterGrace(e, time.Now())
 	}
 	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
@@ -214,14 +228,122 @@ func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 	})
 }
 
+// armStarterKick starts again, after starterKick, a session this node
+// started with a newly admitted peer if none has come up: its initiation
+// or the response was lost, or crossed another; WireGuard would wait 5 s
+// to retry. The retry clears the pending handshake and sends a new
+// initiation at once.
+func (o *Overlay) armStarterKick(e *peerEntry, since time.Time) {
+	time.AfterFunc(starterKick+rand.N(starterKick/3), func() {
+		if o.ctx.Err() != nil {
+			return
+		}
+		o.peersMu.Lock()
+		current := o.peers[e.key] == e
+		o.peersMu.Unlock()
+		if !current || o.sessionSeen(e.key, since.Add(-sessionSlack)) {
+			return
+		}
+		o.restartSession(e)
+	})
+}
+
+// restartSession clears e's pending WireGuard handshake and keys and sends
+// a new handshake initiation at once (WireGuard itself would wait out its
+// 5 s retry). It needs the endpoint WireGuard has for the peer.
+func (o *Overlay) restartSession(e *peerEntry) {
+	p := o.dev.LookupPeer(device.NoisePublicKey(e.key))
+	if p == nil {
+		return
+	}
+	p.ExpireCurrentKeypairs()
+	if err := p.SendHandshakeInitiation(false); err != nil {
+		o.log.Debug("restart session", "name", e.id.Name, "err", err.Error())
+		return
+	}
+	o.stats.kicks.Add(1)
+	o.log.Debug("session not up in time; started again", "name", e.id.Name)
+}
+
+// Session watchdog: every watchdogInterval, a peer admitted more than
+// watchdogAfter ago that still has no WireGuard session on this side, and
+// for which WireGuard has an endpoint, gets its session restarted from
+// here. This heals what the admission paths leave behind: a handshake
+// whose last message was lost after the other side had its keys (one side
+// with a session, the other without), or both sides waiting for the other.
+const (
+	watchdogInterval = 2 * time.Second
+	watchdogAfter    = 4 * time.Second
+)
+
+func (o *Overlay) watchdogLoop() {
+	defer o.wg.Done()
+	t := time.NewTicker(watchdogInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-o.ctx.Done():
+			return
+		case <-t.C:
+			o.watchdog(time.Now())
+		}
+	}
+}
+
+// watchdog restarts the sessions that should be up by now.
+func (o *Overlay) watchdog(now time.Time) {
+	o.peersMu.Lock()
+	var due []*peerEntry
+	for _, e := range o.peers {
+		if now.Sub(e.admittedAt) >= watchdogAfter && now.Sub(e.kickedAt) >= watchdogAfter {
+			due = append(due, e)
+		}
+	}
+	o.peersMu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	st, err := o.recentStats(confirmPoll)
+	if err != nil {
+		return
+	}
+	for _, e := range due {
+		s := st[e.key]
+		if s == nil || !s.lastHandshake.IsZero() || !s.endpoint.IsValid() {
+			continue
+		}
+		o.peersMu.Lock()
+		current := o.peers[e.key] == e
+		if current {
+			e.kickedAt = now
+		}
+		o.peersMu.Unlock()
+		if current {
+			o.restartSession(e)
+		}
+	}
+}
+
 // confirm waits up to confirmWait for a WireGuard session with a peer this
 // node just admitted as initiator, then enables its persistent keepalive.
 // Without a session (msg3 lost, or the responder refused us) the peer is
-// removed again and a retryable error returned.
-func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string, since time.Time) error {
+// removed again and a retryable error returned. w watches the peer's
+// endpoint (see transportWatch): it is read every confirmWatchPoll, the
+// device only every confirmDumpPoll.
+func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string, since, watchSince time.Time, w *transportWatch) error {
 	deadline := time.Now().Add(confirmWait)
-	for !o.sessionSeen(key, since) {
-		if time.Now().After(deadline) || !sleep(ctx, confirmPoll) {
+	nextDump := time.Now().Add(confirmDumpPoll)
+	for {
+		if o.bind.seenSince(w, watchSince) {
+			break
+		}
+		if now := time.Now(); !now.Before(nextDump) {
+			if o.sessionSeen(key, since) {
+				break
+			}
+			nextDump = now.Add(confirmDumpPoll)
+		}
+		if time.Now().After(deadline) || !sleep(ctx, confirmWatchPoll) {
 			o.peersMu.Lock()
 			if e := o.peers[key]; e != nil {
 				o.removeLocked(e, "no WireGuard session after admission")

@@ -127,6 +127,9 @@ type Stats struct {
 	// admitted peer's endpoint, dropped before decryption by their
 	// per-source limit.
 	StrangerLimited uint64
+	// Restarted counts WireGuard sessions this node started that had not
+	// come up after starterKick and were started again.
+	Restarted uint64
 	// Throttled counts WireGuard transport datagrams from admitted peers
 	// dropped before decryption because the peer was over its budget (see
 	// SetBudgets).
@@ -137,6 +140,7 @@ type counters struct {
 	initiated, responded, completed   atomic.Uint64
 	rateLimited, junk, halfOpenFull   atomic.Uint64
 	queueFull, timeouts, removedPeers atomic.Uint64
+	kicks                             atomic.Uint64
 	rejected                          [numReasons]atomic.Uint64
 }
 
@@ -155,6 +159,7 @@ func (o *Overlay) Stats() Stats {
 		Removed:         c.removedPeers.Load(),
 		StrangerLimited: o.bind.limited.Load(),
 		Throttled:       o.bind.throttled.Load(),
+		Restarted:       c.kicks.Load(),
 		Rejected:        make(map[Reason]uint64),
 	}
 	for r := range numReasons {

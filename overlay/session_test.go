@@ -1,0 +1,144 @@
+package overlay
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay/handshake"
+)
+
+// peerOf returns n's identity as a handshake result, for calling admit
+// directly.
+func peerOf(t *testing.T, f *fixture, n *node) *handshake.Peer {
+	t.Helper()
+	id, err := f.pool.VerifyDER(n.der, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &handshake.Peer{Identity: id, Static: id.WireGuardKey}
+}
+
+// TestFreshReadmissionKeepsSession: a second admission of a peer moments
+// after the first (the two nodes admitting each other at once) must not
+// restart the WireGuard session the first admission brought up; only an
+// admission of a peer admitted long ago (it may have restarted) does.
+func TestFreshReadmissionKeepsSession(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b)
+	bKey := peerOf(t, f, b).Static
+	handshakeOf := func() time.Time {
+		st, err := a.wgStats()
+		if err != nil || st[bKey] == nil {
+			t.Fatalf("b missing from a's device: %v", err)
+		}
+		return st[bKey].lastHandshake
+	}
+	first := handshakeOf()
+	if first.IsZero() {
+		t.Fatal("no session after admission")
+	}
+	// a, as the responder of a second handshake, admits b again.
+	if err := a.admit(peerOf(t, f, b), b.ep, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := handshakeOf(); !got.Equal(first) {
+		t.Fatalf("fresh re-admission restarted the session (handshake %v, was %v)", got, first)
+	}
+	// Admitted long ago: the peer may have restarted, so the session is
+	// started afresh (the device drops the old one at once).
+	a.peersMu.Lock()
+	a.peers[bKey].admittedAt = time.Now().Add(-confirmWait)
+	a.peersMu.Unlock()
+	if err := a.admit(peerOf(t, f, b), b.ep, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := handshakeOf(); got.Equal(first) {
+		t.Fatal("re-admission of a peer admitted long ago kept the old session")
+	}
+	// Admitted moments ago but from another endpoint: a restarted
+	// process, so the session is started afresh too.
+	admit(t, a, b)
+	second := handshakeOf()
+	moved := netip.AddrPortFrom(b.ep.Addr(), b.ep.Port()+1)
+	if err := a.admit(peerOf(t, f, b), moved, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := handshakeOf(); got.Equal(second) {
+		t.Fatal("fresh re-admission from a new endpoint kept the old session")
+	}
+}
+
+// TestWatchdogHealsHalfSession: one side loses its session state while the
+// other keeps its keys (as when the last handshake message is lost after
+// the other side derived its keys). No traffic flows, so nothing in
+// WireGuard starts a new handshake soon; the watchdog of the side without
+// a session restarts it.
+func TestWatchdogHealsHalfSession(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b)
+	aKey := peerOf(t, f, a).Static
+	// Let the admission's own session check (armStarterKick) pass first.
+	time.Sleep(starterKick*4/3 + 200*time.Millisecond)
+	// b's device forgets a (keys and all) and gets it back without a
+	// session and without keepalive; a keeps its session.
+	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
+	if err := b.dev.IpcSet(cfg); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	b.peersMu.Lock()
+	b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
+	b.peersMu.Unlock()
+	deadline := time.Now().Add(2*watchdogInterval + 3*time.Second)
+	for !b.sessionSeen(aKey, since) {
+		if time.Now().After(deadline) {
+			t.Fatal("the side without a session did not restart it")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b.Stats().Restarted == 0 {
+		t.Error("Restarted counter did not move")
+	}
+	if err := exchange(t, b, a, 7002, []byte("healed"), 5*time.Second); err != nil {
+		t.Fatalf("traffic after the restart: %v", err)
+	}
+}
+
+// TestStarterKickRestartsLostSession: the side that starts a new session
+// restarts it at once when it is not up after starterKick, well before
+// WireGuard's 5 s retry or the watchdog.
+func TestStarterKickRestartsLostSession(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b) // b, the responder, starts the session
+	aKey := peerOf(t, f, a).Static
+	// The session b started is lost on b's side at once.
+	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
+	if err := b.dev.IpcSet(cfg); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	deadline := time.Now().Add(starterKick*4/3 + time.Second) // before the watchdog could act
+	for !b.sessionSeen(aKey, since) {
+		if time.Now().After(deadline) {
+			t.Fatal("the starter did not restart the lost session in time")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b.Stats().Restarted == 0 {
+		t.Error("Restarted counter did not move")
+	}
+}

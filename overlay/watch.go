@@ -1,0 +1,71 @@
+package overlay
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// transportWatch records when a WireGuard transport message last arrived
+// from one endpoint. Confirming a new session reads it instead of dumping
+// the whole device (IpcGet) over and over: the side that starts a session
+// sends a keepalive as soon as the handshake completes, so the first
+// transport message from the peer after the admission means the session
+// is up. It is a hint read before decryption (a forged one can only make
+// the confirmation end early; WireGuard keeps retrying its handshake on
+// its own), so the slower device read stays as the fallback.
+type transportWatch struct {
+	last atomic.Int64 // bind clock, 0: none yet
+	refs int          // guarded by divertBind.watchMu
+}
+
+// watchTable is an immutable endpoint → watch index, swapped whole.
+type watchTable map[netip.AddrPort]*transportWatch
+
+// watch starts recording transport messages from ep; unwatch must follow.
+func (b *divertBind) watch(ep netip.AddrPort) *transportWatch {
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	old := *b.watches.Load()
+	if w := old[ep]; w != nil {
+		w.refs++
+		return w
+	}
+	w := &transportWatch{refs: 1}
+	next := make(watchTable, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[ep] = w
+	b.watches.Store(&next)
+	return w
+}
+
+// unwatch ends one watch of ep.
+func (b *divertBind) unwatch(ep netip.AddrPort) {
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	b.watchMu.Lock()
+	defer b.watchMu.Unlock()
+	old := *b.watches.Load()
+	w := old[ep]
+	if w == nil {
+		return
+	}
+	if w.refs--; w.refs > 0 {
+		return
+	}
+	next := make(watchTable, len(old))
+	for k, v := range old {
+		if k != ep {
+			next[k] = v
+		}
+	}
+	b.watches.Store(&next)
+}
+
+// seenSince reports whether a transport message arrived at or after t.
+func (b *divertBind) seenSince(w *transportWatch, t time.Time) bool {
+	last := w.last.Load()
+	return last != 0 && last >= int64(t.Sub(b.epoch))
+}
