@@ -100,15 +100,6 @@ func udpRcvbufErrors() uint64 {
 	return 0
 }
 
-func txTo(n *node.Node, name string) uint64 {
-	for _, p := range n.Peers() {
-		if p.Name == name {
-			return p.TxBytes
-		}
-	}
-	return 0
-}
-
 // rxFrom returns n's WireGuard receive byte counter for the peer name.
 func rxFrom(n *node.Node, name string) uint64 {
 	for _, p := range n.Peers() {

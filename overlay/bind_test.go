@@ -54,6 +54,15 @@ func (f *fakeBind) Send([][]byte, conn.Endpoint) error          { return nil }
 func (f *fakeBind) ParseEndpoint(string) (conn.Endpoint, error) { return nil, nil }
 func (f *fakeBind) BatchSize() int                              { return conn.IdealBatchSize }
 
+// receiveBuffers returns one full batch of receive buffers.
+func receiveBuffers() ([][]byte, []int, []conn.Endpoint) {
+	bufs := make([][]byte, conn.IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2000)
+	}
+	return bufs, make([]int, len(bufs)), make([]conn.Endpoint, len(bufs))
+}
+
 func wgPacket(id byte, n int) []byte {
 	p := make([]byte, n)
 	p[0] = 4 // transport data
@@ -90,12 +99,7 @@ func TestBindDiversion(t *testing.T) {
 	if err != nil || port != 51820 || b.Port() != 51820 {
 		t.Fatal(err, port)
 	}
-	bufs := make([][]byte, conn.IdealBatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2000)
-	}
-	sizes := make([]int, len(bufs))
-	eps := make([]conn.Endpoint, len(bufs))
+	bufs, sizes, eps := receiveBuffers()
 
 	n, err := fns[0](bufs, sizes, eps)
 	if err != nil || n != 3 {
@@ -234,12 +238,7 @@ func TestBindStrangerLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bufs := make([][]byte, conn.IdealBatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2000)
-	}
-	sizes := make([]int, len(bufs))
-	eps := make([]conn.Endpoint, len(bufs))
+	bufs, sizes, eps := receiveBuffers()
 	got := map[netip.AddrPort]int{}
 	for {
 		n, err := fns[0](bufs, sizes, eps)
@@ -296,12 +295,7 @@ func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bufs := make([][]byte, conn.IdealBatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2000)
-	}
-	sizes := make([]int, len(bufs))
-	eps := make([]conn.Endpoint, len(bufs))
+	bufs, sizes, eps := receiveBuffers()
 	type count struct{ transport, handshake int }
 	got := map[netip.AddrPort]*count{flooder: {}, honest: {}}
 	for {
@@ -359,12 +353,7 @@ func TestTransportWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bufs := make([][]byte, conn.IdealBatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2000)
-	}
-	sizes := make([]int, len(bufs))
-	eps := make([]conn.Endpoint, len(bufs))
+	bufs, sizes, eps := receiveBuffers()
 	start := time.Now()
 	w := b.watch(watched)
 	fns[0](bufs, sizes, eps) // a handshake from it, transport from another
@@ -397,12 +386,7 @@ func BenchmarkBindReceive(b *testing.B) {
 	bind.setKnown([]netip.Addr{src.Addr()}) // an admitted peer's traffic
 	fns, _, _ := bind.Open(0)
 	raw, _, _ := inner.Open(0)
-	bufs := make([][]byte, conn.IdealBatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2000)
-	}
-	sizes := make([]int, len(bufs))
-	eps := make([]conn.Endpoint, len(bufs))
+	bufs, sizes, eps := receiveBuffers()
 	run := func(b *testing.B, fn conn.ReceiveFunc) {
 		b.ReportAllocs()
 		for b.Loop() {

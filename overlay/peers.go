@@ -209,13 +209,7 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 	// Jitter: when both sides wait, they should not start at the same moment.
 	time.AfterFunc(starterGrace+rand.N(starterGrace/2), func() {
-		if o.ctx.Err() != nil {
-			return
-		}
-		o.peersMu.Lock()
-		current := o.peers[e.key] == e
-		o.peersMu.Unlock()
-		if !current || o.sessionSeen(e.key, since.Add(-sessionSlack)) {
+		if !o.stillWithoutSession(e, since) {
 			return
 		}
 		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
@@ -228,6 +222,18 @@ func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 	})
 }
 
+// stillWithoutSession reports whether e is still the admitted entry of its
+// peer, the overlay is running, and no WireGuard session came since.
+func (o *Overlay) stillWithoutSession(e *peerEntry, since time.Time) bool {
+	if o.ctx.Err() != nil {
+		return false
+	}
+	o.peersMu.Lock()
+	current := o.peers[e.key] == e
+	o.peersMu.Unlock()
+	return current && !o.sessionSeen(e.key, since.Add(-sessionSlack))
+}
+
 // armStarterKick starts again, after starterKick, a session this node
 // started with a newly admitted peer if none has come up: its initiation
 // or the response was lost, or crossed another; WireGuard would wait 5 s
@@ -235,13 +241,7 @@ func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 // initiation at once.
 func (o *Overlay) armStarterKick(e *peerEntry, since time.Time) {
 	time.AfterFunc(starterKick+rand.N(starterKick/3), func() {
-		if o.ctx.Err() != nil {
-			return
-		}
-		o.peersMu.Lock()
-		current := o.peers[e.key] == e
-		o.peersMu.Unlock()
-		if !current || o.sessionSeen(e.key, since.Add(-sessionSlack)) {
+		if !o.stillWithoutSession(e, since) {
 			return
 		}
 		o.restartSession(e)

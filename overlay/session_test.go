@@ -21,6 +21,17 @@ func peerOf(t *testing.T, f *fixture, n *node) *handshake.Peer {
 	return &handshake.Peer{Identity: id, Static: id.WireGuardKey}
 }
 
+// forgetSession makes b's device forget a (keys and all) and get it back
+// without a session and without keepalive, while a keeps its session.
+func forgetSession(t *testing.T, b, a *node, aKey [32]byte) {
+	t.Helper()
+	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
+		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
+	if err := b.dev.IpcSet(cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFreshReadmissionKeepsSession: a second admission of a peer moments
 // after the first (the two nodes admitting each other at once) must not
 // restart the WireGuard session the first admission brought up; only an
@@ -90,11 +101,7 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 	time.Sleep(starterKick*4/3 + 200*time.Millisecond)
 	// b's device forgets a (keys and all) and gets it back without a
 	// session and without keepalive; a keeps its session.
-	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
-		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
-	if err := b.dev.IpcSet(cfg); err != nil {
-		t.Fatal(err)
-	}
+	forgetSession(t, b, a, aKey)
 	since := time.Now()
 	b.peersMu.Lock()
 	b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
@@ -125,11 +132,7 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 	admit(t, a, b) // b, the responder, starts the session
 	aKey := peerOf(t, f, a).Static
 	// The session b started is lost on b's side at once.
-	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
-		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
-	if err := b.dev.IpcSet(cfg); err != nil {
-		t.Fatal(err)
-	}
+	forgetSession(t, b, a, aKey)
 	since := time.Now()
 	deadline := time.Now().Add(starterKick*4/3 + time.Second) // before the watchdog could act
 	for !b.sessionSeen(aKey, since) {
