@@ -29,8 +29,9 @@ type floodTun struct {
 	udpPort, tcpPort uint16
 
 	events    chan tun.Event
-	stop      chan struct{} // closed: Read stops producing
-	closed    chan struct{} // closed by Close
+	stop      chan struct{}                 // closed: Read stops producing
+	resume    atomic.Pointer[chan struct{}] // set while paused; closed to resume
+	closed    chan struct{}                 // closed by Close
 	stopOnce  sync.Once
 	closeOnce sync.Once
 	made      atomic.Uint64
@@ -51,6 +52,20 @@ func newFloodTun(src, dst netip.Addr, udpPort, tcpPort uint16) *floodTun {
 // Stop makes Read stop producing packets (it then waits for Close).
 func (t *floodTun) Stop() { t.stopOnce.Do(func() { close(t.stop) }) }
 
+// Pause makes Read wait until Resume; the flood stops once wireguard-go's
+// queues have drained.
+func (t *floodTun) Pause() {
+	ch := make(chan struct{})
+	t.resume.CompareAndSwap(nil, &ch)
+}
+
+// Resume lets a paused Read produce again.
+func (t *floodTun) Resume() {
+	if ch := t.resume.Swap(nil); ch != nil {
+		close(*ch)
+	}
+}
+
 // Made returns how many packets Read produced.
 func (t *floodTun) Made() uint64 { return t.made.Load() }
 
@@ -62,6 +77,16 @@ func (t *floodTun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	case <-t.closed:
 		return 0, os.ErrClosed
 	default:
+	}
+	if ch := t.resume.Load(); ch != nil {
+		select {
+		case <-*ch:
+		case <-t.stop:
+			<-t.closed
+			return 0, os.ErrClosed
+		case <-t.closed:
+			return 0, os.ErrClosed
+		}
 	}
 	for i := range bufs {
 		t.srcPort++
@@ -157,6 +182,12 @@ func (r *rawFlooder) Close() uint64 {
 	r.dev.Close()
 	return r.tun.Made()
 }
+
+// Pause stops the flood until Resume.
+func (r *rawFlooder) Pause() { r.tun.Pause() }
+
+// Resume restarts a paused flood.
+func (r *rawFlooder) Resume() { r.tun.Resume() }
 
 // txBytes returns the device's transmitted bytes to its one peer.
 func (r *rawFlooder) txBytes() uint64 {
