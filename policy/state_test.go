@@ -322,3 +322,33 @@ func TestLoadsCountInboundOnly(t *testing.T) {
 		t.Errorf("peer b: %+v, want listed with no inbound load", b)
 	}
 }
+
+// The flow table's hint (last slot found) must never answer for another
+// key: not after its flow was deleted and the slot reused, and not for an
+// expired flow.
+func TestFlowTableHintFollowsKeys(t *testing.T) {
+	var tb flowTable
+	a := flowKey{localPort: 1, remotePort: 2, proto: protoTCP}
+	b := flowKey{localPort: 3, remotePort: 4, proto: protoTCP}
+	tb.insert(flow{key: a, expires: 100})
+	if f, _ := tb.lookup(&a, 10); f == nil || f.key != a {
+		t.Fatalf("lookup a: %+v", f)
+	}
+	tb.delete(tb.index[a])
+	tb.insert(flow{key: b, expires: 100}) // reuses a's slot
+	if f, _ := tb.lookup(&a, 10); f != nil {
+		t.Fatalf("deleted key a found as %+v", f.key)
+	}
+	if f, _ := tb.lookup(&b, 10); f == nil || f.key != b {
+		t.Fatalf("lookup b: %+v", f)
+	}
+	if f, expired := tb.lookup(&b, 100); f != nil || !expired {
+		t.Fatalf("expired b: got %+v, expired %v", f, expired)
+	}
+	if tb.len() != 0 {
+		t.Fatalf("%d flows left, want 0", tb.len())
+	}
+	if f, expired := tb.lookup(&b, 10); f != nil || expired {
+		t.Fatalf("b after expiry: got %+v, expired %v", f, expired)
+	}
+}
