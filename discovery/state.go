@@ -77,7 +77,10 @@ func crlDigest(der []byte) []byte {
 // encodeState encodes s, dropping entries (from the end) that would take it
 // over MaxStateSize; callers put the most important entries first.
 func encodeState(s state) []byte {
-	b := []byte{stateFormat}
+	// A record with its certificate takes well under 1 KiB: size the
+	// buffer once rather than grow it through every doubling.
+	b := make([]byte, 0, min(MaxStateSize, 64+len(s.crl)+1024*min(len(s.entries), MaxStateRecords)))
+	b = append(b, stateFormat)
 	b = appendField(b, stateFrom, []byte(s.from))
 	if len(s.crl) > 0 && len(s.crl) <= MaxCRLSize {
 		b = appendField(b, stateCRL, s.crl)

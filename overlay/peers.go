@@ -207,9 +207,11 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 // this node failed or was superseded: this node then gives WireGuard the
 // endpoint and a keepalive, and starts the session itself.
 func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
+	w, watchSince := o.bind.watch(e.endpoint), time.Now()
 	// Jitter: when both sides wait, they should not start at the same moment.
 	time.AfterFunc(starterGrace+rand.N(starterGrace/2), func() {
-		if !o.stillWithoutSession(e, since) {
+		defer o.bind.unwatch(e.endpoint)
+		if !o.stillWithoutSession(e, since, w, watchSince) {
 			return
 		}
 		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
@@ -223,15 +225,21 @@ func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 }
 
 // stillWithoutSession reports whether e is still the admitted entry of its
-// peer, the overlay is running, and no WireGuard session came since.
-func (o *Overlay) stillWithoutSession(e *peerEntry, since time.Time) bool {
+// peer, the overlay is running, and no WireGuard session came since. The
+// bind's watch w answers first, without a device dump: a transport
+// message from the peer's endpoint since watchSince means the session
+// came. Only without one is the device read.
+func (o *Overlay) stillWithoutSession(e *peerEntry, since time.Time, w *transportWatch, watchSince time.Time) bool {
 	if o.ctx.Err() != nil {
 		return false
 	}
 	o.peersMu.Lock()
 	current := o.peers[e.key] == e
 	o.peersMu.Unlock()
-	return current && !o.sessionSeen(e.key, since.Add(-sessionSlack))
+	if !current || o.bind.seenSince(w, watchSince) {
+		return false
+	}
+	return !o.sessionSeen(e.key, since.Add(-sessionSlack))
 }
 
 // armStarterKick starts again, after starterKick, a session this node
@@ -240,8 +248,10 @@ func (o *Overlay) stillWithoutSession(e *peerEntry, since time.Time) bool {
 // to retry. The retry clears the pending handshake and sends a new
 // initiation at once.
 func (o *Overlay) armStarterKick(e *peerEntry, since time.Time) {
+	w, watchSince := o.bind.watch(e.endpoint), time.Now()
 	time.AfterFunc(starterKick+rand.N(starterKick/3), func() {
-		if !o.stillWithoutSession(e, since) {
+		defer o.bind.unwatch(e.endpoint)
+		if !o.stillWithoutSession(e, since, w, watchSince) {
 			return
 		}
 		o.restartSession(e)

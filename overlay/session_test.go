@@ -131,8 +131,15 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
 	admit(t, a, b) // b, the responder, starts the session
 	aKey := peerOf(t, f, a).Static
-	// The session b started is lost on b's side at once.
+	// The session b started is lost on b's side at once, before any
+	// transport message from a reached b (so b's transport watch, which
+	// would tell the kick that the session came, saw none).
 	forgetSession(t, b, a, aKey)
+	if w := (*b.bind.watches.Load())[a.ep]; w != nil {
+		w.last.Store(0)
+	} else {
+		t.Fatal("b does not watch a's endpoint while its session check is armed")
+	}
 	since := time.Now()
 	deadline := time.Now().Add(starterKick*4/3 + time.Second) // before the watchdog could act
 	for !b.sessionSeen(aKey, since) {

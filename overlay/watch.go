@@ -7,13 +7,15 @@ import (
 )
 
 // transportWatch records when a WireGuard transport message last arrived
-// from one endpoint. Confirming a new session reads it instead of dumping
-// the whole device (IpcGet) over and over: the side that starts a session
-// sends a keepalive as soon as the handshake completes, so the first
-// transport message from the peer after the admission means the session
-// is up. It is a hint read before decryption (a forged one can only make
-// the confirmation end early; WireGuard keeps retrying its handshake on
-// its own), so the slower device read stays as the fallback.
+// from one endpoint. Confirming a new session, and the session checks after
+// an admission (starter grace and kick), read it instead of dumping the
+// whole device (IpcGet): the side that starts a session sends a keepalive
+// as soon as the handshake completes, and the fabric's own traffic
+// follows, so a transport message from the peer after the admission means
+// the session is up. It is a hint read before decryption (a forged one can
+// only end a confirmation early or skip one session restart; WireGuard
+// keeps retrying its handshake on its own and the session watchdog reads
+// the device), so the slower device read stays as the fallback.
 type transportWatch struct {
 	last atomic.Int64 // bind clock, 0: none yet
 	refs int          // guarded by divertBind.watchMu
