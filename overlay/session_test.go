@@ -131,10 +131,13 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
 	admit(t, a, b) // b, the responder, starts the session
 	aKey := peerOf(t, f, a).Static
-	// The session b started is lost on b's side at once, before any
-	// transport message from a reached b (so b's transport watch, which
-	// would tell the kick that the session came, saw none).
+	// The session b started is lost at once, on both sides, before any
+	// transport message from a reached b: so nothing from a reaches b's
+	// transport watch (which would tell the kick the session came) once
+	// a's keepalive from its confirmation has landed.
+	forgetSession(t, a, b, peerOf(t, f, b).Static)
 	forgetSession(t, b, a, aKey)
+	time.Sleep(100 * time.Millisecond)
 	if w := (*b.bind.watches.Load())[a.ep]; w != nil {
 		w.last.Store(0)
 	} else {
