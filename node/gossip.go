@@ -303,6 +303,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 		g.removeNamed(name, "left the fabric")
 		return
 	}
+	declared := g.n.opts.Now()
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -315,7 +316,13 @@ func (g *gossip) onLeave(name string, dead bool) {
 				return
 			}
 		}
-		g.removeNamed(name, "declared dead by failure detection")
+		// An admission since the verdict proved the member alive (the
+		// verdict itself may come from the missing tunnel): it stays.
+		for _, id := range g.n.ov.Admitted() {
+			if id.Name == name {
+				g.n.ov.RemovePeerAdmittedBefore(id.WireGuardKey, declared, "declared dead by failure detection")
+			}
+		}
 		// Tried again later, whatever its state by now: if it already
 		// came back alive, its record was handed over while it was still
 		// admitted here, and was skipped.

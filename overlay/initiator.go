@@ -169,10 +169,16 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	if err := o.admit(peer, endpoint, false); err != nil {
 		return nil, o.reject(err, endpoint, "initiator")
 	}
+	o.peersMu.Lock()
+	entry := o.peers[peer.Static]
+	o.peersMu.Unlock()
+	if entry == nil { // removed again at once (revoked, say)
+		return nil, fmt.Errorf("%w with %q", errNotConfirmed, peer.Identity.Name)
+	}
 	if err := o.bind.SendTo(msg3, endpoint); err != nil {
 		return nil, err // confirm would fail: retry the handshake
 	}
-	if err := o.confirm(ctx, peer.Static, peer.Identity.Name, since, watchSince, w); err != nil {
+	if err := o.confirm(ctx, entry, since, watchSince, w); err != nil {
 		return nil, err
 	}
 	o.stats.completed.Add(1)

@@ -254,19 +254,31 @@ func (o *Overlay) armStarterKick(e *peerEntry, since time.Time) {
 		if !o.stillWithoutSession(e, since, w, watchSince) {
 			return
 		}
-		o.restartSession(e)
+		o.restartSession(e, false)
 	})
 }
 
 // restartSession clears e's pending WireGuard handshake and keys and sends
 // a new handshake initiation at once (WireGuard itself would wait out its
-// 5 s retry). It needs the endpoint WireGuard has for the peer.
-func (o *Overlay) restartSession(e *peerEntry) {
+// 5 s retry). setEndpoint first gives WireGuard the admitted endpoint (it
+// has none when the other side was to start the session). Exactly one
+// initiation goes out: giving the endpoint may send one by itself (for
+// packets waiting for a session), and WireGuard then skips the second,
+// which matters because a peer refuses a second initiation within 20 ms
+// as a flood and the session would wait for the retry after all.
+func (o *Overlay) restartSession(e *peerEntry, setEndpoint bool) {
 	p := o.dev.LookupPeer(device.NoisePublicKey(e.key))
 	if p == nil {
 		return
 	}
 	p.ExpireCurrentKeypairs()
+	if setEndpoint {
+		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(e.key[:]), e.endpoint))
+		if err != nil {
+			o.log.Warn("restart session: set endpoint", "name", e.id.Name, "err", err.Error())
+			return
+		}
+	}
 	if err := p.SendHandshakeInitiation(false); err != nil {
 		o.log.Debug("restart session", "name", e.id.Name, "err", err.Error())
 		return
@@ -276,11 +288,12 @@ func (o *Overlay) restartSession(e *peerEntry) {
 }
 
 // Session watchdog: every watchdogInterval, a peer admitted more than
-// watchdogAfter ago that still has no WireGuard session on this side, and
-// for which WireGuard has an endpoint, gets its session restarted from
-// here. This heals what the admission paths leave behind: a handshake
-// whose last message was lost after the other side had its keys (one side
-// with a session, the other without), or both sides waiting for the other.
+// watchdogAfter ago that still has no WireGuard session on this side gets
+// its session restarted from here (given the admitted endpoint first if
+// WireGuard has none). This heals what the admission paths leave behind: a
+// handshake whose last message was lost after the other side had its keys
+// (one side with a session, the other without), or both sides waiting for
+// the other.
 const (
 	watchdogInterval = 2 * time.Second
 	watchdogAfter    = 4 * time.Second
@@ -319,7 +332,7 @@ func (o *Overlay) watchdog(now time.Time) {
 	}
 	for _, e := range due {
 		s := st[e.key]
-		if s == nil || !s.lastHandshake.IsZero() || !s.endpoint.IsValid() {
+		if s == nil || !s.lastHandshake.IsZero() || (!s.endpoint.IsValid() && !e.endpoint.IsValid()) {
 			continue
 		}
 		o.peersMu.Lock()
@@ -328,19 +341,25 @@ func (o *Overlay) watchdog(now time.Time) {
 			e.kickedAt = now
 		}
 		o.peersMu.Unlock()
-		if current {
-			o.restartSession(e)
+		if !current {
+			continue
 		}
+		// Without an endpoint (the other side was to start the session
+		// and has not in all this time; it may hold keys this side lost)
+		// this side gives WireGuard the admitted one and starts it.
+		o.restartSession(e, !s.endpoint.IsValid())
 	}
 }
 
 // confirm waits up to confirmWait for a WireGuard session with a peer this
 // node just admitted as initiator, then enables its persistent keepalive.
-// Without a session (msg3 lost, or the responder refused us) the peer is
-// removed again and a retryable error returned. w watches the peer's
+// Without a session (msg3 lost, or the responder refused us) the entry this
+// admission made is removed again (not a newer one) and a retryable error
+// returned. w watches the peer's
 // endpoint (see transportWatch): it is read every confirmWatchPoll, the
 // device only every confirmDumpPoll.
-func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string, since, watchSince time.Time, w *transportWatch) error {
+func (o *Overlay) confirm(ctx context.Context, entry *peerEntry, since, watchSince time.Time, w *transportWatch) error {
+	key, name := entry.key, entry.id.Name
 	deadline := time.Now().Add(confirmWait)
 	nextDump := time.Now().Add(confirmDumpPoll)
 	for {
@@ -354,9 +373,12 @@ func (o *Overlay) confirm(ctx context.Context, key [32]byte, name string, since,
 			nextDump = now.Add(confirmDumpPoll)
 		}
 		if time.Now().After(deadline) || !sleep(ctx, confirmWatchPoll) {
+			// Only this admission's entry goes: a newer admission of the
+			// same peer (the other side admitting us meanwhile) has its
+			// own session to bring up.
 			o.peersMu.Lock()
-			if e := o.peers[key]; e != nil {
-				o.removeLocked(e, "no WireGuard session after admission")
+			if o.peers[key] == entry {
+				o.removeLocked(entry, "no WireGuard session after admission")
 				o.publishLocked()
 			}
 			o.peersMu.Unlock()
@@ -648,6 +670,23 @@ func (o *Overlay) RemovePeer(key [32]byte, why string) bool {
 	defer o.peersMu.Unlock()
 	e := o.peers[key]
 	if e == nil {
+		return false
+	}
+	o.removeLocked(e, why)
+	o.publishLocked()
+	return true
+}
+
+// RemovePeerAdmittedBefore removes the peer with WireGuard key key only if
+// it was admitted before t (on the overlay's clock, Config.Now), and
+// reports whether it did. A caller that decided on a removal at t (failure
+// detection declared the peer dead, say) leaves alone an admission made
+// since, which proved the peer alive.
+func (o *Overlay) RemovePeerAdmittedBefore(key [32]byte, t time.Time, why string) bool {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	e := o.peers[key]
+	if e == nil || !e.admittedAt.Before(t) {
 		return false
 	}
 	o.removeLocked(e, why)

@@ -1,7 +1,9 @@
 package overlay
 
 import (
+	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -25,8 +27,20 @@ func peerOf(t *testing.T, f *fixture, n *node) *handshake.Peer {
 // without a session and without keepalive, while a keeps its session.
 func forgetSession(t *testing.T, b, a *node, aKey [32]byte) {
 	t.Helper()
-	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\nendpoint=%s\nallowed_ip=%s/32\n",
-		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), a.ep, a.addr)
+	forgetSessionEndpoint(t, b, a, aKey, true)
+}
+
+// forgetSessionEndpoint is forgetSession; withEndpoint false leaves b's
+// device without an endpoint for a (as a peer admitted for the other side
+// to start the session has).
+func forgetSessionEndpoint(t *testing.T, b, a *node, aKey [32]byte, withEndpoint bool) {
+	t.Helper()
+	endpoint := ""
+	if withEndpoint {
+		endpoint = fmt.Sprintf("endpoint=%s\n", a.ep)
+	}
+	cfg := fmt.Sprintf("public_key=%s\nremove=true\npublic_key=%s\n%sallowed_ip=%s/32\n",
+		hex.EncodeToString(aKey[:]), hex.EncodeToString(aKey[:]), endpoint, a.addr)
 	if err := b.dev.IpcSet(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -91,33 +105,38 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 // WireGuard starts a new handshake soon; the watchdog of the side without
 // a session restarts it.
 func TestWatchdogHealsHalfSession(t *testing.T) {
-	checkLeaks(t)
-	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-	admit(t, a, b)
-	aKey := peerOf(t, f, a).Static
-	// Let the admission's own session check (armStarterKick) pass first.
-	time.Sleep(starterKick*4/3 + 200*time.Millisecond)
-	// b's device forgets a (keys and all) and gets it back without a
-	// session and without keepalive; a keeps its session.
-	forgetSession(t, b, a, aKey)
-	since := time.Now()
-	b.peersMu.Lock()
-	b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
-	b.peersMu.Unlock()
-	deadline := time.Now().Add(2*watchdogInterval + 3*time.Second)
-	for !b.sessionSeen(aKey, since) {
-		if time.Now().After(deadline) {
-			t.Fatal("the side without a session did not restart it")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if b.Stats().Restarted == 0 {
-		t.Error("Restarted counter did not move")
-	}
-	if err := exchange(t, b, a, 7002, []byte("healed"), 5*time.Second); err != nil {
-		t.Fatalf("traffic after the restart: %v", err)
+	for _, withEndpoint := range []bool{true, false} {
+		t.Run(fmt.Sprintf("endpoint=%v", withEndpoint), func(t *testing.T) {
+			checkLeaks(t)
+			f := newFixture(t, "corp.example")
+			a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+			b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+			admit(t, a, b)
+			aKey := peerOf(t, f, a).Static
+			// Let the admission's own session check (armStarterKick) pass first.
+			time.Sleep(starterKick*4/3 + 200*time.Millisecond)
+			// b's device forgets a (keys and all) and gets it back without
+			// a session and without keepalive (and, in the second case,
+			// without an endpoint); a keeps its session.
+			forgetSessionEndpoint(t, b, a, aKey, withEndpoint)
+			since := time.Now()
+			b.peersMu.Lock()
+			b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
+			b.peersMu.Unlock()
+			deadline := time.Now().Add(2*watchdogInterval + 3*time.Second)
+			for !b.sessionSeen(aKey, since) {
+				if time.Now().After(deadline) {
+					t.Fatal("the side without a session did not restart it")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if b.Stats().Restarted == 0 {
+				t.Error("Restarted counter did not move")
+			}
+			if err := exchange(t, b, a, 7002, []byte("healed"), 5*time.Second); err != nil {
+				t.Fatalf("traffic after the restart: %v", err)
+			}
+		})
 	}
 }
 
@@ -153,5 +172,51 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 	}
 	if b.Stats().Restarted == 0 {
 		t.Error("Restarted counter did not move")
+	}
+}
+
+// TestStaleConfirmKeepsNewerAdmission: an admission whose session check
+// fails must remove only the entry it made. When the other side admitted
+// this node meanwhile, the newer entry has its own session coming, and
+// removing it would kill that session too.
+func TestStaleConfirmKeepsNewerAdmission(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b)
+	bKey := peerOf(t, f, b).Static
+	a.peersMu.Lock()
+	current := a.peers[bKey]
+	a.peersMu.Unlock()
+	stale := &peerEntry{id: current.id, key: bKey, endpoint: current.endpoint, admittedAt: current.admittedAt.Add(-time.Second)}
+	w := a.bind.watch(b.ep)
+	defer a.bind.unwatch(b.ep)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the check gives up at once
+	future := time.Now().Add(time.Hour)
+	if err := a.confirm(ctx, stale, future, future, w); !errors.Is(err, errNotConfirmed) {
+		t.Fatalf("stale confirmation: got %v, want %v", err, errNotConfirmed)
+	}
+	if !a.hasPeer(bKey) {
+		t.Fatal("a failed check of an older admission removed the newer admission")
+	}
+}
+
+// TestRemovePeerAdmittedBefore: a removal decided before the peer's latest
+// admission leaves that admission alone; one decided after it removes it.
+func TestRemovePeerAdmittedBefore(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	decided := time.Now().Add(-time.Second)
+	admit(t, a, b)
+	bKey := peerOf(t, f, b).Static
+	if a.RemovePeerAdmittedBefore(bKey, decided, "test") || !a.hasPeer(bKey) {
+		t.Fatal("a removal decided before the admission removed it")
+	}
+	if !a.RemovePeerAdmittedBefore(bKey, time.Now().Add(time.Second), "test") || a.hasPeer(bKey) {
+		t.Fatal("a removal decided after the admission left it")
 	}
 }
