@@ -300,7 +300,7 @@ func (g *gossip) left(name string) bool {
 // a while.
 func (g *gossip) onLeave(name string, dead bool) {
 	if !dead {
-		g.removeNamed(name, "left the fabric")
+		g.removeNamed(name, g.n.opts.Now(), "left the fabric")
 		return
 	}
 	declared := g.n.opts.Now()
@@ -318,11 +318,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 		}
 		// An admission since the verdict proved the member alive (the
 		// verdict itself may come from the missing tunnel): it stays.
-		for _, id := range g.n.ov.Admitted() {
-			if id.Name == name {
-				g.n.ov.RemovePeerAdmittedBefore(id.WireGuardKey, declared, "declared dead by failure detection")
-			}
-		}
+		g.removeNamed(name, declared, "declared dead by failure detection")
 		// Tried again later, whatever its state by now: if it already
 		// came back alive, its record was handed over while it was still
 		// admitted here, and was skipped.
@@ -362,11 +358,12 @@ func (g *gossip) reconcile() {
 	}
 }
 
-// removeNamed removes the admitted peer called name, if any.
-func (g *gossip) removeNamed(name, why string) {
+// removeNamed removes the admitted peer called name, if it was admitted
+// before the given time (see overlay.RemovePeerAdmittedBefore).
+func (g *gossip) removeNamed(name string, before time.Time, why string) {
 	for _, id := range g.n.ov.Admitted() {
 		if id.Name == name {
-			g.n.ov.RemovePeer(id.WireGuardKey, why)
+			g.n.ov.RemovePeerAdmittedBefore(id.WireGuardKey, before, why)
 		}
 	}
 }

@@ -193,9 +193,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	o.peers[p.Static] = e
 	o.publishLocked()
 	if start {
-		o.armStarterKick(e, time.Now())
+		o.armStarterKick(e)
 	} else {
-		o.armStarterGrace(e, time.Now())
+		o.armStarterGrace(e)
 	}
 	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
 	return nil
@@ -206,14 +206,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 // sessions with it). If no session came, the other side's admission of
 // this node failed or was superseded: this node then gives WireGuard the
 // endpoint and a keepalive, and starts the session itself.
-func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
-	w, watchSince := o.bind.watch(e.endpoint), time.Now()
+func (o *Overlay) armStarterGrace(e *peerEntry) {
 	// Jitter: when both sides wait, they should not start at the same moment.
-	time.AfterFunc(starterGrace+rand.N(starterGrace/2), func() {
-		defer o.bind.unwatch(e.endpoint)
-		if !o.stillWithoutSession(e, since, w, watchSince) {
-			return
-		}
+	o.afterWithoutSession(e, starterGrace+rand.N(starterGrace/2), func() {
 		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
 			hex.EncodeToString(e.key[:]), e.endpoint, PersistentKeepalive))
 		if err != nil {
@@ -224,37 +219,35 @@ func (o *Overlay) armStarterGrace(e *peerEntry, since time.Time) {
 	})
 }
 
-// stillWithoutSession reports whether e is still the admitted entry of its
-// peer, the overlay is running, and no WireGuard session came since. The
-// bind's watch w answers first, without a device dump: a transport
-// message from the peer's endpoint since watchSince means the session
-// came. Only without one is the device read.
-func (o *Overlay) stillWithoutSession(e *peerEntry, since time.Time, w *transportWatch, watchSince time.Time) bool {
-	if o.ctx.Err() != nil {
-		return false
-	}
-	o.peersMu.Lock()
-	current := o.peers[e.key] == e
-	o.peersMu.Unlock()
-	if !current || o.bind.seenSince(w, watchSince) {
-		return false
-	}
-	return !o.sessionSeen(e.key, since.Add(-sessionSlack))
-}
-
 // armStarterKick starts again, after starterKick, a session this node
 // started with a newly admitted peer if none has come up: its initiation
 // or the response was lost, or crossed another; WireGuard would wait 5 s
 // to retry. The retry clears the pending handshake and sends a new
 // initiation at once.
-func (o *Overlay) armStarterKick(e *peerEntry, since time.Time) {
-	w, watchSince := o.bind.watch(e.endpoint), time.Now()
-	time.AfterFunc(starterKick+rand.N(starterKick/3), func() {
+func (o *Overlay) armStarterKick(e *peerEntry) {
+	o.afterWithoutSession(e, starterKick+rand.N(starterKick/3), func() { o.restartSession(e, false) })
+}
+
+// afterWithoutSession runs fn after d if e is then still the admitted
+// entry of its peer, the overlay is running, and no WireGuard session came
+// in the meantime. The bind watches e's endpoint meanwhile and answers
+// first, without a device dump: a transport message from the peer means
+// the session came. Only without one is the device read.
+func (o *Overlay) afterWithoutSession(e *peerEntry, d time.Duration, fn func()) {
+	since := time.Now()
+	w := o.bind.watch(e.endpoint)
+	time.AfterFunc(d, func() {
 		defer o.bind.unwatch(e.endpoint)
-		if !o.stillWithoutSession(e, since, w, watchSince) {
+		if o.ctx.Err() != nil {
 			return
 		}
-		o.restartSession(e, false)
+		o.peersMu.Lock()
+		current := o.peers[e.key] == e
+		o.peersMu.Unlock()
+		if !current || o.bind.seenSince(w, since) || o.sessionSeen(e.key, since.Add(-sessionSlack)) {
+			return
+		}
+		fn()
 	})
 }
 

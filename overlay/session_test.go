@@ -23,6 +23,18 @@ func peerOf(t *testing.T, f *fixture, n *node) *handshake.Peer {
 	return &handshake.Peer{Identity: id, Static: id.WireGuardKey}
 }
 
+// admittedPair starts nodes a (100.64.0.1) and b (100.64.0.2) of one
+// fabric and admits b from a.
+func admittedPair(t *testing.T) (*fixture, *node, *node) {
+	t.Helper()
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b)
+	return f, a, b
+}
+
 // forgetSession makes b's device forget a (keys and all) and get it back
 // without a session and without keepalive, while a keeps its session.
 func forgetSession(t *testing.T, b, a *node, aKey [32]byte) {
@@ -51,11 +63,7 @@ func forgetSessionEndpoint(t *testing.T, b, a *node, aKey [32]byte, withEndpoint
 // restart the WireGuard session the first admission brought up; only an
 // admission of a peer admitted long ago (it may have restarted) does.
 func TestFreshReadmissionKeepsSession(t *testing.T) {
-	checkLeaks(t)
-	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-	admit(t, a, b)
+	f, a, b := admittedPair(t)
 	bKey := peerOf(t, f, b).Static
 	handshakeOf := func() time.Time {
 		st, err := a.wgStats()
@@ -107,11 +115,7 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 func TestWatchdogHealsHalfSession(t *testing.T) {
 	for _, withEndpoint := range []bool{true, false} {
 		t.Run(fmt.Sprintf("endpoint=%v", withEndpoint), func(t *testing.T) {
-			checkLeaks(t)
-			f := newFixture(t, "corp.example")
-			a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-			b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-			admit(t, a, b)
+			f, a, b := admittedPair(t)
 			aKey := peerOf(t, f, a).Static
 			// Let the admission's own session check (armStarterKick) pass first.
 			time.Sleep(starterKick*4/3 + 200*time.Millisecond)
@@ -144,11 +148,7 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 // restarts it at once when it is not up after starterKick, well before
 // WireGuard's 5 s retry or the watchdog.
 func TestStarterKickRestartsLostSession(t *testing.T) {
-	checkLeaks(t)
-	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-	admit(t, a, b) // b, the responder, starts the session
+	f, a, b := admittedPair(t) // b, the responder, starts the session
 	aKey := peerOf(t, f, a).Static
 	// The session b started is lost at once, on both sides, before any
 	// transport message from a reached b: so nothing from a reaches b's
@@ -180,11 +180,7 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 // this node meanwhile, the newer entry has its own session coming, and
 // removing it would kill that session too.
 func TestStaleConfirmKeepsNewerAdmission(t *testing.T) {
-	checkLeaks(t)
-	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-	admit(t, a, b)
+	f, a, b := admittedPair(t)
 	bKey := peerOf(t, f, b).Static
 	a.peersMu.Lock()
 	current := a.peers[bKey]
@@ -206,12 +202,8 @@ func TestStaleConfirmKeepsNewerAdmission(t *testing.T) {
 // TestRemovePeerAdmittedBefore: a removal decided before the peer's latest
 // admission leaves that admission alone; one decided after it removes it.
 func TestRemovePeerAdmittedBefore(t *testing.T) {
-	checkLeaks(t)
-	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
 	decided := time.Now().Add(-time.Second)
-	admit(t, a, b)
+	f, a, b := admittedPair(t)
 	bKey := peerOf(t, f, b).Static
 	if a.RemovePeerAdmittedBefore(bKey, decided, "test") || !a.hasPeer(bKey) {
 		t.Fatal("a removal decided before the admission removed it")
