@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -64,8 +65,22 @@ func (g *delegate) NotifyMsg(b []byte) {
 			return
 		}
 		if d.wants(a) {
-			d.requestSync(a.holderAddr)
+			d.requestSync(syncRequest{addr: a.holderAddr})
 		}
+	case msgPull:
+		p, err := decodePull(b[1:])
+		if err != nil {
+			d.log.Debug("discovery: bad pull request", "err", err)
+			return
+		}
+		d.queueAnswer(p)
+	case msgState:
+		st, err := decodeState(b[1:])
+		if err != nil {
+			d.log.Debug("discovery: refused pulled state", "err", err, "bytes", len(b))
+			return
+		}
+		d.mergeState(st, LearnedPull)
 	case msgLeave:
 		name, version, err := decodeLeave(b[1:])
 		if err != nil {
@@ -120,6 +135,11 @@ func (g *delegate) MergeRemoteState(buf []byte, join bool) {
 	if join {
 		how = LearnedJoin
 	}
+	d.mergeState(s, how)
+}
+
+// mergeState keeps the newer records and CRL of a state learned as how.
+func (d *Discovery) mergeState(s state, how string) {
 	for _, e := range s.entries {
 		if d.acceptEntry(e, how) && e.rec.Name == s.from {
 			d.queueRecord(e)
@@ -373,44 +393,149 @@ func (d *Discovery) alive(n *memberlist.Node) {
 	}
 }
 
-// requestSync queues a push/pull with addr unless one is already queued.
-func (d *Discovery) requestSync(addr netip.AddrPort) {
-	if !addr.IsValid() || addr == d.addr {
+// syncRequest is a queued exchange with a member: a push/pull (memberlist
+// join: membership and every record, both ways), or, with pull set, a
+// request for the records this node lacks (see pullRequest).
+type syncRequest struct {
+	addr netip.AddrPort
+	pull bool
+}
+
+// requestSync queues r unless the same request is already queued.
+func (d *Discovery) requestSync(r syncRequest) {
+	if !r.addr.IsValid() || r.addr == d.addr {
 		return
 	}
 	d.mu.Lock()
-	if d.pending[addr] {
+	if d.pending[r] {
 		d.mu.Unlock()
 		return
 	}
-	d.pending[addr] = true
+	d.pending[r] = true
 	d.mu.Unlock()
 	select {
-	case d.syncCh <- addr:
+	case d.syncCh <- r:
 	default:
 		d.mu.Lock()
-		delete(d.pending, addr)
+		delete(d.pending, r)
 		d.mu.Unlock()
 	}
 }
 
-// syncWorker performs queued push/pulls (memberlist joins: a full two-way
-// exchange of membership and records).
+// syncWorker performs queued exchanges.
 func (d *Discovery) syncWorker() {
 	defer d.wg.Done()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
-		case addr := <-d.syncCh:
-			if _, err := d.ml.Join([]string{addr.String()}); err != nil {
-				d.log.Debug("discovery: sync failed", "peer", addr, "err", err)
-			}
+		case r := <-d.syncCh:
 			d.mu.Lock()
-			delete(d.pending, addr)
+			delete(d.pending, r)
 			d.mu.Unlock()
+			if r.pull {
+				d.sendPull(r.addr)
+			} else if _, err := d.ml.Join([]string{r.addr.String()}); err != nil {
+				d.log.Debug("discovery: sync failed", "peer", r.addr, "err", err)
+			}
 		}
 	}
+}
+
+// staleNames lists the live members whose newest record (as their
+// metadata advertises it) this node does not hold.
+func (d *Discovery) staleNames() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var names []string
+	for name, m := range d.members {
+		if m.state == StateAlive && m.inML && (!m.hasRec || m.metaVersion > m.rec.Version) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// sendPull asks the member at addr for the records this node lacks.
+func (d *Discovery) sendPull(addr netip.AddrPort) {
+	names := d.staleNames()
+	if len(names) == 0 {
+		return
+	}
+	p := pullRequest{from: d.cfg.Self.Name, addr: d.addr, names: names}
+	if err := d.ml.SendReliable(addrNode(addr), encodePull(p)); err != nil {
+		d.log.Debug("discovery: pull failed", "peer", addr, "err", err)
+	}
+}
+
+// addrNode is a memberlist node to send to at addr: streams are routed by
+// address alone.
+func addrNode(addr netip.AddrPort) *memberlist.Node {
+	return &memberlist.Node{Name: addr.String(), Addr: net.IP(addr.Addr().AsSlice()), Port: addr.Port()}
+}
+
+// queueAnswer queues the answer to a pull request; one answer per
+// requester waits at a time and a full queue drops the request (the
+// requester's repair loop asks again).
+func (d *Discovery) queueAnswer(p pullRequest) {
+	d.mu.Lock()
+	if d.replying[p.addr] || !d.reachableLocked(p.addr) || p.addr == d.addr {
+		d.mu.Unlock()
+		return
+	}
+	d.replying[p.addr] = true
+	d.mu.Unlock()
+	select {
+	case d.replyCh <- p:
+	default:
+		d.mu.Lock()
+		delete(d.replying, p.addr)
+		d.mu.Unlock()
+	}
+}
+
+// answerPulls sends each queued pull request its answer (see answer).
+func (d *Discovery) answerPulls() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case p := <-d.replyCh:
+			d.mu.Lock()
+			delete(d.replying, p.addr)
+			d.mu.Unlock()
+			s := d.answer(p)
+			if len(s.entries) == 0 {
+				continue
+			}
+			msg := append([]byte{msgState}, encodeState(s)...)
+			if err := d.ml.SendReliable(addrNode(p.addr), msg); err != nil {
+				d.log.Debug("discovery: pull answer failed", "peer", p.addr, "err", err)
+			}
+		}
+	}
+}
+
+// answer is the state that answers p: the records it names that this node
+// holds (its own included, each once) and the newest CRL; nothing else.
+func (d *Discovery) answer(p pullRequest) state {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := state{from: d.self.Name, crl: d.crl}
+	sent := make(map[string]bool, len(p.names))
+	for _, name := range p.names {
+		if sent[name] {
+			continue
+		}
+		sent[name] = true
+		if name == d.self.Name {
+			s.entries = append(s.entries, entry{d.self, d.addr})
+		} else if m := d.members[name]; m != nil && m.hasRec {
+			s.entries = append(s.entries, entry{m.rec, m.gossip})
+		}
+	}
+	return s
 }
 
 // settle is the straggler fix. When many members join one seed at once,
@@ -419,7 +544,11 @@ func (d *Discovery) syncWorker() {
 // member may then stay unaware of others until the next periodic push/pull
 // (30 s or more at LAN timings). After a join, settle runs push/pulls with
 // random live members at growing delays, so every member exchanges full
-// state with members that joined after it.
+// state with members that joined after it. They stay push/pulls, not
+// pulls: a pull brings records but not memberlist's membership, and a
+// member memberlist does not know is out of failure detection's sight (as
+// pulls, a crashed last joiner stayed admitted at a node whose memberlist
+// had not heard of it).
 func (d *Discovery) settle() {
 	defer d.wg.Done()
 	start := time.Now()
@@ -432,7 +561,7 @@ func (d *Discovery) settle() {
 		case <-t.C:
 		}
 		for _, a := range d.randomAlive(d.tun.settleFanout) {
-			d.requestSync(a)
+			d.requestSync(syncRequest{addr: a})
 		}
 	}
 }
@@ -491,27 +620,35 @@ func (d *Discovery) maintain() {
 	}
 }
 
-func (d *Discovery) repairTargets(now time.Time) []netip.AddrPort {
+func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.left {
 		return nil
 	}
-	var repair, dead []netip.AddrPort
+	var stale, unknown, dead []netip.AddrPort
 	alive := 0
 	for name, m := range d.members {
 		switch {
 		case m.state == StateAlive:
 			alive++
-			stale := !m.hasRec || m.metaVersion > m.rec.Version
-			if stale && now.Sub(m.metaSeen) >= d.tun.recordGrace {
-				repair = append(repair, m.gossip)
+			if (!m.hasRec || m.metaVersion > m.rec.Version) && now.Sub(m.metaSeen) >= d.tun.recordGrace {
+				stale = append(stale, m.gossip)
 			}
 		case !m.inML && now.Sub(m.updated) > d.tun.reconnectTimeout:
 			delete(d.members, name)
 		case !m.inML:
 			if m.hasRec && now.Sub(m.updated) >= d.tun.recordGrace {
-				repair = append(repair, m.gossip)
+				unknown = append(unknown, m.gossip)
+			}
+			// The node may have a tunnel to it from its record, and no
+			// death verdict will ever come for a member memberlist does
+			// not know (the join above fails if it died): let the node
+			// check it.
+			if m.hasRec && now.Sub(m.updated) >= d.tun.unseenAfter && now.Sub(m.unseenCheck) >= d.tun.unseenAfter && d.cfg.OnLeave != nil {
+				m.unseenCheck, m.leaveNotified = now, true
+				name := name
+				d.events.push(func() { d.cfg.OnLeave(name, true) })
 			}
 		case now.Sub(m.stateChange) > d.tun.reconnectTimeout:
 			delete(d.members, name)
@@ -519,35 +656,57 @@ func (d *Discovery) repairTargets(now time.Time) []netip.AddrPort {
 			dead = append(dead, m.gossip)
 		}
 	}
-	rand.Shuffle(len(repair), func(i, j int) { repair[i], repair[j] = repair[j], repair[i] })
-	// A record held by an unreachable member is pulled from reachable
-	// ones instead: they have gossip's copy, or will.
+	out := make([]syncRequest, 0, d.tun.maxSyncsPerTick+2)
+	add := func(r syncRequest) {
+		if len(out) < d.tun.maxSyncsPerTick && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	// A member whose record is missing is asked for it (and for every
+	// other record missing: one pull names them all). A record whose owner
+	// memberlist never reported is joined through: memberlist then learns
+	// the owner too. A member without a tunnel yet is not reachable, so a
+	// reachable member is asked instead: it has gossip's copy, or will.
 	var relays []netip.AddrPort
-	out := make([]netip.AddrPort, 0, d.tun.maxSyncsPerTick+2)
-	for _, a := range repair {
-		if len(out) == d.tun.maxSyncsPerTick {
-			break
+	reach := func(a netip.AddrPort) (netip.AddrPort, bool) {
+		if d.reachableLocked(a) {
+			return a, true
 		}
-		if !d.reachableLocked(a) {
-			if relays == nil {
-				relays = d.reachableAliveLocked()
-			}
-			if len(relays) == 0 {
-				continue
-			}
-			a, relays = relays[0], relays[1:]
+		if relays == nil {
+			relays = d.reachableAliveLocked()
 		}
-		if !slices.Contains(out, a) {
-			out = append(out, a)
+		if len(relays) == 0 {
+			return a, false
+		}
+		a, relays = relays[0], relays[1:]
+		return a, true
+	}
+	// One pull names every missing record, so one pull target a tick is
+	// drawn among the members with one missing. It is shuffled in with
+	// the members memberlist has not reported: those are out of failure
+	// detection's sight until joined, and must not wait behind a long run
+	// of missing records.
+	candidates := make([]syncRequest, 0, 1+len(unknown))
+	if len(stale) > 0 {
+		candidates = append(candidates, syncRequest{addr: stale[rand.N(len(stale))], pull: true})
+	}
+	for _, a := range unknown {
+		candidates = append(candidates, syncRequest{addr: a})
+	}
+	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
+	for _, r := range candidates {
+		if a, ok := reach(r.addr); ok {
+			r.addr = a
+			add(r)
 		}
 	}
 	dead = slices.DeleteFunc(dead, func(a netip.AddrPort) bool { return !d.reachableLocked(a) })
 	if len(dead) > 0 && now.Sub(d.lastRecon) >= d.tun.reconnectInterval {
 		d.lastRecon = now
-		out = append(out, dead[rand.N(len(dead))])
+		out = append(out, syncRequest{addr: dead[rand.N(len(dead))]})
 	}
 	if alive == 0 && len(d.seeds) > 0 && !now.Before(d.seedNext) {
-		out = append(out, d.seeds[rand.N(len(d.seeds))])
+		out = append(out, syncRequest{addr: d.seeds[rand.N(len(d.seeds))]})
 		d.seedNext = now.Add(jitter(d.seedWait))
 		d.seedWait = min(2*d.seedWait, d.tun.joinBackoffMax)
 	} else if alive > 0 {

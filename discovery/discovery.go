@@ -57,7 +57,10 @@ type Config struct {
 	// Never called for Self.
 	OnRecord func(Record)
 	// OnLeave is called when a member left gracefully (dead=false) or was
-	// declared dead by failure detection (dead=true).
+	// declared dead by failure detection (dead=true). A member known only
+	// by its record, that memberlist has not reported for a while, is out
+	// of failure detection's sight: it is offered as dead (dead=true) now
+	// and then, for the node to check itself (see Ping).
 	OnLeave func(name string, dead bool)
 	// OnCRL is offered every CRL that differs from the newest accepted one.
 	// It returns true if the CRL is valid and newer (it is then kept, put in
@@ -130,6 +133,9 @@ const (
 	LearnedGossip = "gossip"
 	// LearnedPushPull: from memberlist's periodic push/pull anti-entropy.
 	LearnedPushPull = "push-pull"
+	// LearnedPull: from the package's record repair, which asks a member
+	// for the records gossip did not deliver.
+	LearnedPull = "pull"
 )
 
 // Member is one member as this node sees it.
@@ -143,7 +149,7 @@ type Member struct {
 	// Record is the newest record held (zero Version if none yet).
 	Record Record
 	// LearnedFrom says how Record arrived: LearnedLocal, LearnedJoin,
-	// LearnedGossip or LearnedPushPull ("" if no record yet).
+	// LearnedGossip, LearnedPushPull or LearnedPull ("" if no record yet).
 	LearnedFrom string
 	// Updated is when Record was learned or State last changed.
 	Updated time.Time
@@ -162,6 +168,7 @@ type member struct {
 	metaVersion   uint64    // record version its metadata advertises
 	metaSeen      time.Time // when metaVersion was last raised
 	leaveNotified bool      // OnLeave called since the last OnRecord
+	unseenCheck   time.Time // last OnLeave for a member memberlist never reported
 	leaving       bool      // a leave notice arrived (graceful, not dead)
 }
 
@@ -183,7 +190,9 @@ type Discovery struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	events *notifier
-	syncCh chan netip.AddrPort
+	syncCh chan syncRequest
+	// replyCh holds pull requests to answer (see answerPulls).
+	replyCh chan pullRequest
 
 	crlMu sync.Mutex // serializes CRL acceptance (OnCRL calls)
 
@@ -192,7 +201,8 @@ type Discovery struct {
 	members   map[string]*member
 	crl       []byte
 	rejected  [][]byte // digests of CRLs OnCRL refused (ring)
-	pending   map[netip.AddrPort]bool
+	pending   map[syncRequest]bool
+	replying  map[netip.AddrPort]bool // requesters with a queued answer
 	seeds     []netip.AddrPort
 	seedNext  time.Time
 	seedWait  time.Duration
@@ -243,14 +253,16 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("discovery: start: self: %w", err)
 	}
 	d := &Discovery{
-		cfg:     cfg,
-		tun:     cfg.Profile.tuning(),
-		log:     cfg.Logger.With("node", cfg.Self.Name),
-		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
-		self:    cfg.Self,
-		members: make(map[string]*member),
-		pending: make(map[netip.AddrPort]bool),
-		syncCh:  make(chan netip.AddrPort, syncQueueLen),
+		cfg:      cfg,
+		tun:      cfg.Profile.tuning(),
+		log:      cfg.Logger.With("node", cfg.Self.Name),
+		addr:     netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
+		self:     cfg.Self,
+		members:  make(map[string]*member),
+		pending:  make(map[syncRequest]bool),
+		replying: make(map[netip.AddrPort]bool),
+		syncCh:   make(chan syncRequest, syncQueueLen),
+		replyCh:  make(chan pullRequest, syncQueueLen),
 	}
 	d.numAlive.Store(1)
 	mc := cfg.Profile.memberlistConfig()
@@ -283,9 +295,10 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("discovery: start memberlist: %w", err)
 	}
 	d.ml = ml
-	d.wg.Add(2 + syncWorkers)
+	d.wg.Add(3 + syncWorkers)
 	go func() { defer d.wg.Done(); d.events.run(d.ctx) }()
 	go d.maintain()
+	go d.answerPulls()
 	for range syncWorkers {
 		go d.syncWorker()
 	}

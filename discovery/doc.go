@@ -18,12 +18,19 @@
 // A Record (name, certificate DER, underlay endpoints, version) is encoded
 // in a versioned binary format of tagged fields (unknown fields skipped).
 // memberlist's 512-byte metadata carries only a digest: the record version.
-// Full records travel in push/pull state (LocalState/MergeRemoteState) and
-// in gossip broadcasts; a record or CRL too large for one packet is
-// announced ("pull from me") and fetched by push/pull. For each name the
+// Full records travel in push/pull state (LocalState/MergeRemoteState), in
+// gossip broadcasts and in pulls; a record or CRL too large for one packet
+// is announced ("pull from me") and fetched by push/pull. For each name the
 // newest version wins; OnRecord fires only for newer records (and again when
 // a member reported gone comes back). A member whose metadata advertises a
 // newer version than held is pulled from after a grace period.
+//
+// A pull is a request over a stream naming the records the requester
+// lacks; the answer, a state with those records and the newest CRL, comes
+// back over a stream of its own. A push/pull sends every record both ways:
+// in the first seconds of a 100-node fabric the push/pull states came to
+// about 80 MB with record repairs as push/pulls, 35 MB with repairs as
+// pulls (whose answers carry only the records asked for).
 //
 // # Limits
 //
@@ -48,5 +55,8 @@
 // member at growing delays after Join), record repair (pull from a member
 // whose metadata digest is newer than its held record, and join the owner
 // of a record memberlist has not reported), and reconnects (one dead member
-// per interval, which also heals partitions without an operator).
+// per interval, which also heals partitions without an operator). A
+// member known only by its record is out of failure detection's sight
+// (memberlist declares dead only members it knows); it is offered to
+// OnLeave as dead every so often, for the node to check it with Ping.
 package discovery

@@ -53,3 +53,27 @@ func FuzzDecodeState(f *testing.F) {
 		decodeMeta(b)
 	})
 }
+
+func FuzzDecodePull(f *testing.F) {
+	f.Add(encodePull(pullRequest{from: "node-001", addr: netip.MustParseAddrPort("100.64.0.1:7946"), names: []string{"node-002", "node-003"}})[1:])
+	f.Add([]byte{pullFrom, 1, 'x'})
+	f.Add([]byte{pullName, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := decodePull(b)
+		if err != nil {
+			return
+		}
+		if p.from == "" || len(p.from) > MaxNameLen || !p.addr.IsValid() || len(p.names) > MaxStateRecords {
+			t.Fatalf("limits not enforced: sender %d bytes, address %v, %d names", len(p.from), p.addr, len(p.names))
+		}
+		for _, n := range p.names {
+			if n == "" || len(n) > MaxNameLen {
+				t.Fatalf("name of %d bytes accepted", len(n))
+			}
+		}
+		again, err := decodePull(encodePull(p)[1:])
+		if err != nil || again.from != p.from || again.addr != p.addr || len(again.names) != len(p.names) {
+			t.Fatalf("round trip: %v %+v != %+v", err, again, p)
+		}
+	})
+}

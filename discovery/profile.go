@@ -22,7 +22,9 @@ const (
 	// address: identities are bound by certificates, not addresses).
 	// Package loops: settle syncs 1, 2, 4, 8 s after Join; record repair
 	// every 1 s after 2 s of grace; reconnect to one dead member every 10 s
-	// for 24 h; seed retries from 1 s backing off to 30 s.
+	// for 24 h; seed retries from 1 s backing off to 30 s; a member known
+	// only by its record (memberlist has not reported it) is offered to
+	// OnLeave for a check every 10 s.
 	ProfileLAN Profile = iota
 	// ProfileLocal is for tests in one process (in-memory or loopback): the
 	// LAN changes plus probe every 400 ms with a 300 ms timeout (in-memory
@@ -32,7 +34,8 @@ const (
 	// push/pull every 5 s, TCP timeout 1 s, dead members gossiped for 5 s.
 	// Package loops: settle syncs 0.2, 0.5, 1, 2, 4 s after Join; record
 	// repair every 200 ms after 500 ms of grace; reconnect every 300 ms for
-	// 1 min; seed retries from 50 ms backing off to 1 s.
+	// 1 min; seed retries from 50 ms backing off to 1 s; a member known
+	// only by its record is offered for a check every 5 s.
 	ProfileLocal
 )
 
@@ -56,6 +59,10 @@ type tuning struct {
 	joinBackoffMax    time.Duration
 	updateTimeout     time.Duration // wait for UpdateNode's broadcast
 	maxSyncsPerTick   int           // bound the repair loop's push/pulls
+	// unseenAfter: a member known only by its record for this long (and
+	// again every unseenAfter) is offered to OnLeave as dead, for the
+	// node to check it.
+	unseenAfter time.Duration
 }
 
 func (p Profile) tuning() tuning {
@@ -72,6 +79,7 @@ func (p Profile) tuning() tuning {
 			joinBackoffMax:    time.Second,
 			updateTimeout:     2 * time.Second,
 			maxSyncsPerTick:   2,
+			unseenAfter:       5 * time.Second,
 		}
 	}
 	return tuning{
@@ -85,6 +93,7 @@ func (p Profile) tuning() tuning {
 		joinBackoffMax:    30 * time.Second,
 		updateTimeout:     5 * time.Second,
 		maxSyncsPerTick:   2,
+		unseenAfter:       10 * time.Second,
 	}
 }
 

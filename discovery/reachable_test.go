@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -8,7 +9,8 @@ import (
 )
 
 // TestSyncsGoOnlyToReachableMembers: with Config.Reachable set, a stale
-// record of a member without a tunnel is pulled from a reachable member,
+// record of a member without a tunnel is pulled from a reachable member
+// (a pull, not a push/pull),
 // a dead member without a tunnel is not reconnected to (that would wait
 // out a TCP timeout), and settle picks only reachable members.
 func TestSyncsGoOnlyToReachableMembers(t *testing.T) {
@@ -31,8 +33,8 @@ func TestSyncsGoOnlyToReachableMembers(t *testing.T) {
 	d.tun.reconnectInterval = 0
 	for range 20 {
 		got := d.repairTargets(now)
-		if !slices.Equal(got, []netip.AddrPort{gossipAddr(2)}) {
-			t.Fatalf("repair targets %v, want only the reachable relay %v", got, gossipAddr(2))
+		if !slices.Equal(got, []syncRequest{{addr: gossipAddr(2), pull: true}}) {
+			t.Fatalf("repair targets %v, want only a pull from the reachable relay %v", got, gossipAddr(2))
 		}
 		if got := d.randomAlive(5); !slices.Equal(got, []netip.AddrPort{gossipAddr(2)}) {
 			t.Fatalf("settle targets %v, want only %v", got, gossipAddr(2))
@@ -43,7 +45,7 @@ func TestSyncsGoOnlyToReachableMembers(t *testing.T) {
 	// with directly.
 	reachable[overlayAddr(3)], reachable[overlayAddr(4)] = true, true
 	got := d.repairTargets(now)
-	if !slices.Contains(got, gossipAddr(3)) || !slices.Contains(got, gossipAddr(4)) {
+	if !slices.Contains(got, syncRequest{addr: gossipAddr(3), pull: true}) || !slices.Contains(got, syncRequest{addr: gossipAddr(4)}) {
 		t.Fatalf("repair targets %v, want the far member %v and the dead one %v", got, gossipAddr(3), gossipAddr(4))
 	}
 
@@ -64,5 +66,49 @@ func TestGossipPacketsFitSmallestMTU(t *testing.T) {
 		if size := p.memberlistConfig().UDPBufferSize; size+ipv6UDP > smallestMTU {
 			t.Errorf("profile %v: %d-byte gossip packets need %d bytes with headers, above the %d-byte MTU", p, size, size+ipv6UDP, smallestMTU)
 		}
+	}
+}
+
+// TestUnreportedMemberOfferedForCheck: a member known only by its record,
+// that memberlist has not reported for unseenAfter, is offered to OnLeave
+// as dead (again every unseenAfter, not on every tick): failure detection
+// will never declare a member it does not know dead, and the node may
+// have a tunnel to it. Members memberlist reports are left to it.
+func TestUnreportedMemberOfferedForCheck(t *testing.T) {
+	now := time.Now()
+	long := now.Add(-10 * time.Second) // past unseenAfter, not yet forgotten
+	var calls []string
+	d := &Discovery{
+		cfg: Config{OnLeave: func(name string, dead bool) { calls = append(calls, fmt.Sprintf("%s dead=%v", name, dead)) }},
+		tun: ProfileLocal.tuning(),
+		members: map[string]*member{
+			"unreported": {gossip: netip.AddrPortFrom(overlayAddr(3), DefaultPort), hasRec: true, updated: long},
+			"fresh":      {gossip: netip.AddrPortFrom(overlayAddr(4), DefaultPort), hasRec: true, updated: now},
+			"reported":   {gossip: netip.AddrPortFrom(overlayAddr(5), DefaultPort), hasRec: true, inML: true, state: StateAlive, updated: long, metaSeen: long, stateChange: long},
+		},
+		events: newNotifier(),
+	}
+	run := func() {
+		d.events.mu.Lock()
+		q := d.events.queue
+		d.events.queue = nil
+		d.events.mu.Unlock()
+		for _, f := range q {
+			f()
+		}
+	}
+	d.repairTargets(now)
+	d.repairTargets(now.Add(d.tun.unseenAfter / 2))
+	run()
+	if want := []string{"unreported dead=true"}; !slices.Equal(calls, want) {
+		t.Fatalf("OnLeave calls %v, want %v", calls, want)
+	}
+	// Another unseenAfter later: the unreported member is checked again,
+	// and the fresh one has now gone unreported long enough too.
+	d.repairTargets(now.Add(d.tun.unseenAfter))
+	run()
+	later := slices.Sorted(slices.Values(calls[1:]))
+	if want := []string{"fresh dead=true", "unreported dead=true"}; !slices.Equal(later, want) {
+		t.Fatalf("OnLeave calls %v after another unseenAfter, want %v", later, want)
 	}
 }

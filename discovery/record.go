@@ -181,6 +181,17 @@ func (rd *reader) bytes(n uint64) []byte {
 	return v
 }
 
+// field reads the next tagged field; ok is false at the end of the bytes
+// or on an error (then in rd.err).
+func (rd *reader) field() (tag uint64, v []byte, ok bool) {
+	if rd.err != nil || len(rd.b) == 0 {
+		return 0, nil, false
+	}
+	tag = rd.uvarint()
+	v = rd.bytes(rd.uvarint())
+	return tag, v, rd.err == nil
+}
+
 func (rd *reader) byte() byte {
 	v := rd.bytes(1)
 	if v == nil {
@@ -202,12 +213,7 @@ func decodeRecord(b []byte) (Record, netip.AddrPort, error) {
 		return r, gossip, fmt.Errorf("record format %d: %w", f, ErrMalformed)
 	}
 	var haveName, haveVersion bool
-	for rd.err == nil && len(rd.b) > 0 {
-		tag := rd.uvarint()
-		v := rd.bytes(rd.uvarint())
-		if rd.err != nil {
-			break
-		}
+	for tag, v, ok := rd.field(); ok; tag, v, ok = rd.field() {
 		switch tag {
 		case fieldName:
 			if len(v) == 0 || len(v) > MaxNameLen || haveName {

@@ -25,7 +25,72 @@ const (
 	msgCRL      = 2 // CRL DER
 	msgAnnounce = 3 // "I hold something new; pull it from me"
 	msgLeave    = 4 // "this member is leaving gracefully": name and record version
+	msgPull     = 5 // "send me these records" (see pullRequest), over a stream
+	msgState    = 6 // the answer to a pull: a state holding the records asked for
 )
+
+// Pull request field tags.
+const (
+	pullFrom = 1 // the requester's node name
+	pullAddr = 2 // the requester's gossip address: where the answer goes
+	pullName = 3 // a record wanted (repeated)
+)
+
+// pullRequest asks a member for the records of the named members. It
+// repairs records gossip did not deliver at the cost of those records
+// alone, where a push/pull would exchange every record both ways.
+type pullRequest struct {
+	from  string
+	addr  netip.AddrPort
+	names []string
+}
+
+// encodePull encodes a pull request message (type byte included).
+func encodePull(p pullRequest) []byte {
+	b := []byte{msgPull}
+	b = appendField(b, pullFrom, []byte(p.from))
+	av, _ := p.addr.MarshalBinary()
+	b = appendField(b, pullAddr, av)
+	for _, n := range p.names {
+		b = appendField(b, pullName, []byte(n))
+	}
+	return b
+}
+
+// decodePull decodes an untrusted pull request body (after the type byte).
+// Names past MaxStateRecords are ignored; a request without sender, with
+// an invalid address or with a bad name is refused.
+func decodePull(b []byte) (pullRequest, error) {
+	var p pullRequest
+	rd := &reader{b: b}
+	for tag, v, ok := rd.field(); ok; tag, v, ok = rd.field() {
+		switch tag {
+		case pullFrom:
+			if len(v) == 0 || len(v) > MaxNameLen {
+				return p, fmt.Errorf("pull sender name of %d bytes: %w", len(v), ErrMalformed)
+			}
+			p.from = string(v)
+		case pullAddr:
+			if err := p.addr.UnmarshalBinary(v); err != nil {
+				return p, fmt.Errorf("pull address: %w", ErrMalformed)
+			}
+		case pullName:
+			if len(v) == 0 || len(v) > MaxNameLen {
+				return p, fmt.Errorf("pull name of %d bytes: %w", len(v), ErrMalformed)
+			}
+			if len(p.names) < MaxStateRecords {
+				p.names = append(p.names, string(v))
+			}
+		}
+	}
+	if rd.err != nil {
+		return p, fmt.Errorf("pull: %w", rd.err)
+	}
+	if p.from == "" || !p.addr.IsValid() || p.addr.Port() == 0 {
+		return p, fmt.Errorf("pull incomplete: %w", ErrMalformed)
+	}
+	return p, nil
+}
 
 // Announce field tags and kinds.
 const (
@@ -115,12 +180,7 @@ func decodeState(b []byte) (state, error) {
 	if f := rd.byte(); rd.err == nil && f != stateFormat {
 		return s, fmt.Errorf("state format %d: %w", f, ErrMalformed)
 	}
-	for rd.err == nil && len(rd.b) > 0 {
-		tag := rd.uvarint()
-		v := rd.bytes(rd.uvarint())
-		if rd.err != nil {
-			break
-		}
+	for tag, v, ok := rd.field(); ok; tag, v, ok = rd.field() {
 		switch tag {
 		case stateFrom:
 			if len(v) > MaxNameLen {
@@ -184,12 +244,7 @@ func decodeAnnounce(b []byte) (announce, error) {
 func decodeFields(b []byte) (announce, error) {
 	var a announce
 	rd := &reader{b: b}
-	for rd.err == nil && len(rd.b) > 0 {
-		tag := rd.uvarint()
-		v := rd.bytes(rd.uvarint())
-		if rd.err != nil {
-			break
-		}
+	for tag, v, ok := rd.field(); ok; tag, v, ok = rd.field() {
 		switch tag {
 		case annKind:
 			if len(v) != 1 {
