@@ -38,6 +38,9 @@ const (
 	// the higher WireGuard key waits this long for the other to admit it
 	// first, so that two admissions do not cross.
 	yieldDelay = 1500 * time.Millisecond
+	// respondingRecheck is how long an admission waits when the other
+	// side's handshake with this node is under way.
+	respondingRecheck = 300 * time.Millisecond
 	// retryBase is half the delay before the first retry of a failed
 	// admission; each further failure doubles it.
 	retryBase = 500 * time.Millisecond
@@ -226,6 +229,15 @@ func (g *gossip) admit(p pendingRecord) {
 		// record comes back after the delay (unless a newer one came).
 		g.requeueAfter(yieldDelay+rand.N(yieldDelay/2), r)
 		return
+	}
+	for _, ep := range r.Endpoints {
+		if g.n.ov.Responding(ep) {
+			// The other side is admitting us (we answered its msg1 and
+			// wait for its msg3): a handshake of our own would cross it
+			// and do the work twice. Look again once it had time to end.
+			g.requeueAfter(respondingRecheck+rand.N(respondingRecheck/2), r)
+			return
+		}
 	}
 	for _, ep := range r.Endpoints {
 		ctx, cancel := context.WithTimeout(g.ctx, admitTimeout)

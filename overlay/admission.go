@@ -18,9 +18,10 @@ type inboundPacket struct {
 
 // halfOpenState is a responder waiting for msg3.
 type halfOpenState struct {
-	resp    *handshake.Responder
-	from    netip.AddrPort
-	expires time.Time
+	resp     *handshake.Responder
+	from     netip.AddrPort
+	expires  time.Time
+	answered time.Time // when msg2 went out
 }
 
 // onGridnet is the bind's divert function. It runs on WireGuard's receive
@@ -93,6 +94,22 @@ func (o *Overlay) sweepHalfOpenLocked(now time.Time) {
 			o.deleteHalfOpenLocked(idx)
 		}
 	}
+}
+
+// Responding reports whether a handshake from endpoint is in progress here
+// as responder: msg2 is out (or being made) and its msg3 not yet handled.
+// A node about to admit the node at endpoint can leave it to that
+// handshake rather than start a second one that would cross it.
+func (o *Overlay) Responding(endpoint netip.AddrPort) bool {
+	o.hsMu.Lock()
+	defer o.hsMu.Unlock()
+	now := time.Now()
+	for _, h := range o.halfOpen {
+		if h.from == endpoint && now.Before(h.expires) {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteHalfOpenLocked drops a half-open entry and its per-source count.
@@ -198,6 +215,9 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	if h == nil {
 		return
 	}
+	o.hsMu.Lock()
+	h.answered = time.Now()
+	o.hsMu.Unlock()
 	if err := o.bind.SendTo(msg2, from); err != nil {
 		o.logSend(err)
 		return
@@ -215,16 +235,18 @@ func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
 		ok = false
 	}
 	o.hsMu.Unlock()
-	if !ok || time.Now().After(h.expires) {
+	now := time.Now()
+	if !ok || now.After(h.expires) {
 		o.stats.junk.Add(1)
 		return
 	}
+	rtt := now.Sub(h.answered)
 	peer, err := h.resp.ConsumeFinal(m, o.verifyPeer)
 	if err != nil {
 		o.reject(err, from, "responder")
 		return
 	}
-	if err := o.admit(peer, from, o.startsSession(peer.Static, from)); err != nil {
+	if err := o.admit(peer, from, o.startsSession(peer.Static, from), rtt); err != nil {
 		o.reject(err, from, "responder")
 		return
 	}

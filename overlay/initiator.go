@@ -15,7 +15,10 @@ import (
 const (
 	// AttemptTimeout is how long an initiator waits for msg2 before
 	// retrying; well above any sane RTT, short enough to recover from loss.
-	AttemptTimeout = time.Second
+	// Each attempt that times out doubles the next one's wait, up to
+	// AttemptTimeoutMax: an overloaded responder answers late, not never.
+	AttemptTimeout    = time.Second
+	AttemptTimeoutMax = 4 * time.Second
 	// BackoffMin is the first retry delay.
 	BackoffMin = 100 * time.Millisecond
 	// BackoffMax caps the retry delay so a returning peer is found quickly.
@@ -85,10 +88,16 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 	stop := context.AfterFunc(o.ctx, cancel)
 	defer stop()
 	var bo backoff
+	wait := AttemptTimeout
 	for {
-		id, err := o.attempt(ctx, endpoint)
+		id, err := o.attempt(ctx, endpoint, wait)
 		if err == nil {
 			return id, nil
+		}
+		if errors.Is(err, errAttemptTimeout) {
+			// A loaded responder answers late, and a late msg2 no longer
+			// counts (a new attempt replaced it): give the next one longer.
+			wait = min(2*wait, AttemptTimeoutMax)
 		}
 		var rej *RejectError
 		if errors.As(err, &rej) {
@@ -102,7 +111,7 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 
 // attempt is one initiator handshake. Retryable failures are returned as
 // plain errors, refusals as *RejectError.
-func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
+func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait time.Duration) (*cert.Identity, error) {
 	ch := make(chan inboundPacket, 1)
 	o.hsMu.Lock()
 	idx := o.newIndexLocked()
@@ -126,7 +135,8 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort) (*cert.I
 		return nil, err
 	}
 	o.stats.initiated.Add(1)
-	timer := time.NewTimer(AttemptTimeout)
+	sent := time.Now()
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		select {
@@ -140,13 +150,14 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort) (*cert.I
 				o.stats.junk.Add(1)
 				continue // not from whom we asked: keep waiting
 			}
-			return o.complete(ctx, init, in, endpoint)
+			return o.complete(ctx, init, in, endpoint, time.Since(sent))
 		}
 	}
 }
 
-// complete verifies msg2, admits the responder and sends msg3.
-func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, endpoint netip.AddrPort) (*cert.Identity, error) {
+// complete verifies msg2 (which took rtt to come), admits the responder and
+// sends msg3.
+func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, endpoint netip.AddrPort, rtt time.Duration) (*cert.Identity, error) {
 	m, err := handshake.ParseMessage(in.pkt)
 	if err != nil {
 		o.stats.junk.Add(1)
@@ -166,7 +177,7 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	w := o.bind.watch(endpoint)
 	defer o.bind.unwatch(endpoint)
 	watchSince := time.Now() // the watch has no clock slack
-	if err := o.admit(peer, endpoint, false); err != nil {
+	if err := o.admit(peer, endpoint, false, rtt); err != nil {
 		return nil, o.reject(err, endpoint, "initiator")
 	}
 	o.peersMu.Lock()

@@ -32,7 +32,26 @@ const (
 	// it is started again at once (see armStarterKick), instead of after
 	// WireGuard's own 5 s retry.
 	starterKick = 1500 * time.Millisecond
+	// starterKickMax caps the kick when the admission's round trip was
+	// slow (see kickDelay): a kick later than this would come after
+	// WireGuard's own 5 s retry anyway.
+	starterKickMax = 3500 * time.Millisecond
+	// kickRTTs is how many admission round trips a session may take before
+	// it is kicked.
+	kickRTTs = 3
 )
+
+// kickDelay is how long a session started after an admission whose
+// handshake took rtt (msg2 out to msg3 in, or msg1 out to msg2 in) may take
+// before it is started again. On a loaded node a WireGuard initiation
+// waits in the other side's queue about as long as the admission's
+// messages did; a kick before its answer came would replace it with a
+// second initiation, and the answer to the first would be dropped. When
+// both arrive at once the second is even refused as a flood, and the
+// session waits for WireGuard's 5 s retry.
+func kickDelay(rtt time.Duration) time.Duration {
+	return min(max(kickRTTs*rtt, starterKick), starterKickMax)
+}
 
 // PeerState is a coarse peer state for status displays.
 type PeerState string
@@ -79,6 +98,9 @@ type peerEntry struct {
 	endpoint   netip.AddrPort
 	admittedAt time.Time
 	kickedAt   time.Time // last watchdog restart; guarded by peersMu
+	// starts: this node gave WireGuard the endpoint and starts the
+	// session (see admit's start).
+	starts bool
 }
 
 // addrTable is an immutable overlay-address index, replaced wholesale on
@@ -110,7 +132,10 @@ func hostRoute(p netip.Prefix) netip.Prefix {
 // (the responder's, see startsSession). Otherwise a new peer gets no
 // keepalive and an existing peer's keepalive is left as it is; the
 // initiator enables keepalive once the session is up (see confirm).
-func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) error {
+//
+// rtt is the admission handshake's round trip (0 if unknown); it scales the
+// session checks that follow (see kickDelay).
+func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, rtt time.Duration) error {
 	id := p.Identity
 	if p.Static == o.wgPub {
 		return fmt.Errorf("%w (certificate %q)", ErrSelf, id.Name)
@@ -148,7 +173,8 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	}
 	var b strings.Builder
 	old, exists := o.peers[p.Static]
-	if start && exists && (old.endpoint != endpoint || now.Sub(old.admittedAt) >= confirmWait) {
+	restart := start && exists && (old.endpoint != endpoint || now.Sub(old.admittedAt) >= confirmWait)
+	if restart {
 		// The peer may have restarted with the same keys while we still
 		// hold its old session: drop the peer and add it afresh, so the
 		// keepalive below goes from 0 to on and a new session starts.
@@ -181,6 +207,14 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 	if o.onAdmit != nil {
 		o.onAdmit(id)
 	}
+	if start && exists && !restart && !old.starts && !o.sessionSeen(p.Static, old.admittedAt.Add(-sessionSlack)) {
+		// This node takes over starting a session that has not come. While
+		// it had no endpoint, any packet for the peer made WireGuard try
+		// an initiation that failed, and a failed try holds back the next
+		// one for WireGuard's 5 s retry: clear that, so the keepalive
+		// enabled below sends the initiation at once.
+		o.clearHandshake(p.Static)
+	}
 	if err := o.dev.IpcSet(b.String()); err != nil {
 		if old := o.peers[p.Static]; old != nil && o.onAdmit != nil {
 			o.onAdmit(old.id) // keep what the device still has
@@ -189,13 +223,13 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 		}
 		return fmt.Errorf("overlay: configure peer %q: %w", id.Name, err)
 	}
-	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now}
+	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now, starts: start || (exists && old.starts)}
 	o.peers[p.Static] = e
 	o.publishLocked()
 	if start {
-		o.armStarterKick(e)
+		o.armStarterKick(e, rtt)
 	} else {
-		o.armStarterGrace(e)
+		o.armStarterGrace(e, rtt)
 	}
 	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
 	return nil
@@ -203,12 +237,15 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool) 
 
 // armStarterGrace gives the other side starterGrace to start the session
 // with a peer this node admitted without an endpoint (it does not start
-// sessions with it). If no session came, the other side's admission of
+// sessions with it), longer by as much as a slow admission (rtt) delays the
+// other side's kick. If no session came, the other side's admission of
 // this node failed or was superseded: this node then gives WireGuard the
 // endpoint and a keepalive, and starts the session itself.
-func (o *Overlay) armStarterGrace(e *peerEntry) {
+func (o *Overlay) armStarterGrace(e *peerEntry, rtt time.Duration) {
+	grace := starterGrace + kickDelay(rtt) - starterKick
 	// Jitter: when both sides wait, they should not start at the same moment.
-	o.afterWithoutSession(e, starterGrace+rand.N(starterGrace/2), func() {
+	o.afterWithoutSession(e, grace+rand.N(starterGrace/2), func() {
+		o.clearHandshake(e.key) // as when admit takes a session over
 		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
 			hex.EncodeToString(e.key[:]), e.endpoint, PersistentKeepalive))
 		if err != nil {
@@ -219,13 +256,14 @@ func (o *Overlay) armStarterGrace(e *peerEntry) {
 	})
 }
 
-// armStarterKick starts again, after starterKick, a session this node
+// armStarterKick starts again, after kickDelay(rtt), a session this node
 // started with a newly admitted peer if none has come up: its initiation
 // or the response was lost, or crossed another; WireGuard would wait 5 s
 // to retry. The retry clears the pending handshake and sends a new
 // initiation at once.
-func (o *Overlay) armStarterKick(e *peerEntry) {
-	o.afterWithoutSession(e, starterKick+rand.N(starterKick/3), func() { o.restartSession(e, false) })
+func (o *Overlay) armStarterKick(e *peerEntry, rtt time.Duration) {
+	d := kickDelay(rtt)
+	o.afterWithoutSession(e, d+rand.N(d/3), func() { o.restartSession(e, false) })
 }
 
 // afterWithoutSession runs fn after d if e is then still the admitted
@@ -249,6 +287,16 @@ func (o *Overlay) afterWithoutSession(e *peerEntry, d time.Duration, fn func()) 
 		}
 		fn()
 	})
+}
+
+// clearHandshake drops the pending WireGuard handshake of the peer with
+// key and the hold WireGuard puts on a new initiation after one was tried
+// (also when it failed for want of an endpoint). Only for a peer without
+// a session: its keys go too.
+func (o *Overlay) clearHandshake(key [32]byte) {
+	if p := o.dev.LookupPeer(device.NoisePublicKey(key)); p != nil {
+		p.ExpireCurrentKeypairs()
+	}
 }
 
 // restartSession clears e's pending WireGuard handshake and keys and sends

@@ -77,7 +77,7 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 		t.Fatal("no session after admission")
 	}
 	// a, as the responder of a second handshake, admits b again.
-	if err := a.admit(peerOf(t, f, b), b.ep, true); err != nil {
+	if err := a.admit(peerOf(t, f, b), b.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := handshakeOf(); !got.Equal(first) {
@@ -88,7 +88,7 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 	a.peersMu.Lock()
 	a.peers[bKey].admittedAt = time.Now().Add(-confirmWait)
 	a.peersMu.Unlock()
-	if err := a.admit(peerOf(t, f, b), b.ep, true); err != nil {
+	if err := a.admit(peerOf(t, f, b), b.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := handshakeOf(); got.Equal(first) {
@@ -99,7 +99,7 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 	admit(t, a, b)
 	second := handshakeOf()
 	moved := netip.AddrPortFrom(b.ep.Addr(), b.ep.Port()+1)
-	if err := a.admit(peerOf(t, f, b), moved, true); err != nil {
+	if err := a.admit(peerOf(t, f, b), moved, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := handshakeOf(); got.Equal(second) {
@@ -210,5 +210,55 @@ func TestRemovePeerAdmittedBefore(t *testing.T) {
 	}
 	if !a.RemovePeerAdmittedBefore(bKey, time.Now().Add(time.Second), "test") || a.hasPeer(bKey) {
 		t.Fatal("a removal decided after the admission left it")
+	}
+}
+
+// TestSlowAdmissionDelaysKick: after an admission whose round trip was
+// slow, the starter waits kickRTTs round trips before it starts a lost
+// session again (an earlier kick would replace an initiation still queued
+// at a loaded peer), and then does.
+func TestSlowAdmissionDelaysKick(t *testing.T) {
+	const rtt = time.Second
+	f, a, b := admittedPair(t)
+	aKey := peerOf(t, f, a).Static
+	// b admits a again (a second handshake moments later, from the same
+	// endpoint: the session stays) and this admission took rtt.
+	if err := b.admit(peerOf(t, f, a), a.ep, true, rtt); err != nil {
+		t.Fatal(err)
+	}
+	forgetSession(t, a, b, peerOf(t, f, b).Static)
+	forgetSession(t, b, a, aKey)
+	time.Sleep(100 * time.Millisecond)
+	if w := (*b.bind.watches.Load())[a.ep]; w != nil {
+		w.last.Store(0)
+	}
+	since := time.Now()
+	before := b.Stats().Restarted
+	quiet := since.Add(kickDelay(rtt) - 300*time.Millisecond)
+	for time.Now().Before(quiet) {
+		if got := b.Stats().Restarted; got != before {
+			t.Fatalf("session kicked after %v, before %d round trips of %v", time.Since(since), kickRTTs, rtt)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	deadline := since.Add(kickDelay(rtt)*4/3 + time.Second)
+	for !b.sessionSeen(aKey, since) {
+		if time.Now().After(deadline) {
+			t.Fatal("the starter did not restart the lost session")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestKickDelayBounds(t *testing.T) {
+	for _, c := range []struct{ rtt, want time.Duration }{
+		{0, starterKick},
+		{100 * time.Millisecond, starterKick},
+		{time.Second, kickRTTs * time.Second},
+		{10 * time.Second, starterKickMax},
+	} {
+		if got := kickDelay(c.rtt); got != c.want {
+			t.Errorf("kickDelay(%v) = %v, want %v", c.rtt, got, c.want)
+		}
 	}
 }

@@ -1,0 +1,120 @@
+package overlay
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// delayRelay forwards UDP between a client and a target on 127.0.0.1:
+// client to target at once, target to client after delay (a loaded
+// target: its answers come late). The target sees the relay's own socket
+// as the client.
+type delayRelay struct {
+	front, back *net.UDPConn
+	addr        netip.AddrPort // where the client sends
+	mu          sync.Mutex
+	client      netip.AddrPort
+	wg          sync.WaitGroup
+}
+
+func newDelayRelay(t *testing.T, target netip.AddrPort, delay time.Duration) *delayRelay {
+	t.Helper()
+	front, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &delayRelay{front: front, back: back, addr: front.LocalAddr().(*net.UDPAddr).AddrPort()}
+	r.wg.Add(2)
+	go func() { // client → target
+		defer r.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := front.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.client = from
+			r.mu.Unlock()
+			_, _ = back.WriteToUDPAddrPort(buf[:n], target)
+		}
+	}()
+	go func() { // target → client, late
+		defer r.wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, _, err := back.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pkt := append([]byte(nil), buf[:n]...)
+			r.mu.Lock()
+			to := r.client
+			r.mu.Unlock()
+			time.AfterFunc(delay, func() { _, _ = front.WriteToUDPAddrPort(pkt, to) })
+		}
+	}()
+	t.Cleanup(func() {
+		front.Close()
+		back.Close()
+		r.wg.Wait()
+		time.Sleep(delay) // let the last delayed writes fail on the closed socket
+	})
+	return r
+}
+
+// TestLateAnswerAdmitsOnRetry: a responder whose msg2 always comes later
+// than AttemptTimeout (an overloaded node) is still admitted: an attempt
+// that timed out gives the next one longer to wait.
+func TestLateAnswerAdmitsOnRetry(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	relay := newDelayRelay(t, b.ep, AttemptTimeout*3/2)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	id, err := a.Admit(ctx, relay.addr)
+	if err != nil {
+		t.Fatalf("admission through a slow responder: %v", err)
+	}
+	if id.Name != b.name {
+		t.Fatalf("admitted %q, want %q", id.Name, b.name)
+	}
+	if st := a.Stats(); st.Timeouts == 0 {
+		t.Fatalf("no attempt timed out (%+v): the relay did not delay the answer past AttemptTimeout", st)
+	}
+}
+
+// TestRespondingWhileHandshakeOpen: Responding reports an unexpired
+// half-open handshake from the endpoint, and nothing else.
+func TestRespondingWhileHandshakeOpen(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	from := netip.MustParseAddrPort("127.0.0.1:40000")
+	if a.Responding(from) {
+		t.Fatal("responding with no handshake open")
+	}
+	a.hsMu.Lock()
+	a.halfOpen[7] = &halfOpenState{from: from, expires: time.Now().Add(time.Minute)}
+	a.halfOpen[8] = &halfOpenState{from: netip.MustParseAddrPort("127.0.0.1:40001"), expires: time.Now().Add(-time.Second)}
+	a.hsMu.Unlock()
+	if !a.Responding(from) {
+		t.Fatal("not responding with a handshake open from the endpoint")
+	}
+	if a.Responding(netip.MustParseAddrPort("127.0.0.1:40001")) {
+		t.Fatal("responding for an expired handshake")
+	}
+	if a.Responding(netip.MustParseAddrPort("127.0.0.1:40002")) {
+		t.Fatal("responding for another endpoint")
+	}
+}
