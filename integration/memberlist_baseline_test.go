@@ -17,5 +17,5 @@ func memberlistBaseline(b *testing.B, n int) fabricTimes {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return fabricTimes{mesh: f.Converged, removal: f.Removed}
+	return fabricTimes{Mesh: f.Converged, Removal: f.Removed}
 }
