@@ -681,20 +681,27 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 		a, relays = relays[0], relays[1:]
 		return a, true
 	}
-	// One pull names every missing record, so one pull target a tick is
-	// drawn among the members with one missing. It is shuffled in with
-	// the members memberlist has not reported: those are out of failure
-	// detection's sight until joined, and must not wait behind a long run
-	// of missing records.
-	candidates := make([]syncRequest, 0, 1+len(unknown))
-	if len(stale) > 0 {
-		candidates = append(candidates, syncRequest{addr: stale[rand.N(len(stale))], pull: true})
+	// A member memberlist has not reported is out of failure detection's
+	// sight until joined: one such join a tick goes first, so that it does
+	// not wait behind a long run of missing records; pulls, then further
+	// joins, fill the rest.
+	rand.Shuffle(len(stale), func(i, j int) { stale[i], stale[j] = stale[j], stale[i] })
+	rand.Shuffle(len(unknown), func(i, j int) { unknown[i], unknown[j] = unknown[j], unknown[i] })
+	candidates := make([]syncRequest, 0, len(stale)+len(unknown))
+	if len(unknown) > 0 {
+		candidates = append(candidates, syncRequest{addr: unknown[0]})
+		unknown = unknown[1:]
+	}
+	for _, a := range stale {
+		candidates = append(candidates, syncRequest{addr: a, pull: true})
 	}
 	for _, a := range unknown {
 		candidates = append(candidates, syncRequest{addr: a})
 	}
-	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
 	for _, r := range candidates {
+		if len(out) == d.tun.maxSyncsPerTick {
+			break
+		}
 		if a, ok := reach(r.addr); ok {
 			r.addr = a
 			add(r)
