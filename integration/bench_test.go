@@ -178,6 +178,23 @@ func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	}
 }
 
+// drainOne accepts one connection on ln, reads it to the end and sends
+// the byte count (-1 if the accept failed).
+func drainOne(ln net.Listener) <-chan int64 {
+	received := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			received <- -1
+			return
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		received <- n
+	}()
+	return received
+}
+
 // measureBulk sends size bytes one way and returns Mbit/s.
 func measureBulk(b *testing.B, p pair, size int64) float64 {
 	b.Helper()
@@ -186,17 +203,7 @@ func measureBulk(b *testing.B, p pair, size int64) float64 {
 		b.Fatal(err)
 	}
 	defer ln.Close()
-	done := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			done <- -1
-			return
-		}
-		defer c.Close()
-		n, _ := io.Copy(io.Discard, c)
-		done <- n
-	}()
+	done := drainOne(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := p.dial(ctx, fmt.Sprintf("%s:%d", p.host, bulkPort))
@@ -440,17 +447,7 @@ func sendFor(p pair, port uint16, ready *sync.WaitGroup, start <-chan struct{}, 
 		return 0, err
 	}
 	defer ln.Close()
-	received := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			received <- -1
-			return
-		}
-		n, _ := io.Copy(io.Discard, c)
-		c.Close()
-		received <- n
-	}()
+	received := drainOne(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	c, err := p.dial(ctx, fmt.Sprintf("%s:%d", p.host, port))

@@ -244,16 +244,22 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 func (o *Overlay) armStarterGrace(e *peerEntry, rtt time.Duration) {
 	grace := starterGrace + kickDelay(rtt) - starterKick
 	// Jitter: when both sides wait, they should not start at the same moment.
-	o.afterWithoutSession(e, grace+rand.N(starterGrace/2), func() {
-		o.clearHandshake(e.key) // as when admit takes a session over
-		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
-			hex.EncodeToString(e.key[:]), e.endpoint, PersistentKeepalive))
-		if err != nil {
-			o.log.Warn("start session after grace", "name", e.id.Name, "err", err.Error())
-			return
-		}
-		o.log.Debug("no session started by the other side; starting it", "name", e.id.Name)
-	})
+	o.afterWithoutSession(e, grace+rand.N(starterGrace/2), func() { o.startAfterGrace(e) })
+}
+
+// startAfterGrace gives WireGuard e's endpoint and a keepalive, so that it
+// starts the session the other side did not. It clears the pending
+// handshake first, as when admit takes a session over: a try WireGuard
+// made without the endpoint would hold the initiation back for 5 s.
+func (o *Overlay) startAfterGrace(e *peerEntry) {
+	o.clearHandshake(e.key)
+	err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
+		hex.EncodeToString(e.key[:]), e.endpoint, PersistentKeepalive))
+	if err != nil {
+		o.log.Warn("start session after grace", "name", e.id.Name, "err", err.Error())
+		return
+	}
+	o.log.Debug("no session started by the other side; starting it", "name", e.id.Name)
 }
 
 // armStarterKick starts again, after kickDelay(rtt), a session this node

@@ -42,6 +42,33 @@ func forgetSession(t *testing.T, b, a *node, aKey [32]byte) {
 	forgetSessionEndpoint(t, b, a, aKey, true)
 }
 
+// loseSessionBeforeTraffic drops the session b started with a on both
+// sides, before any transport message from a reached b, and clears b's
+// transport watch of a, so that b's session check sees no session.
+func loseSessionBeforeTraffic(t *testing.T, f *fixture, a, b *node) {
+	t.Helper()
+	forgetSession(t, a, b, peerOf(t, f, b).Static)
+	forgetSession(t, b, a, peerOf(t, f, a).Static)
+	time.Sleep(100 * time.Millisecond)
+	w := (*b.bind.watches.Load())[a.ep]
+	if w == nil {
+		t.Fatal("b does not watch a's endpoint while its session check is armed")
+	}
+	w.last.Store(0)
+}
+
+// awaitSession waits until n has a session with the peer key that came
+// after since, and fails the test with what if none came by deadline.
+func awaitSession(t *testing.T, n *node, key [32]byte, since, deadline time.Time, what string) {
+	t.Helper()
+	for !n.sessionSeen(key, since) {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // forgetSessionEndpoint is forgetSession; withEndpoint false leaves b's
 // device without an endpoint for a (as a peer admitted for the other side
 // to start the session has).
@@ -128,12 +155,7 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 			b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
 			b.peersMu.Unlock()
 			deadline := time.Now().Add(2*watchdogInterval + 3*time.Second)
-			for !b.sessionSeen(aKey, since) {
-				if time.Now().After(deadline) {
-					t.Fatal("the side without a session did not restart it")
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			awaitSession(t, b, aKey, since, deadline, "the side without a session did not restart it")
 			if b.Stats().Restarted == 0 {
 				t.Error("Restarted counter did not move")
 			}
@@ -152,24 +174,11 @@ func TestStarterKickRestartsLostSession(t *testing.T) {
 	aKey := peerOf(t, f, a).Static
 	// The session b started is lost at once, on both sides, before any
 	// transport message from a reached b: so nothing from a reaches b's
-	// transport watch (which would tell the kick the session came) once
-	// a's keepalive from its confirmation has landed.
-	forgetSession(t, a, b, peerOf(t, f, b).Static)
-	forgetSession(t, b, a, aKey)
-	time.Sleep(100 * time.Millisecond)
-	if w := (*b.bind.watches.Load())[a.ep]; w != nil {
-		w.last.Store(0)
-	} else {
-		t.Fatal("b does not watch a's endpoint while its session check is armed")
-	}
+	// transport watch (which would tell the kick the session came).
+	loseSessionBeforeTraffic(t, f, a, b)
 	since := time.Now()
 	deadline := time.Now().Add(starterKick*4/3 + time.Second) // before the watchdog could act
-	for !b.sessionSeen(aKey, since) {
-		if time.Now().After(deadline) {
-			t.Fatal("the starter did not restart the lost session in time")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	awaitSession(t, b, aKey, since, deadline, "the starter did not restart the lost session in time")
 	if b.Stats().Restarted == 0 {
 		t.Error("Restarted counter did not move")
 	}
@@ -226,12 +235,7 @@ func TestSlowAdmissionDelaysKick(t *testing.T) {
 	if err := b.admit(peerOf(t, f, a), a.ep, true, rtt); err != nil {
 		t.Fatal(err)
 	}
-	forgetSession(t, a, b, peerOf(t, f, b).Static)
-	forgetSession(t, b, a, aKey)
-	time.Sleep(100 * time.Millisecond)
-	if w := (*b.bind.watches.Load())[a.ep]; w != nil {
-		w.last.Store(0)
-	}
+	loseSessionBeforeTraffic(t, f, a, b)
 	since := time.Now()
 	before := b.Stats().Restarted
 	quiet := since.Add(kickDelay(rtt) - 300*time.Millisecond)
@@ -242,12 +246,7 @@ func TestSlowAdmissionDelaysKick(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	deadline := since.Add(kickDelay(rtt)*4/3 + time.Second)
-	for !b.sessionSeen(aKey, since) {
-		if time.Now().After(deadline) {
-			t.Fatal("the starter did not restart the lost session")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	awaitSession(t, b, aKey, since, deadline, "the starter did not restart the lost session")
 }
 
 func TestKickDelayBounds(t *testing.T) {
