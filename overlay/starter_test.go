@@ -8,9 +8,10 @@ import (
 	"github.com/aigrid/gridnet/overlay/handshake"
 )
 
-// twoNodes starts two nodes that know nothing of each other, and returns
-// how to name each as a handshake peer.
-func twoNodes(t *testing.T) (a, b *node, idOf func(*node) *handshake.Peer) {
+// nonStarters starts two nodes that admit each other as the side that
+// does not start the session (neither gives WireGuard an endpoint), and
+// returns how to name each as a handshake peer.
+func nonStarters(t *testing.T) (a, b *node, idOf func(*node) *handshake.Peer) {
 	t.Helper()
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
@@ -23,6 +24,12 @@ func twoNodes(t *testing.T) (a, b *node, idOf func(*node) *handshake.Peer) {
 		}
 		return &handshake.Peer{Identity: id, Static: id.WireGuardKey}
 	}
+	if err := a.admit(idOf(b), b.ep, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.admit(idOf(a), a.ep, false, 0); err != nil {
+		t.Fatal(err)
+	}
 	return a, b, idOf
 }
 
@@ -31,14 +38,8 @@ func twoNodes(t *testing.T) (a, b *node, idOf func(*node) *handshake.Peer) {
 // WireGuard) would never get a session; after starterGrace each starts it
 // itself, and the session forms.
 func TestNonStarterStartsAfterGrace(t *testing.T) {
-	a, b, idOf := twoNodes(t)
 	since := time.Now().Add(-sessionSlack)
-	if err := a.admit(idOf(b), b.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.admit(idOf(a), a.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
+	a, b, idOf := nonStarters(t)
 	bKey := idOf(b).Static
 	time.Sleep(starterGrace / 2)
 	if st, _ := a.wgStats(); st[bKey] != nil && !st[bKey].lastHandshake.IsZero() {
@@ -57,13 +58,7 @@ func TestNonStarterStartsAfterGrace(t *testing.T) {
 // WireGuard try (and fail, without an endpoint) an initiation of its own,
 // which holds back the next one for WireGuard's 5 s retry.
 func TestTakeOverStartsAtOnce(t *testing.T) {
-	a, b, idOf := twoNodes(t)
-	if err := a.admit(idOf(b), b.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.admit(idOf(a), a.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
+	a, b, idOf := nonStarters(t)
 	failedTry(t, a, b)
 	since := time.Now().Add(-sessionSlack)
 	if err := a.admit(idOf(b), b.ep, true, 0); err != nil {
@@ -80,13 +75,7 @@ func TestTakeOverStartsAtOnce(t *testing.T) {
 // meanwhile made WireGuard try (and fail, without an endpoint) an
 // initiation, which holds back the next one for WireGuard's 5 s retry.
 func TestGraceStartsDespiteFailedTry(t *testing.T) {
-	a, b, idOf := twoNodes(t)
-	if err := a.admit(idOf(b), b.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.admit(idOf(a), a.ep, false, 0); err != nil {
-		t.Fatal(err)
-	}
+	a, b, idOf := nonStarters(t)
 	failedTry(t, a, b)
 	bKey := idOf(b).Static
 	a.peersMu.Lock()
