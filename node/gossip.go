@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/overlay"
 )
 
 // GossipOptions turn on discovery: memberlist over the overlay spreads node
@@ -81,6 +82,9 @@ type gossip struct {
 	admitting map[string]bool
 	retries   map[string]int // name → failed admissions in a row
 	wake      chan struct{}
+	// ping checks a member declared dead through its tunnel (d.Ping;
+	// tests replace it).
+	ping func(name string) bool
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -132,6 +136,7 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.d = d
+	g.ping = d.Ping
 	for range admitWorkers {
 		g.wg.Add(1)
 		go g.admitLoop()
@@ -307,7 +312,9 @@ func (g *gossip) left(name string) bool {
 // node starved of CPU or a lossy moment makes failure detection declare
 // live members dead, and tearing down a working tunnel would make the
 // member unreachable in earnest. One that answers keeps its tunnel (it
-// refutes its death in memberlist by itself); one that does not is removed
+// refutes its death in memberlist by itself), and so does one that
+// WireGuard heard from during the check (an answer after the ping's
+// timeout counts); one that does not is removed
 // and tried again later (see retryLater): it may only be unreachable for
 // a while.
 func (g *gossip) onLeave(name string, dead bool) {
@@ -319,14 +326,24 @@ func (g *gossip) onLeave(name string, dead bool) {
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
+		began := time.Now() // WireGuard's clock, not opts.Now
+		heard := g.receptionOf(name)
 		for range deathPings {
 			if g.ctx.Err() != nil {
 				return
 			}
-			if g.d.Ping(name) {
+			if g.ping(name) {
 				g.log.Info("member declared dead answers through its tunnel; tunnel kept", "name", name)
 				return
 			}
+		}
+		// On a loaded node an answer can come after memberlist's probe
+		// timeout; WireGuard still counts it. Anything it authenticated
+		// from the member since the check began, or a handshake since,
+		// proves the member alive.
+		if now := g.receptionOf(name); heardSince(heard, now, began) {
+			g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
+			return
 		}
 		// An admission since the verdict proved the member alive (the
 		// verdict itself may come from the missing tunnel): it stays.
@@ -343,6 +360,35 @@ func (g *gossip) onLeave(name string, dead bool) {
 			}
 		}
 	}()
+}
+
+// receptionOf returns what WireGuard has received from the admitted peer
+// called name, keyed by its WireGuard key (a name can have two entries
+// while a renewed certificate replaces the old one).
+func (g *gossip) receptionOf(name string) map[[32]byte]overlay.Reception {
+	out := map[[32]byte]overlay.Reception{}
+	for _, id := range g.n.ov.Admitted() {
+		if id.Name == name {
+			if r, ok := g.n.ov.Reception(id.WireGuardKey); ok {
+				out[id.WireGuardKey] = r
+			}
+		}
+	}
+	return out
+}
+
+// heardSince reports whether now shows more received bytes than before
+// for a peer, or a handshake with it after t.
+func heardSince(before, now map[[32]byte]overlay.Reception, t time.Time) bool {
+	for key, r := range now {
+		if r.LastHandshake.After(t) {
+			return true
+		}
+		if b, ok := before[key]; ok && r.RxBytes > b.RxBytes {
+			return true
+		}
+	}
+	return false
 }
 
 // reconcile queues every live member with a record that is neither

@@ -119,6 +119,31 @@ func TestFalseDeathKeepsTunnel(t *testing.T) {
 	}
 }
 
+// TestLateAnswerKeepsTunnel: on a loaded node the answers to the pings
+// that check a death verdict can come after memberlist's probe timeout.
+// WireGuard still receives them (and the member's other traffic): what it
+// authenticated from the member during the check keeps the tunnel.
+func TestLateAnswerKeepsTunnel(t *testing.T) {
+	a, b := gossipPair(t)
+	a.gossip.ping = func(string) bool {
+		// Every ping answered too late; beta sends through its tunnel
+		// meanwhile, as a live member's gossip and answers do.
+		c, err := b.Dial(t.Context(), "udp", netip.AddrPortFrom(a.Addr(), 9).String())
+		if err == nil {
+			c.Write([]byte("late"))
+			c.Close()
+		}
+		time.Sleep(300 * time.Millisecond)
+		return false
+	}
+	removed := a.ov.Stats().Removed
+	a.gossip.onLeave("beta", true)
+	time.Sleep(2 * time.Second) // longer than the check
+	if got := a.ov.Stats().Removed; got != removed {
+		t.Fatalf("a member heard from through its tunnel during the check was removed (%d removals)", got-removed)
+	}
+}
+
 // gossipPair starts alpha and beta with gossip (beta's seed is alpha) and
 // waits until alpha has admitted beta and sees it alive.
 func gossipPair(t *testing.T) (a, b *Node) {

@@ -231,10 +231,6 @@ func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
 // sessionSeen reports whether WireGuard completed a handshake with key
 // after since.
 func (o *Overlay) sessionSeen(key [32]byte, since time.Time) bool {
-	st, err := o.recentStats(confirmPoll)
-	if err != nil {
-		return false
-	}
-	s := st[key]
-	return s != nil && !s.lastHandshake.IsZero() && !s.lastHandshake.Before(since)
+	hs := o.lastHandshake(key)
+	return !hs.IsZero() && !hs.Before(since)
 }

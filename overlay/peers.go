@@ -207,12 +207,11 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	if o.onAdmit != nil {
 		o.onAdmit(id)
 	}
-	if start && exists && !restart && !old.starts && !o.sessionSeen(p.Static, old.admittedAt.Add(-sessionSlack)) {
-		// This node takes over starting a session that has not come. While
-		// it had no endpoint, any packet for the peer made WireGuard try
-		// an initiation that failed, and a failed try holds back the next
-		// one for WireGuard's 5 s retry: clear that, so the keepalive
-		// enabled below sends the initiation at once.
+	fresh := start && exists && !restart && o.needsFreshSession(p.Static, old, now.Add(-rtt))
+	if fresh {
+		// Clear WireGuard's pending handshake and its hold on a new
+		// initiation (a try that failed without an endpoint holds the
+		// next one back for its 5 s retry), so that one goes out at once.
 		o.clearHandshake(p.Static)
 	}
 	if err := o.dev.IpcSet(b.String()); err != nil {
@@ -226,6 +225,11 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now, starts: start || (exists && old.starts)}
 	o.peers[p.Static] = e
 	o.publishLocked()
+	if fresh {
+		// The keepalive sent the initiation if it was off before; if it
+		// was on already, this sends it (and sends no second one).
+		o.initiate(p.Static)
+	}
 	if start {
 		o.armStarterKick(e, rtt)
 	} else {
@@ -233,6 +237,53 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	}
 	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
 	return nil
+}
+
+// needsFreshSession decides, for an admission this node starts of a peer
+// it had admitted before (old, not restarted), whether to start a new
+// WireGuard session at once rather than keep what the device has:
+//
+//   - this node was not the starter and no session came since that
+//     admission: it takes the start over;
+//   - the device's session is older than this admission (began): the
+//     other side may no longer have it. It removed this node (a death
+//     verdict, say) and admitted it afresh, or restarted on the same
+//     endpoint. Keeping the old keys would leave the peer without a
+//     session until a kick or WireGuard's own retry, since a keepalive
+//     that is already on sends nothing new. If the peer still has the
+//     session, the new one only replaces it.
+//
+// A session that came during this admission is kept: that is a second
+// admission of the same two nodes, moments after the first.
+func (o *Overlay) needsFreshSession(key [32]byte, old *peerEntry, began time.Time) bool {
+	hs := o.lastHandshake(key)
+	if !old.starts && (hs.IsZero() || hs.Before(old.admittedAt.Add(-sessionSlack))) {
+		return true
+	}
+	return !hs.IsZero() && hs.Before(began.Add(-sessionSlack))
+}
+
+// lastHandshake is the device's last completed handshake with the peer
+// key (a read shared for confirmPoll); zero if none or unknown.
+func (o *Overlay) lastHandshake(key [32]byte) time.Time {
+	st, err := o.recentStats(confirmPoll)
+	if err != nil || st[key] == nil {
+		return time.Time{}
+	}
+	return st[key].lastHandshake
+}
+
+// initiate sends a WireGuard handshake initiation to the peer key unless
+// one went out within WireGuard's retry time (as clearHandshake resets
+// that, an initiation the configuration sent just before counts).
+func (o *Overlay) initiate(key [32]byte) {
+	p := o.dev.LookupPeer(device.NoisePublicKey(key))
+	if p == nil {
+		return
+	}
+	if err := p.SendHandshakeInitiation(false); err != nil {
+		o.log.Debug("start session", "key", hex.EncodeToString(key[:4]), "err", err.Error())
+	}
 }
 
 // armStarterGrace gives the other side starterGrace to start the session
@@ -753,6 +804,26 @@ func (o *Overlay) Admitted() []*cert.Identity {
 	o.peersMu.Unlock()
 	slices.SortFunc(out, func(a, b *cert.Identity) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Reception is what WireGuard has received from one peer: it counts only
+// what it authenticated.
+type Reception struct {
+	// RxBytes is the total of transport bytes received.
+	RxBytes uint64
+	// LastHandshake is the last completed handshake; zero if none.
+	LastHandshake time.Time
+}
+
+// Reception returns what WireGuard has received from the admitted peer
+// with key (a device read shared for confirmPoll); ok is false if the
+// device does not know the peer.
+func (o *Overlay) Reception(key [32]byte) (r Reception, ok bool) {
+	st, err := o.recentStats(confirmPoll)
+	if err != nil || st[key] == nil {
+		return Reception{}, false
+	}
+	return Reception{RxBytes: st[key].rx, LastHandshake: st[key].lastHandshake}, true
 }
 
 // HasPeer reports whether a peer with WireGuard key key is admitted.

@@ -134,6 +134,31 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 	}
 }
 
+// TestReadmissionRestartsSessionPeerLost: the other side dropped this node
+// and admitted it afresh (after a death verdict, say) while this node kept
+// the session they had. When this node then admits it again and starts the
+// session, its keepalive is on already and sends nothing new: it must
+// start a new session at once, or the peer waits for the starter kick.
+func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
+	f, a, b := admittedPair(t) // b, the responder, starts the session
+	aKey, bKey := peerOf(t, f, a).Static, peerOf(t, f, b).Static
+	if !b.sessionSeen(aKey, time.Now().Add(-time.Minute)) {
+		t.Fatal("no session after admission")
+	}
+	time.Sleep(sessionSlack + 200*time.Millisecond) // the session is now older than a new admission
+	// a drops b and has it back as a peer whose session b starts.
+	forgetSessionEndpoint(t, a, b, bKey, false)
+	since := time.Now()
+	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	awaitSession(t, a, bKey, since, time.Now().Add(starterKick-300*time.Millisecond),
+		"the peer that lost the session got none soon after the re-admission")
+	if err := exchange(t, a, b, 7003, []byte("after re-admission"), 5*time.Second); err != nil {
+		t.Fatalf("traffic after the re-admission: %v", err)
+	}
+}
+
 // TestWatchdogHealsHalfSession: one side loses its session state while the
 // other keeps its keys (as when the last handshake message is lost after
 // the other side derived its keys). No traffic flows, so nothing in
