@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/aigrid/gridnet/overlay/handshake"
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 )
 
 // divertFunc receives one gridnet datagram. pkt is only valid during the
@@ -49,6 +51,11 @@ type divertBind struct {
 	// (see transportWatch); watchMu serializes its writers.
 	watches atomic.Pointer[watchTable]
 	watchMu sync.Mutex
+
+	// initiations holds the last WireGuard handshake initiation sent to
+	// each endpoint, for a kick to send again (see resendInitiation).
+	initMu      sync.Mutex
+	initiations map[netip.AddrPort][]byte
 
 	mu   sync.Mutex
 	port uint16
@@ -212,8 +219,56 @@ func (b *divertBind) Close() error { return b.inner.Close() }
 // SetMark forwards to the inner bind.
 func (b *divertBind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
-// Send forwards WireGuard traffic to the inner bind.
-func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+// Send forwards WireGuard traffic to the inner bind, keeping a copy of
+// each handshake initiation (the only 148-byte message of type 1; data
+// messages are only looked at for those two bytes).
+func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	for _, buf := range bufs {
+		if len(buf) == device.MessageInitiationSize && buf[0] == device.MessageInitiationType {
+			b.recordInitiation(endpointAddr(ep), buf)
+		}
+	}
+	return b.inner.Send(bufs, ep)
+}
+
+// maxInitiations bounds the initiation copies kept (one per endpoint);
+// past it they are dropped and kept again from empty.
+const maxInitiations = 4096
+
+func (b *divertBind) recordInitiation(to netip.AddrPort, pkt []byte) {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	b.initMu.Lock()
+	defer b.initMu.Unlock()
+	if b.initiations == nil || len(b.initiations) >= maxInitiations {
+		b.initiations = make(map[netip.AddrPort][]byte)
+	}
+	b.initiations[to] = bytes.Clone(pkt)
+}
+
+// forgetInitiation drops the initiation kept for to (its peer is gone).
+func (b *divertBind) forgetInitiation(to netip.AddrPort) {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	b.initMu.Lock()
+	delete(b.initiations, to)
+	b.initMu.Unlock()
+}
+
+// resendInitiation sends the last handshake initiation sent to to again,
+// byte for byte, and reports whether there was one to send. To the peer
+// it is a duplicate datagram: if the first copy is still waiting in the
+// peer's handshake queue, WireGuard answers the first and drops the second
+// as a replay, and the answer matches the handshake this side holds; if
+// the first was lost, the copy is answered. A new initiation instead would
+// replace this side's handshake, so the answer to the first is dropped,
+// and the peer refuses the new one as a flood when it consumes both
+// within 20 ms, as a backed-up queue does.
+func (b *divertBind) resendInitiation(to netip.AddrPort) bool {
+	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
+	b.initMu.Lock()
+	pkt := b.initiations[to]
+	b.initMu.Unlock()
+	return pkt != nil && b.SendTo(pkt, to) == nil
+}
 
 // ParseEndpoint forwards to the inner bind.
 func (b *divertBind) ParseEndpoint(s string) (conn.Endpoint, error) {

@@ -315,12 +315,25 @@ func (o *Overlay) startAfterGrace(e *peerEntry) {
 
 // armStarterKick starts again, after kickDelay(rtt), a session this node
 // started with a newly admitted peer if none has come up: its initiation
-// or the response was lost, or crossed another; WireGuard would wait 5 s
-// to retry. The retry clears the pending handshake and sends a new
-// initiation at once.
+// or the response was lost, or it still waits in a loaded peer's queue;
+// WireGuard would wait 5 s to retry. The kick (kickSession) sends the same
+// initiation again.
 func (o *Overlay) armStarterKick(e *peerEntry, rtt time.Duration) {
 	d := kickDelay(rtt)
-	o.afterWithoutSession(e, d+rand.N(d/3), func() { o.restartSession(e, false) })
+	o.afterWithoutSession(e, d+rand.N(d/3), func() { o.kickSession(e) })
+}
+
+// kickSession sends the initiation of e's pending session again, byte for
+// byte (see divertBind.resendInitiation): it is answered whether the
+// first copy was lost or still waits in the peer's queue. Only when there
+// is none to repeat does it start a new session (restartSession).
+func (o *Overlay) kickSession(e *peerEntry) {
+	if o.bind.resendInitiation(e.endpoint) {
+		o.stats.kicks.Add(1)
+		o.log.Debug("session not up in time; initiation sent again", "name", e.id.Name)
+		return
+	}
+	o.restartSession(e, false)
 }
 
 // afterWithoutSession runs fn after d if e is then still the admitted
@@ -507,6 +520,7 @@ func (o *Overlay) removeLocked(e *peerEntry, why string) {
 		o.log.Error("remove peer failed", "name", e.id.Name, "err", err.Error())
 	}
 	delete(o.peers, e.key)
+	o.bind.forgetInitiation(e.endpoint)
 	o.stats.removedPeers.Add(1)
 	if o.onRemove != nil {
 		o.onRemove(e.id)

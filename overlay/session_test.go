@@ -1,15 +1,18 @@
 package overlay
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/handshake"
+	"golang.zx2c4.com/wireguard/device"
 )
 
 // peerOf returns n's identity as a handshake result, for calling admit
@@ -44,11 +47,14 @@ func forgetSession(t *testing.T, b, a *node, aKey [32]byte) {
 
 // loseSessionBeforeTraffic drops the session b started with a on both
 // sides, before any transport message from a reached b, and clears b's
-// transport watch of a, so that b's session check sees no session.
+// transport watch of a, so that b's session check sees no session. b's
+// device no longer holds the handshake of the initiation b sent, so the
+// copy b keeps to send again goes too: the kick must start a new one.
 func loseSessionBeforeTraffic(t *testing.T, f *fixture, a, b *node) {
 	t.Helper()
 	forgetSession(t, a, b, peerOf(t, f, b).Static)
 	forgetSession(t, b, a, peerOf(t, f, a).Static)
+	b.bind.forgetInitiation(a.ep)
 	time.Sleep(100 * time.Millisecond)
 	w := (*b.bind.watches.Load())[a.ep]
 	if w == nil {
@@ -272,6 +278,50 @@ func TestSlowAdmissionDelaysKick(t *testing.T) {
 	}
 	deadline := since.Add(kickDelay(rtt)*4/3 + time.Second)
 	awaitSession(t, b, aKey, since, deadline, "the starter did not restart the lost session")
+}
+
+// TestKickRepeatsInitiation: the starter kick sends the pending
+// initiation again byte for byte, so that if the first still waits in a
+// loaded peer's queue, the peer answers the first, drops the copy as a
+// replay, and the answer matches the handshake this side holds. (A new
+// initiation would make this side drop the answer to the first, and the
+// peer refuse the new one as a flood when it consumes both at once.)
+func TestKickRepeatsInitiation(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	// b's endpoint for a is a socket that never answers: a lost or
+	// queued initiation.
+	silent := udpSender(t)
+	to := silent.LocalAddr().(*net.UDPAddr).AddrPort()
+	if err := b.admit(peerOf(t, f, a), to, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	read := func(within time.Duration) []byte {
+		t.Helper()
+		buf := make([]byte, 2048)
+		silent.SetReadDeadline(time.Now().Add(within))
+		n, err := silent.Read(buf)
+		if err != nil {
+			t.Fatalf("no initiation within %v: %v", within, err)
+		}
+		return buf[:n]
+	}
+	first := read(time.Second)
+	if len(first) != device.MessageInitiationSize || first[0] != device.MessageInitiationType {
+		t.Fatalf("first datagram is not an initiation: % x", first[:min(len(first), 8)])
+	}
+	kicks := b.Stats().Restarted
+	again := read(kickDelay(0)*4/3 + time.Second) // the kick, well before WireGuard's 5 s retry
+	if !bytes.Equal(again, first) {
+		t.Fatal("the kick sent a new initiation, not the pending one again")
+	}
+	for deadline := time.Now().Add(time.Second); b.Stats().Restarted == kicks; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("kick not counted")
+		}
+	}
 }
 
 func TestKickDelayBounds(t *testing.T) {
