@@ -207,7 +207,10 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	if o.onAdmit != nil {
 		o.onAdmit(id)
 	}
-	fresh := start && exists && !restart && o.needsFreshSession(p.Static, old, now.Add(-rtt))
+	var fresh, repeat bool
+	if start && exists && !restart {
+		fresh, repeat = o.sessionAction(p.Static, old, now.Add(-rtt))
+	}
 	if fresh {
 		// Clear WireGuard's pending handshake and its hold on a new
 		// initiation (a try that failed without an endpoint holds the
@@ -225,6 +228,10 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	e := &peerEntry{id: id, key: p.Static, endpoint: endpoint, admittedAt: now, starts: start || (exists && old.starts)}
 	o.peers[p.Static] = e
 	o.publishLocked()
+	if repeat && !o.bind.resendInitiation(endpoint) {
+		fresh = true
+		o.clearHandshake(p.Static)
+	}
 	if fresh {
 		// The keepalive sent the initiation if it was off before; if it
 		// was on already, this sends it (and sends no second one).
@@ -239,28 +246,38 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	return nil
 }
 
-// needsFreshSession decides, for an admission this node starts of a peer
-// it had admitted before (old, not restarted), whether to start a new
-// WireGuard session at once rather than keep what the device has:
+// sessionAction decides, for an admission this node starts of a peer it
+// had admitted before (old, not restarted), what to do with the WireGuard
+// session instead of keeping what the device has. A keepalive that is
+// already on sends nothing new, so without an action the peer would wait
+// for a kick or WireGuard's own retry:
 //
-//   - this node was not the starter and no session came since that
-//     admission: it takes the start over;
-//   - the device's session is older than this admission (began): the
-//     other side may no longer have it. It removed this node (a death
-//     verdict, say) and admitted it afresh, or restarted on the same
-//     endpoint. Keeping the old keys would leave the peer without a
-//     session until a kick or WireGuard's own retry, since a keepalive
-//     that is already on sends nothing new. If the peer still has the
-//     session, the new one only replaces it.
+//   - fresh, start a new session at once: this node was not the starter
+//     and no session came since that admission (it takes the start
+//     over); or the device's session is older than this admission
+//     (began), and the other side may no longer have it: it removed this
+//     node (a death verdict, say) and admitted it afresh, or restarted on
+//     the same endpoint. If the peer still has the session, the new one
+//     only replaces it.
+//   - repeat, send the pending initiation again (divertBind.
+//     resendInitiation): this node started the session and none came
+//     since. The peer may have dropped the initiation while it did not
+//     have this node (between a removal and this admission); if it still
+//     waits in its queue, the copy is dropped as a replay, where a new
+//     initiation would be refused as a flood.
 //
 // A session that came during this admission is kept: that is a second
 // admission of the same two nodes, moments after the first.
-func (o *Overlay) needsFreshSession(key [32]byte, old *peerEntry, began time.Time) bool {
+func (o *Overlay) sessionAction(key [32]byte, old *peerEntry, began time.Time) (fresh, repeat bool) {
 	hs := o.lastHandshake(key)
-	if !old.starts && (hs.IsZero() || hs.Before(old.admittedAt.Add(-sessionSlack))) {
-		return true
+	noneSince := hs.IsZero() || hs.Before(old.admittedAt.Add(-sessionSlack))
+	switch {
+	case noneSince && !old.starts:
+		return true, false
+	case noneSince:
+		return false, true
 	}
-	return !hs.IsZero() && hs.Before(began.Add(-sessionSlack))
+	return hs.Before(began.Add(-sessionSlack)), false
 }
 
 // lastHandshake is the device's last completed handshake with the peer

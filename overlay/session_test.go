@@ -165,6 +165,37 @@ func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
 	}
 }
 
+// TestReadmissionRepeatsDroppedInitiation: the initiation this node sent
+// when it admitted a peer was dropped there (the peer did not have this
+// node then: it had removed it, and admits it afresh). When this node
+// admits the peer again as the starter, no session having come, it sends
+// the pending initiation again at once, well before the kick.
+func TestReadmissionRepeatsDroppedInitiation(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	bKey := peerOf(t, f, b).Static
+	since := time.Now()
+	// b starts a session with a, which does not know b: a drops it.
+	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if a.sessionSeen(bKey, since) {
+		t.Fatal("a session with a peer a did not know")
+	}
+	// a admits b as the side that does not start; b admits a again.
+	if err := a.admit(peerOf(t, f, b), b.ep, false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	awaitSession(t, a, bKey, since, since.Add(starterKick-300*time.Millisecond),
+		"no session soon after the re-admission: the dropped initiation was not sent again")
+}
+
 // TestWatchdogHealsHalfSession: one side loses its session state while the
 // other keeps its keys (as when the last handshake message is lost after
 // the other side derived its keys). No traffic flows, so nothing in
