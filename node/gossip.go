@@ -57,6 +57,10 @@ const (
 	// deathPings is how many pings a member declared dead gets before its
 	// tunnel is removed (each waits memberlist's probe timeout).
 	deathPings = 2
+	// sessionSetup is how long after an admission a member declared dead
+	// without a WireGuard session is left before it is checked: as long
+	// as an admission waits for its session (overlay's confirmWait).
+	sessionSetup = 6 * time.Second
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.
 	joinBackoffMax = 10 * time.Second
@@ -314,7 +318,9 @@ func (g *gossip) left(name string) bool {
 // member unreachable in earnest. One that answers keeps its tunnel (it
 // refutes its death in memberlist by itself), and so does one that
 // WireGuard heard from during the check (an answer after the ping's
-// timeout counts); one that does not is removed
+// timeout counts). A member admitted moments ago without a session yet is
+// checked only once its session had time to come (sessionSetup). One that
+// does not answer is removed
 // and tried again later (see retryLater): it may only be unreachable for
 // a while.
 func (g *gossip) onLeave(name string, dead bool) {
@@ -327,7 +333,20 @@ func (g *gossip) onLeave(name string, dead bool) {
 	go func() {
 		defer g.wg.Done()
 		began := time.Now() // WireGuard's clock, not opts.Now
-		heard := g.receptionOf(name)
+		heard := g.peersNamed(name)
+		// A member admitted moments ago whose session is not up yet cannot
+		// answer through its tunnel (this side may not even have its
+		// endpoint: the other side starts the session). Judge it once the
+		// session had time to come.
+		if wait := sessionSetupLeft(heard, g.n.opts.Now()); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-g.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
 		for range deathPings {
 			if g.ctx.Err() != nil {
 				return
@@ -341,7 +360,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 		// timeout; WireGuard still counts it. Anything it authenticated
 		// from the member since the check began, or a handshake since,
 		// proves the member alive.
-		if now := g.receptionOf(name); heardSince(heard, now, began) {
+		if now := g.peersNamed(name); heardSince(heard, now, began) {
 			g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
 			return
 		}
@@ -362,29 +381,42 @@ func (g *gossip) onLeave(name string, dead bool) {
 	}()
 }
 
-// receptionOf returns what WireGuard has received from the admitted peer
-// called name, keyed by its WireGuard key (a name can have two entries
-// while a renewed certificate replaces the old one).
-func (g *gossip) receptionOf(name string) map[[32]byte]overlay.Reception {
-	out := map[[32]byte]overlay.Reception{}
+// peersNamed returns the status of the admitted peers called name, keyed
+// by WireGuard key (a name can have two entries while a renewed
+// certificate replaces the old one).
+func (g *gossip) peersNamed(name string) map[[32]byte]overlay.PeerStatus {
+	out := map[[32]byte]overlay.PeerStatus{}
 	for _, id := range g.n.ov.Admitted() {
 		if id.Name == name {
-			if r, ok := g.n.ov.Reception(id.WireGuardKey); ok {
-				out[id.WireGuardKey] = r
+			if ps, ok := g.n.ov.Peer(id.WireGuardKey); ok {
+				out[id.WireGuardKey] = ps
 			}
 		}
 	}
 	return out
 }
 
+// sessionSetupLeft is how long the newest admission among peers, if it
+// has no WireGuard session yet, still has for one to come (sessionSetup
+// after it was admitted); 0 if none is waiting for its session.
+func sessionSetupLeft(peers map[[32]byte]overlay.PeerStatus, now time.Time) time.Duration {
+	var left time.Duration
+	for _, ps := range peers {
+		if ps.LastHandshake.IsZero() {
+			left = max(left, ps.AdmittedAt.Add(sessionSetup).Sub(now))
+		}
+	}
+	return left
+}
+
 // heardSince reports whether now shows more received bytes than before
 // for a peer, or a handshake with it after t.
-func heardSince(before, now map[[32]byte]overlay.Reception, t time.Time) bool {
-	for key, r := range now {
-		if r.LastHandshake.After(t) {
+func heardSince(before, now map[[32]byte]overlay.PeerStatus, t time.Time) bool {
+	for key, ps := range now {
+		if ps.LastHandshake.After(t) {
 			return true
 		}
-		if b, ok := before[key]; ok && r.RxBytes > b.RxBytes {
+		if b, ok := before[key]; ok && ps.RxBytes > b.RxBytes {
 			return true
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/overlay"
 )
 
 // TestUpGossipPeersAndCRLPush: three `gridnet up` nodes with gossip, where
@@ -141,6 +142,39 @@ func TestLateAnswerKeepsTunnel(t *testing.T) {
 	time.Sleep(2 * time.Second) // longer than the check
 	if got := a.ov.Stats().Removed; got != removed {
 		t.Fatalf("a member heard from through its tunnel during the check was removed (%d removals)", got-removed)
+	}
+}
+
+// TestSessionSetupLeft: a member declared dead is checked at once unless
+// one of its entries was admitted moments ago and has no session yet: its
+// pings could not pass the tunnel.
+func TestSessionSetupLeft(t *testing.T) {
+	now := time.Now()
+	entry := func(admittedAgo time.Duration, session bool) overlay.PeerStatus {
+		ps := overlay.PeerStatus{AdmittedAt: now.Add(-admittedAgo)}
+		if session {
+			ps.LastHandshake = now.Add(-time.Second)
+		}
+		return ps
+	}
+	for _, c := range []struct {
+		name  string
+		peers []overlay.PeerStatus
+		want  time.Duration
+	}{
+		{"none", nil, 0},
+		{"with session", []overlay.PeerStatus{entry(time.Second, true)}, 0},
+		{"new without session", []overlay.PeerStatus{entry(time.Second, false)}, sessionSetup - time.Second},
+		{"old without session", []overlay.PeerStatus{entry(2*sessionSetup, false)}, 0},
+		{"newest entry counts", []overlay.PeerStatus{entry(2*sessionSetup, false), entry(2*time.Second, false)}, sessionSetup - 2*time.Second},
+	} {
+		peers := map[[32]byte]overlay.PeerStatus{}
+		for i, ps := range c.peers {
+			peers[[32]byte{byte(i + 1)}] = ps
+		}
+		if got := max(sessionSetupLeft(peers, now), 0); got != c.want {
+			t.Errorf("%s: wait %v, want %v", c.name, got, c.want)
+		}
 	}
 }
 

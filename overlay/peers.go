@@ -762,33 +762,55 @@ func (o *Overlay) Peers() []PeerStatus {
 	o.peersMu.Lock()
 	out := make([]PeerStatus, 0, len(o.peers))
 	for _, e := range o.peers {
-		ps := PeerStatus{
-			Name:         e.id.Name,
-			Addresses:    slices.Clone(e.id.Addresses),
-			WireGuardKey: e.key,
-			Endpoint:     e.endpoint,
-			AdmittedAt:   e.admittedAt,
-			NotAfter:     e.id.NotAfter,
-			State:        PeerAdmitted,
-			Identity:     e.id,
-		}
-		if s := wg[e.key]; s != nil {
-			if s.endpoint.IsValid() {
-				ps.Endpoint = s.endpoint
-			}
-			ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.lastHandshake, s.rx, s.tx
-			if !s.lastHandshake.IsZero() {
-				ps.State = PeerIdle
-				if time.Since(s.lastHandshake) < sessionFresh {
-					ps.State = PeerConnected
-				}
-			}
-		}
-		out = append(out, ps)
+		out = append(out, statusOf(e, wg[e.key]))
 	}
 	o.peersMu.Unlock()
 	slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Peer returns the status of the admitted peer with WireGuard key key,
+// from a device read shared for confirmPoll (cheaper than Peers for one
+// peer); ok is false if no such peer is admitted.
+func (o *Overlay) Peer(key [32]byte) (ps PeerStatus, ok bool) {
+	wg, err := o.recentStats(confirmPoll)
+	if err != nil {
+		wg = nil
+	}
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	e := o.peers[key]
+	if e == nil {
+		return PeerStatus{}, false
+	}
+	return statusOf(e, wg[key]), true
+}
+
+// statusOf is e's status with the device's counters s (nil if unknown).
+func statusOf(e *peerEntry, s *wgPeerStats) PeerStatus {
+	ps := PeerStatus{
+		Name:         e.id.Name,
+		Addresses:    slices.Clone(e.id.Addresses),
+		WireGuardKey: e.key,
+		Endpoint:     e.endpoint,
+		AdmittedAt:   e.admittedAt,
+		NotAfter:     e.id.NotAfter,
+		State:        PeerAdmitted,
+		Identity:     e.id,
+	}
+	if s != nil {
+		if s.endpoint.IsValid() {
+			ps.Endpoint = s.endpoint
+		}
+		ps.LastHandshake, ps.RxBytes, ps.TxBytes = s.lastHandshake, s.rx, s.tx
+		if !s.lastHandshake.IsZero() {
+			ps.State = PeerIdle
+			if time.Since(s.lastHandshake) < sessionFresh {
+				ps.State = PeerConnected
+			}
+		}
+	}
+	return ps
 }
 
 // RemovePeer removes the admitted peer with WireGuard key key (its
@@ -835,26 +857,6 @@ func (o *Overlay) Admitted() []*cert.Identity {
 	o.peersMu.Unlock()
 	slices.SortFunc(out, func(a, b *cert.Identity) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-// Reception is what WireGuard has received from one peer: it counts only
-// what it authenticated.
-type Reception struct {
-	// RxBytes is the total of transport bytes received.
-	RxBytes uint64
-	// LastHandshake is the last completed handshake; zero if none.
-	LastHandshake time.Time
-}
-
-// Reception returns what WireGuard has received from the admitted peer
-// with key (a device read shared for confirmPoll); ok is false if the
-// device does not know the peer.
-func (o *Overlay) Reception(key [32]byte) (r Reception, ok bool) {
-	st, err := o.recentStats(confirmPoll)
-	if err != nil || st[key] == nil {
-		return Reception{}, false
-	}
-	return Reception{RxBytes: st[key].rx, LastHandshake: st[key].lastHandshake}, true
 }
 
 // HasPeer reports whether a peer with WireGuard key key is admitted.
