@@ -32,10 +32,6 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 		o.stats.junk.Add(1)
 		return
 	}
-	if !o.limiter.allow(from.Addr()) {
-		o.stats.rateLimited.Add(1)
-		return
-	}
 	receiver := binary.LittleEndian.Uint32(pkt[6:10])
 	in := inboundPacket{from: from}
 	switch pkt[1] {
@@ -55,6 +51,16 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 		}
 		return
 	case handshake.KindInit:
+		// Only a first message costs work without state of ours behind
+		// it: it alone counts against the per-source limit. Answers (msg2,
+		// msg3) must name a handshake this node holds, from the address
+		// it holds it for, or are dropped by that lookup; limiting them
+		// would drop the completion of a handshake already paid for
+		// (nodes behind one address share the limit).
+		if !o.limiter.allow(from.Addr()) {
+			o.stats.rateLimited.Add(1)
+			return
+		}
 		if o.halfOpenFull() {
 			o.stats.halfOpenFull.Add(1)
 			return

@@ -141,6 +141,7 @@ type nodeOpts struct {
 	tun      tun.Device       // default: netstack
 	validity time.Duration
 	rate     float64
+	burst    int
 }
 
 func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
@@ -170,14 +171,15 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 		}
 	}
 	ov, err := New(Config{
-		Logger:        testLogger(t, name),
-		WireGuardKey:  k.wgPriv,
-		IdentityKey:   k.idKey,
-		Certificate:   der,
-		Verifier:      o.verifier,
-		TUN:           td,
-		Now:           o.now,
-		HandshakeRate: o.rate,
+		Logger:         testLogger(t, name),
+		WireGuardKey:   k.wgPriv,
+		IdentityKey:    k.idKey,
+		Certificate:    der,
+		Verifier:       o.verifier,
+		TUN:            td,
+		Now:            o.now,
+		HandshakeRate:  o.rate,
+		HandshakeBurst: o.burst,
 	})
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)

@@ -255,6 +255,32 @@ func TestJunkFlood(t *testing.T) {
 	}
 }
 
+// TestLimitCountsFirstMessagesOnly: the per-source handshake limit counts
+// only first messages. A node whose limit admits one message from an
+// address (nodes behind one address share it) still completes the
+// handshake it answered: the last message names state it holds.
+func TestLimitCountsFirstMessagesOnly(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{rate: 0.01, burst: 1})
+	admit(t, a, b)
+	if st := b.Stats(); st.RateLimited != 0 || st.Completed != 1 {
+		t.Fatalf("b's stats after one handshake from a: %+v", st)
+	}
+	// A second first message from the same address within the limit's
+	// refill time is dropped.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	c := startNode(t, f, "c", "100.64.0.3", nodeOpts{})
+	if _, err := c.Admit(ctx, b.ep); err == nil {
+		t.Fatal("a second handshake from the same address passed a limit of one")
+	}
+	if b.Stats().RateLimited == 0 {
+		t.Fatal("the dropped first message was not counted")
+	}
+}
+
 func TestHalfOpenTableBounded(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "alpha")
