@@ -168,7 +168,7 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 				if len(watches) > 0 && ep != lastWatched {
 					lastWatched = ep
 					if w := watches[ep]; w != nil {
-						w.last.Store(max(now, 1))
+						w.seen(now)
 					}
 				}
 			}

@@ -356,13 +356,30 @@ func TestTransportWatch(t *testing.T) {
 	bufs, sizes, eps := receiveBuffers()
 	start := time.Now()
 	w := b.watch(watched)
+	arrived := w.next()
 	fns[0](bufs, sizes, eps) // a handshake from it, transport from another
 	if b.seenSince(w, start) {
 		t.Fatal("watch fired on a handshake or on another endpoint")
 	}
+	select {
+	case <-arrived:
+		t.Fatal("waiter woken by a handshake or by another endpoint")
+	default:
+	}
+	if w.next() != arrived {
+		t.Fatal("a second waiter got another channel while the first waits")
+	}
 	fns[0](bufs, sizes, eps) // transport from the watched endpoint
 	if !b.seenSince(w, start) {
 		t.Fatal("watch missed a transport message from its endpoint")
+	}
+	select {
+	case <-arrived:
+	default:
+		t.Fatal("waiter not woken by a transport message from its endpoint")
+	}
+	if again := w.next(); again == arrived {
+		t.Fatal("a new wait got the channel already closed")
 	}
 	if b.seenSince(w, time.Now().Add(time.Second)) {
 		t.Fatal("watch reports a message from the future")

@@ -32,10 +32,9 @@ const (
 	// confirmPoll bounds how often a device dump is taken for session
 	// checks: all checks within one period share it (see recentStats).
 	confirmPoll = 100 * time.Millisecond
-	// confirmWatchPoll is how often confirm reads its transport watch;
-	// confirmDumpPoll how often it falls back to a device dump.
-	confirmWatchPoll = 10 * time.Millisecond
-	confirmDumpPoll  = time.Second
+	// confirmDumpPoll is how often confirm falls back to a device dump
+	// (the Bind wakes it at every transport message from the peer).
+	confirmDumpPoll = time.Second
 	// sessionSlack allows for the second granularity of clocks around
 	// WireGuard's last handshake time.
 	sessionSlack = time.Second

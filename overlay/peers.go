@@ -484,23 +484,37 @@ func (o *Overlay) watchdog(now time.Time) {
 // Without a session (msg3 lost, or the responder refused us) the entry this
 // admission made is removed again (not a newer one) and a retryable error
 // returned. w watches the peer's
-// endpoint (see transportWatch): it is read every confirmWatchPoll, the
-// device only every confirmDumpPoll.
+// endpoint (see transportWatch): the Bind wakes confirm at each transport
+// message from it; the device is read only every confirmDumpPoll.
 func (o *Overlay) confirm(ctx context.Context, entry *peerEntry, since, watchSince time.Time, w *transportWatch) error {
 	key, name := entry.key, entry.id.Name
 	deadline := time.Now().Add(confirmWait)
 	nextDump := time.Now().Add(confirmDumpPoll)
+	timer := time.NewTimer(confirmDumpPoll)
+	defer timer.Stop()
 	for {
+		arrived := w.next()
 		if o.bind.seenSince(w, watchSince) {
 			break
 		}
-		if now := time.Now(); !now.Before(nextDump) {
+		now := time.Now()
+		if !now.Before(nextDump) {
 			if o.sessionSeen(key, since) {
 				break
 			}
 			nextDump = now.Add(confirmDumpPoll)
 		}
-		if time.Now().After(deadline) || !sleep(ctx, confirmWatchPoll) {
+		timedOut := now.After(deadline)
+		if !timedOut {
+			timer.Reset(min(nextDump.Sub(now), deadline.Sub(now)))
+			select {
+			case <-arrived:
+			case <-timer.C:
+			case <-ctx.Done():
+				timedOut = true
+			}
+		}
+		if timedOut {
 			// Only this admission's entry goes: a newer admission of the
 			// same peer (the other side admitting us meanwhile) has its
 			// own session to bring up.

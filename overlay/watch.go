@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -19,6 +20,40 @@ import (
 type transportWatch struct {
 	last atomic.Int64 // bind clock, 0: none yet
 	refs int          // guarded by divertBind.watchMu
+
+	// armed: someone waits on arrived (see next); the Bind closes it at
+	// the next transport message. arrived is guarded by mu.
+	armed   atomic.Bool
+	mu      sync.Mutex
+	arrived chan struct{}
+}
+
+// next returns a channel that is closed when the next transport message
+// from the watched endpoint arrives. Take it before checking seenSince, so
+// that a message in between still closes it.
+func (w *transportWatch) next() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.armed.Load() {
+		w.arrived = make(chan struct{})
+		w.armed.Store(true)
+	}
+	return w.arrived
+}
+
+// seen records a transport message at bind clock now and wakes the
+// waiters. Without waiters it is one atomic store and one load.
+func (w *transportWatch) seen(now int64) {
+	w.last.Store(max(now, 1))
+	if !w.armed.Load() {
+		return
+	}
+	w.mu.Lock()
+	if w.armed.Load() {
+		close(w.arrived)
+		w.armed.Store(false)
+	}
+	w.mu.Unlock()
 }
 
 // watchTable is an immutable endpoint → watch index, swapped whole.
