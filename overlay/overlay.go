@@ -120,8 +120,9 @@ type Config struct {
 	TUN tun.Device
 	// Now is the clock used for certificate validity; nil means time.Now.
 	Now func() time.Time
-	// HandshakeRate and HandshakeBurst tune the per-source handshake rate
-	// limit; zero means DefaultHandshakeRate / DefaultHandshakeBurst.
+	// HandshakeRate and HandshakeBurst tune the per-source limit on first
+	// handshake messages; zero means DefaultHandshakeRate /
+	// DefaultHandshakeBurst.
 	HandshakeRate  float64
 	HandshakeBurst int
 	// HalfOpenPerSource caps half-open handshakes per source address (an

@@ -7,8 +7,9 @@ import (
 )
 
 const (
-	// DefaultHandshakeRate is the steady handshake packets per second allowed
-	// per source (WireGuard's ratelimiter uses the same figure).
+	// DefaultHandshakeRate is the steady rate of first handshake messages
+	// (msg1) allowed per source address, per second (WireGuard's
+	// ratelimiter uses the same figure for its initiations).
 	DefaultHandshakeRate = 20
 	// DefaultHandshakeBurst is the burst allowed per source above the rate.
 	DefaultHandshakeBurst = 5
