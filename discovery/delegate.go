@@ -406,38 +406,21 @@ func (d *Discovery) requestSync(r syncRequest) {
 	if !r.addr.IsValid() || r.addr == d.addr {
 		return
 	}
-	d.mu.Lock()
-	if d.pending[r] {
-		d.mu.Unlock()
-		return
-	}
-	d.pending[r] = true
-	d.mu.Unlock()
-	select {
-	case d.syncCh <- r:
-	default:
-		d.mu.Lock()
-		delete(d.pending, r)
-		d.mu.Unlock()
-	}
+	d.syncs.offer(r, r)
 }
 
 // syncWorker performs queued exchanges.
 func (d *Discovery) syncWorker() {
 	defer d.wg.Done()
 	for {
-		select {
-		case <-d.ctx.Done():
+		r, ok := d.syncs.next(d.ctx)
+		if !ok {
 			return
-		case r := <-d.syncCh:
-			d.mu.Lock()
-			delete(d.pending, r)
-			d.mu.Unlock()
-			if r.pull {
-				d.sendPull(r.addr)
-			} else if _, err := d.ml.Join([]string{r.addr.String()}); err != nil {
-				d.log.Debug("discovery: sync failed", "peer", r.addr, "err", err)
-			}
+		}
+		if r.pull {
+			d.sendPull(r.addr)
+		} else if _, err := d.ml.Join([]string{r.addr.String()}); err != nil {
+			d.log.Debug("discovery: sync failed", "peer", r.addr, "err", err)
 		}
 	}
 }
@@ -479,18 +462,10 @@ func addrNode(addr netip.AddrPort) *memberlist.Node {
 // requester's repair loop asks again).
 func (d *Discovery) queueAnswer(p pullRequest) {
 	d.mu.Lock()
-	if d.replying[p.addr] || !d.reachableLocked(p.addr) || p.addr == d.addr {
-		d.mu.Unlock()
-		return
-	}
-	d.replying[p.addr] = true
+	ok := d.reachableLocked(p.addr) && p.addr != d.addr
 	d.mu.Unlock()
-	select {
-	case d.replyCh <- p:
-	default:
-		d.mu.Lock()
-		delete(d.replying, p.addr)
-		d.mu.Unlock()
+	if ok {
+		d.replies.offer(p.addr, p)
 	}
 }
 
@@ -498,21 +473,17 @@ func (d *Discovery) queueAnswer(p pullRequest) {
 func (d *Discovery) answerPulls() {
 	defer d.wg.Done()
 	for {
-		select {
-		case <-d.ctx.Done():
+		p, ok := d.replies.next(d.ctx)
+		if !ok {
 			return
-		case p := <-d.replyCh:
-			d.mu.Lock()
-			delete(d.replying, p.addr)
-			d.mu.Unlock()
-			s := d.answer(p)
-			if len(s.entries) == 0 {
-				continue
-			}
-			msg := append([]byte{msgState}, encodeState(s)...)
-			if err := d.ml.SendReliable(addrNode(p.addr), msg); err != nil {
-				d.log.Debug("discovery: pull answer failed", "peer", p.addr, "err", err)
-			}
+		}
+		s := d.answer(p)
+		if len(s.entries) == 0 {
+			continue
+		}
+		msg := append([]byte{msgState}, encodeState(s)...)
+		if err := d.ml.SendReliable(addrNode(p.addr), msg); err != nil {
+			d.log.Debug("discovery: pull answer failed", "peer", p.addr, "err", err)
 		}
 	}
 }

@@ -190,9 +190,10 @@ type Discovery struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	events *notifier
-	syncCh chan syncRequest
-	// replyCh holds pull requests to answer (see answerPulls).
-	replyCh chan pullRequest
+	// syncs holds exchanges to run (see syncWorker); replies, pull
+	// requests to answer, one per requester (see answerPulls).
+	syncs   *keyedQueue[syncRequest, syncRequest]
+	replies *keyedQueue[netip.AddrPort, pullRequest]
 
 	crlMu sync.Mutex // serializes CRL acceptance (OnCRL calls)
 
@@ -201,8 +202,6 @@ type Discovery struct {
 	members   map[string]*member
 	crl       []byte
 	rejected  [][]byte // digests of CRLs OnCRL refused (ring)
-	pending   map[syncRequest]bool
-	replying  map[netip.AddrPort]bool // requesters with a queued answer
 	seeds     []netip.AddrPort
 	seedNext  time.Time
 	seedWait  time.Duration
@@ -253,16 +252,14 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("discovery: start: self: %w", err)
 	}
 	d := &Discovery{
-		cfg:      cfg,
-		tun:      cfg.Profile.tuning(),
-		log:      cfg.Logger.With("node", cfg.Self.Name),
-		addr:     netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
-		self:     cfg.Self,
-		members:  make(map[string]*member),
-		pending:  make(map[syncRequest]bool),
-		replying: make(map[netip.AddrPort]bool),
-		syncCh:   make(chan syncRequest, syncQueueLen),
-		replyCh:  make(chan pullRequest, syncQueueLen),
+		cfg:     cfg,
+		tun:     cfg.Profile.tuning(),
+		log:     cfg.Logger.With("node", cfg.Self.Name),
+		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
+		self:    cfg.Self,
+		members: make(map[string]*member),
+		syncs:   newKeyedQueue[syncRequest, syncRequest](syncQueueLen),
+		replies: newKeyedQueue[netip.AddrPort, pullRequest](syncQueueLen),
 	}
 	d.numAlive.Store(1)
 	mc := cfg.Profile.memberlistConfig()

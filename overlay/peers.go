@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"golang.zx2c4.com/wireguard/device"
 	"math/rand/v2"
@@ -235,7 +236,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	if fresh {
 		// The keepalive sent the initiation if it was off before; if it
 		// was on already, this sends it (and sends no second one).
-		o.initiate(p.Static)
+		if err := o.initiate(p.Static); err != nil {
+			o.log.Debug("start session", "name", id.Name, "err", err.Error())
+		}
 	}
 	if start {
 		o.armStarterKick(e, rtt)
@@ -293,14 +296,12 @@ func (o *Overlay) lastHandshake(key [32]byte) time.Time {
 // initiate sends a WireGuard handshake initiation to the peer key unless
 // one went out within WireGuard's retry time (as clearHandshake resets
 // that, an initiation the configuration sent just before counts).
-func (o *Overlay) initiate(key [32]byte) {
+func (o *Overlay) initiate(key [32]byte) error {
 	p := o.dev.LookupPeer(device.NoisePublicKey(key))
 	if p == nil {
-		return
+		return errors.New("peer not in the device")
 	}
-	if err := p.SendHandshakeInitiation(false); err != nil {
-		o.log.Debug("start session", "key", hex.EncodeToString(key[:4]), "err", err.Error())
-	}
+	return p.SendHandshakeInitiation(false)
 }
 
 // armStarterGrace gives the other side starterGrace to start the session
@@ -378,12 +379,15 @@ func (o *Overlay) afterWithoutSession(e *peerEntry, d time.Duration, fn func()) 
 
 // clearHandshake drops the pending WireGuard handshake of the peer with
 // key and the hold WireGuard puts on a new initiation after one was tried
-// (also when it failed for want of an endpoint). Only for a peer without
-// a session: its keys go too.
-func (o *Overlay) clearHandshake(key [32]byte) {
-	if p := o.dev.LookupPeer(device.NoisePublicKey(key)); p != nil {
+// (also when it failed for want of an endpoint). A session's keys go too:
+// sending waits for the next handshake. It reports whether the device has
+// the peer.
+func (o *Overlay) clearHandshake(key [32]byte) bool {
+	p := o.dev.LookupPeer(device.NoisePublicKey(key))
+	if p != nil {
 		p.ExpireCurrentKeypairs()
 	}
+	return p != nil
 }
 
 // restartSession clears e's pending WireGuard handshake and keys and sends
@@ -395,11 +399,9 @@ func (o *Overlay) clearHandshake(key [32]byte) {
 // which matters because a peer refuses a second initiation within 20 ms
 // as a flood and the session would wait for the retry after all.
 func (o *Overlay) restartSession(e *peerEntry, setEndpoint bool) {
-	p := o.dev.LookupPeer(device.NoisePublicKey(e.key))
-	if p == nil {
+	if !o.clearHandshake(e.key) {
 		return
 	}
-	p.ExpireCurrentKeypairs()
 	if setEndpoint {
 		err := o.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\n", hex.EncodeToString(e.key[:]), e.endpoint))
 		if err != nil {
@@ -407,7 +409,7 @@ func (o *Overlay) restartSession(e *peerEntry, setEndpoint bool) {
 			return
 		}
 	}
-	if err := p.SendHandshakeInitiation(false); err != nil {
+	if err := o.initiate(e.key); err != nil {
 		o.log.Debug("restart session", "name", e.id.Name, "err", err.Error())
 		return
 	}
