@@ -106,12 +106,14 @@ func BenchmarkCRLSpread(b *testing.B) {
 	}
 }
 
+// BenchmarkGossipAtRest reports the payload bytes a member sends per
+// second once the fabric has settled, and the same for memberlist alone
+// (LAN preset, its own transport) measured in the same run.
 func BenchmarkGossipAtRest(b *testing.B) {
 	const settle, window = 10 * time.Second, 10 * time.Second
-	for _, n := range []int{10, 50} {
+	for _, n := range []int{10, 50, 100} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			for range b.N {
-
 				f, _, ok := convergeOurs(b, n, 60*time.Second)
 				if !ok {
 					b.Fatal("not converged")
@@ -125,8 +127,19 @@ func BenchmarkGossipAtRest(b *testing.B) {
 				}
 				before := sum()
 				time.Sleep(window)
-				bytes := float64(sum() - before)
-				b.ReportMetric(bytes/float64(n)/window.Seconds(), "B/node/s")
+				ours := float64(sum()-before) / float64(n) / window.Seconds()
+				for _, nd := range f.nodes {
+					nd.d.Close()
+				}
+				f.nodes = nil
+				base, behind, err := baseline.RestTraffic(n, 60*time.Second, settle, window)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(behind), "memberlist-stragglers-at-60s")
+				b.ReportMetric(ours, "B/node/s")
+				b.ReportMetric(base, "memberlist-B/node/s")
+				b.ReportMetric(ours/base, "ratio")
 			}
 		})
 	}

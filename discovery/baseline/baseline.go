@@ -37,54 +37,123 @@ func Run(n int, limit time.Duration, killOne bool) (Figures, error) {
 	if n < 2 {
 		return Figures{}, fmt.Errorf("baseline: need at least 2 members, got %d", n)
 	}
-	mls := make([]*memberlist.Memberlist, 0, n)
+	mls, _, err := start(n)
 	defer func() {
 		for _, m := range mls {
 			m.Shutdown()
 		}
 	}()
-	for i := range n {
-		c := memberlist.DefaultLANConfig()
-		c.Name = "base-" + strconv.Itoa(i)
-		c.BindAddr, c.BindPort, c.AdvertisePort = "127.0.0.1", 0, 0
-		c.Logger = log.New(io.Discard, "", 0)
-		m, err := memberlist.Create(c)
-		if err != nil {
-			return Figures{}, fmt.Errorf("baseline: member %d: %w", i, err)
-		}
-		mls = append(mls, m)
+	if err != nil {
+		return Figures{}, err
 	}
-	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(mls[0].LocalNode().Port)))
-	start := time.Now()
-	var wg sync.WaitGroup
-	for _, m := range mls[1:] {
-		wg.Go(func() { m.Join([]string{seed}) })
-	}
-	wg.Wait()
-	behind := func(set []*memberlist.Memberlist, want int) int {
-		k := 0
-		for _, m := range set {
-			if m.NumMembers() != want {
-				k++
-			}
-		}
-		return k
-	}
+	t0 := time.Now()
+	joinAll(mls)
 	var f Figures
-	for f.Stragglers = behind(mls, n); f.Stragglers > 0 && time.Since(start) < limit; f.Stragglers = behind(mls, n) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	f.Converged = time.Since(start)
+	f.Converged, f.Stragglers = waitAllKnowAll(mls, t0, limit)
 	if !killOne {
 		return f, nil
 	}
 	killed := mls[n-1]
 	mls = mls[:n-1]
 	killed.Shutdown() // no Leave: the others must detect it
-	t0 := time.Now()
-	for behind(mls, n-1) > 0 && time.Since(t0) < limit {
-		time.Sleep(20 * time.Millisecond)
-	}
-	f.Removed = time.Since(t0)
+	f.Removed, _ = waitAllKnowAll(mls, time.Now(), limit)
 	return f, nil
+}
+
+// RestTraffic starts n members, joins them all to the first, waits until
+// every member knows all n (bounded by limit), lets settle pass and then
+// returns the payload bytes (datagrams and stream bytes) the members sent
+// in window, per member per second: memberlist's own traffic at rest. It
+// also returns how many members still did not know all n at limit (they
+// are measured all the same: memberlist's stragglers can take a minute
+// and more).
+func RestTraffic(n int, limit, settle, window time.Duration) (float64, int, error) {
+	if n < 2 {
+		return 0, 0, fmt.Errorf("baseline: need at least 2 members, got %d", n)
+	}
+	mls, counters, err := start(n)
+	defer func() {
+		for _, m := range mls {
+			m.Shutdown()
+		}
+	}()
+	if err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	joinAll(mls)
+	_, behind := waitAllKnowAll(mls, t0, limit)
+	time.Sleep(settle)
+	sent := func() (total uint64) {
+		for _, c := range counters {
+			total += c.sent.Load()
+		}
+		return total
+	}
+	before := sent()
+	time.Sleep(window)
+	return float64(sent()-before) / float64(n) / window.Seconds(), behind, nil
+}
+
+// start creates n members on 127.0.0.1 with the LAN preset, each on
+// memberlist's own network transport wrapped to count what it sends. On
+// error the members created so far are returned for shutdown.
+func start(n int) ([]*memberlist.Memberlist, []*countingTransport, error) {
+	mls := make([]*memberlist.Memberlist, 0, n)
+	counters := make([]*countingTransport, 0, n)
+	for i := range n {
+		quiet := log.New(io.Discard, "", 0)
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{"127.0.0.1"},
+			Logger:    quiet,
+		})
+		if err != nil {
+			return mls, counters, fmt.Errorf("baseline: member %d transport: %w", i, err)
+		}
+		ct := newCountingTransport(nt)
+		c := memberlist.DefaultLANConfig()
+		c.Name = "base-" + strconv.Itoa(i)
+		c.BindAddr, c.BindPort, c.AdvertisePort = "127.0.0.1", nt.GetAutoBindPort(), 0
+		c.Transport = ct
+		c.Logger = quiet
+		m, err := memberlist.Create(c)
+		if err != nil {
+			ct.Shutdown()
+			return mls, counters, fmt.Errorf("baseline: member %d: %w", i, err)
+		}
+		mls = append(mls, m)
+		counters = append(counters, ct)
+	}
+	return mls, counters, nil
+}
+
+// joinAll joins every member but the first to the first, all at once.
+func joinAll(mls []*memberlist.Memberlist) {
+	seed := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(mls[0].LocalNode().Port)))
+	var wg sync.WaitGroup
+	for _, m := range mls[1:] {
+		wg.Go(func() { m.Join([]string{seed}) })
+	}
+	wg.Wait()
+}
+
+// waitAllKnowAll waits until every member of mls knows exactly len(mls)
+// members, or until limit after since; it returns the time since since
+// and how many members did not.
+func waitAllKnowAll(mls []*memberlist.Memberlist, since time.Time, limit time.Duration) (time.Duration, int) {
+	behind := func() int {
+		k := 0
+		for _, m := range mls {
+			if m.NumMembers() != len(mls) {
+				k++
+			}
+		}
+		return k
+	}
+	k := behind()
+	for k > 0 && time.Since(since) < limit {
+		time.Sleep(20 * time.Millisecond)
+		k = behind()
+	}
+	return time.Since(since), k
 }

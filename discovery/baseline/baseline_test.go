@@ -23,3 +23,20 @@ func TestRunRefusesOneMember(t *testing.T) {
 		t.Fatal("Run with one member: no error")
 	}
 }
+
+func TestRestTrafficCountsProbes(t *testing.T) {
+	// Three members of the LAN preset probe one member a second each:
+	// a ping and an ack of a few dozen bytes. Anything from a few bytes
+	// to a few KiB per member per second is memberlist at rest; zero
+	// means the transport's bytes are not counted.
+	perMember, behind, err := RestTraffic(3, 10*time.Second, time.Second, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if behind != 0 {
+		t.Fatalf("%d of 3 members did not know all within 10 s", behind)
+	}
+	if perMember < 10 || perMember > 10000 {
+		t.Fatalf("3 members at rest sent %.0f B/member/s, want 10–10000", perMember)
+	}
+}
