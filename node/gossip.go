@@ -89,6 +89,9 @@ type gossip struct {
 	// ping checks a member declared dead through its tunnel (d.Ping;
 	// tests replace it).
 	ping func(name string) bool
+	// tunnels reads the WireGuard state of the peers called name
+	// (peersNamed; tests replace it).
+	tunnels func(name string) map[[32]byte]overlay.PeerStatus
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -141,6 +144,7 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 	}
 	g.d = d
 	g.ping = d.Ping
+	g.tunnels = g.peersNamed
 	for range admitWorkers {
 		g.wg.Add(1)
 		go g.admitLoop()
@@ -333,7 +337,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 	go func() {
 		defer g.wg.Done()
 		began := time.Now() // WireGuard's clock, not opts.Now
-		heard := g.peersNamed(name)
+		heard := g.tunnels(name)
 		// A member admitted moments ago whose session is not up yet cannot
 		// answer through its tunnel (this side may not even have its
 		// endpoint: the other side starts the session). Judge it once the
@@ -360,7 +364,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 		// timeout; WireGuard still counts it. Anything it authenticated
 		// from the member since the check began, or a handshake since,
 		// proves the member alive.
-		if now := g.peersNamed(name); heardSince(heard, now, began) {
+		if now := g.tunnels(name); heardSince(heard, now, began) {
 			g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
 			return
 		}

@@ -145,6 +145,52 @@ func TestLateAnswerKeepsTunnel(t *testing.T) {
 	}
 }
 
+// TestDeathCheckWaitsForNewSession: a member declared dead a moment after
+// its admission, before its WireGuard session came, is pinged only once
+// sessionSetup has passed since the admission (before that its pings
+// could not pass the tunnel); a member with a session is pinged at once.
+func TestDeathCheckWaitsForNewSession(t *testing.T) {
+	a, b := gossipPair(t)
+	key := b.Identity().WireGuardKey
+	for _, c := range []struct {
+		name     string
+		session  bool
+		from, to time.Duration // when the first ping may come
+	}{
+		{"no session yet", false, sessionSetup - time.Second - 200*time.Millisecond, sessionSetup},
+		{"session up", true, 0, 500 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			admittedAt := a.opts.Now().Add(-time.Second)
+			var handshake time.Time
+			if c.session {
+				handshake = time.Now()
+			}
+			a.gossip.tunnels = func(string) map[[32]byte]overlay.PeerStatus {
+				return map[[32]byte]overlay.PeerStatus{key: {AdmittedAt: admittedAt, LastHandshake: handshake}}
+			}
+			pinged := make(chan time.Time, deathPings)
+			a.gossip.ping = func(string) bool {
+				pinged <- time.Now()
+				return true // it answers: the check ends, the tunnel stays
+			}
+			declared := time.Now()
+			a.gossip.onLeave("beta", true)
+			select {
+			case at := <-pinged:
+				if waited := at.Sub(declared); waited < c.from || waited > c.to {
+					t.Fatalf("first ping %v after the verdict, want between %v and %v", waited, c.from, c.to)
+				}
+			case <-time.After(c.to + 2*time.Second):
+				t.Fatal("the member declared dead was never pinged")
+			}
+		})
+	}
+	if !admitted(a, "beta") {
+		t.Fatal("a member that answered its pings was removed")
+	}
+}
+
 // TestSessionSetupLeft: a member declared dead is checked at once unless
 // one of its entries was admitted moments ago and has no session yet: its
 // pings could not pass the tunnel.
