@@ -92,6 +92,9 @@ type gossip struct {
 	// tunnels reads the WireGuard state of the peers called name
 	// (peersNamed; tests replace it).
 	tunnels func(name string) map[[32]byte]overlay.PeerStatus
+	// responding reports whether a handshake from the endpoint is being
+	// answered here (Overlay.Responding; tests replace it).
+	responding func(endpoint netip.AddrPort) bool
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -118,6 +121,7 @@ func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
 
 func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, admitting: map[string]bool{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
+	g.tunnels, g.responding = g.peersNamed, n.ov.Responding
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	adv := opts.Advertise
 	if len(adv) == 0 {
@@ -144,7 +148,6 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 	}
 	g.d = d
 	g.ping = d.Ping
-	g.tunnels = g.peersNamed
 	for range admitWorkers {
 		g.wg.Add(1)
 		go g.admitLoop()
@@ -244,7 +247,7 @@ func (g *gossip) admit(p pendingRecord) {
 		return
 	}
 	for _, ep := range r.Endpoints {
-		if g.n.ov.Responding(ep) {
+		if g.responding(ep) {
 			// The other side is admitting us (we answered its msg1 and
 			// wait for its msg3): a handshake of our own would cross it
 			// and do the work twice. Look again once it had time to end.

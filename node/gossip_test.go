@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,6 +190,51 @@ func TestDeathCheckWaitsForNewSession(t *testing.T) {
 	}
 	if !admitted(a, "beta") {
 		t.Fatal("a member that answered its pings was removed")
+	}
+}
+
+// TestAdmissionWaitsWhileResponding: a node that is answering a handshake
+// from a learned member's endpoint (the member is admitting it) starts no
+// crossing admission of its own; it looks again after respondingRecheck
+// and admits the member then.
+func TestAdmissionWaitsWhileResponding(t *testing.T) {
+	a, b := gossipPair(t)
+	var rec discovery.Record
+	for _, m := range a.gossip.d.Members() {
+		if m.Name == "beta" {
+			rec = m.Record
+		}
+	}
+	if len(rec.Endpoints) == 0 {
+		t.Fatal("alpha holds no record of beta")
+	}
+	if !a.ov.RemovePeer(b.Identity().WireGuardKey, "test") {
+		t.Fatal("alpha had no beta to remove")
+	}
+	const answering = 200 * time.Millisecond // < respondingRecheck
+	start := time.Now()
+	var asked atomic.Int32
+	a.gossip.responding = func(ep netip.AddrPort) bool {
+		if !slices.Contains(rec.Endpoints, ep) {
+			return false
+		}
+		asked.Add(1)
+		return time.Since(start) < answering
+	}
+	a.gossip.admit(pendingRecord{rec: rec, yielded: true})
+	for time.Since(start) < answering {
+		if admitted(a, "beta") {
+			t.Fatalf("beta admitted %v after the record came, while a handshake from it was being answered", time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for deadline := start.Add(3 * time.Second); !admitted(a, "beta"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("beta not admitted once no handshake was open (asked %d times)", asked.Load())
+		}
+	}
+	if asked.Load() < 2 {
+		t.Fatalf("asked %d times whether a handshake was open, want the first look and the re-check", asked.Load())
 	}
 }
 
