@@ -10,7 +10,7 @@ FUZZTIME  ?= 20s
 # Test timeout: the integration fabrics and namespace tests are the slowest.
 TESTTIMEOUT ?= 30m
 
-.PHONY: bench-gossip all build test test-short vet bench fuzz demo clean
+.PHONY: bench-flood bench-gossip all build test test-short vet bench fuzz demo clean
 
 all: build
 
@@ -30,8 +30,10 @@ test: vet
 	# Allocation guards: the race detector changes allocation counts, so the
 	# per-packet zero-allocation tests run once more without it.
 	$(GO) test -count=1 -run 'ZeroAlloc|Alloc' ./stack ./policy
-	# Load tests whose goals only mean something without -race: the flood
-	# test, and the 50-node gossip fabric.
+	# Without -race: the flood tests (pushback before decryption needs a
+	# normal build's speed to engage) and the 50-node gossip fabric, which
+	# -race makes too slow. They assert behaviour, not speed: the figures
+	# come from `make bench` and `make bench-gossip`.
 	$(GO) test -count=1 -run 'Flood|GossipFabric/50' -v ./integration | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|flood_test|flood_proc_test|gossip_test'; exit $${PIPESTATUS[0]}
 
 test-short: vet
@@ -42,6 +44,12 @@ test-short: vet
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./vault ./overlay/... ./stack ./policy
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m ./discovery ./integration
+
+# The flood benchmarks alone: the share of throughput an honest peer keeps
+# while another peer floods the victim (in one process, and with the
+# attacker on its own CPU), three runs each.
+bench-flood:
+	$(GO) test -run '^$$' -bench Flood -benchtime 1x -count 3 -timeout 30m ./integration
 
 # The gossip fabric at 10, 50 and 100 nodes, worst of five runs each, with
 # memberlist alone measured in the same runs.

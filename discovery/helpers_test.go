@@ -16,6 +16,14 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
+// Test deadlines. They only catch a step that never happens: a working
+// fabric meets them on any machine, loaded or under -race; how long each
+// step takes is a benchmark figure (bench_test.go).
+const (
+	convergeTimeout = 60 * time.Second // membership, records, CRLs everywhere
+	callbackTimeout = 10 * time.Second // queued callbacks after a table change
+)
+
 // checkLeaks fails the test if goroutines are not back to the count at the
 // call within 5 s of the test's end. Register it before anything that
 // starts goroutines (cleanups run last-in first-out).
@@ -164,7 +172,7 @@ func (f *fabric) startConverged(n int) {
 		f.start(i, 1)
 	}
 	f.joinAll(1, n)
-	waitFor(f.t, 8*time.Second, "converged", func() error { return f.allKnowAll(f.want()) })
+	waitFor(f.t, convergeTimeout, "converged", func() error { return f.allKnowAll(f.want()) })
 }
 
 // joinAll makes nodes [from, to) join node 0 at the same moment.

@@ -101,13 +101,9 @@ func testGossipFabric(t *testing.T, n int) {
 		opts[name] = o
 		nodes = append(nodes, f.start(o, seed))
 	}
-	bound := 30 * time.Second
-	if raceEnabled {
-		bound = 90 * time.Second
-	}
-	if n > 10 {
-		bound = 60 * time.Second
-	}
+	// Deadlines that only a bug misses: the benchmark (make bench-gossip)
+	// reports how long each step takes; measured 2-3 s for 50 nodes.
+	bound := 120 * time.Second
 	took := waitFor(t, bound, "full mesh through one seed", func() string { return meshProblem(nodes) })
 	t.Logf("%d nodes in a full mesh %v after start", n, took)
 	// Traffic between a sample of pairs (every pair for small fabrics).
@@ -130,7 +126,7 @@ func testGossipFabric(t *testing.T, n int) {
 	victim := nodes[n-1]
 	victim.CrashForTest()
 	rest := nodes[:n-1]
-	took = waitFor(t, 20*time.Second, "crashed node removed everywhere", func() string {
+	took = waitFor(t, 90*time.Second, "crashed node removed everywhere", func() string {
 		for _, x := range rest {
 			for _, p := range x.Peers() {
 				if p.Name == victim.Identity().Name {
@@ -158,7 +154,7 @@ func testGossipFabric(t *testing.T, n int) {
 		t.Fatalf("push CRL: %v %v", applied, err)
 	}
 	others := append([]*node.Node{nodes[0]}, nodes[2:]...)
-	took = waitFor(t, 10*time.Second, "revoked node cut off everywhere", func() string {
+	took = waitFor(t, 60*time.Second, "revoked node cut off everywhere", func() string {
 		for _, x := range others {
 			for _, p := range x.Peers() {
 				if p.Name == revoked.Identity().Name {
@@ -171,10 +167,10 @@ func testGossipFabric(t *testing.T, n int) {
 	t.Logf("revocation effective everywhere after %v", took)
 	// It knocks again: refused for the revocation, not admitted.
 	before := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	revoked.Admit(ctx, underlay(seed))
 	cancel()
-	waitFor(t, 5*time.Second, "seed refuses the revoked node as revoked", func() string {
+	waitFor(t, 30*time.Second, "seed refuses the revoked node as revoked", func() string {
 		if after := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]; after <= before {
 			return fmt.Sprintf("revoked refusals %d -> %d", before, after)
 		}

@@ -27,8 +27,8 @@ const (
 	underlayA     = "198.18.0.1"
 	underlayB     = "198.18.0.2"
 	underlayPort  = "4242"
-	processWait   = 10 * time.Second
-	netnsDeadline = 20 * time.Second
+	processWait   = 30 * time.Second
+	netnsDeadline = 60 * time.Second
 )
 
 var (
@@ -262,7 +262,7 @@ func TestNetnsUserspace(t *testing.T) {
 	if err := nodes[0].cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := statusOf(t, bin, nodes[0].socket)
 		gone := true

@@ -223,10 +223,10 @@ func TestRefusals(t *testing.T) {
 			}
 
 			// Bad node initiates: the honest responder refuses msg3.
-			ctx, cancel = context.WithTimeout(context.Background(), 1500*time.Millisecond)
+			ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 			bad.Admit(ctx, honest.ep)
 			cancel()
-			waitFor(t, 3*time.Second, "responder refusal counted", func() bool {
+			waitFor(t, 20*time.Second, "responder refusal counted", func() bool {
 				return honest.Stats().Rejected[tc.reason] >= before+2
 			})
 			if wgPeerKeys(t, honest.Overlay)[bad.keys.wgPub] || len(honest.Peers()) != 0 {
