@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"math/big"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
@@ -31,16 +33,23 @@ type caInitOpts struct {
 	duration                     time.Duration
 	force                        bool
 	keys                         vaultKeyFlags
+	networks                     stringList
 }
 
 func caInitCommand() *command {
 	return &command{
 		name:    "init",
 		summary: "create a CA: an Ed25519 key in a vault and a self-signed certificate",
-		usage:   "--name NAME --domain DOMAIN --vault ca.vault --out ca.crt [--duration D]",
+		usage:   "--name NAME --domain DOMAIN --vault ca.vault --out ca.crt [--networks PREFIX,...] [--duration D]",
 		help: `The CA certificate carries an X.509 name constraint that permits only
 URIs in DOMAIN, so every node certificate it signs provably belongs to that
-governance domain. The CA key never leaves the vault (created if missing).`,
+governance domain. The CA key never leaves the vault (created if missing).
+
+--networks (e.g. 100.64.0.0/10,fd7a:115c:a1e0::/48; repeatable) adds X.509
+IP name constraints: 'cert issue' refuses addresses outside these networks,
+and every node refuses a certificate of this CA that holds one. A CA with
+only IPv4 networks permits no IPv6 address. Without --networks the CA
+permits any address.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &caInitOpts{}
 			fs.StringVar(&o.name, "name", "", "CA name (certificate CN)")
@@ -49,6 +58,7 @@ governance domain. The CA key never leaves the vault (created if missing).`,
 			fs.StringVar(&o.out, "out", "ca.crt", "where to write the CA certificate (PEM)")
 			fs.DurationVar(&o.duration, "duration", defaultCAValidity, "validity of the CA certificate")
 			fs.BoolVar(&o.force, "force", false, "replace an existing --out file")
+			fs.Var(&o.networks, "networks", "overlay networks its node certificates must fall within, e.g. 100.64.0.0/10 (comma-separated or repeated; default: any)")
 			o.keys.register(fs, "", "the CA vault")
 			return o
 		},
@@ -60,7 +70,11 @@ governance domain. The CA key never leaves the vault (created if missing).`,
 			if o.name == "" || o.domain == "" || o.vaultPath == "" {
 				return usageError("--name, --domain and --vault are required")
 			}
-			ca, err := cert.NewCA(o.name, o.domain, o.duration, env.Now())
+			networks, err := parseNetworks(o.networks)
+			if err != nil {
+				return err
+			}
+			ca, err := cert.NewCA(o.name, o.domain, o.duration, env.Now(), cert.WithNetworks(networks...))
 			if err != nil {
 				return fmt.Errorf("create CA: %w", err)
 			}
@@ -91,6 +105,7 @@ governance domain. The CA key never leaves the vault (created if missing).`,
 			}
 			fmt.Fprintf(env.Stdout, "CA %q for domain %s created\ncertificate: %s (valid until %s)\nkey: in vault %s\nfingerprint: %s\n",
 				o.name, ca.Domain(), o.out, ca.Cert.NotAfter.UTC().Format(time.RFC3339), o.vaultPath, fingerprint(ca.Cert))
+			fmt.Fprintf(env.Stdout, "networks: %s\n", networksText(ca.Networks()))
 			return nil
 		},
 	}
@@ -109,7 +124,10 @@ func caRevokeCommand() *command {
 		usage:   "--ca-vault ca.vault --ca-cert ca.crt (--cert node.crt | --serial HEX) --crl crl.pem",
 		help: `The CRL is a standard X.509 CRL signed by the CA. Each revocation keeps
 the earlier entries and raises the CRL number by one; nodes apply only a
-validly signed CRL whose number is higher than the one they hold.`,
+validly signed CRL whose number is higher than the one they hold.
+
+--cert is refused unless this CA issued the certificate: its serial in
+this CA's CRL would revoke nothing. A --serial is taken as given.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &caRevokeOpts{}
 			fs.StringVar(&o.caVault, "ca-vault", "", "vault holding the CA key")
@@ -129,11 +147,13 @@ validly signed CRL whose number is higher than the one they hold.`,
 				return usageError("--ca-vault and --cert or --serial are required")
 			}
 			var serials []*big.Int
+			var target *x509.Certificate
 			if o.certPath != "" {
 				c, err := readCertFile(o.certPath)
 				if err != nil {
 					return err
 				}
+				target = c
 				serials = append(serials, c.SerialNumber)
 			}
 			for _, s := range o.serials {
@@ -161,6 +181,11 @@ validly signed CRL whose number is higher than the one they hold.`,
 			if err != nil {
 				return err
 			}
+			if target != nil {
+				if err := ca.CheckIssued(target); err != nil {
+					return fmt.Errorf("will not revoke %s: %w", o.certPath, err)
+				}
+			}
 			if prev != nil {
 				if err := prev.CheckSignatureFrom(ca.Cert); err != nil {
 					return fmt.Errorf("existing CRL %s is not signed by this CA: %w", o.crlPath, err)
@@ -180,4 +205,35 @@ validly signed CRL whose number is higher than the one they hold.`,
 			return nil
 		},
 	}
+}
+
+// parseNetworks parses --networks values: prefixes, comma-separated or
+// repeated.
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		for _, part := range splitList(s) {
+			p, err := netip.ParsePrefix(part)
+			if err != nil {
+				return nil, usageError("--networks %q: want a network prefix, e.g. 100.64.0.0/10", part)
+			}
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// anyNetwork is how a CA without networks is shown.
+const anyNetwork = "any (no IP name constraint)"
+
+// networksText shows a CA's networks; none means any address.
+func networksText(networks []netip.Prefix) string {
+	if len(networks) == 0 {
+		return anyNetwork
+	}
+	s := make([]string, len(networks))
+	for i, n := range networks {
+		s[i] = n.String()
+	}
+	return strings.Join(s, ", ")
 }

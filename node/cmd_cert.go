@@ -422,6 +422,8 @@ type certView struct {
 	Issuer        string            `json:"issuer"`
 	IsCA          bool              `json:"is_ca"`
 	PermittedURIs []string          `json:"permitted_uri_domains,omitempty"`
+	// Networks are a CA's permitted IP ranges; absent means any address.
+	Networks []string `json:"networks,omitempty"`
 }
 
 func certShowCommand() *command {
@@ -455,6 +457,13 @@ func certShowCommand() *command {
 				if len(c.PermittedURIDomains) == 1 {
 					view.Domain = c.PermittedURIDomains[0]
 				}
+				networks, err := cert.CANetworks(c)
+				if err != nil {
+					return fmt.Errorf("%s: %w", args[0], err)
+				}
+				for _, n := range networks {
+					view.Networks = append(view.Networks, n.String())
+				}
 			} else {
 				view.Kind = "node"
 				id, err := cert.Describe(c)
@@ -483,6 +492,13 @@ func printCertView(env Env, v certView) {
 	fmt.Fprintf(w, "kind:         %s\n", v.Kind)
 	fmt.Fprintf(w, "name:         %s\n", v.Name)
 	fmt.Fprintf(w, "domain:       %s\n", v.Domain)
+	if v.Kind == "ca" {
+		networks := strings.Join(v.Networks, ", ")
+		if networks == "" {
+			networks = anyNetwork
+		}
+		fmt.Fprintf(w, "networks:     %s\n", networks)
+	}
 	if v.Kind == "node" {
 		fmt.Fprintf(w, "groups:       %s\n", strings.Join(v.Groups, ", "))
 		keys := make([]string, 0, len(v.Attributes))

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/netip"
 	"time"
 )
 
@@ -43,7 +44,8 @@ var ErrInvalidCA = errors.New("not a valid gridnet CA")
 
 // CA is a gridnet certificate authority for one governance domain: an
 // Ed25519 key and its self-signed certificate, whose X.509 name constraints
-// permit exactly the URI domain of the governance domain.
+// permit exactly the URI domain of the governance domain and, if the CA was
+// made WithNetworks, only the overlay networks given there.
 type CA struct {
 	// Cert is the self-signed CA certificate.
 	Cert *x509.Certificate
@@ -52,20 +54,22 @@ type CA struct {
 }
 
 // NewCA creates a CA with a fresh Ed25519 key. validity 0 means
-// DefaultCAValidity; NotBefore is now-Backdate.
-func NewCA(name, domain string, validity time.Duration, now time.Time) (*CA, error) {
+// DefaultCAValidity; NotBefore is now-Backdate. WithNetworks restricts the
+// overlay addresses its certificates may carry.
+func NewCA(name, domain string, validity time.Duration, now time.Time, opts ...CAOption) (*CA, error) {
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
-	return NewCAFromKey(key, name, domain, validity, now)
+	return NewCAFromKey(key, name, domain, validity, now, opts...)
 }
 
 // NewCAFromKey is NewCA with an existing key, for renewing a CA
 // certificate without changing the key (certificates issued under the old
 // CA certificate still chain to the new one, since both have the same key,
-// subject and key identifier).
-func NewCAFromKey(key ed25519.PrivateKey, name, domain string, validity time.Duration, now time.Time) (*CA, error) {
+// subject and key identifier). Pass the old CA's networks (CA.Networks)
+// with WithNetworks to keep its constraint.
+func NewCAFromKey(key ed25519.PrivateKey, name, domain string, validity time.Duration, now time.Time, opts ...CAOption) (*CA, error) {
 	if len(key) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("new CA: private key is %d bytes, want %d", len(key), ed25519.PrivateKeySize)
 	}
@@ -77,6 +81,13 @@ func NewCAFromKey(key ed25519.PrivateKey, name, domain string, validity time.Dur
 	}
 	if validity < 0 {
 		return nil, fmt.Errorf("new CA: negative validity %v", validity)
+	}
+	var o caOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := validateNetworks(o.networks); err != nil {
+		return nil, fmt.Errorf("new CA: %w", err)
 	}
 	if validity == 0 {
 		validity = DefaultCAValidity
@@ -98,6 +109,7 @@ func NewCAFromKey(key ed25519.PrivateKey, name, domain string, validity time.Dur
 		MaxPathLenZero:              true,
 		SubjectKeyId:                keyID(pub),
 		PermittedURIDomains:         []string{domain},
+		PermittedIPRanges:           ipNets(o.networks),
 		PermittedDNSDomainsCritical: true, // marks the whole NameConstraints extension critical
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
@@ -169,12 +181,15 @@ type caInfo struct {
 	key         ed25519.PublicKey
 	domain      string
 	fingerprint string
+	// networks are the permitted IP ranges; nil means any address.
+	networks []netip.Prefix
 }
 
 // inspectCA checks that c is a gridnet CA: a v3 CA certificate with an
 // Ed25519 key, CertSign and CRLSign key usage, no unknown critical
-// extension, a valid self-signature, and exactly one permitted URI domain
-// that is a valid gridnet domain. It does not look at the validity period.
+// extension, a valid self-signature, exactly one permitted URI domain
+// that is a valid gridnet domain, and IP name constraints (if any) that are
+// permitted ranges only. It does not look at the validity period.
 func inspectCA(c *x509.Certificate) (caInfo, error) {
 	if c == nil {
 		return caInfo{}, fmt.Errorf("%w: nil certificate", ErrInvalidCA)
@@ -209,7 +224,14 @@ func inspectCA(c *x509.Certificate) (caInfo, error) {
 	if err := ValidateDomain(domain); err != nil {
 		return fail("%v", err)
 	}
-	return caInfo{cert: c, key: key, domain: domain, fingerprint: Fingerprint(c.Raw)}, nil
+	if len(c.ExcludedIPRanges) > 0 {
+		return fail("excluded IP ranges are not supported, only permitted ones")
+	}
+	networks, err := prefixesOf(c.PermittedIPRanges)
+	if err != nil {
+		return fail("%v", err)
+	}
+	return caInfo{cert: c, key: key, domain: domain, fingerprint: Fingerprint(c.Raw), networks: networks}, nil
 }
 
 // Fingerprint returns the lowercase hex SHA-256 of der, the form used for

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"math/big"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -37,6 +38,23 @@ func fuzzCA(t testing.TB) *CA {
 	return ca
 }
 
+// fuzzNetSeed is the fixed Ed25519 seed of the fuzz CA with networks.
+var fuzzNetSeed = bytes.Repeat([]byte{0x6b}, ed25519.SeedSize)
+
+// fuzzNetworks are the networks of fuzzNetCA.
+var fuzzNetworks = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:115c:a1e0::/48")}
+
+// fuzzNetCA returns the deterministic-key CA of the fuzz targets that is
+// restricted to fuzzNetworks.
+func fuzzNetCA(t testing.TB) *CA {
+	t.Helper()
+	ca, err := NewCAFromKey(ed25519.NewKeyFromSeed(fuzzNetSeed), "Fuzz Net CA", "net.fuzz.example", 0, testNow.Add(-24*time.Hour), WithNetworks(fuzzNetworks...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
 // fuzzNodeKeys returns deterministic node keys for corpus generation.
 func fuzzNodeKeys() nodeKeys {
 	k := nodeKeys{identity: ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x11}, ed25519.SeedSize))}
@@ -57,6 +75,12 @@ func fuzzSeeds(t testing.TB) map[string]map[string][]any {
 	outside := forge(t, ca, k, nodeTemplate(t, ca, "node-2", k), func(c *x509.Certificate) {
 		c.URIs = []*url.URL{SPIFFEID("other.example", "node-2")}
 	})
+	netCA := fuzzNetCA(t)
+	netValid, err := netCA.Issue(k.request("node-3"), testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netOutside := forge(t, netCA, k, nodeTemplate(t, netCA, "node-4", k), withAddresses(t, k, "100.64.0.9/10", "8.8.8.8/32"))
 	csr, err := CreateCSR("node-1", k.identity, k.wg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,6 +104,14 @@ func fuzzSeeds(t testing.TB) map[string]map[string][]any {
 			"ca":            {ca.Cert.Raw},
 			"empty":         {[]byte{}},
 			"tiny-sequence": {[]byte{0x30, 0x00}},
+			"net-valid":     {netValid.Raw},
+			"net-outside":   {netOutside},
+		},
+		"FuzzAddCA": {
+			"networks": {netCA.Cert.Raw},
+			"plain":    {ca.Cert.Raw},
+			"flipped":  {flipLast(netCA.Cert.Raw)},
+			"node":     {c.Raw},
 		},
 		"FuzzParseCSR": {
 			"valid":   {csr},
@@ -153,7 +185,8 @@ func onlySentinels(t *testing.T, err error, allowed ...error) {
 func FuzzVerifyDER(f *testing.F) {
 	addSeeds(f, "FuzzVerifyDER")
 	ca := fuzzCA(f)
-	pool := mustPool(f, ca.Cert)
+	netCA := fuzzNetCA(f)
+	pool := mustPool(f, ca.Cert, netCA.Cert)
 	crl, err := ca.Revoke(nil, []*big.Int{big.NewInt(42)}, testNow)
 	if err != nil {
 		f.Fatal(err)
@@ -170,8 +203,24 @@ func FuzzVerifyDER(f *testing.F) {
 			onlySentinels(t, err, sentinels...)
 			return
 		}
-		if id.Domain != "fuzz.example" || ValidateName(id.Name) != nil || len(id.IdentityKey) != ed25519.PublicKeySize ||
-			id.CAFingerprint != Fingerprint(ca.Cert.Raw) || id.Serial.Sign() <= 0 {
+		switch id.CAFingerprint {
+		case Fingerprint(ca.Cert.Raw):
+			if id.Domain != "fuzz.example" {
+				t.Fatalf("accepted identity %+v", id)
+			}
+		case Fingerprint(netCA.Cert.Raw):
+			if id.Domain != "net.fuzz.example" {
+				t.Fatalf("accepted identity %+v", id)
+			}
+			for _, p := range id.Addresses {
+				if containing(fuzzNetworks, p.Addr()) == nil {
+					t.Fatalf("accepted %v outside %v", p, fuzzNetworks)
+				}
+			}
+		default:
+			t.Fatalf("accepted identity %+v of an unknown CA", id)
+		}
+		if ValidateName(id.Name) != nil || len(id.IdentityKey) != ed25519.PublicKeySize || id.Serial.Sign() <= 0 {
 			t.Fatalf("accepted identity %+v", id)
 		}
 		if !slices.IsSorted(id.Groups) {
@@ -179,6 +228,38 @@ func FuzzVerifyDER(f *testing.F) {
 		}
 		if pool.IsRevoked(id) {
 			t.Fatal("accepted a revoked certificate")
+		}
+	})
+}
+
+// FuzzAddCA feeds arbitrary DER to AddCA: whatever it accepts as a CA has
+// well-formed networks, and a certificate the CA then issues verifies
+// exactly when its address lies in them.
+func FuzzAddCA(f *testing.F) {
+	addSeeds(f, "FuzzAddCA")
+	f.Fuzz(func(t *testing.T, der []byte) {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return
+		}
+		pool := mustPool(t)
+		if err := pool.AddCA(c); err != nil {
+			if !errors.Is(err, ErrInvalidCA) {
+				t.Fatalf("AddCA: %v", err)
+			}
+			return
+		}
+		networks, err := CANetworks(c)
+		if err != nil {
+			t.Fatalf("accepted CA whose networks do not decode: %v", err)
+		}
+		for _, n := range networks {
+			if !n.IsValid() || n != n.Masked() {
+				t.Fatalf("network %v", n)
+			}
+		}
+		if !bytes.Equal(c.RawSubject, c.RawIssuer) || len(c.PermittedURIDomains) != 1 {
+			t.Fatalf("accepted %q as a CA", c.Subject.CommonName)
 		}
 	})
 }
@@ -305,6 +386,16 @@ func TestFuzzCorpusReachesVerification(t *testing.T) {
 	outside := readSeed(t, "FuzzVerifyDER", "seed-outside")
 	_, err := mustPool(t, fuzzCA(t).Cert).VerifyDER(outside, testNow)
 	requireExactly(t, err, ErrOutsideDomain)
+	if _, err := mustPool(t, fuzzNetCA(t).Cert).VerifyDER(readSeed(t, "FuzzVerifyDER", "seed-net-valid"), testNow); err != nil {
+		t.Fatalf("seed-net-valid does not verify: %v", err)
+	}
+	_, err = mustPool(t, fuzzNetCA(t).Cert).VerifyDER(readSeed(t, "FuzzVerifyDER", "seed-net-outside"), testNow)
+	if !errors.Is(err, ErrOutsideNetworks) {
+		t.Fatalf("seed-net-outside: %v, want ErrOutsideNetworks", err)
+	}
+	if err := mustPool(t).AddCA(mustParseCert(t, readSeed(t, "FuzzAddCA", "seed-networks"))); err != nil {
+		t.Fatalf("FuzzAddCA seed-networks: %v", err)
+	}
 	if _, err := ParseCSR(readSeed(t, "FuzzParseCSR", "seed-valid")); err != nil {
 		t.Fatalf("CSR seed: %v", err)
 	}
@@ -315,6 +406,16 @@ func TestFuzzCorpusReachesVerification(t *testing.T) {
 	if ok, err := mustPool(t, fuzzCA(t).Cert).ApplyCRL(crl, testNow); !ok || err != nil {
 		t.Fatalf("CRL seed: %v, %v", ok, err)
 	}
+}
+
+// mustParseCert parses DER or fails.
+func mustParseCert(t testing.TB, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // readSeed returns the []byte argument of a one-argument corpus file.

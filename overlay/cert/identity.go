@@ -14,8 +14,9 @@
 //
 //   - A CA (NewCA, LoadCA) is an Ed25519 key with a self-signed certificate:
 //     CN = CA name, CA:TRUE with path length 0, key usage CertSign+CRLSign,
-//     and a critical NameConstraints extension whose only permitted subtree
-//     is the URI domain DOMAIN. Default lifetime DefaultCAValidity (1 year).
+//     and a critical NameConstraints extension that permits the URI domain
+//     DOMAIN and, for a CA made WithNetworks, only the given overlay
+//     networks as IP ranges. Default lifetime DefaultCAValidity (1 year).
 //   - A node makes its Ed25519 identity key and X25519 WireGuard key
 //     itself and sends a CSR (CreateCSR); the CA checks it (ParseCSR) and
 //     issues (IssueFromCSR, or Issue directly). Node certificates: CN =
@@ -25,7 +26,8 @@
 //     from now-Backdate for DefaultNodeValidity (90 days) unless asked
 //     otherwise, never beyond the CA's NotAfter.
 //   - The CA revokes with Revoke, which extends the previous X.509 v2 CRL
-//     and increments its CRL number.
+//     and increments its CRL number; CheckIssued tells whether a
+//     certificate is the CA's own to revoke.
 //   - Relying nodes keep a Pool of trusted CAs (several for federation
 //     between domains) with the newest CRL of each and call Verify.
 //
@@ -76,7 +78,8 @@ type Identity struct {
 }
 
 // Sentinel verification failures. Verify wraps exactly one of them with
-// detail, so callers test with errors.Is.
+// detail, so callers test with errors.Is (ErrOutsideNetworks counts as
+// the ErrOutsideDomain it refines).
 var (
 	ErrMalformed     = errors.New("malformed certificate")
 	ErrUnknownCA     = errors.New("certificate not signed by a trusted CA")
@@ -84,6 +87,24 @@ var (
 	ErrNotYetValid   = errors.New("certificate not yet valid")
 	ErrRevoked       = errors.New("certificate revoked")
 	ErrOutsideDomain = errors.New("certificate outside its CA's domain")
-	ErrKeyUsage      = errors.New("certificate has wrong key usage")
-	ErrBadSignature  = errors.New("bad signature")
+	// ErrOutsideNetworks is an overlay address outside the networks its
+	// CA permits (the CA's X.509 IP name constraints). It is a refinement
+	// of ErrOutsideDomain, which it wraps: both are the CA's name
+	// constraints, so errors.Is(err, ErrOutsideDomain) holds for it too.
+	ErrOutsideNetworks error = &refinedError{msg: "certificate address outside its CA's networks", parent: ErrOutsideDomain}
+	ErrKeyUsage              = errors.New("certificate has wrong key usage")
+	ErrBadSignature          = errors.New("bad signature")
 )
+
+// refinedError is a sentinel that is a special case of another: its own
+// message, and errors.Is matches the parent too.
+type refinedError struct {
+	msg    string
+	parent error
+}
+
+// Error returns the sentinel's message.
+func (e *refinedError) Error() string { return e.msg }
+
+// Unwrap returns the more general sentinel.
+func (e *refinedError) Unwrap() error { return e.parent }

@@ -47,7 +47,11 @@ func SPIFFEID(domain, name string) *url.URL {
 // Issue signs a node certificate for req. Every field is validated; the
 // certificate is valid from now-Backdate (but not before the CA) for
 // req.Validity, capped at the CA's NotAfter. Issuing with a CA that is
-// not valid at now fails.
+// not valid at now fails. An address outside the CA's networks (see
+// WithNetworks), or whose prefix is wider than the network holding it, is
+// refused with ErrOutsideNetworks; an address that is not a host address
+// of its own prefix (network or broadcast address, see checkHostAddress)
+// with ErrInvalidName, whether or not the CA has networks.
 func (ca *CA) Issue(req IssueRequest, now time.Time) (*x509.Certificate, error) {
 	info, err := ca.check()
 	if err != nil {
@@ -66,6 +70,9 @@ func (ca *CA) Issue(req IssueRequest, now time.Time) (*x509.Certificate, error) 
 		return fail(fmt.Errorf("WireGuard key is all zero"))
 	}
 	if err := validateAddresses(req.Addresses); err != nil {
+		return fail(err)
+	}
+	if err := checkIssueAddresses(req.Addresses, info.networks); err != nil {
 		return fail(err)
 	}
 	groups, err := normalizeGroups(req.Groups)

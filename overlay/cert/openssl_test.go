@@ -49,7 +49,7 @@ func TestOpenSSLInterop(t *testing.T) {
 		}
 	}
 
-	ca := newTestCA(t, "Corp CA", "corp.example")
+	ca := newNetworksCA(t, "Corp CA", "corp.example", testNetworks...)
 	k := newNodeKeys(t)
 	csrDER, err := CreateCSR("web-1", k.identity, k.wg)
 	if err != nil {
@@ -78,7 +78,8 @@ func TestOpenSSLInterop(t *testing.T) {
 
 	out := run("x509", "-in", caFile, "-noout", "-text")
 	contains("CA", out, "Subject: CN = Corp CA", "CA:TRUE, pathlen:0", "Certificate Sign, CRL Sign",
-		"X509v3 Name Constraints: critical", "URI:corp.example", "ED25519")
+		"X509v3 Name Constraints: critical", "URI:corp.example", "ED25519",
+		"IP:100.64.0.0/255.192.0.0", "IP:FD7A:115C:A1E0:0:0:0:0:0/FFFF:FFFF:FFFF:0:0:0:0:0")
 
 	out = run("x509", "-in", nodeFile, "-noout", "-text")
 	contains("node", out, "Subject: O = admins, O = web, CN = web-1", "URI:spiffe://corp.example/web-1",
@@ -127,5 +128,16 @@ func TestOpenSSLInterop(t *testing.T) {
 		t.Errorf("openssl accepted an out-of-domain certificate:\n%s", b)
 	} else if !strings.Contains(string(b), "name constraint") && !strings.Contains(string(b), "permitted subtree") {
 		t.Errorf("openssl rejected the out-of-domain certificate for another reason:\n%s", b)
+	}
+
+	// ... and the CA's IP name constraints on a forged certificate with
+	// an address outside its networks, as Verify does.
+	stray := forge(t, ca, k, nodeTemplate(t, ca, "n2", k), withAddresses(t, k, "100.64.0.3/10", "8.8.8.8/32"))
+	strayFile := write("stray.pem", pem.EncodeToMemory(&pem.Block{Type: PEMTypeCertificate, Bytes: stray}))
+	cmd = exec.Command(bin, "verify", "-attime", at, "-CAfile", caFile, strayFile)
+	if b, err := cmd.CombinedOutput(); err == nil {
+		t.Errorf("openssl accepted a certificate outside the CA's networks:\n%s", b)
+	} else if !strings.Contains(string(b), "name constraint") && !strings.Contains(string(b), "permitted subtree") {
+		t.Errorf("openssl rejected the out-of-network certificate for another reason:\n%s", b)
 	}
 }

@@ -82,8 +82,9 @@ func NewPool(cas ...*x509.Certificate) (*Pool, error) {
 }
 
 // AddCA adds a trusted CA. c must be a self-signed v3 CA certificate with
-// an Ed25519 key, CertSign and CRLSign key usage and exactly one permitted
-// URI domain (ErrInvalidCA otherwise). Adding a CA already in the pool is
+// an Ed25519 key, CertSign and CRLSign key usage, exactly one permitted
+// URI domain and no excluded IP ranges (ErrInvalidCA otherwise); its
+// permitted IP ranges, if any, are enforced by Verify. Adding a CA already in the pool is
 // a no-op. The CA's validity period is not checked here; Verify does.
 func (p *Pool) AddCA(c *x509.Certificate) error {
 	info, err := inspectCA(c)
@@ -309,7 +310,10 @@ func (p *Pool) VerifyDER(der []byte, now time.Time) (*Identity, error) {
 //     and ServerAuth extended key usage — ErrKeyUsage;
 //  4. domain: the spiffe URI host equals the CA's permitted URI domain
 //     exactly (subdomains are not accepted, unlike crypto/x509's DNS-style
-//     matching) — ErrOutsideDomain;
+//     matching) — ErrOutsideDomain; and, if the CA permits only some IP
+//     ranges (X.509 IP name constraints, see WithNetworks), every overlay
+//     address lies in one of them — ErrOutsideNetworks, which refines
+//     ErrOutsideDomain. A CA without IP constraints permits any address.
 //  5. time: the certificate, then its CA, must be valid at now —
 //     ErrNotYetValid or ErrExpired (an expired CA makes its certificates
 //     ErrExpired: the CA is known, its time is over);
@@ -332,6 +336,9 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 	}
 	if id.Domain != ca.domain {
 		return nil, fmt.Errorf("verify %q: %w: domain %q, CA %q is for %q", id.Name, ErrOutsideDomain, id.Domain, ca.name, ca.domain)
+	}
+	if p, out := outsideNetworks(id.Addresses, ca.networks); out {
+		return nil, fmt.Errorf("verify %q: %w: %v is not in %s, the networks of CA %q", id.Name, ErrOutsideNetworks, p.Addr(), formatNetworks(ca.networks), ca.name)
 	}
 	if err := checkTime("certificate", c, now); err != nil {
 		return nil, fmt.Errorf("verify %q: %w", id.Name, err)
