@@ -162,6 +162,7 @@ type PeerState struct {
 	Quarantined      bool
 	QuarantinedUntil time.Time // zero when never quarantined
 	Quarantines      uint64
+	Penalties        uint64 // trust penalties applied (blocked flows, flood windows)
 	Flows            int
 	Accepted         uint64
 	Dropped          uint64
@@ -197,7 +198,7 @@ func (f *Firewall) Peers() []PeerState {
 	for name, pr := range pm.byName {
 		pr.mu.Lock()
 		ps := PeerState{Name: name, Trust: pr.trust.current(now, &rs.trust), Quarantined: pr.trust.inQuarantine(now),
-			Quarantines: pr.trust.quarantines, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{}}
+			Quarantines: pr.trust.quarantines, Penalties: pr.trust.penaltiesHit, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{}}
 		if pr.trust.quarantined != 0 {
 			ps.QuarantinedUntil = f.timeOf(pr.trust.quarantined)
 		}

@@ -97,6 +97,20 @@ func floatIn(n *yaml.Node, path string, lo, hi float64) (float64, error) {
 	return f, nil
 }
 
+func boolean(n *yaml.Node, path string) (bool, error) {
+	s, err := scalar(n, path)
+	if err != nil {
+		return false, err
+	}
+	switch strings.ToLower(s) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, errAt(n, path, fmt.Errorf("%w: %q (want true or false)", ErrBadValue, s))
+}
+
 func duration(n *yaml.Node, path string) (time.Duration, error) {
 	s, err := scalar(n, path)
 	if err != nil {
@@ -375,12 +389,16 @@ func parseTrust(t *TrustConfig, n *yaml.Node) error {
 			}
 		case "blocked_penalty":
 			t.BlockedPenalty, err = floatIn(v, p, 0, 1)
+		case "blocked_window":
+			t.BlockedWindow, err = duration(v, p)
+		case "icmp_penalty":
+			t.ICMPPenalty, err = boolean(v, p)
 		case "flood_penalty":
 			t.FloodPenalty, err = floatIn(v, p, 0, 1)
 		case "expiry_window":
 			t.ExpiryWindow, err = floatIn(v, p, 0, 1)
 		default:
-			err = errAt(k, p, fmt.Errorf("%w %q (want threshold, quarantine, half_life, blocked_penalty, flood_penalty, expiry_window)", ErrUnknownKey, key))
+			err = errAt(k, p, fmt.Errorf("%w %q (want threshold, quarantine, half_life, blocked_penalty, blocked_window, icmp_penalty, flood_penalty, expiry_window)", ErrUnknownKey, key))
 		}
 		return err
 	})

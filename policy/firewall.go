@@ -84,6 +84,7 @@ type peer struct {
 	bytes    bucket
 	newFlows bucket
 	trust    trustState
+	blocked  blockedTable
 	lim      [numReasons]limiter
 	accepted uint64
 	drops    [numReasons]uint64
@@ -496,7 +497,7 @@ func (f *Firewall) judge(pr *peer, rs *ruleset, pkt []byte, p *packet, dir Direc
 	}
 	res := pr.tableFor(rs).eval(dir, p.proto, p.dstPort, false, peerAddr, trust)
 	if !res.allow {
-		if dir == Inbound {
+		if dir == Inbound && pr.chargeBlocked(p, &rs.trust, now) {
 			f.penalize(pr, rs.trust.BlockedPenalty, rs, now, ev)
 		}
 		r := res.rule
@@ -524,6 +525,16 @@ func (f *Firewall) judge(pr *peer, rs *ruleset, pkt []byte, p *packet, dir Direc
 	}
 	pr.accepted++
 	return Accept
+}
+
+// chargeBlocked reports whether a blocked inbound new flow p costs pr
+// trust: not an ICMP echo unless the config says so, and each (proto,
+// port) once per window. pr.mu is held.
+func (pr *peer) chargeBlocked(p *packet, cfg *TrustConfig, now int64) bool {
+	if p.icmpEcho && !cfg.ICMPPenalty {
+		return false
+	}
+	return pr.blocked.charge(blockedKey(p), now, cfg.BlockedWindow)
 }
 
 // admitFlow checks the flow caps for one more flow of pr, sweeping expired
