@@ -36,7 +36,12 @@
 // which must match: host (peer name or "any"), group (one) or groups (all),
 // cidr (the peer's overlay address), ca_name, ca_sha (CA fingerprint, hex,
 // colons and case ignored), domain, attr (map; all must be equal). A rule
-// needs at least one identity key (host: any matches every peer). Ours:
+// needs at least one identity key (host: any matches every peer). Names,
+// groups and attributes are chosen by each CA, so a rule or allow entry
+// that names a host (not any), groups or attr and none of domain, ca_name
+// and ca_sha matches only peers of this node's domain (Options.Self.Domain):
+// a federated CA cannot issue a name that passes a rule meant for the
+// local one. Peers are identified by domain and name. Ours:
 // action (allow, the default, or deny), service (a named local service:
 // the rule takes its proto and port), min_trust (allow rules only),
 // priority (integer, default 0), name (shown in labels). Unknown keys and

@@ -105,9 +105,9 @@ func TestConcurrent(t *testing.T) {
 				f.Reload(cfgB)
 			}
 			f.SetPeer(peerInfo("p7", 7))
-			f.RemovePeer("p8")
+			f.RemovePeer(localDomain, "p8")
 			f.SetPeer(peerInfo("p8", 8))
-			f.RemovePeer(fmt.Sprint("p", 1+i%6))
+			f.RemovePeer(localDomain, fmt.Sprint("p", 1+i%6))
 			f.SetPeer(peerInfo(fmt.Sprint("p", 1+i%6), byte(1+i%6)))
 			clk.Advance(time.Millisecond)
 			_ = f.Stats()
@@ -237,7 +237,7 @@ func BenchmarkNewFlow(b *testing.B) {
 				// remote address's flow key (source port wraps at 65536).
 				binary.BigEndian.PutUint16(pkt[20:], uint16(src))
 				if uint16(src) == 0 {
-					f.RemovePeer("a")
+					f.RemovePeer(localDomain, "a")
 					f.SetPeer(peerInfo("a", 2, "bench"))
 				}
 				if f.Inbound(pkt) != Accept {
