@@ -11,8 +11,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// ParseConfig parses the firewall section as a YAML document. Unknown keys
-// and bad values are refused with the line.
+// ParseConfig parses the firewall section as a YAML document: either the
+// section itself (services, inbound, ...) or a document whose only key is
+// firewall, as the section is written in a node config. Unknown keys and
+// bad values are refused with the line.
 func ParseConfig(data []byte) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
@@ -21,7 +23,37 @@ func ParseConfig(data []byte) (*Config, error) {
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return ConfigFromYAML(nil)
 	}
-	return ConfigFromYAML(doc.Content[0])
+	root, err := unwrapFirewall(doc.Content[0])
+	if err != nil {
+		return nil, err
+	}
+	return ConfigFromYAML(root)
+}
+
+// unwrapFirewall returns the value of a top-level firewall key, or n itself
+// when n has none. A firewall key next to other keys is refused: the other
+// keys would be silently ignored.
+func unwrapFirewall(n *yaml.Node) (*yaml.Node, error) {
+	if n.Kind != yaml.MappingNode {
+		return n, nil
+	}
+	var fw *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "firewall" {
+			fw = n.Content[i+1]
+		}
+	}
+	if fw == nil {
+		return n, nil
+	}
+	if len(n.Content) != 2 {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Value != "firewall" {
+				return nil, errAt(k, k.Value, fmt.Errorf("%w %q next to firewall (a rules file holds only the firewall section, bare or under a single firewall: key)", ErrUnknownKey, k.Value))
+			}
+		}
+	}
+	return fw, nil
 }
 
 // ConfigFromYAML reads the firewall section from an already parsed YAML node
