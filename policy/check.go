@@ -118,7 +118,14 @@ func (f *Firewall) Check(q Query) Decision {
 	if !res.allow && !id.local {
 		// Would a rule scoped to this node's domain have allowed it?
 		id.local = true
-		if as := rs.buildIdentTable(id).eval(q.Direction, uint8(q.Proto), q.Port, false, a16, trust); as.allow && as.rule >= 0 {
+		as := rs.buildIdentTable(id).eval(q.Direction, uint8(q.Proto), q.Port, false, a16, trust)
+		switch {
+		case as.allow && res.reason == ReasonServiceDeny && as.rule == res.rule:
+			sv := &rs.services[res.service]
+			d.Hint = fmt.Sprintf("the allow list of service %s (line %d) would admit it, but its entries that name a host, groups or attributes "+
+				"without domain, ca_name or ca_sha match only this node's domain %s; the peer's domain is %s (add domain: %s to the entry to admit it)",
+				sv.name, sv.line, quoteDomain(rs.localDomain), quoteDomain(info.Domain), info.Domain)
+		case as.allow && as.rule >= 0:
 			d.Hint = fmt.Sprintf("rule %s would allow it, but it names a host, groups or attributes without domain, ca_name or ca_sha, "+
 				"so it matches only this node's domain %s; the peer's domain is %s (add domain: %s to the rule to admit it)",
 				rs.rules[as.rule].label, quoteDomain(rs.localDomain), quoteDomain(info.Domain), info.Domain)

@@ -88,6 +88,13 @@ func TestCheckShowsDomain(t *testing.T) {
 	if d = f.Check(Query{Peer: evil, Proto: ProtoTCP, Port: 99}); d.Hint != "" {
 		t.Errorf("hint for a flow no rule allows in any domain: %+v", d)
 	}
+	// A service whose allow list names a group: the hint names the service.
+	svc, _ := testFW(t, "services:\n  web: {proto: tcp, port: 443, allow: [{group: web-clients}]}\ninbound:\n  - {proto: tcp, port: 443, host: any}\n")
+	evil.Groups = []string{"web-clients"}
+	d = svc.Check(Query{Peer: evil, Proto: ProtoTCP, Port: 443})
+	if d.Allowed || !strings.Contains(d.Hint, "allow list of service web (line 2) would admit it") || !strings.Contains(d.Hint, "add domain: evil.example to the entry") {
+		t.Errorf("partner on a service allow list: %+v", d)
+	}
 }
 
 // TestUnknownLocalDomainFailsClosed: a firewall told no domain of its own
