@@ -77,6 +77,16 @@ func usageError(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
 }
 
+// exitError is a failure with its own process exit code (not 1), printed
+// without the command's usage.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 func rootCommand() *command {
 	return &command{
 		name:    "gridnet",
@@ -156,6 +166,9 @@ func run(ctx context.Context, cmd *command, path []string, args []string, env En
 		if errors.Is(err, errUsage) {
 			printCommandHelp(env.Stderr, cmd, path, fs)
 			return 2
+		}
+		if ee := (*exitError)(nil); errors.As(err, &ee) {
+			return ee.code
 		}
 		return 1
 	}

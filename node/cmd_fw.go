@@ -11,12 +11,18 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 )
 
 // errDenied is returned by `fw check` when the flow would not pass, so the
 // exit code tells scripts the answer.
 var errDenied = errors.New("denied")
+
+// exitBadConfig is `fw check`'s exit code for rules that cannot be read or
+// parsed, the same as for a wrong invocation: 1 means only "denied" (or a
+// failed expectation).
+const exitBadConfig = 2
 
 func fwCommand() *command {
 	return &command{
@@ -30,6 +36,7 @@ peer's certificate identity; see docs/FIREWALL.md for the rule language.`,
 
 type fwCheckOpts struct {
 	config, rules                       string
+	localDomain                         string
 	from, groups, domain, caName, caSHA string
 	addr                                string
 	attrs                               stringList
@@ -42,15 +49,26 @@ func fwCheckCommand() *command {
 	return &command{
 		name:    "check",
 		summary: "answer offline whether a flow would pass, and by which rule",
-		usage:   "(--config node.yaml | --rules fw.yaml) [--from NAME] [--groups a,b] [--domain D] [--ca-name N] [--ca-sha HEX] [--attr k=v] [--proto tcp --port 22] [--direction inbound] [--trust 0.4]",
+		usage:   "(--config node.yaml | --rules fw.yaml) [--local-domain D] [--from NAME] [--groups a,b] [--domain D] [--ca-name N] [--ca-sha HEX] [--attr k=v] [--proto tcp --port 22] [--direction inbound] [--trust 0.4]",
 		help: `With flow flags it prints "allowed by RULE" or why the flow is denied
-(the deny rule, no rule matched, or trust too low) and exits 0 or 1.
-Without them it runs the rule set's tests: section and exits 1 if any
-expectation fails, like an ACL test suite.`,
+(the deny rule, no rule matched, or trust too low), and the domain the
+deciding rule matched. Without them it runs the rule set's tests: section,
+like an ACL test suite.
+
+A rule that names a host, groups or attributes without domain, ca_name or
+ca_sha matches only peers of this node's domain: --local-domain, else the
+domain of the config's cert: file. A peer given without --domain is of this
+node's domain.
+
+--rules takes the firewall section alone or under a firewall: key.
+
+Exit status: 0 allowed (or every test passed), 1 denied (or a test
+failed), 2 a wrong invocation or rules that cannot be read or parsed.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &fwCheckOpts{}
 			fs.StringVar(&o.config, "config", "", "node config whose firewall section to check")
-			fs.StringVar(&o.rules, "rules", "", "a file holding only a firewall section")
+			fs.StringVar(&o.rules, "rules", "", "a file holding only a firewall section (bare or under firewall:)")
+			fs.StringVar(&o.localDomain, "local-domain", "", "this node's domain (default: the domain of the config's cert: file)")
 			fs.StringVar(&o.from, "from", "", "the peer's node name")
 			fs.StringVar(&o.groups, "groups", "", "the peer's groups, comma-separated")
 			fs.StringVar(&o.domain, "domain", "", "the peer's domain")
@@ -68,28 +86,53 @@ expectation fails, like an ACL test suite.`,
 	}
 }
 
-// loadRules reads the firewall rules from a node config or a rules file.
-func loadRules(config, rules string) (*policy.Config, error) {
+// loadRules reads the firewall rules from a node config or a rules file,
+// and, with readCert, this node's domain from the config's cert: file when
+// the config has one (else "").
+func loadRules(config, rules string, readCert bool) (*policy.Config, string, error) {
 	switch {
 	case (config == "") == (rules == ""):
-		return nil, usageError("give one of --config and --rules")
+		return nil, "", usageError("give one of --config and --rules")
 	case config != "":
 		cfg, err := LoadConfig(config)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return cfg.FirewallRules, nil
+		domain := ""
+		if readCert && cfg.Cert != "" {
+			if domain, err = certDomain(cfg.Cert); err != nil {
+				return nil, "", fmt.Errorf("%w (or give --local-domain)", err)
+			}
+		}
+		return cfg.FirewallRules, domain, nil
 	default:
 		b, err := os.ReadFile(rules)
 		if err != nil {
-			return nil, fmt.Errorf("rules: %w", err)
+			return nil, "", fmt.Errorf("rules: %w", err)
 		}
 		c, err := policy.ParseConfig(b)
 		if err != nil {
-			return nil, fmt.Errorf("rules %s: %w", rules, err)
+			return nil, "", fmt.Errorf("rules %s: %w", rules, err)
 		}
-		return c, nil
+		return c, "", nil
 	}
+}
+
+// certDomain returns the domain of the certificate in the PEM file path.
+func certDomain(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("cert: %w", err)
+	}
+	c, err := cert.ParseCertPEM(b)
+	if err != nil {
+		return "", fmt.Errorf("cert %s: %w", path, err)
+	}
+	id, err := cert.Describe(c)
+	if err != nil {
+		return "", fmt.Errorf("cert %s: %w", path, err)
+	}
+	return id.Domain, nil
 }
 
 func runFwCheck(_ context.Context, env Env, a any, args []string) error {
@@ -97,13 +140,21 @@ func runFwCheck(_ context.Context, env Env, a any, args []string) error {
 	if len(args) != 0 {
 		return usageError("unexpected arguments %q", args)
 	}
-	rules, err := loadRules(o.config, o.rules)
+	local := o.localDomain
+	// The flag wins: then the cert: file need not exist here.
+	rules, certLocal, err := loadRules(o.config, o.rules, local == "")
 	if err != nil {
-		return err
+		if errors.Is(err, errUsage) {
+			return err
+		}
+		return &exitError{code: exitBadConfig, err: err}
 	}
-	fw, err := policy.New(rules, policy.Options{})
+	if local == "" {
+		local = certLocal
+	}
+	fw, err := policy.New(rules, policy.Options{Self: policy.PeerInfo{Domain: local}})
 	if err != nil {
-		return fmt.Errorf("firewall: %w", err)
+		return &exitError{code: exitBadConfig, err: fmt.Errorf("firewall: %w", err)}
 	}
 	defer fw.Close()
 
@@ -149,10 +200,47 @@ func runFwCheck(_ context.Context, env Env, a any, args []string) error {
 	d := fw.Check(q)
 	if d.Allowed {
 		fmt.Fprintf(env.Stdout, "allowed by %s\n", d.Rule)
-		return nil
+	} else {
+		fmt.Fprintf(env.Stdout, "denied: %s\n", d.Reason)
 	}
-	fmt.Fprintf(env.Stdout, "denied: %s\n", d.Reason)
-	return errDenied
+	peerDomain := o.domain
+	if peerDomain == "" {
+		peerDomain = local
+	}
+	if d.Rule != "" || peerDomain != local {
+		fmt.Fprintln(env.Stdout, describeDomain(d, peerDomain))
+	}
+	if d.Hint != "" {
+		fmt.Fprintf(env.Stdout, "hint: %s\n", d.Hint)
+		if d.LocalDomain == "" {
+			fmt.Fprintln(env.Stdout, "hint: this node's domain is not known here: give --local-domain, or cert: in the config")
+		}
+	}
+	if !d.Allowed {
+		return errDenied
+	}
+	return nil
+}
+
+// describeDomain says which domain the deciding rule matched.
+func describeDomain(d policy.Decision, peerDomain string) string {
+	show := func(s string) string {
+		if s == "" {
+			return "unknown"
+		}
+		return s
+	}
+	switch {
+	case d.Scope == policy.ScopeLocal && d.Domain == "":
+		return "domain: this node's matched, its name not known here (the rule names a host, groups or attributes and no domain, ca_name or ca_sha; --local-domain names it)"
+	case d.Scope == policy.ScopeLocal:
+		return fmt.Sprintf("domain: %s matched as this node's domain (the rule names a host, groups or attributes and no domain, ca_name or ca_sha)", d.Domain)
+	case d.Scope == policy.ScopeNamed:
+		return fmt.Sprintf("domain: %s matched, named by the rule (domain, ca_name or ca_sha)", show(d.Domain))
+	case d.Rule != "":
+		return "domain: any (the rule matches peers of every domain)"
+	}
+	return fmt.Sprintf("domain: the peer's is %s, this node's %s", show(peerDomain), show(d.LocalDomain))
 }
 
 // runFwTests runs the rule set's tests: section.

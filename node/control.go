@@ -105,12 +105,17 @@ func (n *Node) Status() Status {
 	for _, a := range id.Addresses {
 		st.Addresses = append(st.Addresses, a.String())
 	}
-	fwPeers := map[string]policy.PeerState{}
+	type peerID struct{ domain, name string } // names are unique per domain
+	fwPeers := map[peerID]policy.PeerState{}
 	for _, ps := range n.fw.Peers() {
-		fwPeers[ps.Name] = ps
+		fwPeers[peerID{ps.Domain, ps.Name}] = ps
 	}
 	for _, p := range n.ov.Peers() {
-		ps := fwPeers[p.Name]
+		var domain string
+		if p.Identity != nil {
+			domain = p.Identity.Domain
+		}
+		ps := fwPeers[peerID{domain, p.Name}]
 		pv := PeerView{
 			Trust: ps.Trust, Quarantined: ps.Quarantined, Dropped: ps.Dropped,
 			Name: p.Name, Endpoint: p.Endpoint.String(),

@@ -162,7 +162,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	}
 	n.ov, err = overlay.New(overlay.Config{
 		OnAdmit:           func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
-		OnRemove:          func(id *cert.Identity) { n.fw.RemovePeer(id.Name) },
+		OnRemove:          func(id *cert.Identity) { n.fw.RemovePeer(id.Domain, id.Name) },
 		Logger:            n.log,
 		WireGuardKey:      opts.WireGuardKey,
 		IdentityKey:       opts.IdentityKey,

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -12,7 +13,9 @@ import (
 // pass, and by which rule?
 type Query struct {
 	Direction Direction
-	Peer      PeerInfo
+	// Peer is the peer's identity. An empty Peer.Domain means this node's
+	// domain (Options.Self.Domain).
+	Peer PeerInfo
 	// Addr is the peer's overlay address for cidr rules; zero means the
 	// first of Peer.Addresses (none: cidr rules do not match).
 	Addr  netip.Addr
@@ -28,6 +31,45 @@ type Decision struct {
 	Allowed bool
 	Rule    string // label of the deciding rule, e.g. "inbound[3] line 42"
 	Reason  string // e.g. "denied by rule ...", "no rule matched (default deny)"
+	// Domain is the peer's domain as the rule in Rule matched it: with
+	// Scope ScopeLocal this node's domain, with ScopeNamed the peer's
+	// domain (the rule names it, or its CA); "" with ScopeAny.
+	Domain string
+	// Scope says which domains the rule in Rule matches (ScopeAny when
+	// Rule is empty).
+	Scope DomainScope
+	// LocalDomain is this node's domain (Options.Self.Domain).
+	LocalDomain string
+	// Hint explains a denial that a host, groups or attr rule would have
+	// allowed had the peer been of this node's domain; "" otherwise.
+	Hint string
+}
+
+// DomainScope says which peer domains a rule matches.
+type DomainScope uint8
+
+// Domain scopes.
+const (
+	// ScopeAny: the rule names no host, groups or attributes (host: any,
+	// cidr), or no rule decided; it matches peers of every domain.
+	ScopeAny DomainScope = iota
+	// ScopeLocal: the rule names a host, groups or attributes and no
+	// domain, ca_name or ca_sha; it matches only this node's domain.
+	ScopeLocal
+	// ScopeNamed: the rule names the domain, ca_name or ca_sha it matches.
+	ScopeNamed
+)
+
+// String returns "any domain", "this node's domain" or "named by the
+// rule".
+func (s DomainScope) String() string {
+	switch s {
+	case ScopeLocal:
+		return "this node's domain"
+	case ScopeNamed:
+		return "named by the rule"
+	}
+	return "any domain"
 }
 
 // Check answers q against the current rules without touching any state
@@ -35,6 +77,9 @@ type Decision struct {
 func (f *Firewall) Check(q Query) Decision {
 	rs := f.rules.Load()
 	info := q.Peer
+	if info.Domain == "" {
+		info.Domain = rs.localDomain
+	}
 	addr := q.Addr
 	if !addr.IsValid() && len(info.Addresses) > 0 {
 		addr = info.Addresses[0]
@@ -53,14 +98,46 @@ func (f *Firewall) Check(q Query) Decision {
 	if addr.IsValid() {
 		a16 = addr.As16()
 	}
-	pt := rs.buildPeerTable(&info)
-	res := pt.eval(q.Direction, uint8(q.Proto), q.Port, false, a16, trust)
-	d := Decision{Allowed: res.allow, Reason: rs.describe(res, trust)}
-	switch {
-	case res.reason == ReasonLowTrust:
-		d.Rule = rs.rules[res.trustRule].label
-	case res.rule >= 0:
-		d.Rule = rs.rules[res.rule].label
+	id := rs.ident(&info)
+	res := rs.buildIdentTable(id).eval(q.Direction, uint8(q.Proto), q.Port, false, a16, trust)
+	d := Decision{Allowed: res.allow, Reason: rs.describe(res, trust), LocalDomain: rs.localDomain}
+	decider := res.rule
+	if res.reason == ReasonLowTrust {
+		decider = res.trustRule
+	}
+	if decider >= 0 {
+		d.Rule = rs.rules[decider].label
+		m := &rs.rules[decider].match
+		switch {
+		case m.local:
+			d.Domain, d.Scope = rs.localDomain, ScopeLocal
+		case m.domain != "" || m.caName != "" || m.caSHA != "":
+			d.Domain, d.Scope = info.Domain, ScopeNamed
+		}
+	}
+	if !res.allow && !id.local {
+		// Would a rule scoped to this node's domain have allowed it?
+		id.local = true
+		as := rs.buildIdentTable(id).eval(q.Direction, uint8(q.Proto), q.Port, false, a16, trust)
+		switch {
+		case as.allow && res.reason == ReasonServiceDeny && as.rule == res.rule:
+			sv := &rs.services[res.service]
+			d.Hint = fmt.Sprintf("the allow list of service %s (line %d) would admit it, but its entries that name a host, groups or attributes "+
+				"without domain, ca_name or ca_sha match only this node's domain %s; the peer's domain is %s (add domain: %s to the entry to admit it)",
+				sv.name, sv.line, quoteDomain(rs.localDomain), quoteDomain(info.Domain), info.Domain)
+		case as.allow && as.rule >= 0:
+			d.Hint = fmt.Sprintf("rule %s would allow it, but it names a host, groups or attributes without domain, ca_name or ca_sha, "+
+				"so it matches only this node's domain %s; the peer's domain is %s (add domain: %s to the rule to admit it)",
+				rs.rules[as.rule].label, quoteDomain(rs.localDomain), quoteDomain(info.Domain), info.Domain)
+		}
+	}
+	return d
+}
+
+// quoteDomain names a domain in a message, or says it is unknown.
+func quoteDomain(d string) string {
+	if d == "" {
+		return "(unknown)"
 	}
 	return d
 }
@@ -86,6 +163,9 @@ func (c *Config) RunTests(f *Firewall) []TestResult {
 				want = "allow"
 			}
 			r.Problem = "line " + strconv.Itoa(t.Line) + ": expected " + want + ", " + d.Reason
+			if d.Hint != "" {
+				r.Problem += "; " + d.Hint
+			}
 		} else if t.Rule != "" && !strings.HasPrefix(d.Rule, t.Rule) {
 			r.Pass = false
 			r.Problem = "line " + strconv.Itoa(t.Line) + ": expected rule " + t.Rule + ", decided by " + d.Rule + " (" + d.Reason + ")"
@@ -107,7 +187,7 @@ type Stats struct {
 	Accepted    uint64
 	Dropped     uint64
 	Drops       map[string]uint64            // by reason name, all peers and unattributed
-	PeerDrops   map[string]map[string]uint64 // peer name → reason → count (current peers)
+	PeerDrops   map[string]map[string]uint64 // peer name (name@domain for another domain) → reason → count (current peers)
 	FlowsCut    uint64                       // flows cut by reloads
 	Flows       int                          // tracked flows now
 	ActivePeers int                          // peers holding at least one flow
@@ -126,8 +206,8 @@ func (f *Firewall) Stats() Stats {
 	}
 	now := f.nanos()
 	pm := f.peers.Load()
-	s.Peers = len(pm.byName)
-	for name, pr := range pm.byName {
+	s.Peers = len(pm.byID)
+	for _, pr := range pm.byID {
 		pr.mu.Lock()
 		s.Accepted += pr.accepted
 		s.FlowsCut += pr.cut
@@ -142,7 +222,7 @@ func (f *Firewall) Stats() Stats {
 			s.Quarantined++
 		}
 		pr.mu.Unlock()
-		s.PeerDrops[name] = pd
+		s.PeerDrops[pr.label] = pd
 	}
 	for r, n := range drops {
 		s.Dropped += n
@@ -158,10 +238,12 @@ func (f *Firewall) Stats() Stats {
 // PeerState is one peer's live state.
 type PeerState struct {
 	Name             string
+	Domain           string
 	Trust            float64
 	Quarantined      bool
 	QuarantinedUntil time.Time // zero when never quarantined
 	Quarantines      uint64
+	Penalties        uint64 // trust penalties applied (blocked flows, flood windows)
 	Flows            int
 	Accepted         uint64
 	Dropped          uint64
@@ -172,6 +254,7 @@ type PeerState struct {
 // peer removed and admitted again starts from zero).
 type PeerLoad struct {
 	Name     string
+	Domain   string
 	Accepted uint64 // inbound packets accepted
 	Dropped  uint64 // inbound packets dropped, any reason
 }
@@ -180,24 +263,25 @@ type PeerLoad struct {
 // it. It takes each peer's lock briefly and allocates only to grow dst, so
 // a flood-control loop can call it a few times a second.
 func (f *Firewall) Loads(dst []PeerLoad) []PeerLoad {
-	for name, pr := range f.peers.Load().byName {
+	for key, pr := range f.peers.Load().byID {
 		pr.mu.Lock()
-		dst = append(dst, PeerLoad{Name: name, Accepted: pr.inAccepted, Dropped: pr.inDropped})
+		dst = append(dst, PeerLoad{Name: key.name, Domain: key.domain, Accepted: pr.inAccepted, Dropped: pr.inDropped})
 		pr.mu.Unlock()
 	}
 	return dst
 }
 
-// Peers returns the state of every admitted peer, sorted by name.
+// Peers returns the state of every admitted peer, sorted by name and
+// domain.
 func (f *Firewall) Peers() []PeerState {
 	rs := f.rules.Load()
 	now := f.nanos()
 	pm := f.peers.Load()
-	out := make([]PeerState, 0, len(pm.byName))
-	for name, pr := range pm.byName {
+	out := make([]PeerState, 0, len(pm.byID))
+	for key, pr := range pm.byID {
 		pr.mu.Lock()
-		ps := PeerState{Name: name, Trust: pr.trust.current(now, &rs.trust), Quarantined: pr.trust.inQuarantine(now),
-			Quarantines: pr.trust.quarantines, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{}}
+		ps := PeerState{Name: key.name, Domain: key.domain, Trust: pr.trust.current(now, &rs.trust), Quarantined: pr.trust.inQuarantine(now),
+			Quarantines: pr.trust.quarantines, Penalties: pr.trust.penaltiesHit, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{}}
 		if pr.trust.quarantined != 0 {
 			ps.QuarantinedUntil = f.timeOf(pr.trust.quarantined)
 		}
@@ -210,6 +294,11 @@ func (f *Firewall) Peers() []PeerState {
 		pr.mu.Unlock()
 		out = append(out, ps)
 	}
-	slices.SortFunc(out, func(a, b PeerState) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b PeerState) int {
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Domain, b.Domain)
+	})
 	return out
 }

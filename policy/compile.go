@@ -72,6 +72,11 @@ type crule struct {
 
 // cmatch is a compiled identity match.
 type cmatch struct {
+	// local: the match names a host, groups or attributes and none of
+	// domain, ca_name and ca_sha, so it holds only for peers of this
+	// node's domain (names and groups are only meaningful within the
+	// domain whose CA issued them).
+	local    bool
 	host     string // "" or "any" = any host
 	groups   bitset // required groups, all
 	cidr     netip.Prefix
@@ -98,7 +103,8 @@ type ruleset struct {
 	rules         []crule // builtins first, then inbound, then outbound
 	services      []cservice
 	groupBit      map[string]int
-	outboundAllow bool // no outbound section: outbound default allow
+	localDomain   string // this node's domain (Options.Self.Domain)
+	outboundAllow bool   // no outbound section: outbound default allow
 	trust         TrustConfig
 	flood         FloodConfig
 	// trustLevels are the distinct min_trust values of the allow rules and
@@ -150,15 +156,16 @@ func (b bitset) covers(want bitset) bool {
 	return true
 }
 
-// compile validates cfg and builds the ruleset with the given version.
-func compile(cfg *Config, builtins []BuiltinRule, version uint64) (*ruleset, error) {
+// compile validates cfg and builds the ruleset with the given version for
+// a node of localDomain.
+func compile(cfg *Config, builtins []BuiltinRule, version uint64, localDomain string) (*ruleset, error) {
 	if cfg == nil {
 		cfg = DefaultConfig()
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rs := &ruleset{cfg: cfg, groupBit: map[string]int{}, outboundAllow: !cfg.OutboundSet, trust: cfg.Trust, flood: cfg.Flood}
+	rs := &ruleset{cfg: cfg, groupBit: map[string]int{}, localDomain: localDomain, outboundAllow: !cfg.OutboundSet, trust: cfg.Trust, flood: cfg.Flood}
 	svcIdx := map[string]int{}
 	for _, s := range cfg.Services {
 		cs := cservice{name: s.Name, line: s.Line, proto: s.Proto, port: s.Port}
@@ -236,6 +243,7 @@ func ruleLabel(d Direction, i int, r *Rule) string {
 
 func (rs *ruleset) compileMatch(m *Match) cmatch {
 	cm := cmatch{host: m.Host, cidr: m.CIDR, caName: m.CAName, caSHA: normFingerprint(m.CASHA), domain: m.Domain, attr: m.Attr, minTrust: m.MinTrust}
+	cm.local = m.namesLocal()
 	for _, g := range m.Groups {
 		bit, ok := rs.groupBit[g]
 		if !ok {
@@ -247,16 +255,26 @@ func (rs *ruleset) compileMatch(m *Match) cmatch {
 	return cm
 }
 
+// namesLocal reports whether m's names only make sense in this node's
+// domain: it names a host (not "any"), groups or attributes, and no
+// domain, ca_name or ca_sha that would say whose.
+func (m *Match) namesLocal() bool {
+	named := (m.Host != "" && m.Host != "any") || len(m.Groups) > 0 || len(m.Attr) > 0
+	return named && m.Domain == "" && m.CAName == "" && m.CASHA == ""
+}
+
 // peerIdent is a peer's identity prepared for one ruleset: its groups as a
-// bitset over the ruleset's group names.
+// bitset over the ruleset's group names, and whether it is of this node's
+// domain.
 type peerIdent struct {
 	info   *PeerInfo
 	groups bitset
 	caSHA  string
+	local  bool
 }
 
 func (rs *ruleset) ident(info *PeerInfo) peerIdent {
-	id := peerIdent{info: info, caSHA: normFingerprint(info.CAFingerprint)}
+	id := peerIdent{info: info, caSHA: normFingerprint(info.CAFingerprint), local: info.Domain == rs.localDomain}
 	for _, g := range info.Groups {
 		if bit, ok := rs.groupBit[g]; ok {
 			id.groups.set(bit)
@@ -269,6 +287,9 @@ func (rs *ruleset) ident(info *PeerInfo) peerIdent {
 // and trust are checked per packet). A cidr that holds none of the peer's
 // addresses fails here already.
 func (m *cmatch) matchIdent(id *peerIdent) bool {
+	if m.local && !id.local {
+		return false
+	}
 	if m.host != "" && m.host != "any" && m.host != id.info.Name {
 		return false
 	}
@@ -328,7 +349,11 @@ type peerTable struct {
 }
 
 func (rs *ruleset) buildPeerTable(info *PeerInfo) *peerTable {
-	id := rs.ident(info)
+	return rs.buildIdentTable(rs.ident(info))
+}
+
+// buildIdentTable builds the peer table of an identity.
+func (rs *ruleset) buildIdentTable(id peerIdent) *peerTable {
 	pt := &peerTable{rs: rs, svcAllow: make([][]int32, len(rs.services))}
 	for si := range rs.services {
 		for ai := range rs.services[si].allow {

@@ -175,9 +175,17 @@ type TrustConfig struct {
 	Threshold      float64       // below this the peer is quarantined; 0 disables quarantine
 	Quarantine     time.Duration // cool-down
 	HalfLife       time.Duration // recovery half-life of the distance to 1
-	BlockedPenalty float64       // per blocked new flow
-	FloodPenalty   float64       // per flood-violation window
-	ExpiryWindow   float64       // fraction of validity at the end of which the score is lowered
+	BlockedPenalty float64       // per blocked new flow, once per distinct (proto, port) and BlockedWindow
+	// BlockedWindow is how long a blocked (proto, port) of a peer is
+	// remembered after its penalty: retransmits, resends and new attempts
+	// to it within the window cost nothing more. 0 charges every blocked
+	// packet.
+	BlockedWindow time.Duration
+	// ICMPPenalty makes a blocked ICMP echo (ping) cost trust like any
+	// blocked flow; off by default, a refused ping is dropped for free.
+	ICMPPenalty  bool
+	FloodPenalty float64 // per flood-violation window
+	ExpiryWindow float64 // fraction of validity at the end of which the score is lowered
 }
 
 // FloodConfig sets the per-peer token buckets and the flow caps. A rate of
@@ -222,7 +230,8 @@ const (
 	DefaultTrustThreshold  = 0.3              // a few blocked attempts in a row are tolerated
 	DefaultQuarantine      = 60 * time.Second // long enough to stop a scan, short enough to self-heal
 	DefaultHalfLife        = 5 * time.Minute  // a blocked attempt is mostly forgiven after ~15 min
-	DefaultBlockedPenalty  = 0.05             // 14 blocked new flows in a row reach 0.3
+	DefaultBlockedPenalty  = 0.05             // 14 distinct blocked ports in a row reach 0.3
+	DefaultBlockedWindow   = 60 * time.Second // a retried port costs once a minute; a scan of new ports costs every time
 	DefaultFloodPenalty    = 0.02             // one per floodPenaltyWindow: ~0.2/s under sustained flood
 	DefaultExpiryWindow    = 0.1              // last 10% of certificate validity
 	DefaultPacketsPerSec   = 400_000          // above one TCP stream at the measured 1.7 Gbit/s (userspace) and 2.4 Gbit/s (kernel TUN) with 1280-byte packets
@@ -237,7 +246,7 @@ const (
 func DefaultConfig() *Config {
 	return &Config{
 		Trust: TrustConfig{Threshold: DefaultTrustThreshold, Quarantine: DefaultQuarantine, HalfLife: DefaultHalfLife,
-			BlockedPenalty: DefaultBlockedPenalty, FloodPenalty: DefaultFloodPenalty, ExpiryWindow: DefaultExpiryWindow},
+			BlockedPenalty: DefaultBlockedPenalty, BlockedWindow: DefaultBlockedWindow, FloodPenalty: DefaultFloodPenalty, ExpiryWindow: DefaultExpiryWindow},
 		Flood: FloodConfig{PacketsPerSec: DefaultPacketsPerSec, BytesPerSec: DefaultBytesPerSec, NewFlowsPerSec: DefaultNewFlowsPerSec,
 			MaxFlowsPerPeer: DefaultMaxFlowsPerPeer, MaxFlows: DefaultMaxFlows},
 	}

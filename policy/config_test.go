@@ -140,3 +140,27 @@ tests:
 		t.Errorf("problem: %q", res[3].Problem)
 	}
 }
+
+// TestParseConfigWrapped: a rules file may hold the section as a node
+// config writes it, under a single firewall: key, with the same lines in
+// errors; a firewall: key next to other keys is refused.
+func TestParseConfigWrapped(t *testing.T) {
+	c, err := ParseConfig([]byte("firewall:\n  inbound:\n    - {proto: tcp, port: 22, groups: [admins]}\n  trust: {threshold: 0.4}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Inbound) != 1 || c.Inbound[0].Line != 3 || c.Trust.Threshold != 0.4 {
+		t.Fatalf("wrapped: %+v", c)
+	}
+	if c, err := ParseConfig([]byte("firewall:\n")); err != nil || len(c.Inbound) != 0 {
+		t.Fatalf("empty wrapped section: %v %+v", err, c)
+	}
+	_, err = ParseConfig([]byte("firewall:\n  inbound:\n    - {proto: tcp, port: 99999, host: any}\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("bad rule in a wrapped section: %v", err)
+	}
+	_, err = ParseConfig([]byte("vault: {path: v}\nfirewall:\n  inbound: []\n"))
+	if !errors.Is(err, ErrUnknownKey) || !strings.Contains(err.Error(), "line 1") || !strings.Contains(err.Error(), `"vault" next to firewall`) {
+		t.Fatalf("firewall next to other keys: %v", err)
+	}
+}

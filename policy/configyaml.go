@@ -11,8 +11,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// ParseConfig parses the firewall section as a YAML document. Unknown keys
-// and bad values are refused with the line.
+// ParseConfig parses the firewall section as a YAML document: either the
+// section itself (services, inbound, ...) or a document whose only key is
+// firewall, as the section is written in a node config. Unknown keys and
+// bad values are refused with the line.
 func ParseConfig(data []byte) (*Config, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
@@ -21,7 +23,37 @@ func ParseConfig(data []byte) (*Config, error) {
 	if doc.Kind == 0 || len(doc.Content) == 0 {
 		return ConfigFromYAML(nil)
 	}
-	return ConfigFromYAML(doc.Content[0])
+	root, err := unwrapFirewall(doc.Content[0])
+	if err != nil {
+		return nil, err
+	}
+	return ConfigFromYAML(root)
+}
+
+// unwrapFirewall returns the value of a top-level firewall key, or n itself
+// when n has none. A firewall key next to other keys is refused: the other
+// keys would be silently ignored.
+func unwrapFirewall(n *yaml.Node) (*yaml.Node, error) {
+	if n.Kind != yaml.MappingNode {
+		return n, nil
+	}
+	var fw *yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "firewall" {
+			fw = n.Content[i+1]
+		}
+	}
+	if fw == nil {
+		return n, nil
+	}
+	if len(n.Content) != 2 {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Value != "firewall" {
+				return nil, errAt(k, k.Value, fmt.Errorf("%w %q next to firewall (a rules file holds only the firewall section, bare or under a single firewall: key)", ErrUnknownKey, k.Value))
+			}
+		}
+	}
+	return fw, nil
 }
 
 // ConfigFromYAML reads the firewall section from an already parsed YAML node
@@ -95,6 +127,20 @@ func floatIn(n *yaml.Node, path string, lo, hi float64) (float64, error) {
 		return 0, errAt(n, path, fmt.Errorf("%w: %q (want a number in [%g, %g])", ErrBadValue, s, lo, hi))
 	}
 	return f, nil
+}
+
+func boolean(n *yaml.Node, path string) (bool, error) {
+	s, err := scalar(n, path)
+	if err != nil {
+		return false, err
+	}
+	switch strings.ToLower(s) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, errAt(n, path, fmt.Errorf("%w: %q (want true or false)", ErrBadValue, s))
 }
 
 func duration(n *yaml.Node, path string) (time.Duration, error) {
@@ -375,12 +421,16 @@ func parseTrust(t *TrustConfig, n *yaml.Node) error {
 			}
 		case "blocked_penalty":
 			t.BlockedPenalty, err = floatIn(v, p, 0, 1)
+		case "blocked_window":
+			t.BlockedWindow, err = duration(v, p)
+		case "icmp_penalty":
+			t.ICMPPenalty, err = boolean(v, p)
 		case "flood_penalty":
 			t.FloodPenalty, err = floatIn(v, p, 0, 1)
 		case "expiry_window":
 			t.ExpiryWindow, err = floatIn(v, p, 0, 1)
 		default:
-			err = errAt(k, p, fmt.Errorf("%w %q (want threshold, quarantine, half_life, blocked_penalty, flood_penalty, expiry_window)", ErrUnknownKey, key))
+			err = errAt(k, p, fmt.Errorf("%w %q (want threshold, quarantine, half_life, blocked_penalty, blocked_window, icmp_penalty, flood_penalty, expiry_window)", ErrUnknownKey, key))
 		}
 		return err
 	})

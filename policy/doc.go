@@ -36,7 +36,12 @@
 // which must match: host (peer name or "any"), group (one) or groups (all),
 // cidr (the peer's overlay address), ca_name, ca_sha (CA fingerprint, hex,
 // colons and case ignored), domain, attr (map; all must be equal). A rule
-// needs at least one identity key (host: any matches every peer). Ours:
+// needs at least one identity key (host: any matches every peer). Names,
+// groups and attributes are chosen by each CA, so a rule or allow entry
+// that names a host (not any), groups or attr and none of domain, ca_name
+// and ca_sha matches only peers of this node's domain (Options.Self.Domain):
+// a federated CA cannot issue a name that passes a rule meant for the
+// local one. Peers are identified by domain and name. Ours:
 // action (allow, the default, or deny), service (a named local service:
 // the rule takes its proto and port), min_trust (allow rules only),
 // priority (integer, default 0), name (shown in labels). Unknown keys and
@@ -107,10 +112,16 @@
 //
 // # Trust formula
 //
-// Each peer has a score s in [0,1], starting at 1. Each blocked inbound new
+// Each peer has a score s in [0,1], starting at 1. A blocked inbound new
 // flow (a policy drop: a lateral movement attempt) subtracts
-// blocked_penalty (0.05); flood violations subtract flood_penalty (0.02) at
-// most once per 100 ms. Between penalties the distance to 1 halves every
+// blocked_penalty (0.05), once per distinct (protocol, destination port;
+// for ICMP the message type) within blocked_window (60 s): retransmits and
+// retries of a refused port cost once, every new port of a scan costs. The
+// keys live in a fixed 32-entry table per peer; when every entry is live a
+// new key evicts the one that lapses first and is charged, so the table
+// cannot be filled to evade a penalty. A refused ICMP echo costs nothing
+// unless icmp_penalty is true. Flood violations subtract flood_penalty
+// (0.02) at most once per 100 ms. Between penalties the distance to 1 halves every
 // half_life (5 min): s(t) = 1 − (1 − s₀)·2^(−Δt/half_life). The effective
 // score is s times an expiry factor: 1 until the last expiry_window (10%)
 // of the certificate's validity, then falling linearly to 0.5 at NotAfter.

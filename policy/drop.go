@@ -62,7 +62,7 @@ func (f *Firewall) trustFell(pr *peer, rs *ruleset, before float64, now int64) {
 
 func (f *Firewall) quarantineAlert(pr *peer, rs *ruleset, now int64, ev *pending) {
 	ev.hasAlert = true
-	ev.alert = Event{Time: f.timeOf(now), Kind: EventQuarantine, Peer: pr.info.Name, Direction: Inbound,
+	ev.alert = Event{Time: f.timeOf(now), Kind: EventQuarantine, Peer: pr.label, Direction: Inbound,
 		Reason: ReasonQuarantined, Trust: pr.trust.current(now, &rs.trust)}
 }
 
@@ -90,7 +90,7 @@ func (f *Firewall) dropPeer(pr *peer, p *packet, dir Direction, r Reason, rule i
 	ev.hasDrop = true
 	fillEvent(&ev.drop, p, dir, r, sup)
 	ev.drop.Time = f.timeOf(now)
-	ev.drop.Peer = pr.info.Name
+	ev.drop.Peer = pr.label
 	if rule >= 0 && int(rule) < len(rs.rules) {
 		ev.drop.Rule = rs.rules[rule].label
 	}

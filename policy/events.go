@@ -73,7 +73,7 @@ func (k EventKind) String() string {
 type Event struct {
 	Time       time.Time
 	Kind       EventKind
-	Peer       string // "" when the packet could not be tied to a peer
+	Peer       string // name (name@domain for another domain than this node's); "" when the packet could not be tied to a peer
 	Direction  Direction
 	Proto      uint8
 	Src, Dst   netip.Addr

@@ -60,7 +60,12 @@ type Options struct {
 	// Logger receives rate-limited events; nil logs nothing.
 	Logger *slog.Logger
 	// Self is this node. When Self.Addresses is set, inbound packets to
-	// any other destination are dropped (ReasonNotLocal).
+	// any other destination are dropped (ReasonNotLocal). Self.Domain is
+	// this node's domain: a rule or allow entry that names a host, groups
+	// or attributes without domain, ca_name or ca_sha matches only peers
+	// of that domain (empty: only peers whose Domain is empty), so that a
+	// federated CA cannot issue a name or group that passes a rule meant
+	// for this domain's own.
 	Self PeerInfo
 	// Builtins are rules for gridnet's own traffic (see BuiltinRule).
 	Builtins []BuiltinRule
@@ -75,8 +80,11 @@ const coarseTick = 10 * time.Millisecond
 // peer is the per-peer state. mu guards everything below it; it is the
 // only lock the packet path takes, and only this peer's packets take it.
 type peer struct {
-	mu       sync.Mutex
-	info     PeerInfo
+	mu   sync.Mutex
+	info PeerInfo
+	// label names the peer in events and Stats: its name, with
+	// "@domain" for a peer of another domain than this node's.
+	label    string
 	table    *peerTable
 	flows    flowTable
 	frags    fragTable
@@ -84,6 +92,7 @@ type peer struct {
 	bytes    bucket
 	newFlows bucket
 	trust    trustState
+	blocked  blockedTable
 	lim      [numReasons]limiter
 	accepted uint64
 	drops    [numReasons]uint64
@@ -93,10 +102,14 @@ type peer struct {
 	removed               bool
 }
 
+// peerKey identifies a peer: a name is unique only within its domain, and
+// a federated CA may issue a name this domain uses too.
+type peerKey struct{ domain, name string }
+
 // peerMap is an immutable snapshot of the admitted peers.
 type peerMap struct {
 	byAddr map[[16]byte]*peer
-	byName map[string]*peer
+	byID   map[peerKey]*peer
 }
 
 // Firewall judges packets. It is safe for concurrent use; see the package
@@ -136,13 +149,13 @@ type Firewall struct {
 // peers. Call Close when done.
 func New(cfg *Config, opts Options) (*Firewall, error) {
 	f := &Firewall{nowFn: opts.Now, selfInfo: opts.Self.clone(), builtins: slices.Clone(opts.Builtins)}
-	rs, err := compile(cfg, f.builtins, 1)
+	rs, err := compile(cfg, f.builtins, 1, f.selfInfo.Domain)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	f.version = 1
 	f.rules.Store(rs)
-	f.peers.Store(&peerMap{byAddr: map[[16]byte]*peer{}, byName: map[string]*peer{}})
+	f.peers.Store(&peerMap{byAddr: map[[16]byte]*peer{}, byID: map[peerKey]*peer{}})
 	if len(opts.Self.Addresses) > 0 {
 		f.self = map[[16]byte]bool{}
 		for _, a := range opts.Self.Addresses {
@@ -204,9 +217,10 @@ func (f *Firewall) timeOf(ns int64) time.Time { return f.epoch.Add(time.Duration
 // event and counts it in Subscription.Dropped.
 func (f *Firewall) Events(buffer int) *Subscription { return f.hub.subscribe(buffer) }
 
-// SetPeer admits a peer or updates it (certificate renewal). Its addresses
-// are mapped to it (an address held by another peer moves to this one), its
-// rule table is prepared, and on an update its flows are re-checked.
+// SetPeer admits a peer or updates it (certificate renewal). A peer is
+// identified by its domain and name. Its addresses are mapped to it (an
+// address held by another peer moves to this one), its rule table is
+// prepared, and on an update its flows are re-checked.
 func (f *Firewall) SetPeer(info PeerInfo) {
 	info = info.clone()
 	f.adminMu.Lock()
@@ -214,9 +228,13 @@ func (f *Firewall) SetPeer(info PeerInfo) {
 	old := f.peers.Load()
 	rs := f.rules.Load()
 	now := f.nanos()
-	pr := old.byName[info.Name]
+	key := peerKey{info.Domain, info.Name}
+	pr := old.byID[key]
 	if pr == nil {
-		pr = &peer{}
+		pr = &peer{label: info.Name}
+		if info.Domain != f.selfInfo.Domain {
+			pr.label = info.Name + "@" + info.Domain
+		}
 		fl := &rs.flood
 		pr.pkts.fill(now, fl.PacketsPerSec, fl.PacketsBurst)
 		pr.bytes.fill(now, fl.BytesPerSec, fl.BytesBurst)
@@ -236,7 +254,7 @@ func (f *Firewall) SetPeer(info PeerInfo) {
 	f.recheckLocked(pr, rs, now)
 	pr.mu.Unlock()
 
-	next := &peerMap{byAddr: make(map[[16]byte]*peer, len(old.byAddr)+len(info.Addresses)), byName: maps.Clone(old.byName)}
+	next := &peerMap{byAddr: make(map[[16]byte]*peer, len(old.byAddr)+len(info.Addresses)), byID: maps.Clone(old.byID)}
 	for a, p := range old.byAddr {
 		if p != pr {
 			next.byAddr[a] = p
@@ -246,27 +264,29 @@ func (f *Firewall) SetPeer(info PeerInfo) {
 		next.byAddr[a.As16()] = pr
 		next.byAddr[a.Unmap().As16()] = pr
 	}
-	next.byName[info.Name] = pr
+	next.byID[key] = pr
 	f.peers.Store(next)
 }
 
-// RemovePeer forgets a peer: its addresses stop matching, its flows and
-// state are dropped. Its counters stay in the totals of Stats.
-func (f *Firewall) RemovePeer(name string) {
+// RemovePeer forgets the peer of that domain and name: its addresses stop
+// matching, its flows and state are dropped. Its counters stay in the
+// totals of Stats.
+func (f *Firewall) RemovePeer(domain, name string) {
 	f.adminMu.Lock()
 	defer f.adminMu.Unlock()
 	old := f.peers.Load()
-	pr := old.byName[name]
+	key := peerKey{domain, name}
+	pr := old.byID[key]
 	if pr == nil {
 		return
 	}
-	next := &peerMap{byAddr: make(map[[16]byte]*peer, len(old.byAddr)), byName: maps.Clone(old.byName)}
+	next := &peerMap{byAddr: make(map[[16]byte]*peer, len(old.byAddr)), byID: maps.Clone(old.byID)}
 	for a, p := range old.byAddr {
 		if p != pr {
 			next.byAddr[a] = p
 		}
 	}
-	delete(next.byName, name)
+	delete(next.byID, key)
 	f.peers.Store(next)
 
 	pr.mu.Lock()
@@ -291,14 +311,14 @@ func (f *Firewall) RemovePeer(name string) {
 func (f *Firewall) Reload(cfg *Config) error {
 	f.adminMu.Lock()
 	defer f.adminMu.Unlock()
-	rs, err := compile(cfg, f.builtins, f.version+1)
+	rs, err := compile(cfg, f.builtins, f.version+1, f.selfInfo.Domain)
 	if err != nil {
 		return fmt.Errorf("policy reload: %w", err)
 	}
 	f.version++
 	f.rules.Store(rs)
 	now := f.nanos()
-	for _, pr := range f.peers.Load().byName {
+	for _, pr := range f.peers.Load().byID {
 		pr.mu.Lock()
 		pr.table = rs.buildPeerTable(&pr.info)
 		f.recheckLocked(pr, rs, now)
@@ -352,7 +372,7 @@ func (f *Firewall) cutFlow(pr *peer, i int32, now int64, reason Reason) {
 	if !ok {
 		return
 	}
-	ev := Event{Time: f.timeOf(now), Kind: EventFlowCut, Peer: pr.info.Name, Direction: origin, Proto: k.proto,
+	ev := Event{Time: f.timeOf(now), Kind: EventFlowCut, Peer: pr.label, Direction: origin, Proto: k.proto,
 		Src: netip.AddrFrom16(k.remote).Unmap(), Dst: netip.AddrFrom16(k.local).Unmap(), SrcPort: k.remotePort,
 		DstPort: k.localPort, Reason: reason, Suppressed: sup}
 	f.hub.emit(&ev, now)
@@ -496,7 +516,7 @@ func (f *Firewall) judge(pr *peer, rs *ruleset, pkt []byte, p *packet, dir Direc
 	}
 	res := pr.tableFor(rs).eval(dir, p.proto, p.dstPort, false, peerAddr, trust)
 	if !res.allow {
-		if dir == Inbound {
+		if dir == Inbound && pr.chargeBlocked(p, &rs.trust, now) {
 			f.penalize(pr, rs.trust.BlockedPenalty, rs, now, ev)
 		}
 		r := res.rule
@@ -524,6 +544,16 @@ func (f *Firewall) judge(pr *peer, rs *ruleset, pkt []byte, p *packet, dir Direc
 	}
 	pr.accepted++
 	return Accept
+}
+
+// chargeBlocked reports whether a blocked inbound new flow p costs pr
+// trust: not an ICMP echo unless the config says so, and each (proto,
+// port) once per window. pr.mu is held.
+func (pr *peer) chargeBlocked(p *packet, cfg *TrustConfig, now int64) bool {
+	if p.icmpEcho && !cfg.ICMPPenalty {
+		return false
+	}
+	return pr.blocked.charge(blockedKey(p), now, cfg.BlockedWindow)
 }
 
 // admitFlow checks the flow caps for one more flow of pr, sweeping expired

@@ -30,6 +30,9 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(verdictRules))
 	f.Add([]byte("inbound:\n  - {port: 90-80, proto: tcp, host: any}\n"))
 	f.Add([]byte("tests:\n  - {from: {name: a}, proto: tcp, port: 22, expect: deny}\n"))
+	f.Add([]byte("firewall:\n  inbound:\n    - {proto: tcp, port: 22, groups: [admins], domain: corp.example}\n"))
+	f.Add([]byte("firewall:\nvault: {path: v}\n"))
+	f.Add([]byte("trust: {blocked_window: 30s, icmp_penalty: true}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseConfig(b)
 		if err != nil {

@@ -101,7 +101,7 @@ func testFW(t testing.TB, yml string, peers ...PeerInfo) (*Firewall, *fakeClock)
 		t.Fatalf("ParseConfig: %v", err)
 	}
 	clk := newClock()
-	f, err := New(cfg, Options{Now: clk.Now, Self: PeerInfo{Name: "self", Addresses: []netip.Addr{selfV4, selfV6}}})
+	f, err := New(cfg, Options{Now: clk.Now, Self: PeerInfo{Name: "self", Domain: localDomain, Addresses: []netip.Addr{selfV4, selfV6}}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -112,8 +112,12 @@ func testFW(t testing.TB, yml string, peers ...PeerInfo) (*Firewall, *fakeClock)
 	return f, clk
 }
 
+// localDomain is the test firewall's own domain, and that of peerInfo's
+// peers.
+const localDomain = "corp.example"
+
 func peerInfo(name string, n byte, groups ...string) PeerInfo {
-	return PeerInfo{Name: name, Domain: "corp.example", CAName: "corp-ca", CAFingerprint: "AA:BB:CC",
+	return PeerInfo{Name: name, Domain: localDomain, CAName: "corp-ca", CAFingerprint: "AA:BB:CC",
 		Groups: groups, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{100, 64, 1, n}), netip.AddrFrom16([16]byte{0: 0xfd, 15: n})}}
 }
 

@@ -31,7 +31,27 @@ func TestZeroAllocs(t *testing.T) {
 	}
 	drop := tcpIn(v4(2), 1000, 23)
 	if n := testing.AllocsPerRun(1000, func() { f.Inbound(drop) }); n != 0 {
-		t.Errorf("drop path: %v allocs", n)
+		t.Errorf("drop path (repeat of a penalised port): %v allocs", n)
+	}
+	before := f.Peers()[0].Penalties
+	scan := tcpIn(v4(2), 1000, 0)
+	dport := uint16(30000)
+	if n := testing.AllocsPerRun(1000, func() {
+		dport++
+		binary.BigEndian.PutUint16(scan[22:], dport)
+		f.Inbound(scan)
+	}); n != 0 {
+		t.Errorf("drop path (new blocked port, penalised): %v allocs", n)
+	}
+	if got := f.Peers()[0].Penalties - before; got < 1000 {
+		t.Errorf("the scan loop charged %d penalties: it did not take the penalty path", got)
+	}
+	ping := pk{src: v4(2), dst: selfV4, proto: protoICMP, icmpType: 8, icmpID: 1}.build()
+	if n := testing.AllocsPerRun(1000, func() {
+		ping[26]++ // sequence number
+		f.Inbound(ping)
+	}); n != 0 {
+		t.Errorf("refused ping: %v allocs", n)
 	}
 	spoof := tcpIn(netip.MustParseAddr("100.64.99.1"), 1, 22)
 	if n := testing.AllocsPerRun(1000, func() { f.Inbound(spoof) }); n != 0 {
@@ -85,9 +105,9 @@ func TestConcurrent(t *testing.T) {
 				f.Reload(cfgB)
 			}
 			f.SetPeer(peerInfo("p7", 7))
-			f.RemovePeer("p8")
+			f.RemovePeer(localDomain, "p8")
 			f.SetPeer(peerInfo("p8", 8))
-			f.RemovePeer(fmt.Sprint("p", 1+i%6))
+			f.RemovePeer(localDomain, fmt.Sprint("p", 1+i%6))
 			f.SetPeer(peerInfo(fmt.Sprint("p", 1+i%6), byte(1+i%6)))
 			clk.Advance(time.Millisecond)
 			_ = f.Stats()
@@ -217,7 +237,7 @@ func BenchmarkNewFlow(b *testing.B) {
 				// remote address's flow key (source port wraps at 65536).
 				binary.BigEndian.PutUint16(pkt[20:], uint16(src))
 				if uint16(src) == 0 {
-					f.RemovePeer("a")
+					f.RemovePeer(localDomain, "a")
 					f.SetPeer(peerInfo("a", 2, "bench"))
 				}
 				if f.Inbound(pkt) != Accept {

@@ -101,3 +101,60 @@ func (t *trustState) floodPenalty(now int64, cfg *TrustConfig) bool {
 
 // inQuarantine reports whether the peer is quarantined at now.
 func (t *trustState) inQuarantine(now int64) bool { return t.quarantined > now }
+
+// blockedSlots is the size of a peer's table of recently penalised blocked
+// keys: 32 entries of 16 bytes. With the default penalty a peer is
+// quarantined after 14 distinct keys, so an honest peer never fills it.
+const blockedSlots = 32
+
+// blockedEntry is one remembered (proto, port) of a blocked inbound flow.
+type blockedEntry struct {
+	key   uint32 // blockedKey
+	until int64  // clock ns when the entry lapses; 0 = free
+}
+
+// blockedTable remembers, per peer, the (proto, port) pairs whose blocked
+// new flows were penalised within the window, so that retransmits, resends
+// and retries of a refused connection cost trust once per window, while
+// every distinct port still costs. It is fixed-size: when it is full of
+// live entries, a new key replaces the entry that lapses first and is
+// penalised like any new key, so filling the table buys an attacker
+// nothing. Guarded by the peer's lock.
+type blockedTable struct {
+	e [blockedSlots]blockedEntry
+}
+
+// blockedKey is the table key of a packet: protocol and destination port,
+// or for ICMP the message type (an echo's identifier and sequence number
+// change with every ping and every resend).
+func blockedKey(p *packet) uint32 {
+	switch {
+	case isICMP(p.proto):
+		return uint32(p.proto)<<16 | uint32(p.icmpType)
+	case p.proto == protoTCP || p.proto == protoUDP:
+		return uint32(p.proto)<<16 | uint32(p.dstPort)
+	}
+	return uint32(p.proto) << 16
+}
+
+// charge reports whether a blocked flow with key should be penalised at
+// now: true the first time the key is seen in a window (the key is then
+// remembered until now+window), false for a repeat within it. A window of
+// 0 or less charges every call.
+func (t *blockedTable) charge(key uint32, now int64, window time.Duration) bool {
+	if window <= 0 {
+		return true
+	}
+	victim := 0
+	for i := range t.e {
+		e := &t.e[i]
+		if e.until > now && e.key == key {
+			return false
+		}
+		if e.until < t.e[victim].until {
+			victim = i
+		}
+	}
+	t.e[victim] = blockedEntry{key: key, until: now + int64(window)}
+	return true
+}

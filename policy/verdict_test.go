@@ -87,9 +87,9 @@ func TestMinTrust(t *testing.T) {
 	if f.Inbound(syn(1)) != Accept {
 		t.Fatal("full trust refused")
 	}
-	// Blocked attempts lower trust below 0.5.
+	// Blocked attempts to distinct ports lower trust below 0.5.
 	for i := 0; i < 12; i++ {
-		f.Inbound(tcpIn(v4(2), 2, 12345))
+		f.Inbound(tcpIn(v4(2), 2, uint16(12345+i)))
 	}
 	if got := f.Peers()[0].Trust; got >= 0.5 {
 		t.Fatalf("trust %v, want < 0.5", got)
@@ -215,16 +215,16 @@ trust: {threshold: 0}
 		t.Fatal("flows refused at full trust")
 	}
 	ssh.flags, web.flags = tcpACK, tcpACK
-	// Three blocked attempts: trust 0.85, still above 0.8; the flow lives.
+	// Three blocked attempts (distinct ports): trust 0.85, still above 0.8; the flow lives.
 	for i := range 3 {
-		f.Inbound(tcpIn(v4(2), uint16(6000+i), 23))
+		f.Inbound(tcpIn(v4(2), uint16(6000+i), uint16(23+i)))
 	}
 	if f.Inbound(ssh.build()) != Accept {
 		t.Fatal("established flow cut while trust was still above min_trust")
 	}
 	// Two more: 0.75, below 0.8.
 	for i := range 2 {
-		f.Inbound(tcpIn(v4(2), uint16(7000+i), 23))
+		f.Inbound(tcpIn(v4(2), uint16(7000+i), uint16(30+i)))
 	}
 	if got := f.Peers()[0].Trust; got >= 0.8 {
 		t.Fatalf("trust %v, want below 0.8", got)
