@@ -142,7 +142,28 @@ type nodeOpts struct {
 	validity time.Duration
 	rate     float64
 	burst    int
+	// timers switch session timers off (noKick, noGrace, noWatchdog), so
+	// that a test sees one mechanism at work and can wait generously for
+	// it without another one doing the job meanwhile.
+	timers []func(*sessionTimers)
 }
+
+// never is how late a switched-off session timer fires.
+const never = 24 * time.Hour
+
+// beforeWireGuardRetry is how long a test may wait for a session that a
+// mechanism of gridnet must bring, when WireGuard's own retry (5 s after an
+// unanswered initiation) would bring it too: a working node needs a few
+// milliseconds, so only a missing mechanism comes near this bound.
+const beforeWireGuardRetry = 4500 * time.Millisecond
+
+// sessionTimeout is a deadline for a session that nothing else than the
+// mechanism under test can bring.
+const sessionTimeout = 30 * time.Second
+
+func noKick(t *sessionTimers)     { t.kick, t.kickMax = never, never }
+func noGrace(t *sessionTimers)    { t.grace = never }
+func noWatchdog(t *sessionTimers) { t.watchdogInterval, t.watchdogAfter = never, never }
 
 func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 	t.Helper()
@@ -170,7 +191,7 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 			t.Fatal(err)
 		}
 	}
-	ov, err := New(Config{
+	cfg := Config{
 		Logger:         testLogger(t, name),
 		WireGuardKey:   k.wgPriv,
 		IdentityKey:    k.idKey,
@@ -180,8 +201,17 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 		Now:            o.now,
 		HandshakeRate:  o.rate,
 		HandshakeBurst: o.burst,
-	})
+	}
+	// New, with the test's timers set before the goroutines start.
+	ov, err := newOverlay(cfg)
 	if err != nil {
+		td.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	for _, set := range o.timers {
+		set(&ov.timers)
+	}
+	if ov, err = ov.start(cfg); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	n.Overlay = ov

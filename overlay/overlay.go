@@ -163,6 +163,7 @@ type Overlay struct {
 
 	hsMu              sync.Mutex
 	halfOpenTTL       time.Duration // HalfOpenTimeout; tests may raise it
+	timers            sessionTimers // defaultSessionTimers; tests may switch some off
 	halfOpen          map[uint32]*halfOpenState
 	onAdmit, onRemove func(*cert.Identity)
 
@@ -225,6 +226,7 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		halfOpenBySrc:  make(map[netip.Addr]int),
 		halfOpenPerSrc: cmp.Or(cfg.HalfOpenPerSource, HalfOpenPerSource),
 		halfOpenTTL:    HalfOpenTimeout,
+		timers:         defaultSessionTimers(),
 		pending:        make(map[uint32]chan inboundPacket),
 		attempting:     make(map[netip.AddrPort]int),
 		peers:          make(map[[32]byte]*peerEntry),

@@ -50,8 +50,23 @@ const (
 // second initiation, and the answer to the first would be dropped. When
 // both arrive at once the second is even refused as a flood, and the
 // session waits for WireGuard's 5 s retry.
-func kickDelay(rtt time.Duration) time.Duration {
-	return min(max(kickRTTs*rtt, starterKick), starterKickMax)
+func (t sessionTimers) kickDelay(rtt time.Duration) time.Duration {
+	return min(max(kickRTTs*rtt, t.kick), t.kickMax)
+}
+
+// sessionTimers are the deadlines of session setup: starterGrace,
+// starterKick, starterKickMax, watchdogInterval and watchdogAfter unless a
+// test switches one off, to check another mechanism on its own.
+type sessionTimers struct {
+	grace, kick, kickMax            time.Duration
+	watchdogInterval, watchdogAfter time.Duration
+}
+
+func defaultSessionTimers() sessionTimers {
+	return sessionTimers{
+		grace: starterGrace, kick: starterKick, kickMax: starterKickMax,
+		watchdogInterval: watchdogInterval, watchdogAfter: watchdogAfter,
+	}
 }
 
 // PeerState is a coarse peer state for status displays.
@@ -311,9 +326,9 @@ func (o *Overlay) initiate(key [32]byte) error {
 // this node failed or was superseded: this node then gives WireGuard the
 // endpoint and a keepalive, and starts the session itself.
 func (o *Overlay) armStarterGrace(e *peerEntry, rtt time.Duration) {
-	grace := starterGrace + kickDelay(rtt) - starterKick
+	grace := o.timers.grace + o.timers.kickDelay(rtt) - o.timers.kick
 	// Jitter: when both sides wait, they should not start at the same moment.
-	o.afterWithoutSession(e, grace+rand.N(starterGrace/2), func() { o.startAfterGrace(e) })
+	o.afterWithoutSession(e, grace+rand.N(o.timers.grace/2), func() { o.startAfterGrace(e) })
 }
 
 // startAfterGrace gives WireGuard e's endpoint and a keepalive, so that it
@@ -337,7 +352,7 @@ func (o *Overlay) startAfterGrace(e *peerEntry) {
 // WireGuard would wait 5 s to retry. The kick (kickSession) sends the same
 // initiation again.
 func (o *Overlay) armStarterKick(e *peerEntry, rtt time.Duration) {
-	d := kickDelay(rtt)
+	d := o.timers.kickDelay(rtt)
 	o.afterWithoutSession(e, d+rand.N(d/3), func() { o.kickSession(e) })
 }
 
@@ -431,7 +446,7 @@ const (
 
 func (o *Overlay) watchdogLoop() {
 	defer o.wg.Done()
-	t := time.NewTicker(watchdogInterval)
+	t := time.NewTicker(o.timers.watchdogInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -448,7 +463,7 @@ func (o *Overlay) watchdog(now time.Time) {
 	o.peersMu.Lock()
 	var due []*peerEntry
 	for _, e := range o.peers {
-		if now.Sub(e.admittedAt) >= watchdogAfter && now.Sub(e.kickedAt) >= watchdogAfter {
+		if after := o.timers.watchdogAfter; now.Sub(e.admittedAt) >= after && now.Sub(e.kickedAt) >= after {
 			due = append(due, e)
 		}
 	}

@@ -28,12 +28,12 @@ func peerOf(t *testing.T, f *fixture, n *node) *handshake.Peer {
 
 // admittedPair starts nodes a (100.64.0.1) and b (100.64.0.2) of one
 // fabric and admits b from a.
-func admittedPair(t *testing.T) (*fixture, *node, *node) {
+func admittedPair(t *testing.T, timers ...func(*sessionTimers)) (*fixture, *node, *node) {
 	t.Helper()
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{timers: timers})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{timers: timers})
 	admit(t, a, b)
 	return f, a, b
 }
@@ -107,7 +107,7 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 	}
 	// Admit returns at the first transport message from b, as the Bind
 	// sees it, which can be a moment before WireGuard has processed it.
-	awaitSession(t, a, bKey, time.Time{}, time.Now().Add(time.Second), "no session after admission")
+	awaitSession(t, a, bKey, time.Time{}, time.Now().Add(sessionTimeout), "no session after admission")
 	first := handshakeOf()
 	// a, as the responder of a second handshake, admits b again.
 	if err := a.admit(peerOf(t, f, b), b.ep, true, 0); err != nil {
@@ -146,7 +146,9 @@ func TestFreshReadmissionKeepsSession(t *testing.T) {
 // session, its keepalive is on already and sends nothing new: it must
 // start a new session at once, or the peer waits for the starter kick.
 func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
-	f, a, b := admittedPair(t) // b, the responder, starts the session
+	// b, the responder, starts the session; only the re-admission may
+	// start it again.
+	f, a, b := admittedPair(t, noKick, noGrace, noWatchdog)
 	aKey, bKey := peerOf(t, f, a).Static, peerOf(t, f, b).Static
 	if !b.sessionSeen(aKey, time.Now().Add(-time.Minute)) {
 		t.Fatal("no session after admission")
@@ -158,7 +160,7 @@ func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
 	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
-	awaitSession(t, a, bKey, since, time.Now().Add(starterKick-300*time.Millisecond),
+	awaitSession(t, a, bKey, since, since.Add(beforeWireGuardRetry),
 		"the peer that lost the session got none soon after the re-admission")
 	if err := exchange(t, a, b, 7003, []byte("after re-admission"), 5*time.Second); err != nil {
 		t.Fatalf("traffic after the re-admission: %v", err)
@@ -173,11 +175,14 @@ func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
 func TestReadmissionRepeatsDroppedInitiation(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
-	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	// Only the re-admission may send the initiation again.
+	quiet := nodeOpts{timers: []func(*sessionTimers){noKick, noGrace, noWatchdog}}
+	a := startNode(t, f, "a", "100.64.0.1", quiet)
+	b := startNode(t, f, "b", "100.64.0.2", quiet)
 	bKey := peerOf(t, f, b).Static
 	since := time.Now()
 	// b starts a session with a, which does not know b: a drops it.
+	// WireGuard at b tries again 5 s after this first initiation.
 	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +197,7 @@ func TestReadmissionRepeatsDroppedInitiation(t *testing.T) {
 	if err := b.admit(peerOf(t, f, a), a.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
-	awaitSession(t, a, bKey, since, since.Add(starterKick-300*time.Millisecond),
+	awaitSession(t, a, bKey, since, since.Add(beforeWireGuardRetry),
 		"no session soon after the re-admission: the dropped initiation was not sent again")
 }
 
@@ -216,7 +221,7 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 			b.peersMu.Lock()
 			b.peers[aKey].admittedAt = time.Now().Add(-watchdogAfter)
 			b.peersMu.Unlock()
-			deadline := time.Now().Add(2*watchdogInterval + 3*time.Second)
+			deadline := time.Now().Add(sessionTimeout)
 			awaitSession(t, b, aKey, since, deadline, "the side without a session did not restart it")
 			if b.Stats().Restarted == 0 {
 				t.Error("Restarted counter did not move")
@@ -232,15 +237,16 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 // restarts it at once when it is not up after starterKick, well before
 // WireGuard's 5 s retry or the watchdog.
 func TestStarterKickRestartsLostSession(t *testing.T) {
-	f, a, b := admittedPair(t) // b, the responder, starts the session
+	// b, the responder, starts the session; the watchdog is off, so only
+	// the kick can start it again.
+	f, a, b := admittedPair(t, noWatchdog)
 	aKey := peerOf(t, f, a).Static
 	// The session b started is lost at once, on both sides, before any
 	// transport message from a reached b: so nothing from a reaches b's
 	// transport watch (which would tell the kick the session came).
 	loseSessionBeforeTraffic(t, f, a, b)
 	since := time.Now()
-	deadline := time.Now().Add(starterKick*4/3 + time.Second) // before the watchdog could act
-	awaitSession(t, b, aKey, since, deadline, "the starter did not restart the lost session in time")
+	awaitSession(t, b, aKey, since, since.Add(sessionTimeout), "the starter did not restart the lost session")
 	if b.Stats().Restarted == 0 {
 		t.Error("Restarted counter did not move")
 	}
@@ -290,7 +296,7 @@ func TestRemovePeerAdmittedBefore(t *testing.T) {
 // at a loaded peer), and then does.
 func TestSlowAdmissionDelaysKick(t *testing.T) {
 	const rtt = time.Second
-	f, a, b := admittedPair(t)
+	f, a, b := admittedPair(t, noWatchdog) // only the kick restarts the session
 	aKey := peerOf(t, f, a).Static
 	// b admits a again (a second handshake moments later, from the same
 	// endpoint: the session stays) and this admission took rtt.
@@ -300,15 +306,17 @@ func TestSlowAdmissionDelaysKick(t *testing.T) {
 	loseSessionBeforeTraffic(t, f, a, b)
 	since := time.Now()
 	before := b.Stats().Restarted
-	quiet := since.Add(kickDelay(rtt) - 300*time.Millisecond)
+	quiet := since.Add(b.timers.kickDelay(rtt) - 300*time.Millisecond)
 	for time.Now().Before(quiet) {
 		if got := b.Stats().Restarted; got != before {
 			t.Fatalf("session kicked after %v, before %d round trips of %v", time.Since(since), kickRTTs, rtt)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	deadline := since.Add(kickDelay(rtt)*4/3 + time.Second)
-	awaitSession(t, b, aKey, since, deadline, "the starter did not restart the lost session")
+	awaitSession(t, b, aKey, since, since.Add(sessionTimeout), "the starter did not restart the lost session")
+	if b.Stats().Restarted == before {
+		t.Error("the session came back without the kick")
+	}
 }
 
 // TestKickRepeatsInitiation: the starter kick sends the pending
@@ -321,7 +329,7 @@ func TestKickRepeatsInitiation(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
 	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{timers: []func(*sessionTimers){noWatchdog}})
 	// b's endpoint for a is a socket that never answers: a lost or
 	// queued initiation.
 	silent := udpSender(t)
@@ -339,16 +347,19 @@ func TestKickRepeatsInitiation(t *testing.T) {
 		}
 		return buf[:n]
 	}
-	first := read(time.Second)
+	first := read(sessionTimeout)
+	sent := time.Now()
 	if len(first) != device.MessageInitiationSize || first[0] != device.MessageInitiationType {
 		t.Fatalf("first datagram is not an initiation: % x", first[:min(len(first), 8)])
 	}
 	kicks := b.Stats().Restarted
-	again := read(kickDelay(0)*4/3 + time.Second) // the kick, well before WireGuard's 5 s retry
+	// The kick, before WireGuard's own retry (a new initiation) 5 s after
+	// the first.
+	again := read(time.Until(sent.Add(beforeWireGuardRetry)))
 	if !bytes.Equal(again, first) {
 		t.Fatal("the kick sent a new initiation, not the pending one again")
 	}
-	for deadline := time.Now().Add(time.Second); b.Stats().Restarted == kicks; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(sessionTimeout); b.Stats().Restarted == kicks; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("kick not counted")
 		}
@@ -362,7 +373,7 @@ func TestKickDelayBounds(t *testing.T) {
 		{time.Second, kickRTTs * time.Second},
 		{10 * time.Second, starterKickMax},
 	} {
-		if got := kickDelay(c.rtt); got != c.want {
+		if got := defaultSessionTimers().kickDelay(c.rtt); got != c.want {
 			t.Errorf("kickDelay(%v) = %v, want %v", c.rtt, got, c.want)
 		}
 	}

@@ -11,12 +11,12 @@ import (
 // nonStarters starts two nodes that admit each other as the side that
 // does not start the session (neither gives WireGuard an endpoint), and
 // returns how to name each as a handshake peer.
-func nonStarters(t *testing.T) (a, b *node, idOf func(*node) *handshake.Peer) {
+func nonStarters(t *testing.T, timers ...func(*sessionTimers)) (a, b *node, idOf func(*node) *handshake.Peer) {
 	t.Helper()
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
-	a = startNode(t, f, "a", "100.64.0.1", nodeOpts{})
-	b = startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	a = startNode(t, f, "a", "100.64.0.1", nodeOpts{timers: timers})
+	b = startNode(t, f, "b", "100.64.0.2", nodeOpts{timers: timers})
 	idOf = func(n *node) *handshake.Peer {
 		id, err := f.pool.VerifyDER(n.der, time.Now())
 		if err != nil {
@@ -45,7 +45,7 @@ func TestNonStarterStartsAfterGrace(t *testing.T) {
 	if st, _ := a.wgStats(); st[bKey] != nil && !st[bKey].lastHandshake.IsZero() {
 		t.Fatal("a session formed before the grace, with no side starting it")
 	}
-	deadline := time.Now().Add(2*starterGrace + 10*time.Second)
+	deadline := time.Now().Add(2*starterGrace + sessionTimeout)
 	awaitSession(t, a, bKey, since, deadline, "no session after the grace: neither non-starter started it")
 	if err := exchange(t, a, b, 7001, []byte("after grace"), 5*time.Second); err != nil {
 		t.Fatalf("traffic after the late session: %v", err)
@@ -58,15 +58,14 @@ func TestNonStarterStartsAfterGrace(t *testing.T) {
 // WireGuard try (and fail, without an endpoint) an initiation of its own,
 // which holds back the next one for WireGuard's 5 s retry.
 func TestTakeOverStartsAtOnce(t *testing.T) {
-	a, b, idOf := nonStarters(t)
+	a, b, idOf := nonStarters(t, noKick, noGrace, noWatchdog)
 	failedTry(t, a, b)
 	since := time.Now().Add(-sessionSlack)
 	if err := a.admit(idOf(b), b.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
-	// Well before the starter kick (which would also heal it) and
-	// WireGuard's 5 s retry.
-	awaitSession(t, a, idOf(b).Static, since, time.Now().Add(starterKick-300*time.Millisecond),
+	// The kick, grace and watchdog are off; before WireGuard's 5 s retry.
+	awaitSession(t, a, idOf(b).Static, since, time.Now().Add(beforeWireGuardRetry),
 		"no session soon after taking the start over")
 }
 
@@ -75,7 +74,7 @@ func TestTakeOverStartsAtOnce(t *testing.T) {
 // meanwhile made WireGuard try (and fail, without an endpoint) an
 // initiation, which holds back the next one for WireGuard's 5 s retry.
 func TestGraceStartsDespiteFailedTry(t *testing.T) {
-	a, b, idOf := nonStarters(t)
+	a, b, idOf := nonStarters(t, noKick, noGrace, noWatchdog)
 	failedTry(t, a, b)
 	bKey := idOf(b).Static
 	a.peersMu.Lock()
@@ -83,9 +82,9 @@ func TestGraceStartsDespiteFailedTry(t *testing.T) {
 	a.peersMu.Unlock()
 	since := time.Now().Add(-sessionSlack)
 	a.startAfterGrace(e) // what the grace timer runs, without waiting for it
-	// Well before the grace timers (3 s after admission) and the watchdog
-	// (4 s) could start it another way, and WireGuard's 5 s retry.
-	awaitSession(t, a, bKey, since, time.Now().Add(starterKick),
+	// The grace timers and the watchdog, which could start it another
+	// way, are off; before WireGuard's 5 s retry.
+	awaitSession(t, a, bKey, since, time.Now().Add(beforeWireGuardRetry),
 		"no session soon after the grace ran out")
 }
 
