@@ -37,7 +37,7 @@ func caInitCommand() *command {
 	return &command{
 		name:    "init",
 		summary: "create a CA: an Ed25519 key in a vault and a self-signed certificate",
-		usage:   "--name NAME --domain DOMAIN --vault ca.vault --out ca.crt [--duration D]",
+		usage:   "--name NAME --domain DOMAIN --ca-vault ca.vault --out ca.crt [--duration D]",
 		help: `The CA certificate carries an X.509 name constraint that permits only
 URIs in DOMAIN, so every node certificate it signs provably belongs to that
 governance domain. The CA key never leaves the vault (created if missing).`,
@@ -45,11 +45,13 @@ governance domain. The CA key never leaves the vault (created if missing).`,
 			o := &caInitOpts{}
 			fs.StringVar(&o.name, "name", "", "CA name (certificate CN)")
 			fs.StringVar(&o.domain, "domain", "", "governance domain, e.g. corp.example")
-			fs.StringVar(&o.vaultPath, "vault", "", "vault that keeps the CA key (created if missing)")
+			fs.StringVar(&o.vaultPath, "ca-vault", "", "vault that keeps the CA key (created if missing)")
+			aliasFlag(fs, "vault", "ca-vault")
 			fs.StringVar(&o.out, "out", "ca.crt", "where to write the CA certificate (PEM)")
 			fs.DurationVar(&o.duration, "duration", defaultCAValidity, "validity of the CA certificate")
 			fs.BoolVar(&o.force, "force", false, "replace an existing --out file")
-			o.keys.register(fs, "", "the CA vault")
+			o.keys.register(fs, "ca-", "the CA vault")
+			aliasFlag(fs, "vault-key-file", "ca-vault-key-file")
 			return o
 		},
 		run: func(_ context.Context, env Env, opts any, args []string) error {
@@ -58,7 +60,7 @@ governance domain. The CA key never leaves the vault (created if missing).`,
 				return usageError("unexpected arguments %q", args)
 			}
 			if o.name == "" || o.domain == "" || o.vaultPath == "" {
-				return usageError("--name, --domain and --vault are required")
+				return usageError("--name, --domain and --ca-vault are required")
 			}
 			ca, err := cert.NewCA(o.name, o.domain, o.duration, env.Now())
 			if err != nil {
@@ -117,7 +119,8 @@ validly signed CRL whose number is higher than the one they hold.`,
 			fs.StringVar(&o.certPath, "cert", "", "certificate to revoke (PEM)")
 			fs.Var(&o.serials, "serial", "serial number to revoke, hex (repeatable)")
 			fs.StringVar(&o.crlPath, "crl", "crl.pem", "CRL file to create or extend")
-			o.keys.register(fs, "", "the CA vault")
+			o.keys.register(fs, "ca-", "the CA vault")
+			aliasFlag(fs, "vault-key-file", "ca-vault-key-file")
 			return o
 		},
 		run: func(_ context.Context, env Env, opts any, args []string) error {
