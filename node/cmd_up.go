@@ -299,7 +299,7 @@ func reloadCommand() *command {
 			defer cancel()
 			body, err := newControlClient(o.socket).do(ctx, "POST", pathReload)
 			if err != nil {
-				return fmt.Errorf("reload: %w", err)
+				return err
 			}
 			body.Close()
 			fmt.Fprintln(env.Stdout, "reloaded")
@@ -330,7 +330,7 @@ func statusCommand() *command {
 			}
 			var st Status
 			if err := newControlClient(o.socket).getJSON(ctx, pathStatus, &st); err != nil {
-				return fmt.Errorf("status: %w", err)
+				return err
 			}
 			if o.json {
 				enc := json.NewEncoder(env.Stdout)
