@@ -353,7 +353,7 @@ func printStatus(w io.Writer, st Status, now time.Time) {
 		if !p.LastHandshake.IsZero() {
 			hs = now.Sub(p.LastHandshake).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, p.RxBytes, p.TxBytes, p.State)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, humanBytes(p.RxBytes), humanBytes(p.TxBytes), p.State)
 	}
 	tw.Flush()
 }
