@@ -142,6 +142,7 @@ type nodeOpts struct {
 	validity time.Duration
 	rate     float64
 	burst    int
+	logger   *slog.Logger // default: testLogger
 }
 
 func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
@@ -170,8 +171,12 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 			t.Fatal(err)
 		}
 	}
+	logger := o.logger
+	if logger == nil {
+		logger = testLogger(t, name)
+	}
 	ov, err := New(Config{
-		Logger:         testLogger(t, name),
+		Logger:         logger,
 		WireGuardKey:   k.wgPriv,
 		IdentityKey:    k.idKey,
 		Certificate:    der,
