@@ -100,9 +100,12 @@ func decodeKeyText(data []byte) ([]byte, error) {
 		if enc.DecodedLen(len(text)) < KeySize || len(text) != enc.EncodedLen(KeySize) {
 			continue
 		}
-		out := make([]byte, KeySize)
+		// Decode may write up to DecodedLen bytes (33 for 44 characters
+		// of padded base64 without the padding): a KeySize buffer would
+		// overflow and panic.
+		out := make([]byte, enc.DecodedLen(len(text)))
 		if n, err := enc.Decode(out, text); err == nil && n == KeySize {
-			return out, nil
+			return out[:KeySize], nil
 		}
 		clear(out)
 	}
