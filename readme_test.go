@@ -425,3 +425,31 @@ func TestRunBlockKillsWhatItLeftBehind(t *testing.T) {
 		}
 	}
 }
+
+// FuzzShellBlocks: any markdown either is refused or yields blocks whose
+// fence line opens a fence and whose code is text of the file. The seeds
+// in testdata/fuzz/FuzzShellBlocks cover blocks, markers and a fence that
+// is never closed.
+func FuzzShellBlocks(f *testing.F) {
+	f.Add("```sh\necho hi\n```\n")
+	f.Add("<!-- readme-test: skip (daemon) -->\n\n```bash\ngridnet up\n```\n```yaml\na: 1\n```\n")
+	f.Add("```sh\nunclosed\n")
+	f.Fuzz(func(t *testing.T, md string) {
+		blocks, err := shellBlocks(md)
+		if err != nil {
+			return
+		}
+		lines := strings.Split(strings.ReplaceAll(md, "\r\n", "\n"), "\n")
+		for _, b := range blocks {
+			if b.fence < 1 || b.fence > len(lines) {
+				t.Fatalf("fence line %d of %d lines", b.fence, len(lines))
+			}
+			if fence := strings.TrimSpace(lines[b.fence-1]); !strings.HasPrefix(fence, "```") {
+				t.Fatalf("line %d %q opens no fence", b.fence, fence)
+			}
+			if !strings.Contains(strings.Join(lines, "\n"), strings.TrimSuffix(b.code, "\n")) {
+				t.Fatalf("block of line %d: %q is not in the file", b.fence, b.code)
+			}
+		}
+	})
+}
