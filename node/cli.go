@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"syscall"
@@ -95,10 +96,17 @@ func rootCommand() *command {
 others only through WireGuard tunnels that exist after both sides verified
 each other's CA-signed certificate; keys live in an encrypted vault.
 
+Vaults are named the same way everywhere: --vault and --vault-key-file for
+the vault a command works on (a node's, or any vault for 'gridnet vault'),
+--ca-vault and --ca-vault-key-file for the CA's (ca init, ca revoke, cert
+issue), --out-vault and --out-vault-key-file for the new node vault that
+'cert issue' makes.
+
 Vault keys are never taken from the command line. Each command that opens a
-vault takes the key from, in order: --vault-key-file, the environment
-variable GRIDNET_VAULT_PASSPHRASE, $CREDENTIALS_DIRECTORY/gridnet-vault-key
-(systemd credentials), or a prompt when stdin is a terminal.`,
+vault takes the key from, in order: the --...vault-key-file flag, the
+environment variable GRIDNET_VAULT_PASSPHRASE,
+$CREDENTIALS_DIRECTORY/gridnet-vault-key (systemd credentials), or a prompt
+when stdin is a terminal.`,
 		sub: []*command{
 			caCommand(),
 			certCommand(),
@@ -129,6 +137,10 @@ func Main(args []string, env Env) int {
 // run dispatches args to cmd or one of its subcommands.
 func run(ctx context.Context, cmd *command, path []string, args []string, env Env) int {
 	if len(cmd.sub) > 0 {
+		if len(path) == 1 && len(args) > 0 && isVersionFlag(args[0]) {
+			fmt.Fprintln(env.Stdout, versionString())
+			return 0
+		}
 		if len(args) == 0 || isHelp(args[0]) {
 			printGroupHelp(env.Stdout, cmd, path)
 			if len(args) == 0 {
@@ -157,7 +169,7 @@ func run(ctx context.Context, cmd *command, path []string, args []string, env En
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "%s: %v\n", strings.Join(path, " "), err)
+		fmt.Fprintf(env.Stderr, "%s: %v\n", strings.Join(path, " "), explainFlagError(err))
 		printCommandHelp(env.Stderr, cmd, path, fs)
 		return 2
 	}
@@ -176,6 +188,9 @@ func run(ctx context.Context, cmd *command, path []string, args []string, env En
 }
 
 func isHelp(s string) bool { return s == "-h" || s == "--help" || s == "help" || s == "-help" }
+
+// isVersionFlag reports whether s asks the root command for the version.
+func isVersionFlag(s string) bool { return s == "--version" || s == "-v" || s == "-version" }
 
 // parseInterspersed parses flags that may appear before, between or after
 // positional arguments ("cert show FILE --json"). "--" ends flag parsing.
@@ -211,6 +226,9 @@ func printGroupHelp(w io.Writer, cmd *command, path []string) {
 	for _, s := range subs {
 		fmt.Fprintf(w, "  %-10s %s\n", s.name, s.summary)
 	}
+	if len(path) == 1 {
+		fmt.Fprintf(w, "\nFlags:\n  --version, -v\n      print the gridnet version and exit\n")
+	}
 	fmt.Fprintf(w, "\nRun '%s COMMAND --help' for a command's flags.\n", strings.Join(path, " "))
 }
 
@@ -219,13 +237,9 @@ func printCommandHelp(w io.Writer, cmd *command, path []string, fs *flag.FlagSet
 	if cmd.help != "" {
 		fmt.Fprintf(w, "\n%s\n", cmd.help)
 	}
-	hasFlags := false
-	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
-	if hasFlags {
+	if hasVisibleFlags(fs) {
 		fmt.Fprintf(w, "\nFlags:\n")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		printFlags(w, fs)
 	}
 }
 
@@ -246,7 +260,7 @@ func versionCommand() *command {
 			if len(args) != 0 {
 				return usageError("no arguments expected")
 			}
-			fmt.Fprintln(env.Stdout, "gridnet", Version)
+			fmt.Fprintln(env.Stdout, versionString())
 			return nil
 		},
 	}
@@ -254,3 +268,40 @@ func versionCommand() *command {
 
 // Version is the gridnet release this binary was built from.
 const Version = "0.1.0-dev"
+
+// versionString is what `gridnet version` and `gridnet --version` print:
+// the release, the Go version and, when the binary was built from a git
+// checkout, the commit.
+func versionString() string {
+	s := "gridnet " + Version
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return s
+	}
+	var extra []string
+	if info.GoVersion != "" {
+		extra = append(extra, info.GoVersion)
+	}
+	var rev, modified string
+	for _, kv := range info.Settings {
+		switch kv.Key {
+		case "vcs.revision":
+			rev = kv.Value
+		case "vcs.modified":
+			modified = kv.Value
+		}
+	}
+	if rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if modified == "true" {
+			rev += "+dirty"
+		}
+		extra = append(extra, "commit "+rev)
+	}
+	if len(extra) > 0 {
+		s += " (" + strings.Join(extra, ", ") + ")"
+	}
+	return s
+}

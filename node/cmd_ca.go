@@ -40,7 +40,7 @@ func caInitCommand() *command {
 	return &command{
 		name:    "init",
 		summary: "create a CA: an Ed25519 key in a vault and a self-signed certificate",
-		usage:   "--name NAME --domain DOMAIN --vault ca.vault --out ca.crt [--networks PREFIX,...] [--duration D]",
+		usage:   "--name NAME --domain DOMAIN --ca-vault ca.vault --out ca.crt [--networks PREFIX,...] [--duration D]",
 		help: `The CA certificate carries an X.509 name constraint that permits only
 URIs in DOMAIN, so every node certificate it signs provably belongs to that
 governance domain. The CA key never leaves the vault (created if missing).
@@ -54,12 +54,14 @@ permits any address.`,
 			o := &caInitOpts{}
 			fs.StringVar(&o.name, "name", "", "CA name (certificate CN)")
 			fs.StringVar(&o.domain, "domain", "", "governance domain, e.g. corp.example")
-			fs.StringVar(&o.vaultPath, "vault", "", "vault that keeps the CA key (created if missing)")
+			fs.StringVar(&o.vaultPath, "ca-vault", "", "vault that keeps the CA key (created if missing)")
+			aliasFlag(fs, "vault", "ca-vault")
 			fs.StringVar(&o.out, "out", "ca.crt", "where to write the CA certificate (PEM)")
 			fs.DurationVar(&o.duration, "duration", defaultCAValidity, "validity of the CA certificate")
 			fs.BoolVar(&o.force, "force", false, "replace an existing --out file")
 			fs.Var(&o.networks, "networks", "overlay networks its node certificates must fall within, e.g. 100.64.0.0/10 (comma-separated or repeated; default: any)")
-			o.keys.register(fs, "", "the CA vault")
+			o.keys.register(fs, "ca-", "the CA vault")
+			aliasFlag(fs, "vault-key-file", "ca-vault-key-file")
 			return o
 		},
 		run: func(_ context.Context, env Env, opts any, args []string) error {
@@ -68,7 +70,7 @@ permits any address.`,
 				return usageError("unexpected arguments %q", args)
 			}
 			if o.name == "" || o.domain == "" || o.vaultPath == "" {
-				return usageError("--name, --domain and --vault are required")
+				return usageError("--name, --domain and --ca-vault are required")
 			}
 			networks, err := parseNetworks(o.networks)
 			if err != nil {
@@ -135,7 +137,8 @@ this CA's CRL would revoke nothing. A --serial is taken as given.`,
 			fs.StringVar(&o.certPath, "cert", "", "certificate to revoke (PEM)")
 			fs.Var(&o.serials, "serial", "serial number to revoke, hex (repeatable)")
 			fs.StringVar(&o.crlPath, "crl", "crl.pem", "CRL file to create or extend")
-			o.keys.register(fs, "", "the CA vault")
+			o.keys.register(fs, "ca-", "the CA vault")
+			aliasFlag(fs, "vault-key-file", "ca-vault-key-file")
 			return o
 		},
 		run: func(_ context.Context, env Env, opts any, args []string) error {

@@ -324,7 +324,7 @@ same kind were folded into one.`,
 				if err := dec.Decode(&e); errors.Is(err, io.EOF) || ctx.Err() != nil {
 					return nil
 				} else if err != nil {
-					return fmt.Errorf("events: %w", err)
+					return fmt.Errorf("decode event: %w", err)
 				}
 				if o.json {
 					b, _ := json.Marshal(e)

@@ -37,7 +37,7 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 			}
 			var members []MemberView
 			if err := newControlClient(o.socket).getJSON(ctx, pathPeers, &members); err != nil {
-				return fmt.Errorf("peers: %w", err)
+				return err
 			}
 			if o.json {
 				enc := json.NewEncoder(env.Stdout)
@@ -82,12 +82,12 @@ cuts the revoked nodes off at once and refuses them when they come back.`,
 				defer cancel()
 				body, err := newControlClient(o.socket).send(ctx, "POST", pathCRL, bytes.NewReader(b))
 				if err != nil {
-					return fmt.Errorf("crl push: %w", err)
+					return err
 				}
 				defer body.Close()
 				var res CRLResult
 				if err := json.NewDecoder(body).Decode(&res); err != nil {
-					return fmt.Errorf("crl push: %w", err)
+					return fmt.Errorf("decode the node's answer: %w", err)
 				}
 				if res.Applied {
 					fmt.Fprintf(env.Stdout, "CRL number %s applied and spreading (%d revoked entries)\n", res.Number, res.Removed)

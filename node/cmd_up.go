@@ -299,7 +299,7 @@ func reloadCommand() *command {
 			defer cancel()
 			body, err := newControlClient(o.socket).do(ctx, "POST", pathReload)
 			if err != nil {
-				return fmt.Errorf("reload: %w", err)
+				return err
 			}
 			body.Close()
 			fmt.Fprintln(env.Stdout, "reloaded")
@@ -330,7 +330,7 @@ func statusCommand() *command {
 			}
 			var st Status
 			if err := newControlClient(o.socket).getJSON(ctx, pathStatus, &st); err != nil {
-				return fmt.Errorf("status: %w", err)
+				return err
 			}
 			if o.json {
 				enc := json.NewEncoder(env.Stdout)
@@ -353,7 +353,7 @@ func printStatus(w io.Writer, st Status, now time.Time) {
 		if !p.LastHandshake.IsZero() {
 			hs = now.Sub(p.LastHandshake).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, p.RxBytes, p.TxBytes, p.State)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, humanBytes(p.RxBytes), humanBytes(p.TxBytes), p.State)
 	}
 	tw.Flush()
 }

@@ -51,7 +51,7 @@ func vaultLsCommand() *command {
 			defer v.Close()
 			items, err := v.List()
 			if err != nil {
-				return fmt.Errorf("list: %w", err)
+				return err // "vault: list: ..."
 			}
 			tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tCLASS\tSIZE\tMODIFIED")
@@ -91,7 +91,7 @@ func vaultGetCommand() *command {
 			defer v.Close()
 			data, _, err := v.Get(args[0])
 			if err != nil {
-				return fmt.Errorf("get %q: %w", args[0], err)
+				return err // "vault: get NAME: ..."
 			}
 			if o.out == "" {
 				_, err = env.Stdout.Write(data)
@@ -165,7 +165,7 @@ func vaultPutCommand() *command {
 			}
 			defer v.Close()
 			if err := v.Put(args[0], class, data); err != nil {
-				return fmt.Errorf("put %q: %w", args[0], err)
+				return err // "vault: put NAME: ..."
 			}
 			fmt.Fprintf(env.Stderr, "stored %q (%d bytes, class %s)\n", args[0], len(data), class)
 			return nil
@@ -190,7 +190,7 @@ func vaultRmCommand() *command {
 			}
 			defer v.Close()
 			if err := v.Delete(args[0]); err != nil {
-				return fmt.Errorf("rm %q: %w", args[0], err)
+				return err // "vault: delete NAME: ..."
 			}
 			return nil
 		},
@@ -250,7 +250,7 @@ key opens the vault, and an interruption leaves the old key working.`,
 			}
 			defer v.Close()
 			if err := v.Rekey(newKey, nil); err != nil {
-				return fmt.Errorf("rekey: %w", err)
+				return err // "vault: rekey: ..."
 			}
 			fmt.Fprintf(env.Stdout, "vault %s rekeyed\n", o.path)
 			return nil

@@ -373,6 +373,12 @@ func newControlClient(socket string) *controlClient {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "unix", socket)
 			if err != nil {
+				// The *net.OpError repeats the socket path ("dial unix
+				// PATH: connect: ..."); keep only its cause.
+				var op *net.OpError
+				if errors.As(err, &op) {
+					err = op.Err
+				}
 				return nil, fmt.Errorf("control socket %s (is 'gridnet up' running?): %w", socket, err)
 			}
 			return c, nil
@@ -413,6 +419,12 @@ func (c *controlClient) send(ctx context.Context, method, path string, body io.R
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		// Do wraps every error in a *url.Error, which only adds the method
+		// and the internal URL ("Get "http://gridnet/v1/status": ..."):
+		// nothing for the user. The cause names the socket.
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause
+		}
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {

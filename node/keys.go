@@ -42,9 +42,11 @@ func (v *vaultKeyFlags) register(fs *flag.FlagSet, prefix, what string) {
 	fs.StringVar(&v.keyFile, prefix+"vault-key-file", "", "file with the 32-byte key of "+what+" (else $GRIDNET_VAULT_PASSPHRASE, $CREDENTIALS_DIRECTORY/gridnet-vault-key or a prompt)")
 }
 
-// keySource builds the vault key source for these flags in env.
-func (v *vaultKeyFlags) keySource(env Env) vault.KeySource {
+// keySource builds the source of the key for the vault at path from these
+// flags in env.
+func (v *vaultKeyFlags) keySource(path string, env Env) vault.KeySource {
 	return vault.KeySource{
+		Vault:      path,
 		KeyFile:    v.keyFile,
 		LookupEnv:  env.LookupEnv,
 		Prompt:     env.Prompt,
@@ -52,20 +54,18 @@ func (v *vaultKeyFlags) keySource(env Env) vault.KeySource {
 	}
 }
 
-// openVault opens an existing vault.
+// openVault opens an existing vault. The vault package's errors name the
+// vault and what failed ("vault: open PATH: ...", "vault: key for PATH:
+// ..."), so they are returned as they are.
 func openVault(path string, keys vaultKeyFlags, env Env) (*vault.Vault, error) {
 	if path == "" {
 		return nil, usageError("--vault is required")
 	}
-	key, _, err := keys.keySource(env).Resolve(false)
+	key, _, err := keys.keySource(path, env).Resolve(false)
 	if err != nil {
-		return nil, fmt.Errorf("vault key for %s: %w", path, err)
+		return nil, err
 	}
-	v, err := vault.Open(path, key, nil)
-	if err != nil {
-		return nil, fmt.Errorf("open vault: %w", err)
-	}
-	return v, nil
+	return vault.Open(path, key, nil)
 }
 
 // openOrCreateVault opens the vault at path, creating it if it does not exist.
@@ -75,22 +75,14 @@ func openOrCreateVault(path string, keys vaultKeyFlags, env Env) (*vault.Vault, 
 	}
 	_, statErr := os.Stat(path)
 	create := errors.Is(statErr, os.ErrNotExist)
-	key, _, err := keys.keySource(env).Resolve(create)
+	key, _, err := keys.keySource(path, env).Resolve(create)
 	if err != nil {
-		return nil, fmt.Errorf("vault key for %s: %w", path, err)
+		return nil, err
 	}
 	if create {
-		v, err := vault.Create(path, key, nil)
-		if err != nil {
-			return nil, fmt.Errorf("create vault: %w", err)
-		}
-		return v, nil
+		return vault.Create(path, key, nil)
 	}
-	v, err := vault.Open(path, key, nil)
-	if err != nil {
-		return nil, fmt.Errorf("open vault: %w", err)
-	}
-	return v, nil
+	return vault.Open(path, key, nil)
 }
 
 // nodeKeys are a node's two private keys.

@@ -142,6 +142,7 @@ type nodeOpts struct {
 	validity time.Duration
 	rate     float64
 	burst    int
+	logger   *slog.Logger // default: testLogger
 	// timers switch session timers off (noKick, noGrace, noWatchdog), so
 	// that a test sees one mechanism at work and can wait generously for
 	// it without another one doing the job meanwhile.
@@ -191,8 +192,12 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 			t.Fatal(err)
 		}
 	}
+	logger := o.logger
+	if logger == nil {
+		logger = testLogger(t, name)
+	}
 	cfg := Config{
-		Logger:         testLogger(t, name),
+		Logger:         logger,
 		WireGuardKey:   k.wgPriv,
 		IdentityKey:    k.idKey,
 		Certificate:    der,

@@ -260,7 +260,14 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	} else {
 		o.armStarterGrace(e, rtt)
 	}
-	o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
+	if exists && old.id.Fingerprint == id.Fingerprint && old.endpoint == endpoint && now.Sub(old.admittedAt) < confirmWait {
+		// The second handshake of two nodes admitting each other at once
+		// (each has the other as a static peer): the same certificate from
+		// the same endpoint moments ago. One "peer admitted" per peer.
+		o.log.Debug("peer admitted again", "name", id.Name, "endpoint", endpoint.String())
+	} else {
+		o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
+	}
 	return nil
 }
 

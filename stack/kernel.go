@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -36,7 +37,7 @@ func newKernel(name string, addrs []netip.Prefix, mtu int, log *slog.Logger) (tu
 	}
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create TUN %q: %w", name, err)
+		return nil, nil, explainTUNError(fmt.Errorf("create TUN %q: %w", name, err))
 	}
 	ifname, err := dev.Name()
 	if err != nil {
@@ -77,9 +78,39 @@ func runIP(args ...string) error {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return ipError(args, err, out)
 	}
 	return nil
+}
+
+// needsNetAdmin says what kernel mode needs from the host.
+const needsNetAdmin = "kernel mode needs CAP_NET_ADMIN and read-write access to /dev/net/tun: " +
+	"run as root, or give the binary the capability (setcap cap_net_admin+ep, or " +
+	"AmbientCapabilities=CAP_NET_ADMIN in a systemd unit); userspace mode needs neither"
+
+// explainTUNError adds what kernel mode needs to an error that says the
+// process may not create or configure a TUN device (EPERM, EACCES), or
+// that the host has no /dev/net/tun. Other errors are returned as they are.
+func explainTUNError(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w (%s)", err, needsNetAdmin)
+	case errors.Is(err, fs.ErrNotExist) || strings.Contains(err.Error(), "/dev/net/tun does not exist"):
+		return fmt.Errorf("%w (kernel mode needs the TUN device /dev/net/tun: load the tun module, "+
+			"or pass the device into the container; userspace mode needs neither)", err)
+	}
+	return err
+}
+
+// ipError is the error of a failed ip command: its arguments, exit status
+// and output, explained when the kernel refused it for lack of privilege.
+func ipError(args []string, err error, out []byte) error {
+	msg := strings.TrimSpace(string(out))
+	err = fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, msg)
+	if strings.Contains(msg, "Operation not permitted") {
+		return fmt.Errorf("%w (%s)", err, needsNetAdmin)
+	}
+	return err
 }
 
 func (k *kernel) dialTCP(ctx context.Context, network string, local netip.Addr, remote netip.AddrPort) (net.Conn, error) {

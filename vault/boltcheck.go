@@ -95,7 +95,7 @@ type boltChecker struct {
 func checkBoltFile(f *os.File) ([]byte, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("vault: stat: %w", err)
+		return nil, fmt.Errorf("stat: %w", err)
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: not a regular file", ErrCorrupt)
@@ -127,7 +127,7 @@ func (c *boltChecker) readAt(off int64, n int, allowShort bool) ([]byte, error) 
 	if err == nil || err == io.EOF {
 		return nil, corruptf("file truncated at offset %d", off)
 	}
-	return nil, fmt.Errorf("vault: reading at %d: %w", off, err)
+	return nil, fmt.Errorf("reading at %d: %w", off, err)
 }
 
 // pageSize emulates bbolt's getPageSize: meta 0 if valid, else the first

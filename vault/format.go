@@ -162,11 +162,11 @@ func newHeader(k Key, params KDFParams, dataKey []byte, rnd io.Reader) (*header,
 	if k.kind == kindPassphrase {
 		h.kdf, h.params, h.salt = kdfArgon2id, params, make([]byte, saltSize)
 		if _, err := io.ReadFull(rnd, h.salt); err != nil {
-			return nil, fmt.Errorf("vault: reading random salt: %w", err)
+			return nil, fmt.Errorf("reading random salt: %w", err)
 		}
 	}
 	if _, err := io.ReadFull(rnd, h.nonce); err != nil {
-		return nil, fmt.Errorf("vault: reading random nonce: %w", err)
+		return nil, fmt.Errorf("reading random nonce: %w", err)
 	}
 	kek, err := k.kek(h)
 	if err != nil {
@@ -175,7 +175,7 @@ func newHeader(k Key, params KDFParams, dataKey []byte, rnd io.Reader) (*header,
 	defer clear(kek)
 	aead, err := chacha20poly1305.NewX(kek)
 	if err != nil {
-		return nil, fmt.Errorf("vault: key wrap cipher: %w", err)
+		return nil, fmt.Errorf("key wrap cipher: %w", err)
 	}
 	h.wrapped = aead.Seal(nil, h.nonce, dataKey, h.wrapAD())
 	return h, nil
@@ -197,11 +197,11 @@ func (h *header) unwrap(k Key) ([]byte, error) {
 	defer clear(kek)
 	aead, err := chacha20poly1305.NewX(kek)
 	if err != nil {
-		return nil, fmt.Errorf("vault: key wrap cipher: %w", err)
+		return nil, fmt.Errorf("key wrap cipher: %w", err)
 	}
 	dk, err := aead.Open(nil, h.nonce, h.wrapped, h.wrapAD())
 	if err != nil || len(dk) != KeySize {
-		return nil, fmt.Errorf("vault: cannot unwrap data key: %w", ErrWrongKey)
+		return nil, ErrWrongKey
 	}
 	return dk, nil
 }
@@ -236,7 +236,7 @@ func sealRecord(aead cipher.AEAD, rnd io.Reader, name string, class Class, mtime
 	adLen := len(rec)
 	rec = rec[:adLen+nonceSize]
 	if _, err := io.ReadFull(rnd, rec[adLen:]); err != nil {
-		return nil, fmt.Errorf("vault: reading random nonce: %w", err)
+		return nil, fmt.Errorf("reading random nonce: %w", err)
 	}
 	return aead.Seal(rec, rec[adLen:], value, itemAD(name, rec[:adLen])), nil
 }

@@ -162,17 +162,17 @@ func (k Key) usable() error {
 	switch k.kind {
 	case kindPassphrase:
 		if len(k.secret) < minPassphraseLen {
-			return fmt.Errorf("vault: empty passphrase: %w", ErrWrongKey)
+			return fmt.Errorf("empty passphrase: %w", ErrWrongKey)
 		}
 		if len(k.secret) > maxPassphraseLen {
-			return fmt.Errorf("vault: passphrase longer than %d bytes: %w", maxPassphraseLen, ErrWrongKey)
+			return fmt.Errorf("passphrase longer than %d bytes: %w", maxPassphraseLen, ErrWrongKey)
 		}
 	case kindRaw:
 		if len(k.secret) != KeySize || subtle.ConstantTimeCompare(k.secret, make([]byte, KeySize)) == 1 {
-			return fmt.Errorf("vault: raw key is empty or destroyed: %w", ErrWrongKey)
+			return fmt.Errorf("raw key is empty or destroyed: %w", ErrWrongKey)
 		}
 	default:
-		return fmt.Errorf("vault: no key given: %w", ErrWrongKey)
+		return fmt.Errorf("no key given: %w", ErrWrongKey)
 	}
 	return nil
 }

@@ -43,35 +43,48 @@ const (
 // allowed so a service group can share a key. Errors wrap ErrKeyFile, or
 // ErrNotFound when the file does not exist.
 func ReadKeyFile(path string) (Key, error) {
+	k, err := readKeyFile(path)
+	if err != nil {
+		return Key{}, fmt.Errorf("vault: %w", err)
+	}
+	return k, nil
+}
+
+// readKeyFile is ReadKeyFile without the package prefix on its errors, for
+// callers in this package that add their own context.
+func readKeyFile(path string) (Key, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return Key{}, fmt.Errorf("vault: key file %s: %w", path, ErrNotFound)
+			return Key{}, fmt.Errorf("key file %s: %w", path, ErrNotFound)
 		}
-		return Key{}, fmt.Errorf("vault: key file: %w", err)
+		return Key{}, fmt.Errorf("key file: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return Key{}, fmt.Errorf("vault: key file: %w", err)
+		return Key{}, fmt.Errorf("key file: %w", err)
 	}
 	if !st.Mode().IsRegular() {
-		return Key{}, fmt.Errorf("vault: key file %s is not a regular file: %w", path, ErrKeyFile)
+		return Key{}, fmt.Errorf("key file %s is not a regular file: %w", path, ErrKeyFile)
 	}
 	if perm := st.Mode().Perm(); perm&keyFileOtherPerms != 0 {
-		return Key{}, fmt.Errorf("vault: key file %s has mode %04o, accessible to other users; run chmod 600 %s: %w", path, perm, path, ErrKeyFile)
+		return Key{}, fmt.Errorf("key file %s has mode %04o, accessible to other users; run chmod 600 %s: %w", path, perm, path, ErrKeyFile)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
-		return Key{}, fmt.Errorf("vault: key file: %w", err)
+		return Key{}, fmt.Errorf("key file %s: %w", path, err)
 	}
 	defer clear(data)
 	raw, err := decodeKeyText(data)
 	if err != nil {
-		return Key{}, fmt.Errorf("vault: key file %s: %w", path, err)
+		return Key{}, fmt.Errorf("key file %s: %w", path, err)
 	}
 	defer clear(raw)
-	return RawKey(raw)
+	if len(raw) != KeySize {
+		return Key{}, fmt.Errorf("key file %s: raw key must be %d bytes, got %d: %w", path, KeySize, len(raw), ErrKeyFile)
+	}
+	return Key{kind: kindRaw, secret: append([]byte(nil), raw...)}, nil
 }
 
 // decodeKeyText decodes key-file contents into KeySize bytes.
@@ -87,9 +100,12 @@ func decodeKeyText(data []byte) ([]byte, error) {
 		if enc.DecodedLen(len(text)) < KeySize || len(text) != enc.EncodedLen(KeySize) {
 			continue
 		}
-		out := make([]byte, KeySize)
+		// Decode may write up to DecodedLen bytes (33 for 44 characters
+		// of padded base64 without the padding): a KeySize buffer would
+		// overflow and panic.
+		out := make([]byte, enc.DecodedLen(len(text)))
 		if n, err := enc.Decode(out, text); err == nil && n == KeySize {
-			return out, nil
+			return out[:KeySize], nil
 		}
 		clear(out)
 	}
@@ -147,6 +163,9 @@ func GenerateKeyFile(path string) error {
 // environment and the terminal are injected. Keys are never taken from the
 // command line (they would show in ps and shell history).
 type KeySource struct {
+	// Vault is the path of the vault the key is for; Resolve's errors name
+	// it ("vault: key for PATH: ..."). Optional.
+	Vault string
 	// KeyFile is a key file path given explicitly (e.g. by a flag); "" if none.
 	KeyFile string
 	// LookupEnv looks up environment variables (os.LookupEnv in production).
@@ -170,12 +189,24 @@ type KeySource struct {
 // Without any of them it returns an error wrapping ErrNoKeySource that
 // names the options.
 func (s KeySource) Resolve(confirm bool) (Key, string, error) {
+	k, origin, err := s.resolve(confirm)
+	if err != nil {
+		if s.Vault != "" {
+			return Key{}, "", fmt.Errorf("vault: key for %s: %w", s.Vault, err)
+		}
+		return Key{}, "", fmt.Errorf("vault: %w", err)
+	}
+	return k, origin, nil
+}
+
+// resolve is Resolve without the package prefix on its errors.
+func (s KeySource) resolve(confirm bool) (Key, string, error) {
 	lookup := s.LookupEnv
 	if lookup == nil {
 		lookup = func(string) (string, bool) { return "", false }
 	}
 	if s.KeyFile != "" {
-		k, err := ReadKeyFile(s.KeyFile)
+		k, err := readKeyFile(s.KeyFile)
 		if err != nil {
 			return Key{}, "", err
 		}
@@ -186,7 +217,7 @@ func (s KeySource) Resolve(confirm bool) (Key, string, error) {
 	}
 	if dir, ok := lookup(CredentialsDirEnv); ok && dir != "" {
 		path := filepath.Join(dir, CredentialName)
-		k, err := ReadKeyFile(path)
+		k, err := readKeyFile(path)
 		switch {
 		case err == nil:
 			return k, "systemd credential " + path, nil
@@ -201,7 +232,7 @@ func (s KeySource) Resolve(confirm bool) (Key, string, error) {
 		}
 		return k, "interactive prompt", nil
 	}
-	return Key{}, "", fmt.Errorf("vault: %w: give a key file, set %s, or provide the systemd credential %s (or run on a terminal to be prompted)",
+	return Key{}, "", fmt.Errorf("%w: give a key file, set %s, or provide the systemd credential %s (or run on a terminal to be prompted)",
 		ErrNoKeySource, PassphraseEnv, CredentialName)
 }
 
@@ -209,20 +240,20 @@ func (s KeySource) Resolve(confirm bool) (Key, string, error) {
 func (s KeySource) prompt(confirm bool) (Key, error) {
 	p, err := s.Prompt("Vault passphrase: ")
 	if err != nil {
-		return Key{}, fmt.Errorf("vault: reading passphrase: %w", err)
+		return Key{}, fmt.Errorf("reading passphrase: %w", err)
 	}
 	defer clear(p)
 	if len(p) == 0 {
-		return Key{}, fmt.Errorf("vault: empty passphrase: %w", ErrNoKeySource)
+		return Key{}, fmt.Errorf("empty passphrase: %w", ErrNoKeySource)
 	}
 	if confirm {
 		again, err := s.Prompt("Repeat passphrase: ")
 		if err != nil {
-			return Key{}, fmt.Errorf("vault: reading passphrase: %w", err)
+			return Key{}, fmt.Errorf("reading passphrase: %w", err)
 		}
 		defer clear(again)
 		if !bytes.Equal(p, again) {
-			return Key{}, errors.New("vault: passphrases do not match")
+			return Key{}, errors.New("passphrases do not match")
 		}
 	}
 	return PassphraseKey(p), nil

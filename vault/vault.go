@@ -94,7 +94,7 @@ func guard(op string, fn func() error) (err error) {
 // together with its directory.
 func Create(path string, key Key, opts *Options) (v *Vault, err error) {
 	if err := key.usable(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("vault: create %s: %w", path, err)
 	}
 	params := opts.kdf()
 	if key.kind == kindPassphrase {
@@ -167,14 +167,14 @@ func Create(path string, key Key, opts *Options) (v *Vault, err error) {
 // ErrWrongKey.
 func Open(path string, key Key, opts *Options) (*Vault, error) {
 	if err := key.usable(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("vault: open %s: %w", path, err)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("vault: open %s: %w", path, ErrNotFound)
 		}
-		return nil, fmt.Errorf("vault: open: %w", err)
+		return nil, fmt.Errorf("vault: %w", err) // *PathError: "open PATH: ..."
 	}
 	if err := lockFile(f, path, opts.lockTimeout()); err != nil {
 		f.Close()
