@@ -37,11 +37,17 @@ func upCommand() *command {
 brings up the virtual interface and the WireGuard device, admits the static
 peers and serves the control API. SIGINT/SIGTERM stop it cleanly; SIGHUP
 re-reads the CRL file and the certificate (renewal with the same keys).
---test validates the config, prints it and exits.`,
+
+--test checks without starting anything: the config's keys and values,
+every file it names (vault, key file, CA bundle, certificate, CRL), the
+certificate against the CA bundle and the CRL and against the vault's
+keys, that the listen port can be bound and the control socket created.
+It lists every problem found and exits 1, or prints the effective
+configuration as YAML (defaults filled in), which up reads back as is.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &opts{}
 			fs.StringVar(&o.config, "config", "", "config file (YAML)")
-			fs.BoolVar(&o.test, "test", false, "validate the config, print it and exit")
+			fs.BoolVar(&o.test, "test", false, "check the config and what it names, print the effective configuration and exit")
 			return o
 		},
 		run: func(ctx context.Context, env Env, a any, args []string) error {
@@ -54,13 +60,28 @@ re-reads the CRL file and the certificate (renewal with the same keys).
 				return err
 			}
 			if o.test {
-				enc := json.NewEncoder(env.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(cfg)
+				return testConfig(env, cfg)
 			}
 			return runUp(ctx, env, cfg)
 		},
 	}
+}
+
+// testConfig is `up --test`: every problem found, or the effective
+// configuration as YAML.
+func testConfig(env Env, cfg *Config) error {
+	if problems := checkConfig(cfg, env); len(problems) > 0 {
+		ce := newConfigError(problems)
+		ce.path = cfg.path
+		return ce
+	}
+	out, err := cfg.effectiveYAML()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "# effective configuration of %s: defaults filled in, paths absolute\n", cfg.path)
+	_, err = env.Stdout.Write(out)
+	return err
 }
 
 func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {

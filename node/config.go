@@ -9,11 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/aigrid/gridnet/discovery"
 	"github.com/aigrid/gridnet/policy"
+	"github.com/aigrid/gridnet/stack"
 )
 
 // Config is the YAML configuration of `gridnet up`. Every field is
@@ -42,6 +45,10 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Gossip turns on discovery: memberlist over the overlay.
 	Gossip GossipConfig `yaml:"gossip"`
+	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
+	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
+	// the environment wins.
+	MemoryLimitMiB int `yaml:"memory_limit_mib"`
 	// Firewall is the rule set (see docs/FIREWALL.md), parsed by package
 	// policy so that its errors name their lines too. Without it inbound
 	// traffic is denied.
@@ -50,10 +57,9 @@ type Config struct {
 	FirewallRules *policy.Config `yaml:"-" json:"firewall"`
 	// path is the file the config was loaded from (for reloads).
 	path string
-	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
-	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
-	// the environment wins.
-	MemoryLimitMiB int `yaml:"memory_limit_mib"`
+	// lines maps the dotted path of every key in the file ("vault.path")
+	// to its line, so that later checks can name the line at fault.
+	lines map[string]int
 }
 
 // DefaultMemoryLimitMiB bounds a node's heap. wireguard-go's buffers are
@@ -80,7 +86,8 @@ type TunConfig struct {
 	Mode TunMode `yaml:"mode"`
 	// Name of the kernel TUN device (kernel mode).
 	Name string `yaml:"name"`
-	// MTU of the overlay interface; 0 means the default 1280.
+	// MTU of the overlay interface; 0 means the default, stack.DefaultMTU
+	// (1280).
 	MTU MTU `yaml:"mtu"`
 }
 
@@ -88,7 +95,8 @@ type TunConfig struct {
 type GossipConfig struct {
 	// Enabled turns gossip on: the node then needs only one seed in peers.
 	Enabled bool `yaml:"enabled"`
-	// Port is the gossip port on the overlay (default 7946).
+	// Port is the gossip port on the overlay; 0 means the default,
+	// discovery.DefaultPort (7946).
 	Port uint16 `yaml:"port"`
 	// Advertise are the underlay addresses (IP:port) other nodes use to
 	// reach this node; required with gossip unless all nodes share
@@ -137,29 +145,50 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	cfg, err := ParseConfig(data)
 	if err != nil {
+		var ce *configError
+		if errors.As(err, &ce) {
+			ce.path = path
+			return nil, ce
+		}
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	cfg.resolvePaths(filepath.Dir(path))
+	dir := filepath.Dir(path)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	cfg.resolvePaths(dir)
 	cfg.path = path
 	return cfg, nil
 }
 
-// ParseConfig parses and validates YAML config bytes. Unknown keys and bad
-// values are errors that name their line.
+// ParseConfig parses and validates YAML config bytes. Unknown keys (with
+// a "did you mean" hint when a known key is close) and bad values are
+// errors that name their line; every problem found is reported, not only
+// the first.
 func ParseConfig(data []byte) (*Config, error) {
-	cfg := &Config{}
+	cfg := &Config{lines: map[string]int{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "yaml: "))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, &configError{problems: []error{errors.New(strings.TrimPrefix(err.Error(), "yaml: "))}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
+		return nil, &configError{problems: []error{&lineError{extra.Line, errors.New("only one YAML document is allowed")}}}
+	}
+	var problems []error
+	if len(doc.Content) > 0 {
+		problems = checkKeys(doc.Content[0], reflect.TypeFor[Config](), "", cfg.lines)
+		problems = append(problems, decodeProblems(doc.Decode(cfg), problems)...)
 	}
 	cfg.applyDefaults()
-	if err := cfg.validate(); err != nil {
-		return nil, err
+	for _, p := range cfg.validate() {
+		// A section that did not decode is empty: no need to also say that
+		// its keys are missing.
+		if errors.Is(p, errVaultPathRequired) && hasLine(problems, cfg.lines["vault"]) {
+			continue
+		}
+		problems = append(problems, p)
 	}
 	var fwNode *yaml.Node
 	if cfg.Firewall.Kind != 0 {
@@ -167,7 +196,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	rules, err := policy.ConfigFromYAML(fwNode)
 	if err != nil {
-		return nil, fmt.Errorf("firewall: %w", err)
+		problems = append(problems, firewallProblem(err))
+	}
+	if len(problems) > 0 {
+		return nil, newConfigError(problems)
 	}
 	cfg.FirewallRules = rules
 	return cfg, nil
@@ -192,20 +224,31 @@ func (c *Config) applyDefaults() {
 	if c.MemoryLimitMiB == 0 {
 		c.MemoryLimitMiB = DefaultMemoryLimitMiB
 	}
+	if c.Tun.MTU == 0 {
+		c.Tun.MTU = stack.DefaultMTU
+	}
+	if c.Gossip.Port == 0 {
+		c.Gossip.Port = discovery.DefaultPort
+	}
 }
 
-// validate checks what a single field's parser cannot.
-func (c *Config) validate() error {
+// errVaultPathRequired is the problem of a config without vault.path.
+var errVaultPathRequired = errors.New("vault.path is required")
+
+// validate checks what a single field's parser cannot, and returns every
+// problem.
+func (c *Config) validate() []error {
+	var problems []error
 	if c.Vault.Path == "" {
-		return errors.New("vault.path is required")
+		problems = append(problems, &lineError{c.lines["vault"], errVaultPathRequired})
 	}
 	if c.MemoryLimitMiB < -1 || (c.MemoryLimitMiB > 0 && c.MemoryLimitMiB < 32) {
-		return fmt.Errorf("memory_limit_mib %d: want -1 (none), 0 (default %d) or at least 32", c.MemoryLimitMiB, DefaultMemoryLimitMiB)
+		problems = append(problems, &lineError{c.lines["memory_limit_mib"], fmt.Errorf("memory_limit_mib %d: want -1 (none), 0 (default %d) or at least 32", c.MemoryLimitMiB, DefaultMemoryLimitMiB)})
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
-		return fmt.Errorf("log.format %q: want text or json", c.Log.Format)
+		problems = append(problems, &lineError{c.lines["log.format"], fmt.Errorf("log.format %q: want text or json", c.Log.Format)})
 	}
-	return nil
+	return problems
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -230,11 +273,11 @@ type AddrPort struct{ netip.AddrPort }
 func (a *AddrPort) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("line %d: want an address like 192.0.2.1:4242", n.Line)
+		return valueError(n, "want an address like 192.0.2.1:4242")
 	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not an IP address with port (like 192.0.2.1:4242 or [2001:db8::1]:4242)", n.Line, s)
+		return valueError(n, "%q is not an IP address with port (like 192.0.2.1:4242 or [2001:db8::1]:4242)", s)
 	}
 	a.AddrPort = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	return nil
@@ -249,7 +292,7 @@ func (l *ListenAddr) UnmarshalYAML(n *yaml.Node) error {
 		return err
 	}
 	if !l.Addr().IsUnspecified() {
-		return fmt.Errorf("line %d: listen %s: gridnet listens on every address; write 0.0.0.0:%d", n.Line, l.AddrPort, l.Port())
+		return valueError(n, "listen %s: gridnet listens on every address; write 0.0.0.0:%d", l.AddrPort, l.Port())
 	}
 	return nil
 }
@@ -267,7 +310,7 @@ const (
 func (m *TunMode) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil || (s != string(TunUserspace) && s != string(TunKernel)) {
-		return fmt.Errorf("line %d: tun mode %q: want userspace or kernel", n.Line, n.Value)
+		return valueError(n, "tun mode %q: want userspace or kernel", n.Value)
 	}
 	*m = TunMode(s)
 	return nil
@@ -279,9 +322,14 @@ type LogLevel struct{ slog.Level }
 // UnmarshalYAML accepts debug, info, warn or error.
 func (l *LogLevel) UnmarshalYAML(n *yaml.Node) error {
 	if err := l.Level.UnmarshalText([]byte(n.Value)); err != nil || n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: log level %q: want debug, info, warn or error", n.Line, n.Value)
+		return valueError(n, "log level %q: want debug, info, warn or error", n.Value)
 	}
 	return nil
+}
+
+// MarshalYAML writes the level as the config file does: "info", "warn+2".
+func (l LogLevel) MarshalYAML() (any, error) {
+	return strings.ToLower(l.Level.String()), nil
 }
 
 // MTU is an interface MTU read from YAML.
@@ -297,7 +345,7 @@ const (
 func (m *MTU) UnmarshalYAML(n *yaml.Node) error {
 	var v int
 	if err := n.Decode(&v); err != nil || v < minMTU || v > maxMTU {
-		return fmt.Errorf("line %d: mtu %q: want an integer from %d to %d", n.Line, n.Value, minMTU, maxMTU)
+		return valueError(n, "mtu %q: want an integer from %d to %d", n.Value, minMTU, maxMTU)
 	}
 	*m = MTU(v)
 	return nil

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/stack"
 )
 
 func TestParseConfigErrorsNameTheLine(t *testing.T) {
@@ -87,7 +90,7 @@ log:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if min.Listen.AddrPort.AddrPort != defaultListen || min.Tun.Mode != TunUserspace || min.Tun.MTU != 0 {
+	if min.Listen.AddrPort.AddrPort != defaultListen || min.Tun.Mode != TunUserspace || min.Tun.MTU != stack.DefaultMTU || min.Gossip.Port != discovery.DefaultPort {
 		t.Errorf("defaults: %+v", min)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/aigrid/gridnet/policy/suggest"
 )
 
 // ParseConfig parses the firewall section as a YAML document: either the
@@ -80,7 +82,7 @@ func ConfigFromYAML(n *yaml.Node) (*Config, error) {
 		case "tests":
 			return parseTests(c, v)
 		}
-		return errAt(k, key, fmt.Errorf("%w %q (want services, inbound, outbound, trust, flood, tests)", ErrUnknownKey, key))
+		return unknownKey(k, key, key, "services", "inbound", "outbound", "trust", "flood", "tests")
 	})
 	if err != nil {
 		return nil, err
@@ -89,6 +91,17 @@ func ConfigFromYAML(n *yaml.Node) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// unknownKey is the error for an unknown key at k: a "did you mean" hint
+// when a known key of that level is close, else the list of known keys.
+func unknownKey(k *yaml.Node, path, key string, known ...string) error {
+	return errAt(k, path, fmt.Errorf("%w %q%s", ErrUnknownKey, key, suggest.Hint(key, known...)))
+}
+
+// matchKeys are the identity keys of a rule or allow entry (parseMatchKey).
+func matchKeys() []string {
+	return []string{"host", "group", "groups", "cidr", "ca_name", "ca_sha", "domain", "attr", "min_trust"}
 }
 
 // forMap calls fn for every key of mapping n, refusing duplicates.
@@ -273,7 +286,7 @@ func parseServices(c *Config, n *yaml.Node) error {
 			case "allow":
 				s.Allow, err = parseAllow(vv, path+".allow")
 			default:
-				err = errAt(kk, path+"."+key, fmt.Errorf("%w %q (want proto, port, allow)", ErrUnknownKey, key))
+				err = unknownKey(kk, path+"."+key, key, "proto", "port", "allow")
 			}
 			return err
 		})
@@ -301,7 +314,7 @@ func parseAllow(n *yaml.Node, path string) ([]Match, error) {
 		err := forMap(it, p, func(key string, k, v *yaml.Node) error {
 			ok, err := parseMatchKey(&m, key, k, v, p, &groupSet)
 			if !ok {
-				return errAt(k, p+"."+key, fmt.Errorf("%w %q in an allow entry", ErrUnknownKey, key))
+				return errAt(k, p+"."+key, fmt.Errorf("%w %q in an allow entry%s", ErrUnknownKey, key, suggest.Hint(key, matchKeys()...)))
 			}
 			return err
 		})
@@ -387,7 +400,7 @@ func parseRules(dst *[]Rule, n *yaml.Node, dir string) error {
 			case "name", "description":
 				r.Name, err = scalar(v, p)
 			default:
-				err = errAt(k, p, fmt.Errorf("%w %q", ErrUnknownKey, key))
+				err = unknownKey(k, p, key, append([]string{"action", "proto", "port", "service", "priority", "name", "description"}, matchKeys()...)...)
 			}
 			return err
 		})
@@ -430,7 +443,7 @@ func parseTrust(t *TrustConfig, n *yaml.Node) error {
 		case "expiry_window":
 			t.ExpiryWindow, err = floatIn(v, p, 0, 1)
 		default:
-			err = errAt(k, p, fmt.Errorf("%w %q (want threshold, quarantine, half_life, blocked_penalty, blocked_window, icmp_penalty, flood_penalty, expiry_window)", ErrUnknownKey, key))
+			err = unknownKey(k, p, key, "threshold", "quarantine", "half_life", "blocked_penalty", "blocked_window", "icmp_penalty", "flood_penalty", "expiry_window")
 		}
 		return err
 	})
@@ -461,7 +474,7 @@ func parseFlood(f *FloodConfig, n *yaml.Node) error {
 			x, err = floatIn(v, p, 1, 1<<26)
 			f.MaxFlows = int(x)
 		default:
-			err = errAt(k, p, fmt.Errorf("%w %q (want packets_per_sec, packets_burst, bytes_per_sec, bytes_burst, new_flows_per_sec, new_flows_burst, max_flows_per_peer, max_flows)", ErrUnknownKey, key))
+			err = unknownKey(k, p, key, "packets_per_sec", "packets_burst", "bytes_per_sec", "bytes_burst", "new_flows_per_sec", "new_flows_burst", "max_flows_per_peer", "max_flows")
 		}
 		return err
 	})
@@ -525,7 +538,7 @@ func parseTests(c *Config, n *yaml.Node) error {
 			case "rule":
 				t.Rule, err = scalar(v, p)
 			default:
-				err = errAt(k, p, fmt.Errorf("%w %q (want from, to, proto, port, trust, expect, rule)", ErrUnknownKey, key))
+				err = unknownKey(k, p, key, "from", "to", "proto", "port", "trust", "expect", "rule")
 			}
 			return err
 		})
@@ -573,7 +586,7 @@ func parseTestPeer(t *Test, n *yaml.Node, path string) error {
 				t.Peer.Addresses = []netip.Addr{a}
 			}
 		default:
-			err = errAt(k, p, fmt.Errorf("%w %q (want name, groups, domain, ca_name, ca_sha, attr, addr)", ErrUnknownKey, key))
+			err = unknownKey(k, p, key, "name", "group", "groups", "domain", "ca_name", "ca_sha", "attr", "addr")
 		}
 		return err
 	})
