@@ -142,6 +142,7 @@ type nodeOpts struct {
 	validity time.Duration
 	rate     float64
 	burst    int
+	refusals float64 // refusals per second per source; 0: the default
 }
 
 func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
@@ -180,6 +181,7 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 		Now:            o.now,
 		HandshakeRate:  o.rate,
 		HandshakeBurst: o.burst,
+		RefusalRate:    o.refusals,
 	})
 	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
