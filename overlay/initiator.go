@@ -85,8 +85,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // key mismatch, bad signature, address conflict) is returned at once as a
 // *RejectError: retrying would not change the answer. A refusal by the
 // other side (*RefusedError, recorded in Refusals) is retried, after at
-// least refusalBackoff: the other side may change its mind (a renewed
-// certificate, a rate limit that passed).
+// least refusalBackoff (busyBackoff when it was rate limited): the other
+// side may change its mind (a renewed certificate, a rate limit that
+// passed).
 func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -112,7 +113,11 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 		var now *RefusedError
 		if errors.As(err, &now) {
 			refused = now
-			bo.atLeast(refusalBackoff)
+			if now.Code == handshake.RefusalRateLimited {
+				bo.atLeast(busyBackoff)
+			} else {
+				bo.atLeast(refusalBackoff)
+			}
 		}
 		if ctx.Err() != nil || !sleep(ctx, bo.next()) {
 			errs := []error{ctx.Err(), err}

@@ -41,8 +41,10 @@ const (
 	// oldest goes first.
 	maxRefusals = 256
 	// refusalBackoff is the least an initiator waits before it tries a
-	// peer again that refused it.
+	// peer again that refused it; busyBackoff after a rate-limited
+	// refusal (the limit refills a first message every 50 ms by default).
 	refusalBackoff = time.Second
+	busyBackoff    = 250 * time.Millisecond
 	// numRefusalCodes is the number of refusal codes this version knows.
 	numRefusalCodes = int(handshake.RefusalRateLimited) + 1
 )
