@@ -32,7 +32,8 @@
 //	msg3 initiator -> responder  s, se                 payload: cert-len(2, BE) | cert DER | sig(64)
 //
 // Either side may answer a message it refuses with a refusal that carries
-// a RefusalCode (refusal.go describes its two forms and when each is sent).
+// a RefusalCode ([KindRefusal] describes its two forms and when each is
+// sent).
 //
 // # What is signed
 //

@@ -11,8 +11,9 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// A refusal tells the other side of a handshake why it was refused. It is
-// a gridnet frame of kind KindRefusal in one of two forms:
+// KindRefusal is a refusal: it tells the other side of a handshake why it
+// was refused (a RefusalCode), in answer to any other kind. It comes in
+// one of two forms:
 //
 //	sealed (RefusalSize bytes): header | AEAD(code)
 //	busy   (BusyRefusalSize bytes): header (sender 0) | msg1's ephemeral key | code
@@ -40,8 +41,6 @@ import (
 //
 // Both forms are smaller than the message they answer (msg1, msg2 or msg3),
 // so a refusal can never amplify traffic.
-
-// KindRefusal is a refusal (see RefusalCode), in answer to any other kind.
 const KindRefusal byte = 4
 
 // RefusalCode is the reason a node gives the other side of a handshake it
@@ -207,10 +206,17 @@ func openRefusal(hs *noise.HandshakeState, h2 []byte, role byte, m Message) (Ref
 // ConsumeResponse read msg2 through Noise and refused it (or its peer).
 // It fails with ErrState if msg2 did not pass Noise: a refusal then could
 // not be authenticated and is not sent.
+//
+// A handshake makes at most one refusal (its key and nonce are used once):
+// a second call fails with ErrState.
 func (i *Initiator) Refusal(code RefusalCode) ([]byte, error) {
 	if i.h2 == nil {
 		return nil, fmt.Errorf("%w: no Noise-valid msg2 to refuse", ErrState)
 	}
+	if i.refused {
+		return nil, fmt.Errorf("%w: refusal already made", ErrState)
+	}
+	i.refused = true
 	return sealRefusal(i.hs, i.h2, roleInitiator, i.local, i.remote, code)
 }
 
@@ -241,8 +247,13 @@ func (i *Initiator) OpenRefusal(m Message) (RefusalCode, error) {
 
 // Refusal seals a refusal of the initiator with code: after ConsumeFinal
 // refused msg3 (past Noise), or after the caller refused the verified
-// initiator.
+// initiator. It fails with ErrState after the first call, as
+// Initiator.Refusal does.
 func (r *Responder) Refusal(code RefusalCode) ([]byte, error) {
+	if r.refused {
+		return nil, fmt.Errorf("%w: refusal already made", ErrState)
+	}
+	r.refused = true
 	return sealRefusal(r.hs, r.h2, roleResponder, r.local, r.remote, code)
 }
 

@@ -74,6 +74,9 @@ func TestRefusalRoundTrip(t *testing.T) {
 		if err != nil || code != RefusalUnknownCA {
 			t.Fatalf("OpenRefusal = %v, %v", code, err)
 		}
+		if _, err := resp.Refusal(RefusalOther); !errors.Is(err, ErrState) {
+			t.Fatalf("a second refusal under the same key: %v", err)
+		}
 	})
 	t.Run("initiator refuses msg2", func(t *testing.T) {
 		init, resp, _, msg2, _, _, err := halfway(t, w, good, foreign)
@@ -90,6 +93,9 @@ func TestRefusalRoundTrip(t *testing.T) {
 		code, err := resp.OpenRefusal(mustParse(t, ref))
 		if err != nil || code != RefusalUnknownCA {
 			t.Fatalf("OpenRefusal = %v, %v", code, err)
+		}
+		if _, err := init.Refusal(RefusalOther); !errors.Is(err, ErrState) {
+			t.Fatalf("a second refusal under the same key: %v", err)
 		}
 	})
 	t.Run("busy", func(t *testing.T) {
@@ -252,8 +258,8 @@ func newRefusalFixture(tb testing.TB) *refusalFixture {
 		tb.Fatal(err)
 	}
 	fx := &refusalFixture{after: after, before: before, genuine: map[string]bool{}}
-	for c := range 256 {
-		ref, err := resp.Refusal(RefusalCode(c))
+	for c := range 256 { // every code the genuine responder could seal
+		ref, err := sealRefusal(resp.hs, resp.h2, roleResponder, resp.local, resp.remote, RefusalCode(c))
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -265,7 +271,7 @@ func newRefusalFixture(tb testing.TB) *refusalFixture {
 	}
 	fx.genuine[string(busy)] = true
 	if os.Getenv("GRIDNET_WRITE_SEEDS") != "" {
-		sealed, _ := resp.Refusal(RefusalExpired)
+		sealed, _ := sealRefusal(resp.hs, resp.h2, roleResponder, resp.local, resp.remote, RefusalExpired)
 		writeSeed(tb, "FuzzRefusal", "sealed-expired", sealed)
 		writeSeed(tb, "FuzzRefusal", "busy", busy)
 	}

@@ -204,12 +204,13 @@ func provesKeys(der []byte, static [32]byte, sig []byte, role byte, h []byte) bo
 // Initiator is the initiating side of one handshake. Not safe for concurrent
 // use; discard it after any error.
 type Initiator struct {
-	hs     *noise.HandshakeState
-	cred   Credentials
-	local  uint32
-	remote uint32 // the responder's index, from msg2
-	h2     []byte // handshake hash after msg2 passed Noise (see Refusal)
-	done   bool
+	hs      *noise.HandshakeState
+	cred    Credentials
+	local   uint32
+	remote  uint32 // the responder's index, from msg2
+	h2      []byte // handshake hash after msg2 passed Noise (see Refusal)
+	done    bool
+	refused bool // a refusal was made (see Refusal)
 }
 
 // NewInitiator starts a handshake with local session index localIndex
@@ -260,11 +261,12 @@ func (i *Initiator) ConsumeResponse(m Message, verify VerifyFunc) ([]byte, *Peer
 // Responder is the responding side of one handshake. Not safe for
 // concurrent use; discard it after any error.
 type Responder struct {
-	hs     *noise.HandshakeState
-	local  uint32
-	remote uint32
-	h2     []byte // handshake hash after msg2 (see Refusal)
-	done   bool
+	hs      *noise.HandshakeState
+	local   uint32
+	remote  uint32
+	h2      []byte // handshake hash after msg2 (see Refusal)
+	done    bool
+	refused bool // a refusal was made (see Refusal)
 }
 
 // NewResponder processes msg1 and returns the state to keep (half-open)
