@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -377,6 +378,7 @@ func printStatus(w io.Writer, st Status, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, strings.Join(p.Addresses, ","), p.Endpoint, hs, humanBytes(p.RxBytes), humanBytes(p.TxBytes), p.State)
 	}
 	tw.Flush()
+	printRefusals(w, st.Refusals, now)
 }
 
 func pingCommand() *command {
@@ -389,6 +391,14 @@ func pingCommand() *command {
 		name:    "ping",
 		summary: "ping a peer over the overlay",
 		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH]",
+		help: `Sends N ICMP echo requests through the tunnel (each waits up to 2 s for
+its reply) and ends with ping(8)'s summary: packets transmitted and
+received, loss, time, and rtt min/avg/max/mdev. When requests go
+unanswered it says what this node knows of why: no admitted peer has the
+name or address (and the last refusal this node received, if any), this
+node's own firewall drops the request or has quarantined the peer, no
+WireGuard session, or a tunnel that is up with no reply (the far side's
+firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 		flags: func(fs *flag.FlagSet) any {
 			o := &opts{}
 			o.register(fs)
@@ -402,29 +412,43 @@ func pingCommand() *command {
 				return usageError("want one peer name or overlay address")
 			}
 			q := url.Values{"target": {args[0]}, "count": {fmt.Sprint(o.count)}, "interval": {o.interval.String()}}
+			start := time.Now()
 			body, err := newControlClient(o.socket).get(ctx, pathPing+"?"+q.Encode())
 			if err != nil {
 				return err
 			}
 			defer body.Close()
+			stats := pingStats{target: args[0]}
+			hint := ""
 			dec := json.NewDecoder(body)
-			lost := 0
 			for {
 				var r PingReply
 				if err := dec.Decode(&r); errors.Is(err, io.EOF) {
 					break
 				} else if err != nil {
+					if ctx.Err() != nil {
+						break // interrupted: sum up what came, as ping(8) does
+					}
 					return fmt.Errorf("ping: %w", err)
 				}
+				stats.transmitted++
 				if r.Error != "" {
-					lost++
+					hint = cmp.Or(r.Hint, hint)
 					fmt.Fprintf(env.Stdout, "seq=%d %s: %s\n", r.Seq, r.To, r.Error)
 					continue
 				}
+				stats.rtts = append(stats.rtts, r.RTTms)
 				fmt.Fprintf(env.Stdout, "seq=%d reply from %s: time=%.3f ms\n", r.Seq, r.To, r.RTTms)
 			}
-			if lost == o.count {
+			stats.elapsed = time.Since(start)
+			fmt.Fprint(env.Stdout, "\n"+stats.summary())
+			switch {
+			case len(stats.rtts) == 0 && hint != "":
+				return fmt.Errorf("no reply from %s: %s", args[0], hint)
+			case len(stats.rtts) == 0:
 				return fmt.Errorf("no reply from %s", args[0])
+			case hint != "":
+				fmt.Fprintf(env.Stdout, "lost requests: %s\n", hint)
 			}
 			return nil
 		},

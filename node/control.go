@@ -48,6 +48,9 @@ type Status struct {
 	Interface    CounterView       `json:"interface"`
 	Admission    map[string]uint64 `json:"admission"`
 	Firewall     FirewallView      `json:"firewall"`
+	// Refusals are the last refusal by each peer that refused this node
+	// since it was last admitted there, newest first.
+	Refusals []RefusalView `json:"refusals,omitempty"`
 }
 
 // FirewallView is the firewall's counters in Status.
@@ -90,6 +93,8 @@ type PingReply struct {
 	To    string  `json:"to"`
 	RTTms float64 `json:"rtt_ms,omitempty"`
 	Error string  `json:"error,omitempty"`
+	// Hint says why there was no reply, as far as this node knows.
+	Hint string `json:"hint,omitempty"`
 }
 
 // Status reports the node and its peers.
@@ -101,6 +106,7 @@ func (n *Node) Status() Status {
 		UnderlayPort: n.ov.Port(),
 		CertExpiry:   id.NotAfter,
 		Admission:    admissionCounters(n.ov.Stats()),
+		Refusals:     refusalViews(n.ov.Refusals()),
 	}
 	for _, a := range id.Addresses {
 		st.Addresses = append(st.Addresses, a.String())
@@ -330,22 +336,14 @@ func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
 	}
 	addr, err := cs.node.Resolve(target)
 	if err != nil {
-		writeJSON(w, http.StatusNotFound, apiError{err.Error()})
+		writeJSON(w, http.StatusNotFound, apiError{cs.node.explainUnresolved(target)})
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
 	for seq := 1; seq <= count; seq++ {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		rtt, err := cs.node.stack.Ping(ctx, addr, pingPayload)
-		cancel()
-		reply := PingReply{Seq: seq, To: addr.String()}
-		if err != nil {
-			reply.Error = err.Error()
-		} else {
-			reply.RTTms = float64(rtt.Microseconds()) / 1000
-		}
+		reply := cs.node.pingOnce(r.Context(), addr, seq)
 		if enc.Encode(reply) != nil {
 			return
 		}
@@ -454,9 +452,14 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		"stranger_limited": s.StrangerLimited,
 		"throttled":        s.Throttled,
 		"restarted":        s.Restarted,
+		"refusals_sent":    s.RefusalsSent,
+		"refusals_limited": s.RefusalsLimited,
 	}
 	for r, v := range s.Rejected {
 		m["rejected_"+r.String()] = v
+	}
+	for c, v := range s.RefusedBy {
+		m["refused_by_peer_"+c.String()] = v
 	}
 	return m
 }

@@ -35,10 +35,17 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 	receiver := binary.LittleEndian.Uint32(pkt[6:10])
 	in := inboundPacket{from: from}
 	switch pkt[1] {
-	case handshake.KindResponse:
+	case handshake.KindResponse, handshake.KindRefusal:
 		o.hsMu.Lock()
 		ch, ok := o.pending[receiver]
+		var h *halfOpenState
+		if !ok && pkt[1] == handshake.KindRefusal {
+			h = o.halfOpen[receiver]
+		}
 		o.hsMu.Unlock()
+		if h != nil && h.from == from {
+			break // a refusal of msg2 this node sent: to the workers
+		}
 		if !ok {
 			o.stats.junk.Add(1)
 			return
@@ -46,7 +53,7 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 		in.pkt = bytes.Clone(pkt)
 		select {
 		case ch <- in:
-		default: // the initiator already has a candidate msg2
+		default: // the initiator already has a candidate msg2 or refusal
 			o.stats.junk.Add(1)
 		}
 		return
@@ -59,10 +66,12 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 		// (nodes behind one address share the limit).
 		if !o.limiter.allow(from.Addr()) {
 			o.stats.rateLimited.Add(1)
+			o.refuseBusy(pkt, from)
 			return
 		}
 		if o.halfOpenFull() {
 			o.stats.halfOpenFull.Add(1)
+			o.refuseBusy(pkt, from)
 			return
 		}
 	case handshake.KindFinal:
@@ -79,6 +88,9 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 	case o.queue <- in:
 	default:
 		o.stats.queueFull.Add(1)
+		if pkt[1] == handshake.KindInit {
+			o.refuseBusy(pkt, from)
+		}
 	}
 }
 
@@ -177,6 +189,8 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 		o.respond(m, in.from)
 	case handshake.KindFinal:
 		o.finish(m, in.from)
+	case handshake.KindRefusal:
+		o.refusedAsResponder(m, in.from)
 	default:
 		o.stats.junk.Add(1)
 	}
@@ -190,6 +204,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 		if len(o.halfOpen) >= HalfOpenCap {
 			o.hsMu.Unlock()
 			o.stats.halfOpenFull.Add(1)
+			o.refuseBusyMsg(m, from)
 			return
 		}
 	}
@@ -197,6 +212,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	if o.halfOpenBySrc[key] >= o.halfOpenPerSrc {
 		o.hsMu.Unlock()
 		o.stats.halfOpenFull.Add(1)
+		o.refuseBusyMsg(m, from)
 		return
 	}
 	idx := o.newIndexLocked()
@@ -248,14 +264,15 @@ func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
 	}
 	rtt := now.Sub(h.answered)
 	peer, err := h.resp.ConsumeFinal(m, o.verifyPeer)
+	if err == nil {
+		err = o.admit(peer, from, o.startsSession(peer.Static, from), rtt)
+	}
 	if err != nil {
 		o.reject(err, from, "responder")
+		o.sendRefusal(err, from, h.resp.Refusal)
 		return
 	}
-	if err := o.admit(peer, from, o.startsSession(peer.Static, from), rtt); err != nil {
-		o.reject(err, from, "responder")
-		return
-	}
+	o.forgetRefusal(from)
 	o.stats.completed.Add(1)
 }
 

@@ -143,6 +143,7 @@ type nodeOpts struct {
 	rate     float64
 	burst    int
 	logger   *slog.Logger // default: testLogger
+	refusals float64      // refusals per second per source; 0: the default
 	// timers switch session timers off (noKick, noGrace, noWatchdog), so
 	// that a test sees one mechanism at work and can wait generously for
 	// it without another one doing the job meanwhile.
@@ -206,6 +207,7 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 		Now:            o.now,
 		HandshakeRate:  o.rate,
 		HandshakeBurst: o.burst,
+		RefusalRate:    o.refusals,
 	}
 	// New, with the test's timers set before the goroutines start.
 	ov, err := newOverlay(cfg)

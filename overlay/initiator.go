@@ -62,6 +62,9 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
+// atLeast makes the next delay at least about d (d to 2d).
+func (b *backoff) atLeast(d time.Duration) { b.cur = max(b.cur, d) }
+
 // sleep waits d or until ctx ends; it reports whether d elapsed.
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
@@ -80,7 +83,11 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // unanswered attempts are retried with exponential backoff and jitter until
 // ctx ends or the overlay closes. A verification refusal (bad certificate,
 // key mismatch, bad signature, address conflict) is returned at once as a
-// *RejectError: retrying would not change the answer.
+// *RejectError: retrying would not change the answer. A refusal by the
+// other side (*RefusedError, recorded in Refusals) is retried, after at
+// least refusalBackoff (busyBackoff when it was rate limited): the other
+// side may change its mind (a renewed certificate, a rate limit that
+// passed).
 func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -88,6 +95,7 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 	defer stop()
 	var bo backoff
 	wait := AttemptTimeout
+	var refused *RefusedError // the last refusal, for the final error
 	for {
 		id, err := o.attempt(ctx, endpoint, wait)
 		if err == nil {
@@ -102,8 +110,21 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 		if errors.As(err, &rej) {
 			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, err)
 		}
+		var now *RefusedError
+		if errors.As(err, &now) {
+			refused = now
+			if now.Code == handshake.RefusalRateLimited {
+				bo.atLeast(busyBackoff)
+			} else {
+				bo.atLeast(refusalBackoff)
+			}
+		}
 		if ctx.Err() != nil || !sleep(ctx, bo.next()) {
-			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, errors.Join(ctx.Err(), err))
+			errs := []error{ctx.Err(), err}
+			if refused != nil && now == nil {
+				errs = append(errs, refused) // say why, if the last try ran out of time
+			}
+			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, errors.Join(errs...))
 		}
 	}
 }
@@ -149,14 +170,22 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 				o.stats.junk.Add(1)
 				continue // not from whom we asked: keep waiting
 			}
-			return o.complete(ctx, init, in, endpoint, time.Since(sent))
+			if in.pkt[1] == handshake.KindRefusal {
+				// Only a busy refusal can come now; a forged one is
+				// dropped and the wait goes on.
+				if code, ok := o.openRefusal(init, in, endpoint); ok {
+					return nil, o.refused(endpoint, "", code)
+				}
+				continue
+			}
+			return o.complete(ctx, init, in, ch, endpoint, time.Since(sent))
 		}
 	}
 }
 
 // complete verifies msg2 (which took rtt to come), admits the responder and
-// sends msg3.
-func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, endpoint netip.AddrPort, rtt time.Duration) (*cert.Identity, error) {
+// sends msg3; a refusal of msg3 comes on ch.
+func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, ch <-chan inboundPacket, endpoint netip.AddrPort, rtt time.Duration) (*cert.Identity, error) {
 	m, err := handshake.ParseMessage(in.pkt)
 	if err != nil {
 		o.stats.junk.Add(1)
@@ -168,6 +197,7 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		if errors.Is(err, handshake.ErrNoise) || errors.Is(err, handshake.ErrMalformed) {
 			return nil, err // possibly forged or corrupted in transit: retry
 		}
+		o.sendRefusal(err, endpoint, init.Refusal)
 		return nil, rej
 	}
 	// Only a WireGuard session newer than this admission confirms it: an
@@ -177,6 +207,7 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	defer o.bind.unwatch(endpoint)
 	watchSince := time.Now() // the watch has no clock slack
 	if err := o.admit(peer, endpoint, false, rtt); err != nil {
+		o.sendRefusal(err, endpoint, init.Refusal)
 		return nil, o.reject(err, endpoint, "initiator")
 	}
 	o.peersMu.Lock()
@@ -188,9 +219,16 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	if err := o.bind.SendTo(msg3, endpoint); err != nil {
 		return nil, err // confirm would fail: retry the handshake
 	}
-	if err := o.confirm(ctx, entry, since, watchSince, w); err != nil {
+	refusal := func(in inboundPacket) error {
+		if code, ok := o.openRefusal(init, in, endpoint); ok {
+			return o.refused(endpoint, peer.Identity.Name, code)
+		}
+		return nil
+	}
+	if err := o.confirm(ctx, entry, since, watchSince, w, ch, refusal); err != nil {
 		return nil, err
 	}
+	o.forgetRefusal(endpoint)
 	o.stats.completed.Add(1)
 	return peer.Identity, nil
 }

@@ -45,6 +45,15 @@
 // cert.Err* cause, handshake.ErrKeyMismatch, handshake.ErrSignature,
 // ErrAddressConflict, ...). They are counted per Reason in Stats and logged at
 // most a few lines per second per reason.
+//
+// # Refusals
+//
+// The refusing side tells the refused one why, with a handshake.RefusalCode
+// (see refusal.go for when a refusal may be sent and its limits). The
+// refused side checks that the refusal belongs to a handshake it holds,
+// records it per endpoint (Refusals), logs it once per reason and peer per
+// minute, and, as initiator, gets it from Admit as a *RefusedError, after
+// which Admit keeps trying with a longer back-off.
 package overlay
 
 import (
@@ -129,6 +138,9 @@ type Config struct {
 	// IPv6 /64); zero means HalfOpenPerSource. Raise it with the rate when
 	// many nodes share one address (in-process tests).
 	HalfOpenPerSource int
+	// RefusalRate is how many refusals per second (and burst) this node
+	// sends to one source address; zero means DefaultRefusalRate.
+	RefusalRate float64
 	// OnAdmit is called with a peer's verified identity just before its
 	// WireGuard peer is configured (so a firewall knows it before its first
 	// packet), and again when its certificate is renewed. OnRemove is
@@ -155,6 +167,12 @@ type Overlay struct {
 	bind    *divertBind
 	limiter *rateLimiter
 	stats   counters
+
+	// refusalGate limits the refusals sent; refusedFrom records the last
+	// refusal received per endpoint (guarded by refusedMu).
+	refusalGate *refusalGate
+	refusedMu   sync.Mutex
+	refusedFrom map[netip.AddrPort]*refusalRecord
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -220,6 +238,8 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		wgPriv:         cfg.WireGuardKey,
 		idKey:          cfg.IdentityKey,
 		limiter:        newRateLimiter(cfg.HandshakeRate, cfg.HandshakeBurst, nil),
+		refusalGate:    newRefusalGate(cfg.RefusalRate, nil),
+		refusedFrom:    make(map[netip.AddrPort]*refusalRecord),
 		logLim:         newLogLimiter(nil),
 		queue:          make(chan inboundPacket, handshakeQueueLen),
 		halfOpen:       make(map[uint32]*halfOpenState),

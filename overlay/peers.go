@@ -509,8 +509,11 @@ func (o *Overlay) watchdog(now time.Time) {
 // admission made is removed again (not a newer one) and a retryable error
 // returned. w watches the peer's
 // endpoint (see transportWatch): the Bind wakes confirm at each transport
-// message from it; the device is read only every confirmDumpPoll.
-func (o *Overlay) confirm(ctx context.Context, entry *peerEntry, since, watchSince time.Time, w *transportWatch) error {
+// message from it; the device is read only every confirmDumpPoll. A
+// refusal of msg3 may come on refusals: refusal returns it as an error
+// (nil for anything else), and the entry goes at once.
+func (o *Overlay) confirm(ctx context.Context, entry *peerEntry, since, watchSince time.Time, w *transportWatch,
+	refusals <-chan inboundPacket, refusal func(inboundPacket) error) error {
 	key, name := entry.key, entry.id.Name
 	deadline := time.Now().Add(confirmWait)
 	nextDump := time.Now().Add(confirmDumpPoll)
@@ -529,25 +532,35 @@ func (o *Overlay) confirm(ctx context.Context, entry *peerEntry, since, watchSin
 			nextDump = now.Add(confirmDumpPoll)
 		}
 		timedOut := now.After(deadline)
+		var refused error
 		if !timedOut {
 			timer.Reset(min(nextDump.Sub(now), deadline.Sub(now)))
 			select {
 			case <-arrived:
 			case <-timer.C:
+			case in := <-refusals:
+				refused = refusal(in)
 			case <-ctx.Done():
 				timedOut = true
 			}
 		}
-		if timedOut {
+		if timedOut || refused != nil {
 			// Only this admission's entry goes: a newer admission of the
 			// same peer (the other side admitting us meanwhile) has its
 			// own session to bring up.
+			why := "no WireGuard session after admission"
+			if refused != nil {
+				why = "refused by the peer"
+			}
 			o.peersMu.Lock()
 			if o.peers[key] == entry {
-				o.removeLocked(entry, "no WireGuard session after admission")
+				o.removeLocked(entry, why)
 				o.publishLocked()
 			}
 			o.peersMu.Unlock()
+			if refused != nil {
+				return refused
+			}
 			return fmt.Errorf("%w with %q", errNotConfirmed, name)
 		}
 	}

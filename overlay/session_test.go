@@ -268,7 +268,7 @@ func TestStaleConfirmKeepsNewerAdmission(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the check gives up at once
 	future := time.Now().Add(time.Hour)
-	if err := a.confirm(ctx, stale, future, future, w); !errors.Is(err, errNotConfirmed) {
+	if err := a.confirm(ctx, stale, future, future, w, nil, nil); !errors.Is(err, errNotConfirmed) {
 		t.Fatalf("stale confirmation: got %v, want %v", err, errNotConfirmed)
 	}
 	if !a.hasPeer(bKey) {

@@ -134,6 +134,11 @@ type Stats struct {
 	// dropped before decryption because the peer was over its budget (see
 	// SetBudgets).
 	Throttled uint64
+	// RefusalsSent counts refusals this node sent (see refusal.go);
+	// RefusalsLimited those it did not send because of the refusal limits.
+	RefusalsSent, RefusalsLimited uint64
+	// RefusedBy counts refusals this node received, by code.
+	RefusedBy map[handshake.RefusalCode]uint64
 }
 
 type counters struct {
@@ -142,6 +147,8 @@ type counters struct {
 	queueFull, timeouts, removedPeers atomic.Uint64
 	kicks                             atomic.Uint64
 	rejected                          [numReasons]atomic.Uint64
+	refusalsSent, refusalsLimited     atomic.Uint64
+	refusedBy                         [numRefusalCodes]atomic.Uint64
 }
 
 // Stats returns a snapshot of the handshake counters.
@@ -161,10 +168,18 @@ func (o *Overlay) Stats() Stats {
 		Throttled:       o.bind.throttled.Load(),
 		Restarted:       c.kicks.Load(),
 		Rejected:        make(map[Reason]uint64),
+		RefusalsSent:    c.refusalsSent.Load(),
+		RefusalsLimited: c.refusalsLimited.Load(),
+		RefusedBy:       make(map[handshake.RefusalCode]uint64),
 	}
 	for r := range numReasons {
 		if v := c.rejected[r].Load(); v > 0 {
 			s.Rejected[r] = v
+		}
+	}
+	for code := range c.refusedBy {
+		if v := c.refusedBy[code].Load(); v > 0 {
+			s.RefusedBy[handshake.RefusalCode(code)] = v
 		}
 	}
 	return s

@@ -13,22 +13,27 @@
 //
 //	offset size field
 //	0      1    type      = TypeGridnet
-//	1      1    kind      = KindInit (1) | KindResponse (2) | KindFinal (3)
-//	2      4    sender    little-endian uint32, the sender's session index
+//	1      1    kind      = KindInit (1) | KindResponse (2) | KindFinal (3) | KindRefusal (4)
+//	2      4    sender    little-endian uint32, the sender's session index (0 in a busy refusal)
 //	6      4    receiver  little-endian uint32, the receiver's session index (0 in msg1)
-//	10     ...  noise     the Noise handshake message
+//	10     ...  noise     the Noise handshake message (a refusal's body, see KindRefusal)
 //
 // Sizes are fixed or bounded before any cryptography runs: msg1 is exactly
 // [Msg1Size] bytes (its Noise payload is zero padding, so that the responder
 // never answers with more than about 1.7x the bytes it received: reflection
 // amplification is bounded), msg2 and msg3 lie in [Msg2MinSize, MaxMessageSize]
-// and [Msg3MinSize, MaxMessageSize].
+// and [Msg3MinSize, MaxMessageSize], a refusal is exactly [RefusalSize]
+// (sealed) or [BusyRefusalSize] (busy) bytes.
 //
 // # Messages
 //
 //	msg1 initiator -> responder  e                     payload: zero padding
 //	msg2 responder -> initiator  e, ee, s, es          payload: cert-len(2, BE) | cert DER | sig(64)
 //	msg3 initiator -> responder  s, se                 payload: cert-len(2, BE) | cert DER | sig(64)
+//
+// Either side may answer a message it refuses with a refusal that carries
+// a RefusalCode ([KindRefusal] describes its two forms and when each is
+// sent).
 //
 // # What is signed
 //
@@ -56,7 +61,9 @@
 // Every failure returned by this package wraps exactly one of the sentinel
 // errors below (ErrMalformed, ErrNoise, ErrCertificate, ErrKeyMismatch,
 // ErrSignature, ErrState), so callers classify with errors.Is. ErrCertificate
-// additionally wraps the verifier's own error (for example cert.ErrExpired).
+// additionally wraps the verifier's own error (for example cert.ErrExpired),
+// and ErrUnproven as well when the sender has not shown that it holds the
+// keys the certificate names.
 // After any error the Initiator or Responder must be discarded.
 package handshake
 
@@ -121,6 +128,9 @@ var (
 	ErrSignature = errors.New("handshake: transcript signature invalid")
 	// ErrState: a method was called out of order.
 	ErrState = errors.New("handshake: invalid state")
+	// ErrUnproven marks an ErrCertificate whose sender did not prove it
+	// holds the certificate's keys (it is not one of the classes above).
+	ErrUnproven = errors.New("handshake: sender does not hold the certificate's keys")
 )
 
 // Message is a parsed gridnet frame. Noise aliases the input buffer.
@@ -155,6 +165,10 @@ func CheckSize(b []byte) error {
 		if n < Msg3MinSize || n > MaxMessageSize {
 			return fmt.Errorf("%w: msg3 of %d bytes", ErrMalformed, n)
 		}
+	case KindRefusal:
+		if n != RefusalSize && n != BusyRefusalSize {
+			return fmt.Errorf("%w: refusal of %d bytes", ErrMalformed, n)
+		}
 	default:
 		return fmt.Errorf("%w: unknown kind %d", ErrMalformed, b[1])
 	}
@@ -173,8 +187,9 @@ func ParseMessage(b []byte) (Message, error) {
 		Receiver: binary.LittleEndian.Uint32(b[6:10]),
 		Noise:    b[HeaderSize:],
 	}
-	if m.Sender == 0 {
-		return Message{}, fmt.Errorf("%w: zero sender index", ErrMalformed)
+	// Only a busy refusal has no sender index: the refuser keeps no state.
+	if busy := m.Kind == KindRefusal && len(b) == BusyRefusalSize; busy != (m.Sender == 0) {
+		return Message{}, fmt.Errorf("%w: sender index must be zero exactly in a busy refusal", ErrMalformed)
 	}
 	if (m.Kind == KindInit) != (m.Receiver == 0) {
 		return Message{}, fmt.Errorf("%w: receiver index must be zero exactly in msg1", ErrMalformed)

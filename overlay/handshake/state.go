@@ -5,6 +5,7 @@ import (
 	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/subtle"
+	"crypto/x509"
 	"fmt"
 	"io"
 
@@ -142,46 +143,74 @@ func writeSigned(hs *noise.HandshakeState, c *Credentials, role byte, frame []by
 
 // readSigned reads a payload-carrying Noise message and checks, in order of
 // cost, the payload layout, the certificate, the key binding and the
-// transcript signature made by the peer in role.
-func readSigned(hs *noise.HandshakeState, msg []byte, role byte, verify VerifyFunc) (*Peer, error) {
+// transcript signature made by the peer in role. after is the handshake
+// hash once the message passed Noise (nil if it did not).
+func readSigned(hs *noise.HandshakeState, msg []byte, role byte, verify VerifyFunc) (peer *Peer, after []byte, err error) {
 	h := binding(hs)
 	payload, _, _, err := hs.ReadMessage(nil, msg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoise, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrNoise, err)
 	}
+	after = binding(hs)
 	der, sig, err := decodePayload(payload)
 	if err != nil {
-		return nil, err
+		return nil, after, err
 	}
 	var static [32]byte
 	if rs := hs.PeerStatic(); len(rs) == len(static) {
 		copy(static[:], rs)
 	} else {
-		return nil, fmt.Errorf("%w: no remote static key", ErrNoise)
+		return nil, after, fmt.Errorf("%w: no remote static key", ErrNoise)
 	}
 	id, err := verify(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCertificate, err)
+		if !provesKeys(der, static, sig, role, h) {
+			return nil, after, fmt.Errorf("%w: %w (%w)", ErrCertificate, err, ErrUnproven)
+		}
+		return nil, after, fmt.Errorf("%w: %w", ErrCertificate, err)
 	}
 	if id == nil {
-		return nil, fmt.Errorf("%w: verifier returned no identity", ErrCertificate)
+		return nil, after, fmt.Errorf("%w: verifier returned no identity", ErrCertificate)
 	}
 	if id.WireGuardKey != static {
-		return nil, fmt.Errorf("%w (certificate %q)", ErrKeyMismatch, id.Name)
+		return nil, after, fmt.Errorf("%w (certificate %q)", ErrKeyMismatch, id.Name)
 	}
 	if len(id.IdentityKey) != ed25519.PublicKeySize || !ed25519.Verify(id.IdentityKey, signInput(role, h), sig) {
-		return nil, fmt.Errorf("%w (certificate %q)", ErrSignature, id.Name)
+		return nil, after, fmt.Errorf("%w (certificate %q)", ErrSignature, id.Name)
 	}
-	return &Peer{Identity: id, Static: static}, nil
+	return &Peer{Identity: id, Static: static}, after, nil
+}
+
+// provesKeys reports whether the sender of a certificate that did not
+// verify at least holds its keys: the certificate, decoded without any
+// check, names the Noise static key as its WireGuard key and its identity
+// key made the transcript signature. Only then does a refusal say what is
+// wrong with the certificate (revoked, expired, ...); to anyone else it
+// says RefusalWrongKey, so nobody learns the state of a certificate that
+// is not theirs.
+func provesKeys(der []byte, static [32]byte, sig []byte, role byte, h []byte) bool {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return false
+	}
+	id, err := cert.Describe(c)
+	if err != nil {
+		return false
+	}
+	return id.WireGuardKey == static && len(id.IdentityKey) == ed25519.PublicKeySize &&
+		ed25519.Verify(id.IdentityKey, signInput(role, h), sig)
 }
 
 // Initiator is the initiating side of one handshake. Not safe for concurrent
 // use; discard it after any error.
 type Initiator struct {
-	hs    *noise.HandshakeState
-	cred  Credentials
-	local uint32
-	done  bool
+	hs      *noise.HandshakeState
+	cred    Credentials
+	local   uint32
+	remote  uint32 // the responder's index, from msg2
+	h2      []byte // handshake hash after msg2 passed Noise (see Refusal)
+	done    bool
+	refused bool // a refusal was made (see Refusal)
 }
 
 // NewInitiator starts a handshake with local session index localIndex
@@ -214,7 +243,10 @@ func (i *Initiator) ConsumeResponse(m Message, verify VerifyFunc) ([]byte, *Peer
 		return nil, nil, fmt.Errorf("%w: unexpected message kind %d for index %d", ErrState, m.Kind, m.Receiver)
 	}
 	i.done = true
-	peer, err := readSigned(i.hs, m.Noise, roleResponder, verify)
+	peer, after, err := readSigned(i.hs, m.Noise, roleResponder, verify)
+	if after != nil {
+		i.h2, i.remote = after, m.Sender
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -229,10 +261,12 @@ func (i *Initiator) ConsumeResponse(m Message, verify VerifyFunc) ([]byte, *Peer
 // Responder is the responding side of one handshake. Not safe for
 // concurrent use; discard it after any error.
 type Responder struct {
-	hs     *noise.HandshakeState
-	local  uint32
-	remote uint32
-	done   bool
+	hs      *noise.HandshakeState
+	local   uint32
+	remote  uint32
+	h2      []byte // handshake hash after msg2 (see Refusal)
+	done    bool
+	refused bool // a refusal was made (see Refusal)
 }
 
 // NewResponder processes msg1 and returns the state to keep (half-open)
@@ -253,7 +287,7 @@ func NewResponder(cred Credentials, m Message, localIndex uint32) (*Responder, [
 	if err != nil {
 		return nil, nil, err
 	}
-	return &Responder{hs: hs, local: localIndex, remote: m.Sender}, out, nil
+	return &Responder{hs: hs, local: localIndex, remote: m.Sender, h2: binding(hs)}, out, nil
 }
 
 // LocalIndex is the responder's session index (msg3's receiver field).
@@ -266,5 +300,6 @@ func (r *Responder) ConsumeFinal(m Message, verify VerifyFunc) (*Peer, error) {
 		return nil, fmt.Errorf("%w: unexpected message kind %d for index %d", ErrState, m.Kind, m.Receiver)
 	}
 	r.done = true
-	return readSigned(r.hs, m.Noise, roleInitiator, verify)
+	peer, _, err := readSigned(r.hs, m.Noise, roleInitiator, verify)
+	return peer, err
 }

@@ -1,0 +1,62 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aigrid/gridnet/overlay"
+)
+
+// RefusalView is a refusal this node received, in Status.
+type RefusalView struct {
+	// Peer is the refuser's certificate name; empty if this node did not
+	// verify it (it refused this node's answer, or was busy).
+	Peer        string    `json:"peer,omitempty"`
+	Endpoint    string    `json:"endpoint"`
+	Reason      string    `json:"reason"`
+	Description string    `json:"description"`
+	At          time.Time `json:"at"`
+	Count       uint64    `json:"count"`
+}
+
+// refusalViews is the overlay's refusal records for Status.
+func refusalViews(rs []overlay.Refusal) []RefusalView {
+	out := make([]RefusalView, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, RefusalView{
+			Peer: r.Name, Endpoint: r.Endpoint.String(), Reason: r.Code.String(),
+			Description: r.Code.Description(), At: r.At, Count: r.Count,
+		})
+	}
+	return out
+}
+
+// describeRefusal says who refused this node, why and when.
+func describeRefusal(r overlay.Refusal, now time.Time) string {
+	who := r.Endpoint.String()
+	if r.Name != "" {
+		who = fmt.Sprintf("%s at %s", r.Name, r.Endpoint)
+	}
+	return fmt.Sprintf("%s refused this node %s ago (%s): %s", who, now.Sub(r.At).Round(time.Second), r.Code, r.Code.Description())
+}
+
+// printRefusals adds the refusals to the status text: who refused this
+// node, when, how often and why.
+func printRefusals(w io.Writer, rs []RefusalView, now time.Time) {
+	if len(rs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REFUSED BY\tENDPOINT\tLAST\tCOUNT\tREASON")
+	for _, r := range rs {
+		peer := r.Peer
+		if peer == "" {
+			peer = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s ago\t%d\t%s: %s\n", peer, r.Endpoint, now.Sub(r.At).Round(time.Second), r.Count, r.Reason, r.Description)
+	}
+	tw.Flush()
+}
