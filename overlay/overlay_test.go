@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/netip"
 	"testing"
@@ -333,5 +334,25 @@ func TestCloseStopsStaticPeers(t *testing.T) {
 	}
 	if a.Stats().Initiated == 0 {
 		t.Fatal("static peer never tried")
+	}
+}
+
+// TestClassifyOutsideNetworks: a certificate whose address lies outside
+// its CA's networks is counted as such, not as outside the CA's domain
+// (which its error also wraps), and the refused side hears a reason.
+func TestClassifyOutsideNetworks(t *testing.T) {
+	err := &RejectError{Err: fmt.Errorf("verify peer: %w", cert.ErrOutsideNetworks)}
+	if got := classify(err); got != ReasonOutsideNetworks {
+		t.Fatalf("classify = %v, want %v", got, ReasonOutsideNetworks)
+	}
+	if got := classify(fmt.Errorf("verify peer: %w", cert.ErrOutsideDomain)); got != ReasonOutsideDomain {
+		t.Fatalf("classify(outside domain) = %v", got)
+	}
+	if got := ReasonOutsideNetworks.String(); got != "outside_networks" {
+		t.Fatalf("name %q", got)
+	}
+	// As the handshake reports a certificate that did not verify.
+	if _, ok := refusalFor(fmt.Errorf("%w: %w", handshake.ErrCertificate, cert.ErrOutsideNetworks)); !ok {
+		t.Fatal("no refusal sent for a certificate outside its CA's networks")
 	}
 }

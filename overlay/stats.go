@@ -29,13 +29,14 @@ const (
 	ReasonSignature                     // transcript signature invalid
 	ReasonAddressConflict               // overlay address held by another key
 	ReasonSelf                          // peer presented this node's own key
+	ReasonOutsideNetworks               // overlay address outside its CA's networks
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
 	"malformed", "noise", "unknown_ca", "expired", "not_yet_valid", "revoked",
 	"outside_domain", "key_usage", "bad_certificate", "key_mismatch",
-	"bad_signature", "address_conflict", "self",
+	"bad_signature", "address_conflict", "self", "outside_networks",
 }
 
 // String returns the reason's metric name.
@@ -89,6 +90,8 @@ func classify(err error) Reason {
 		return ReasonNotYetValid
 	case errors.Is(err, cert.ErrRevoked):
 		return ReasonRevoked
+	case errors.Is(err, cert.ErrOutsideNetworks): // wraps ErrOutsideDomain too
+		return ReasonOutsideNetworks
 	case errors.Is(err, cert.ErrOutsideDomain):
 		return ReasonOutsideDomain
 	case errors.Is(err, cert.ErrKeyUsage):
