@@ -206,3 +206,50 @@ func testGossipFabric(t *testing.T, n int) {
 		t.Errorf("the intruder sees members: %+v", intruder.Members())
 	}
 }
+
+// TestClustersThatTouchMerge: two gossip clusters formed apart (a with b,
+// c with d) merge into one fabric once a node of one has a tunnel with a
+// node of the other (here a static peer added later): every node then
+// knows every other as an alive member and holds a session with it.
+func TestClustersThatTouchMerge(t *testing.T) {
+	checkGoroutines(t)
+	f := newFabric(t)
+	a := f.start(f.gossipOptions(t, "a", 1))
+	b := f.start(f.gossipOptions(t, "b", 2), a)
+	c := f.start(f.gossipOptions(t, "c", 3))
+	d := f.start(f.gossipOptions(t, "d", 4), c)
+	// A deadline that only a fabric that never forms misses.
+	const bound = 120 * time.Second
+	waitFor(t, bound, "two clusters of two", func() string {
+		if p := meshProblem([]*node.Node{a, b}) + meshProblem([]*node.Node{c, d}); p != "" {
+			return p
+		}
+		return membersProblem([]*node.Node{a, b}, 2) + membersProblem([]*node.Node{c, d}, 2)
+	})
+	if hasPeer(a, "c") || hasPeer(b, "d") {
+		t.Fatal("the clusters touched before the test joined them")
+	}
+	a.AddPeer(underlay(c))
+	all := []*node.Node{a, b, c, d}
+	took := waitFor(t, bound, "one fabric", func() string {
+		return membersProblem(all, 4) + meshProblem(all)
+	})
+	t.Logf("clusters merged %v after the tunnel between them", took)
+}
+
+// membersProblem names a node in nodes that does not see want members
+// (itself included) alive, or "".
+func membersProblem(nodes []*node.Node, want int) string {
+	for _, n := range nodes {
+		alive := 0
+		for _, m := range n.Members() {
+			if m.State == "alive" {
+				alive++
+			}
+		}
+		if alive != want {
+			return fmt.Sprintf("%s sees %d alive members, want %d; ", n.Identity().Name, alive, want)
+		}
+	}
+	return ""
+}

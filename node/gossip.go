@@ -64,6 +64,10 @@ const (
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.
 	joinBackoffMax = 10 * time.Second
+	// mergeRetry is how long after a join through an admitted peer that is
+	// not an alive member of this node's cluster the next join through it
+	// may be tried (see outsiders).
+	mergeRetry = 30 * time.Second
 )
 
 // gossip connects discovery with the overlay: records learned by gossip
@@ -482,11 +486,14 @@ func (g *gossip) onCRL(der []byte) bool {
 
 // joinLoop (re)joins the fabric through admitted peers whenever no other
 // member is alive, with backoff: a node that lost all its peers keeps
-// trying.
+// trying. While it has live members it joins through every admitted peer
+// that is not one of them (see outsiders), so that two memberlist clusters
+// that share a tunnel merge.
 func (g *gossip) joinLoop() {
 	defer g.wg.Done()
 	delay := 100 * time.Millisecond
 	lastReconcile := time.Now()
+	tried := map[string]time.Time{} // outsiders: last join through each
 	for {
 		select {
 		case <-g.ctx.Done():
@@ -498,6 +505,12 @@ func (g *gossip) joinLoop() {
 			if time.Since(lastReconcile) >= reconcileInterval {
 				lastReconcile = time.Now()
 				g.reconcile()
+			}
+			if seeds := g.outsiders(time.Now(), tried); len(seeds) > 0 {
+				ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
+				n, err := g.d.Join(ctx, seeds)
+				cancel()
+				g.log.Debug("gossip join through admitted peers outside the cluster", "seeds", seeds, "joined", n, "err", err)
 			}
 			continue
 		}
@@ -519,6 +532,40 @@ func (g *gossip) joinLoop() {
 		}
 		delay = min(2*delay, joinBackoffMax)
 	}
+}
+
+// outsiders returns the overlay addresses of admitted peers that are not
+// alive members of this node's memberlist cluster: a static peer or seed
+// that belongs to another cluster, or a node of a cluster that formed apart.
+// A join through one merges the two clusters (memberlist's push/pull
+// exchanges both member lists). Each is tried at most once per mergeRetry;
+// tried holds the last try per name and keeps only admitted names.
+func (g *gossip) outsiders(now time.Time, tried map[string]time.Time) []netip.Addr {
+	alive := map[string]bool{g.n.Identity().Name: true}
+	for _, m := range g.d.Members() {
+		if m.State == discovery.StateAlive {
+			alive[m.Name] = true
+		}
+	}
+	admitted := map[string]bool{}
+	var out []netip.Addr
+	for _, id := range g.n.ov.Admitted() {
+		admitted[id.Name] = true
+		if alive[id.Name] || len(id.Addresses) == 0 {
+			continue
+		}
+		if last, ok := tried[id.Name]; ok && now.Sub(last) < mergeRetry {
+			continue
+		}
+		tried[id.Name] = now
+		out = append(out, id.Addresses[0].Addr())
+	}
+	for name := range tried {
+		if !admitted[name] {
+			delete(tried, name)
+		}
+	}
+	return out
 }
 
 func (g *gossip) aliveOthers() int {
