@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -252,4 +254,74 @@ func membersProblem(nodes []*node.Node, want int) string {
 		}
 	}
 	return ""
+}
+
+// TestSeedChainsMergeInAnyStartOrder: five nodes, each given one seed
+// (c2 and c3 know c1, c4 knows c2, c5 knows c3), started in several orders;
+// early starters form clusters of their own (c3 and c5 before c1 exists),
+// and every order ends in one fabric where each node knows every other
+// as an alive member and holds a session with it.
+func TestSeedChainsMergeInAnyStartOrder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("five-node fabrics in several start orders")
+	}
+	seeds := map[int]int{2: 1, 3: 1, 4: 2, 5: 3}
+	for _, tc := range []struct {
+		name   string
+		first  []int // started first
+		then   []int // started after the first ones formed a cluster
+		settle bool  // wait for the first ones to form a cluster
+	}{
+		{"c3 and c5 first", []int{3, 5}, []int{1, 2, 4}, true},
+		{"all at once", []int{1, 2, 3, 4, 5}, nil, false},
+		{"leaves first", []int{5, 4}, []int{3, 2, 1}, false},
+		{"c4 and c2 first", []int{4, 2}, []int{5, 3, 1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkGoroutines(t)
+			f := newFabric(t)
+			ports := map[int]uint16{}
+			for i := 1; i <= 5; i++ {
+				ports[i] = freeLoopbackUDPPort(t)
+			}
+			nodes := map[int]*node.Node{}
+			start := func(i int) {
+				o := f.gossipOptions(t, fmt.Sprintf("c%d", i), i)
+				o.Listen = netip.AddrPortFrom(loopback, ports[i])
+				if s, ok := seeds[i]; ok {
+					o.Peers = []netip.AddrPort{netip.AddrPortFrom(loopback, ports[s])}
+				}
+				nodes[i] = f.start(o)
+			}
+			for _, i := range tc.first {
+				start(i)
+			}
+			if tc.settle {
+				first := []*node.Node{nodes[tc.first[0]], nodes[tc.first[1]]}
+				waitFor(t, 120*time.Second, "the first two form a cluster", func() string {
+					return membersProblem(first, 2) + meshProblem(first)
+				})
+			}
+			for _, i := range tc.then {
+				start(i)
+			}
+			all := []*node.Node{nodes[1], nodes[2], nodes[3], nodes[4], nodes[5]}
+			took := waitFor(t, 120*time.Second, "one fabric", func() string {
+				return membersProblem(all, 5) + meshProblem(all)
+			})
+			t.Logf("one fabric %v after the last start", took)
+		})
+	}
+}
+
+// freeLoopbackUDPPort returns a UDP port on 127.0.0.1 that was free a
+// moment ago.
+func freeLoopbackUDPPort(t testing.TB) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
