@@ -403,3 +403,99 @@ func TestNetnsPartitionHeals(t *testing.T) {
 		t.Errorf("ping after heal:\n%s", out)
 	}
 }
+
+// TestNetnsSeedChainsMerge: five `gridnet up` processes in five namespaces
+// on one bridge, each given one seed (c2 and c3 know c1, c4 knows c2, c5
+// knows c3). c3 and c5 start first and form a cluster of their own while
+// c1 is not there; c1, c2 and c4 then form another. c3 reaches its seed c1
+// and the two clusters must merge: every node ends up listing the four
+// others as admitted, alive members.
+func TestNetnsSeedChainsMerge(t *testing.T) {
+	requireNetns(t)
+	bin := gridnetBinary(t)
+	var b [3]byte
+	rand.Read(b[:])
+	tag := hex.EncodeToString(b[:])
+	hub := "gn-" + tag + "-hub"
+	runCmd(t, "ip", "netns", "add", hub)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", hub).Run() })
+	runCmd(t, "ip", "-n", hub, "link", "add", "br0", "type", "bridge")
+	runCmd(t, "ip", "-n", hub, "link", "set", "br0", "up")
+	names := []string{"c1", "c2", "c3", "c4", "c5"}
+	var addrs, underlays []string
+	for i, name := range names {
+		ns := "gn-" + tag + "-" + name
+		runCmd(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		port := "p" + name
+		runCmd(t, "ip", "link", "add", "veth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", hub)
+		runCmd(t, "ip", "-n", hub, "link", "set", port, "master", "br0")
+		runCmd(t, "ip", "-n", hub, "link", "set", port, "up")
+		u := fmt.Sprintf("198.18.1.%d", i+1)
+		runCmd(t, "ip", "-n", ns, "addr", "add", u+"/24", "dev", "veth0")
+		runCmd(t, "ip", "-n", ns, "link", "set", "veth0", "up")
+		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		addrs = append(addrs, fmt.Sprintf("100.64.1.%d", i+1))
+		underlays = append(underlays, u)
+	}
+	dir := t.TempDir()
+	nodes := fabricFiles(t, bin, dir, "userspace", names, addrs, underlays)
+	seed := map[int]int{1: 0, 2: 0, 3: 1, 4: 2} // index → index of its seed
+	for i, n := range nodes {
+		n.ns = "gn-" + tag + "-" + names[i]
+		b, err := os.ReadFile(n.config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := string(b)
+		start := strings.Index(cfg, "peers: [")
+		end := start + strings.Index(cfg[start:], "\n")
+		peers := "peers: []"
+		if s, ok := seed[i]; ok {
+			peers = fmt.Sprintf("peers: [%q]", underlays[s]+":"+underlayPort)
+		}
+		cfg = cfg[:start] + peers + cfg[end:] +
+			fmt.Sprintf("gossip:\n  enabled: true\n  advertise: [\"%s:%s\"]\n", underlays[i], underlayPort)
+		if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// c3 and c5 first: they form a cluster while c1 is missing.
+	nodes[2].start(t, bin)
+	nodes[4].start(t, bin)
+	nodes[4].waitPeer(t, bin, "c3")
+	for _, i := range []int{0, 1, 3} {
+		nodes[i].start(t, bin)
+	}
+	start := time.Now()
+	deadline := start.Add(180 * time.Second) // only a fabric that stays split misses it
+	for {
+		problem := ""
+		for _, n := range nodes {
+			var members []node.MemberView
+			out, err := exec.Command(bin, "peers", "--json", "--socket", n.socket).CombinedOutput()
+			if err != nil || json.Unmarshal(out, &members) != nil {
+				problem = fmt.Sprintf("%s: peers: %v %s", n.name, err, out)
+				break
+			}
+			ok := 0
+			for _, m := range members {
+				if m.Name != n.name && m.Admitted && m.State == "alive" {
+					ok++
+				}
+			}
+			if ok != len(nodes)-1 {
+				problem = fmt.Sprintf("%s lists %d admitted, alive members: %+v", n.name, ok, members)
+				break
+			}
+		}
+		if problem == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fabric stayed split: %s", problem)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("one fabric %v after the second group started", time.Since(start).Round(time.Millisecond))
+}
