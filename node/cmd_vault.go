@@ -2,10 +2,12 @@ package node
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -18,8 +20,11 @@ func vaultCommand() *command {
 		summary: "keep files in the encrypted vault; change its key",
 		help: `A vault is one file: every value in it is sealed with XChaCha20-Poly1305
 under a data key, and the data key is wrapped by a key from Argon2id of a
-passphrase or from a 32-byte key file. Item names are stored in clear.`,
-		sub: []*command{vaultLsCommand(), vaultGetCommand(), vaultPutCommand(), vaultRmCommand(), vaultRekeyCommand(), vaultKeyfileCommand()},
+passphrase or from a 32-byte key file. Item names are stored in clear. A
+sealed manifest lists every item with the version of its last write, so an
+older copy of an item put back, or an item deleted or added outside
+gridnet, is refused when the vault is opened ('gridnet vault check').`,
+		sub: []*command{vaultLsCommand(), vaultGetCommand(), vaultPutCommand(), vaultRmCommand(), vaultCheckCommand(), vaultRekeyCommand(), vaultKeyfileCommand()},
 	}
 }
 
@@ -195,6 +200,118 @@ func vaultRmCommand() *command {
 			return nil
 		},
 	}
+}
+
+// Exit codes of `gridnet vault check`: 0 the vault is sound, 1 it failed
+// the check (the problems are listed), 2 the check could not run.
+const (
+	exitVaultFailed   = 1    // problems found: tampered, rolled back, missing or foreign items, a corrupt file, a generation below --min-generation
+	exitVaultNotRun   = 2    // wrong invocation, no or wrong key, no such file, locked: nothing was checked
+	vaultCheckProblem = "  " // indent of each problem line
+)
+
+func vaultCheckCommand() *command {
+	type opts struct {
+		vaultOpts
+		minGeneration uint64
+		accept        bool
+	}
+	return &command{
+		name:    "check",
+		summary: "verify every item and the manifest; detect rolled-back, deleted and added items",
+		usage:   "--vault PATH [--min-generation N] [--accept]",
+		help: `Checks the file's structure, authenticates every item and compares each
+with the sealed manifest: an older copy of an item put back ("item X is
+version 3, the manifest says 5"), an item deleted ("item X is missing") or
+added ("item X is not in the manifest") outside gridnet is reported. The
+vault's generation (the number of writes so far) is printed; a copy of the
+whole file put back is a consistent older vault that only a generation
+recorded elsewhere reveals: pass it as --min-generation.
+
+--accept, after the problems were looked into, rewrites the manifest to
+list the items as the file holds them now (an older copy is kept at its
+version; an item that fails authentication stays unreadable until it is
+removed with 'gridnet vault rm' or replaced with 'gridnet vault put').
+
+Exit status: 0 the vault is sound, 1 problems were found (listed on
+stderr), 2 the check could not run (usage, key, file missing or locked).`,
+		flags: func(fs *flag.FlagSet) any {
+			o := &opts{}
+			o.register(fs)
+			fs.Uint64Var(&o.minGeneration, "min-generation", 0, "fail if the vault's generation is below N (a value recorded earlier, outside the file)")
+			fs.BoolVar(&o.accept, "accept", false, "record the items as they are now in a new manifest")
+			return o
+		},
+		run: func(_ context.Context, env Env, a any, args []string) error {
+			o := a.(*opts)
+			if len(args) != 0 {
+				return usageError("unexpected arguments %q", args)
+			}
+			if o.path == "" {
+				return usageError("--vault is required")
+			}
+			key, _, err := o.keys.keySource(o.path, env).Resolve(false)
+			if err != nil {
+				return &exitError{code: exitVaultNotRun, err: err}
+			}
+			v, err := vault.Open(o.path, key, &vault.Options{AllowIntegrityErrors: true, Logger: stderrLogger(env)})
+			if err != nil {
+				if errors.Is(err, vault.ErrCorrupt) {
+					return &exitError{code: exitVaultFailed, err: err}
+				}
+				return &exitError{code: exitVaultNotRun, err: err}
+			}
+			defer v.Close()
+			problems := v.Audit()
+			if o.accept && len(problems) > 0 {
+				reportVaultProblems(env, o.path, "found", problems)
+				if err := v.Accept(); err != nil {
+					return &exitError{code: exitVaultFailed, err: err}
+				}
+				fmt.Fprintf(env.Stdout, "vault %s: the manifest now lists the items as they are (generation %d)\n", o.path, v.Generation())
+				problems = v.Audit()
+			}
+			gen := v.Generation()
+			if gen < o.minGeneration {
+				problems = append(problems, fmt.Errorf("generation %d is below --min-generation %d: the whole file was put back from an older copy, or it is another vault", gen, o.minGeneration))
+			}
+			if len(problems) > 0 {
+				return &exitError{code: exitVaultFailed, err: vaultProblemsError(o.path, problems)}
+			}
+			items, err := v.List()
+			if err != nil {
+				return &exitError{code: exitVaultFailed, err: err}
+			}
+			fmt.Fprintf(env.Stdout, "vault %s: %s, generation %d: every item authenticates and matches the manifest\n", o.path, plural(len(items), "item"), gen)
+			return nil
+		},
+	}
+}
+
+// reportVaultProblems writes problems to stderr, one per line.
+func reportVaultProblems(env Env, path, verb string, problems []error) {
+	fmt.Fprintf(env.Stderr, "vault %s: %s %s:\n", path, verb, plural(len(problems), "problem"))
+	for _, p := range problems {
+		fmt.Fprintf(env.Stderr, "%s%s\n", vaultCheckProblem, p)
+	}
+}
+
+// vaultProblemsError is the error of a failed check: the count, then one
+// problem per line.
+func vaultProblemsError(path string, problems []error) error {
+	lines := make([]string, len(problems))
+	for i, p := range problems {
+		lines[i] = vaultCheckProblem + p.Error()
+	}
+	return fmt.Errorf("vault %s fails the check (%s):\n%s", path, plural(len(problems), "problem"), strings.Join(lines, "\n"))
+}
+
+// plural formats n and noun, adding an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func vaultRekeyCommand() *command {

@@ -106,6 +106,7 @@ func TestVaultFlagsHaveOneNamePerMeaning(t *testing.T) {
 		"gridnet vault get":    {"vault", "vault-key-file"},
 		"gridnet vault put":    {"vault", "vault-key-file"},
 		"gridnet vault rm":     {"vault", "vault-key-file"},
+		"gridnet vault check":  {"vault", "vault-key-file"},
 		"gridnet vault rekey":  {"vault", "vault-key-file"},
 	}
 	seen := 0

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"golang.org/x/crypto/curve25519"
@@ -65,7 +66,27 @@ func openVault(path string, keys vaultKeyFlags, env Env) (*vault.Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	return vault.Open(path, key, nil)
+	return openWithKey(path, key, env)
+}
+
+// openWithKey opens the vault at path with key. The upgrade of a format 1
+// vault is logged to stderr; a vault whose items differ from its manifest
+// is refused with a pointer to 'gridnet vault check'.
+func openWithKey(path string, key vault.Key, env Env) (*vault.Vault, error) {
+	v, err := vault.Open(path, key, &vault.Options{Logger: stderrLogger(env)})
+	if errors.Is(err, vault.ErrIntegrity) {
+		return nil, fmt.Errorf("%w\nThe vault was changed outside gridnet; 'gridnet vault check --vault %s' lists every problem and docs/VAULT.md explains the repair", err, path)
+	}
+	return v, err
+}
+
+// stderrLogger logs to env.Stderr in slog's text format (nowhere without
+// one).
+func stderrLogger(env Env) *slog.Logger {
+	if env.Stderr == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(env.Stderr, nil))
 }
 
 // openOrCreateVault opens the vault at path, creating it if it does not exist.
@@ -82,7 +103,7 @@ func openOrCreateVault(path string, keys vaultKeyFlags, env Env) (*vault.Vault, 
 	if create {
 		return vault.Create(path, key, nil)
 	}
-	return vault.Open(path, key, nil)
+	return openWithKey(path, key, env)
 }
 
 // nodeKeys are a node's two private keys.

@@ -17,39 +17,92 @@
 // with mode 0600. Item names, classes, sizes and modification times are
 // stored in clear (authenticated, see below): do not put secrets in names.
 //
-// # File format (version 1)
+// # File format (version 2)
 //
 // A bbolt (format 2) file with two top-level buckets:
 //
 //	"gridnet-vault"  key "header": the vault header
+//	                 key "manifest": the sealed manifest
 //	"items"          key = item name (UTF-8), value = sealed record
 //
 // Header (integers big endian):
 //
-//	magic "GNVAULT\x00" (8) | version u16 = 1 | kdf u8
+//	magic "GNVAULT\x00" (8) | version u16 = 2 | kdf u8
 //	kdf = 1 (Argon2id): time u32 | memory KiB u32 | threads u8 | salt (16)
 //	kdf = 2 (raw key):  nothing
 //	nonce (24) | wrapped data key (32 + 16 tag)
 //
 // The wrap's associated data is "gridnet-vault data-key\x00" followed by
-// every header byte before the nonce, so the KDF kind, parameters and salt
-// are authenticated. A wrong key and a modified header both fail the
-// unwrap and are reported as ErrWrongKey.
+// every header byte before the nonce, so the version, KDF kind, parameters
+// and salt are authenticated. A wrong key and a modified header both fail
+// the unwrap and are reported as ErrWrongKey.
 //
 // Item record:
 //
-//	version u8 = 1 | class length u8 | class | mtime i64 (Unix ns)
-//	| nonce (24) | ciphertext | tag (16)
+//	layout u8 = 2 | class length u8 | class | mtime i64 (Unix ns)
+//	| item version u64 | nonce (24) | ciphertext | tag (16)
 //
 // The record's associated data is
 //
 //	"gridnet-vault item\x00" | name length u16 | name | record bytes before the nonce
 //
-// binding the name, class and mtime to the ciphertext: a record moved to
-// another name, or a changed class or time, fails with ErrTampered. List
-// reads the clear prefix without decrypting, so what it reports is
-// authenticated only when the item is read (Get, Check).
+// binding the name, class, mtime and version to the ciphertext: a record
+// moved to another name, or a changed class, time or version, fails with
+// ErrTampered. List reads the clear prefix without decrypting, so what it
+// reports is authenticated only when the item is read (Get, Check).
 //
+// # Integrity of the whole vault
+//
+// Sealing each value on its own cannot notice an older sealed copy of an
+// item put back, a record deleted, or a deleted item's record restored:
+// each of those copies is authentic. The manifest can. It is
+//
+//	layout u8 = 1 | generation u64 | nonce (24) | sealed body | tag (16)
+//	body: count u32 | count x (name length u16 | name | version u64)
+//
+// sealed with the data key, with "gridnet-vault manifest\x00", the layout
+// byte and the generation as associated data; names are strictly
+// ascending and no version exceeds the generation. The generation counts
+// every committed write (Put, Delete, Accept, the upgrade); a write stores
+// its record at version = the new generation, so a version is never
+// reused, not even by a name deleted and written again. Each Put or Delete
+// writes the record and the re-sealed manifest in the same bbolt
+// transaction: both change or neither (the cost is rewriting the manifest,
+// about 11 bytes plus the name per item, on every write).
+//
+// Open authenticates the manifest and compares it with the items by their
+// clear prefix, decrypting only a record whose version differs; a record
+// that then authenticates at another version, an item the manifest lists
+// but the file lacks, an item the manifest does not list, and a missing or
+// unusable manifest each fail Open with an *IntegrityError (ErrIntegrity)
+// naming the item. A record that fails authentication is not an integrity
+// problem: Open succeeds and Get reports ErrTampered for that item only,
+// as before. Get and Check authenticate the record first and then compare
+// its version. Options.AllowIntegrityErrors opens such a vault anyway for
+// Check and Accept (the repair step: the manifest is rewritten to what the
+// file holds).
+//
+// What this cannot detect: a rollback of the whole file (header,
+// manifest and items together) to an earlier copy is a consistent earlier
+// vault. Only state kept outside the file can tell; Generation reports the
+// counter so a caller can record it elsewhere and compare later.
+//
+// # Upgrading format 1
+//
+// Format 1 had header version 1 and records without an item version, and
+// no manifest. Open upgrades such a file in one transaction: every record
+// is re-sealed in layout 2 at version 1 (class and time kept), a record
+// that fails authentication is kept as it was and listed at version 0
+// (reading it keeps failing with ErrTampered), the manifest is written at
+// generation 1, and the header is rewritten as version 2 with the data key
+// rewrapped under the same key-encryption key. A crash leaves format 1, to
+// be upgraded by the next Open; Options.Logger gets one line per upgrade.
+// In a format 2 vault a layout 1 record is an older copy and is refused;
+// a version 1 header over a file holding a manifest or layout 2 records
+// (the header put back from before the upgrade) fails with ErrIntegrity.
+// Builds from before format 2 refuse the upgraded file ("unsupported vault
+// format version 2").
+
 // # Key derivation parameters and bounds
 //
 // New passphrase vaults use Argon2id t=3, m=128 MiB, p=4
@@ -89,9 +142,9 @@
 // Vault's lifetime. Open waits Options.LockTimeout (default 1 s) and then
 // fails with a *LockError (ErrLocked) naming the holder's pid and command,
 // found in /proc/locks. Every Put, Delete and Rekey is one fsynced bbolt
-// transaction: after Put returns the item survives a crash, and a failed
-// write (disk full: the error wraps ENOSPC, EFBIG or EDQUOT) leaves all
-// earlier items intact.
+// transaction (with the manifest's update for Put and Delete): after Put
+// returns the item survives a crash, and a failed write (disk full: the
+// error wraps ENOSPC, EFBIG or EDQUOT) leaves all earlier items intact.
 //
 // # Memory hygiene
 //

@@ -20,6 +20,12 @@ var (
 	// modified, or records were swapped between names.
 	ErrTampered = errors.New("vault item failed authentication (tampered or corrupted)")
 
+	// ErrIntegrity means the vault's items differ from its sealed
+	// manifest: an item was rolled back to an older copy, deleted or
+	// added outside the vault, or the manifest itself is gone. The
+	// concrete errors are *IntegrityError values naming the item.
+	ErrIntegrity = errors.New("vault contents do not match the manifest")
+
 	// ErrCorrupt means the file is not a readable gridnet vault: truncated,
 	// garbage, a bbolt file without the vault header, an inconsistent bbolt
 	// page structure, or an unsupported format version.

@@ -14,23 +14,27 @@ import (
 
 // On-disk constants. See the package documentation for the layout.
 const (
-	headerMagic     = "GNVAULT\x00"                                                                // first bytes of the header value: identifies a gridnet vault
-	formatVersion   = 1                                                                            // header format version; other values are refused as ErrCorrupt
-	recordVersion   = 1                                                                            // item record version; other values are refused as ErrTampered
-	kdfArgon2id     = 1                                                                            // header kdf byte: KEK = Argon2id(passphrase, salt)
-	kdfRaw          = 2                                                                            // header kdf byte: KEK = the 32-byte raw key
-	nonceSize       = chacha20poly1305.NonceSizeX                                                  // 24-byte random nonces: safe to pick at random forever
-	tagSize         = chacha20poly1305.Overhead                                                    // Poly1305 tag
-	wrappedKeySize  = KeySize + tagSize                                                            // sealed data key
-	maxClassLen     = 32                                                                           // classes are short identifiers
-	recordFixedSize = 1 + 1 + 8 + nonceSize + tagSize                                              // record bytes besides class and ciphertext
-	wrapADLabel     = "gridnet-vault data-key\x00"                                                 // domain separation for the key wrap
-	itemADLabel     = "gridnet-vault item\x00"                                                     // domain separation for item records
-	metaBucketName  = "gridnet-vault"                                                              // bucket holding the header
-	itemsBucketName = "items"                                                                      // bucket holding sealed item records, keyed by name
-	headerKeyName   = "header"                                                                     // key of the header inside metaBucketName
-	headerArgonLen  = len(headerMagic) + 2 + 1 + 4 + 4 + 1 + saltSize + nonceSize + wrappedKeySize // header size, passphrase vault
-	headerRawLen    = len(headerMagic) + 2 + 1 + nonceSize + wrappedKeySize                        // header size, key-file vault
+	headerMagic      = "GNVAULT\x00"                                                                // first bytes of the header value: identifies a gridnet vault
+	formatVersion    = 2                                                                            // header format version written by this build: records carry versions, a manifest lists them
+	formatVersion1   = 1                                                                            // the previous format, upgraded on Open; other values are refused as ErrCorrupt
+	recordVersion    = 2                                                                            // item record layout written by this build (carries the item version)
+	recordVersion1   = 1                                                                            // record layout of format 1 vaults (no item version); refused in a format 2 vault
+	kdfArgon2id      = 1                                                                            // header kdf byte: KEK = Argon2id(passphrase, salt)
+	kdfRaw           = 2                                                                            // header kdf byte: KEK = the 32-byte raw key
+	nonceSize        = chacha20poly1305.NonceSizeX                                                  // 24-byte random nonces: safe to pick at random forever
+	tagSize          = chacha20poly1305.Overhead                                                    // Poly1305 tag
+	wrappedKeySize   = KeySize + tagSize                                                            // sealed data key
+	maxClassLen      = 32                                                                           // classes are short identifiers
+	recordFixedSize1 = 1 + 1 + 8 + nonceSize + tagSize                                              // format 1 record bytes besides class and ciphertext
+	recordFixedSize  = recordFixedSize1 + 8                                                         // record bytes besides class and ciphertext: format 1 plus the item version
+	wrapADLabel      = "gridnet-vault data-key\x00"                                                 // domain separation for the key wrap
+	itemADLabel      = "gridnet-vault item\x00"                                                     // domain separation for item records
+	metaBucketName   = "gridnet-vault"                                                              // bucket holding the header and the manifest
+	itemsBucketName  = "items"                                                                      // bucket holding sealed item records, keyed by name
+	headerKeyName    = "header"                                                                     // key of the header inside metaBucketName
+	manifestKeyName  = "manifest"                                                                   // key of the sealed manifest inside metaBucketName (format 2)
+	headerArgonLen   = len(headerMagic) + 2 + 1 + 4 + 4 + 1 + saltSize + nonceSize + wrappedKeySize // header size, passphrase vault
+	headerRawLen     = len(headerMagic) + 2 + 1 + nonceSize + wrappedKeySize                        // header size, key-file vault
 )
 
 // Item limits.
@@ -127,8 +131,8 @@ func decodeHeader(b []byte) (*header, error) {
 		return nil, fmt.Errorf("%w: bad vault header magic", ErrCorrupt)
 	}
 	h := &header{version: binary.BigEndian.Uint16(b[len(headerMagic):]), kdf: b[len(headerMagic)+2]}
-	if h.version != formatVersion {
-		return nil, fmt.Errorf("%w: unsupported vault format version %d (this build reads %d)", ErrCorrupt, h.version, formatVersion)
+	if h.version != formatVersion && h.version != formatVersion1 {
+		return nil, fmt.Errorf("%w: unsupported vault format version %d (this build reads %d and %d)", ErrCorrupt, h.version, formatVersion1, formatVersion)
 	}
 	rest := b[len(headerMagic)+3:]
 	switch h.kdf {
@@ -151,9 +155,9 @@ func decodeHeader(b []byte) (*header, error) {
 	return h, nil
 }
 
-// newHeader builds a header for key k (fresh salt and nonce from rnd),
-// derives the KEK and wraps dataKey. params are used for passphrases only
-// and must already be checked.
+// newHeader builds a current-format header for key k (fresh salt and nonce
+// from rnd), derives the KEK and wraps dataKey. params are used for
+// passphrases only and must already be checked.
 func newHeader(k Key, params KDFParams, dataKey []byte, rnd io.Reader) (*header, error) {
 	if err := k.usable(); err != nil {
 		return nil, err
@@ -173,12 +177,20 @@ func newHeader(k Key, params KDFParams, dataKey []byte, rnd io.Reader) (*header,
 		return nil, err
 	}
 	defer clear(kek)
+	if err := h.wrap(kek, dataKey); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// wrap seals dataKey under kek into h.wrapped, with h's nonce and prefix.
+func (h *header) wrap(kek, dataKey []byte) error {
 	aead, err := chacha20poly1305.NewX(kek)
 	if err != nil {
-		return nil, fmt.Errorf("key wrap cipher: %w", err)
+		return fmt.Errorf("key wrap cipher: %w", err)
 	}
 	h.wrapped = aead.Seal(nil, h.nonce, dataKey, h.wrapAD())
-	return h, nil
+	return nil
 }
 
 // wrapAD is the associated data of the key wrap: a label plus every header
@@ -188,35 +200,41 @@ func (h *header) wrapAD() []byte {
 }
 
 // unwrap derives the KEK from k and opens the data key. A failure wraps
-// ErrWrongKey. The returned key must be wiped by the caller.
-func (h *header) unwrap(k Key) ([]byte, error) {
-	kek, err := k.kek(h)
+// ErrWrongKey. It returns the data key and the KEK (which an upgrade needs
+// to rewrap the data key under the new header); the caller must wipe both.
+func (h *header) unwrap(k Key) (dataKey, kek []byte, err error) {
+	kek, err = k.kek(h)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer clear(kek)
 	aead, err := chacha20poly1305.NewX(kek)
 	if err != nil {
-		return nil, fmt.Errorf("key wrap cipher: %w", err)
+		clear(kek)
+		return nil, nil, fmt.Errorf("key wrap cipher: %w", err)
 	}
 	dk, err := aead.Open(nil, h.nonce, h.wrapped, h.wrapAD())
 	if err != nil || len(dk) != KeySize {
-		return nil, ErrWrongKey
+		clear(kek)
+		return nil, nil, ErrWrongKey
 	}
-	return dk, nil
+	return dk, kek, nil
 }
 
 // recordHeader is the clear-text prefix of an item record.
 type recordHeader struct {
+	format   byte // recordVersion or recordVersion1
 	class    Class
 	modified time.Time
-	size     int // plaintext length
-	adLen    int // length of the record prefix bound as AD (before the nonce)
+	version  uint64 // item version (the vault generation that wrote it); 0 in format 1 records
+	size     int    // plaintext length
+	adLen    int    // length of the record prefix bound as AD (before the nonce)
 }
 
 // itemAD builds the associated data for name's record whose clear prefix is
 // prefix: label, 2-byte name length, name, prefix. The length prefix makes
-// the encoding injective, so no (name, prefix) pair can collide.
+// the encoding injective, so no (name, prefix) pair can collide. The
+// prefix holds the record layout byte, class, mtime and (format 2) the item
+// version, so all of them are bound to the ciphertext.
 func itemAD(name string, prefix []byte) []byte {
 	ad := make([]byte, 0, len(itemADLabel)+2+len(name)+len(prefix))
 	ad = append(ad, itemADLabel...)
@@ -225,14 +243,15 @@ func itemAD(name string, prefix []byte) []byte {
 	return append(ad, prefix...)
 }
 
-// sealRecord encrypts value for name under aead with a fresh random nonce.
-// Layout: version(1) classLen(1) class mtime(8, unix ns, big endian)
-// nonce(24) ciphertext+tag.
-func sealRecord(aead cipher.AEAD, rnd io.Reader, name string, class Class, mtime time.Time, value []byte) ([]byte, error) {
+// sealRecord encrypts value for name under aead with a fresh random nonce,
+// as item version version. Layout: layout(1)=2 classLen(1) class mtime(8,
+// unix ns) version(8) nonce(24) ciphertext+tag, integers big endian.
+func sealRecord(aead cipher.AEAD, rnd io.Reader, name string, class Class, mtime time.Time, version uint64, value []byte) ([]byte, error) {
 	rec := make([]byte, 0, recordFixedSize+len(class)+len(value))
 	rec = append(rec, recordVersion, byte(len(class)))
 	rec = append(rec, class...)
 	rec = binary.BigEndian.AppendUint64(rec, uint64(mtime.UnixNano()))
+	rec = binary.BigEndian.AppendUint64(rec, version)
 	adLen := len(rec)
 	rec = rec[:adLen+nonceSize]
 	if _, err := io.ReadFull(rnd, rec[adLen:]); err != nil {
@@ -241,18 +260,27 @@ func sealRecord(aead cipher.AEAD, rnd io.Reader, name string, class Class, mtime
 	return aead.Seal(rec, rec[adLen:], value, itemAD(name, rec[:adLen])), nil
 }
 
-// parseRecordHeader decodes the clear prefix of rec without authenticating
-// it. Errors wrap ErrTampered.
+// parseRecordHeader decodes the clear prefix of rec (either layout)
+// without authenticating it. Errors wrap ErrTampered.
 func parseRecordHeader(rec []byte) (recordHeader, error) {
 	var h recordHeader
-	if len(rec) < recordFixedSize {
+	if len(rec) < 2 {
 		return h, fmt.Errorf("%w: record too short (%d bytes)", ErrTampered, len(rec))
 	}
-	if rec[0] != recordVersion {
+	fixed := recordFixedSize
+	switch rec[0] {
+	case recordVersion:
+	case recordVersion1:
+		fixed = recordFixedSize1
+	default:
 		return h, fmt.Errorf("%w: unknown record version %d", ErrTampered, rec[0])
 	}
+	if len(rec) < fixed {
+		return h, fmt.Errorf("%w: record too short (%d bytes)", ErrTampered, len(rec))
+	}
+	h.format = rec[0]
 	cl := int(rec[1])
-	if len(rec) < recordFixedSize+cl {
+	if len(rec) < fixed+cl {
 		return h, fmt.Errorf("%w: record too short for its class", ErrTampered)
 	}
 	h.class = Class(rec[2 : 2+cl])
@@ -261,12 +289,17 @@ func parseRecordHeader(rec []byte) (recordHeader, error) {
 	}
 	h.modified = time.Unix(0, int64(binary.BigEndian.Uint64(rec[2+cl:])))
 	h.adLen = 2 + cl + 8
+	if h.format == recordVersion {
+		h.version = binary.BigEndian.Uint64(rec[h.adLen:])
+		h.adLen += 8
+	}
 	h.size = len(rec) - h.adLen - nonceSize - tagSize
 	return h, nil
 }
 
-// openRecord authenticates and decrypts name's record. Errors wrap
-// ErrTampered.
+// openRecord authenticates and decrypts name's record, of either layout.
+// Errors wrap ErrTampered. Whether the layout and version are acceptable
+// is for the caller to judge against the manifest.
 func openRecord(aead cipher.AEAD, name string, rec []byte) ([]byte, recordHeader, error) {
 	h, err := parseRecordHeader(rec)
 	if err != nil {

@@ -60,11 +60,79 @@ func trimToHWM(data []byte) []byte {
 // seedRecord returns a sealed record for "node.key" under the fuzz key.
 func seedRecord(t testing.TB) []byte {
 	aead, _ := chacha20poly1305.NewX(bytes.Repeat([]byte{fuzzKeyByte}, KeySize))
-	rec, err := sealRecord(aead, bytes.NewReader(make([]byte, nonceSize)), "node.key", ClassKey, time.Unix(1700000000, 0), []byte("seed secret"))
+	rec, err := sealRecord(aead, bytes.NewReader(make([]byte, nonceSize)), "node.key", ClassKey, time.Unix(1700000000, 0), 7, []byte("seed secret"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return rec
+}
+
+// seedRecord1 returns a format 1 record (no item version) for "node.key"
+// under the fuzz key, as the format 1 code wrote them.
+func seedRecord1(t testing.TB) []byte {
+	aead, _ := chacha20poly1305.NewX(bytes.Repeat([]byte{fuzzKeyByte}, KeySize))
+	rec := []byte{recordVersion1, byte(len(ClassKey))}
+	rec = append(rec, ClassKey...)
+	rec = binary.BigEndian.AppendUint64(rec, uint64(time.Unix(1700000000, 0).UnixNano()))
+	adLen := len(rec)
+	rec = append(rec, make([]byte, nonceSize)...)
+	return aead.Seal(rec, rec[adLen:], []byte("seed secret"), itemAD("node.key", rec[:adLen]))
+}
+
+// seedManifest returns a sealed manifest under the fuzz key (zero nonce)
+// and its body.
+func seedManifest(t testing.TB) (sealed, body []byte) {
+	aead, _ := chacha20poly1305.NewX(bytes.Repeat([]byte{fuzzKeyByte}, KeySize))
+	m := &manifest{generation: 9, items: map[string]uint64{"gridnet/ca.key": 3, "notes": 9, "damaged": 0}}
+	sealed, err := sealManifest(aead, bytes.NewReader(make([]byte, nonceSize)), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sealed, m.encodeBody()
+}
+
+// FuzzManifest feeds arbitrary bytes to the manifest decoders, as a
+// plaintext body at generation gen and as a sealed manifest: no panic, no
+// allocation beyond the input's size, errors wrap ErrTampered, and what
+// decodes is canonical (it re-encodes, or re-seals with the same nonce, to
+// the very input) and within its generation.
+func FuzzManifest(f *testing.F) {
+	sealed, body := seedManifest(f)
+	f.Add(uint64(9), body)
+	f.Add(uint64(9), sealed)
+	f.Add(uint64(2), body) // versions above the generation
+	f.Add(uint64(0), []byte{0, 0, 0, 0})
+	f.Add(uint64(0), []byte{0xff, 0xff, 0xff, 0xff, 0, 1, 'a'})
+	aead, _ := chacha20poly1305.NewX(bytes.Repeat([]byte{fuzzKeyByte}, KeySize))
+	f.Fuzz(func(t *testing.T, gen uint64, data []byte) {
+		m, err := decodeManifestBody(gen, data)
+		if err != nil {
+			if !errors.Is(err, ErrTampered) {
+				t.Fatalf("decodeManifestBody error is not ErrTampered: %v", err)
+			}
+		} else {
+			if !bytes.Equal(m.encodeBody(), data) {
+				t.Fatalf("decoded body does not re-encode to its input")
+			}
+			for name, v := range m.items {
+				if v > gen || ValidateName(name) != nil {
+					t.Fatalf("accepted entry %q at %d (generation %d)", name, v, gen)
+				}
+			}
+		}
+		m, err = openManifest(aead, data)
+		if err != nil {
+			if !errors.Is(err, ErrTampered) {
+				t.Fatalf("openManifest error is not ErrTampered: %v", err)
+			}
+			return
+		}
+		nonce := bytes.NewReader(data[manifestPrefixLen : manifestPrefixLen+nonceSize])
+		again, err := sealManifest(aead, nonce, m)
+		if err != nil || !bytes.Equal(again, data) {
+			t.Fatalf("re-sealed manifest differs")
+		}
+	})
 }
 
 // FuzzOpen feeds arbitrary bytes as a vault file: Open must not panic and
@@ -76,6 +144,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add(trimToHWM(valid))
 	f.Add(valid[:len(valid)/2])
 	f.Add([]byte{})
+	if old, err := os.ReadFile(filepath.Join("testdata", "format1", "rawkey.vault")); err == nil {
+		f.Add(old) // a format 1 vault: Open upgrades it
+	}
 	path := filepath.Join(f.TempDir(), "plain.db")
 	if db, err := bolt.Open(path, 0o600, nil); err == nil {
 		db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("x")); return err })
@@ -91,7 +162,7 @@ func FuzzOpen(f *testing.F) {
 		}
 		v, err := Open(path, key, &Options{InsecureWeakKDF: true, LockTimeout: -1})
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrWrongKey) && !errors.Is(err, ErrKDFParams) {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrWrongKey) && !errors.Is(err, ErrKDFParams) && !errors.Is(err, ErrIntegrity) {
 				t.Fatalf("Open error is no sentinel: %v", err)
 			}
 			return
@@ -122,6 +193,7 @@ func FuzzOpen(f *testing.F) {
 func FuzzUnsealRecord(f *testing.F) {
 	f.Add(seedRecord(f), "node.key")
 	f.Add(seedRecord(f), "other")
+	f.Add(seedRecord1(f), "node.key")
 	f.Add([]byte{1, 3, 'k', 'e', 'y'}, "x")
 	f.Add([]byte{}, "")
 	aead, _ := chacha20poly1305.NewX(bytes.Repeat([]byte{fuzzKeyByte}, KeySize))
@@ -137,14 +209,20 @@ func FuzzUnsealRecord(f *testing.F) {
 		if perr != nil || h != h2 || len(pt) != h.size || h.class.Validate() != nil {
 			t.Fatalf("opened record inconsistent: %v %+v %+v %d", perr, h, h2, len(pt))
 		}
+		if h.format != recordVersion {
+			return // format 1 records are only read (for the upgrade), never written
+		}
 		// Re-sealing with the same nonce reproduces the record exactly.
 		nonce := bytes.NewReader(rec[h.adLen : h.adLen+nonceSize])
-		again, err := sealRecord(aead, nonce, name, h.class, h.modified, pt)
+		again, err := sealRecord(aead, nonce, name, h.class, h.modified, h.version, pt)
 		if err != nil || !bytes.Equal(again, rec) {
 			t.Fatalf("re-sealed record differs")
 		}
 	})
 }
+
+func seedBody(t testing.TB) []byte   { _, b := seedManifest(t); return b }
+func seedSealed(t testing.TB) []byte { s, _ := seedManifest(t); return s }
 
 // TestWriteFuzzCorpus regenerates testdata/fuzz seed files when
 // GRIDNET_VAULT_WRITE_CORPUS=1; otherwise it checks they exist.
@@ -156,7 +234,14 @@ func TestWriteFuzzCorpus(t *testing.T) {
 		"FuzzUnsealRecord/valid-record":   {seedRecord(t), "node.key"},
 		"FuzzUnsealRecord/swapped-name":   {seedRecord(t), "ca.key"},
 		"FuzzUnsealRecord/short-record":   {[]byte{1, 200, 'k'}, "n"},
-		"FuzzUnsealRecord/future-version": {append([]byte{2}, seedRecord(t)[1:]...), "node.key"},
+		"FuzzUnsealRecord/future-version": {append([]byte{recordVersion + 1}, seedRecord(t)[1:]...), "node.key"},
+		"FuzzUnsealRecord/format1-record": {seedRecord1(t), "node.key"},
+		"FuzzUnsealRecord/format1-as-2":   {append([]byte{recordVersion}, seedRecord1(t)[1:]...), "node.key"},
+		"FuzzManifest/valid-body":         {uint64(9), seedBody(t)},
+		"FuzzManifest/valid-sealed":       {uint64(9), seedSealed(t)},
+		"FuzzManifest/above-generation":   {uint64(2), seedBody(t)},
+		"FuzzManifest/huge-count":         {uint64(0), []byte{0xff, 0xff, 0xff, 0xff, 0, 1, 'a'}},
+		"FuzzManifest/out-of-order":       {uint64(5), []byte("\x00\x00\x00\x02\x00\x01b\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01a\x00\x00\x00\x00\x00\x00\x00\x01")},
 	}
 	for name, args := range seeds {
 		path := filepath.Join("testdata", "fuzz", name)
@@ -174,6 +259,8 @@ func TestWriteFuzzCorpus(t *testing.T) {
 				fmt.Fprintf(&buf, "[]byte(%q)\n", a)
 			case string:
 				fmt.Fprintf(&buf, "string(%q)\n", a)
+			case uint64:
+				fmt.Fprintf(&buf, "uint64(%d)\n", a)
 			}
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -217,7 +304,7 @@ func TestOpenMutatedStructure(t *testing.T) {
 			}
 			v, err := Open(path, key, &Options{InsecureWeakKDF: true, LockTimeout: -1})
 			if err != nil {
-				if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrWrongKey) && !errors.Is(err, ErrKDFParams) {
+				if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrWrongKey) && !errors.Is(err, ErrKDFParams) && !errors.Is(err, ErrIntegrity) {
 					t.Fatalf("offset %d ^%#x: Open error is no sentinel: %v", off, x, err)
 				}
 				os.Remove(path)

@@ -197,7 +197,8 @@ func TestBadHeader(t *testing.T) {
 		want error
 	}{
 		{"magic", func(h []byte) []byte { h[0] = 'X'; return h }, ErrCorrupt},
-		{"future version", func(h []byte) []byte { binary.BigEndian.PutUint16(h[8:], 2); return h }, ErrCorrupt},
+		{"future version", func(h []byte) []byte { binary.BigEndian.PutUint16(h[8:], formatVersion+1); return h }, ErrCorrupt},
+		{"format 1 over format 2", func(h []byte) []byte { binary.BigEndian.PutUint16(h[8:], formatVersion1); return h }, ErrWrongKey},
 		{"unknown kdf", func(h []byte) []byte { h[10] = 9; return h }, ErrCorrupt},
 		{"short", func(h []byte) []byte { return h[:len(h)-1] }, ErrCorrupt},
 		{"salt", func(h []byte) []byte { h[20] ^= 1; return h }, ErrWrongKey},

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -37,6 +39,18 @@ type Options struct {
 	// LockTimeout is how long to wait for another holder of the vault
 	// file; 0 means DefaultLockTimeout, negative means do not wait.
 	LockTimeout time.Duration
+
+	// AllowIntegrityErrors makes Open succeed on a vault whose items do
+	// not match its manifest (rolled back, missing or foreign items, or a
+	// missing or damaged manifest), for inspection and repair: Check
+	// reports every problem, Accept records the items as they are, and Get
+	// still refuses an item that does not match. Without it Open fails
+	// with ErrIntegrity. gridnet vault check sets it; nothing else should.
+	AllowIntegrityErrors bool
+
+	// Logger receives the line Open logs when it upgrades a format 1
+	// vault. nil discards it.
+	Logger *slog.Logger
 }
 
 func (o *Options) kdf() KDFParams {
@@ -48,6 +62,15 @@ func (o *Options) kdf() KDFParams {
 
 func (o *Options) weak() bool { return o != nil && o.InsecureWeakKDF }
 
+func (o *Options) allowIntegrityErrors() bool { return o != nil && o.AllowIntegrityErrors }
+
+func (o *Options) logger() *slog.Logger {
+	if o == nil || o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
 func (o *Options) lockTimeout() time.Duration {
 	if o == nil || o.LockTimeout == 0 {
 		return DefaultLockTimeout
@@ -55,26 +78,33 @@ func (o *Options) lockTimeout() time.Duration {
 	return o.LockTimeout
 }
 
-// ItemInfo is an item's metadata as listed by List. Name, Class and
-// Modified come from the record's clear-text prefix and are authenticated
-// only when the item is read (Get or Check): a tampered prefix makes those
-// fail with ErrTampered. Size is the plaintext length.
+// ItemInfo is an item's metadata as listed by List. Name, Class, Modified
+// and Version come from the record's clear-text prefix and are
+// authenticated only when the item is read (Get or Check): a tampered
+// prefix makes those fail with ErrTampered. Size is the plaintext length.
 type ItemInfo struct {
 	Name     string
 	Class    Class
 	Size     int
 	Modified time.Time
+	Version  uint64 // the vault generation that wrote the item (0: a format 1 record)
 }
 
 // Vault is an open vault. Its methods are safe for concurrent use. It holds
 // the file's exclusive lock until Close.
 type Vault struct {
+	// mu guards the fields below. Reads hold it shared for their whole
+	// transaction, writes exclusively until the commit is done and man
+	// updated, so a reader never compares a record with a manifest of
+	// another commit.
 	mu      sync.RWMutex
 	path    string
 	db      *bolt.DB
 	dataKey []byte
 	aead    cipher.AEAD
 	closed  bool
+	man     *manifest // the manifest as committed
+	manErr  error     // *IntegrityError when the file's manifest is missing or unusable (AllowIntegrityErrors)
 }
 
 // guard runs fn with faults turned into panics and recovers any panic
@@ -139,6 +169,12 @@ func Create(path string, key Key, opts *Options) (v *Vault, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("vault: create %s: %w", path, err)
 	}
+	v.man = newManifest(0)
+	sealed, err := sealManifest(v.aead, rand.Reader, v.man)
+	if err != nil {
+		v.Close()
+		return nil, fmt.Errorf("vault: create %s: %w", path, err)
+	}
 	err = v.update("create", func(tx *bolt.Tx) error {
 		mb, err := tx.CreateBucket([]byte(metaBucketName))
 		if err != nil {
@@ -147,7 +183,10 @@ func Create(path string, key Key, opts *Options) (v *Vault, err error) {
 		if _, err := tx.CreateBucket([]byte(itemsBucketName)); err != nil {
 			return err
 		}
-		return mb.Put([]byte(headerKeyName), h.encode())
+		if err := mb.Put([]byte(headerKeyName), h.encode()); err != nil {
+			return err
+		}
+		return mb.Put([]byte(manifestKeyName), sealed)
 	})
 	if err == nil {
 		err = syncDir(filepath.Dir(path))
@@ -163,8 +202,11 @@ func Create(path string, key Key, opts *Options) (v *Vault, err error) {
 // exclusive lock (waiting up to Options.LockTimeout), validates the whole
 // bbolt page structure, checks the stored KDF parameters against the
 // bounds and unwraps the data key, all before bbolt maps the file for
-// writing. Errors wrap ErrNotFound, ErrLocked, ErrCorrupt, ErrKDFParams or
-// ErrWrongKey.
+// writing. It then upgrades a format 1 vault to format 2 (one
+// transaction, logged to Options.Logger) and compares the items with the
+// manifest. Errors wrap ErrNotFound, ErrLocked, ErrCorrupt, ErrKDFParams,
+// ErrWrongKey or ErrIntegrity (one *IntegrityError per item that differs
+// from the manifest, unless Options.AllowIntegrityErrors is set).
 func Open(path string, key Key, opts *Options) (*Vault, error) {
 	if err := key.usable(); err != nil {
 		return nil, fmt.Errorf("vault: open %s: %w", path, err)
@@ -180,34 +222,50 @@ func Open(path string, key Key, opts *Options) (*Vault, error) {
 		f.Close()
 		return nil, err
 	}
-	dataKey, err := unlock(f, key, opts)
+	h, dataKey, kek, err := unlock(f, key, opts)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("vault: open %s: %w", path, err)
 	}
+	defer clear(kek)
 	v, err := openBolt(path, f, dataKey, opts.lockTimeout())
 	if err != nil {
+		return nil, fmt.Errorf("vault: open %s: %w", path, err)
+	}
+	if h.version == formatVersion1 {
+		err = v.upgrade(h, kek, opts.logger())
+	}
+	if err == nil {
+		err = v.loadManifest(opts.allowIntegrityErrors())
+	}
+	if err != nil {
+		v.Close()
 		return nil, fmt.Errorf("vault: open %s: %w", path, err)
 	}
 	return v, nil
 }
 
-// unlock validates the locked file f and returns its data key.
-func unlock(f *os.File, key Key, opts *Options) ([]byte, error) {
+// unlock validates the locked file f and returns its header, data key and
+// key-encryption key (both to be wiped by the caller).
+func unlock(f *os.File, key Key, opts *Options) (*header, []byte, []byte, error) {
 	raw, err := checkBoltFile(f)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	h, err := decodeHeader(raw)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if h.kdf == kdfArgon2id {
 		if err := h.params.Check(opts.weak()); err != nil {
-			return nil, fmt.Errorf("stored key derivation refused: %w", err)
+			return nil, nil, nil, fmt.Errorf("stored key derivation refused: %w", err)
 		}
 	}
-	return h.unwrap(key)
+	dk, kek, err := h.unwrap(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return h, dk, kek, nil
 }
 
 // openBolt hands the already locked and validated file f to bbolt. On
@@ -267,14 +325,62 @@ func (v *Vault) view(op string, fn func(tx *bolt.Tx) error) error {
 	return guard(op, func() error { return v.db.View(fn) })
 }
 
-// update runs fn in a write transaction (one fsynced commit).
+// update runs fn in a write transaction (one fsynced commit) under the
+// exclusive lock. Item writes go through write, which also keeps the
+// manifest.
 func (v *Vault) update(op string, fn func(tx *bolt.Tx) error) error {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	if v.closed {
 		return ErrClosed
 	}
 	return guard(op, func() error { return v.db.Update(fn) })
+}
+
+// write runs fn in one write transaction together with the manifest's
+// update: fn gets the items bucket and a copy of the manifest at the next
+// generation, changes both, and the copy is sealed and stored in the same
+// transaction. Only after the commit does it become the Vault's manifest.
+// An item, its manifest entry and the generation therefore change
+// together or not at all, whatever happens to the process.
+func (v *Vault) write(op string, fn func(b *bolt.Bucket, next *manifest) error) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return ErrClosed
+	}
+	if v.man.generation == math.MaxUint64 {
+		// Unreachable by writing (2^64 commits); only Accept could start
+		// near it, and it takes versions from authenticated records.
+		return fmt.Errorf("%w: the generation counter is exhausted", ErrIntegrity)
+	}
+	next := v.man.clone()
+	next.generation++
+	err := guard(op, func() error {
+		return v.db.Update(func(tx *bolt.Tx) error {
+			b, err := items(tx)
+			if err != nil {
+				return err
+			}
+			if err := fn(b, next); err != nil {
+				return err
+			}
+			mb := tx.Bucket([]byte(metaBucketName))
+			if mb == nil {
+				return fmt.Errorf("%w: header bucket missing", ErrCorrupt)
+			}
+			sealed, err := sealManifest(v.aead, rand.Reader, next)
+			if err != nil {
+				return err
+			}
+			return mb.Put([]byte(manifestKeyName), sealed)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	v.man, v.manErr = next, nil
+	return nil
 }
 
 // items returns the items bucket or an ErrCorrupt error.
@@ -301,21 +407,14 @@ func (v *Vault) Put(name string, class Class, value []byte) error {
 	if len(value) > MaxValueSize {
 		return fmt.Errorf("vault: put %q: %w: value of %d bytes exceeds %d", name, ErrInvalidName, len(value), MaxValueSize)
 	}
-	v.mu.RLock()
-	aead := v.aead
-	v.mu.RUnlock()
-	if aead == nil {
-		return fmt.Errorf("vault: put %q: %w", name, ErrClosed)
-	}
-	rec, err := sealRecord(aead, rand.Reader, name, class, time.Now(), value)
-	if err != nil {
-		return fmt.Errorf("vault: put %q: %w", name, err)
-	}
-	err = v.update("put", func(tx *bolt.Tx) error {
-		b, err := items(tx)
+	err := v.write("put", func(b *bolt.Bucket, next *manifest) error {
+		// The version is the new generation, so the record is sealed
+		// here, under the write lock.
+		rec, err := sealRecord(v.aead, rand.Reader, name, class, time.Now(), next.generation, value)
 		if err != nil {
 			return err
 		}
+		next.items[name] = next.generation
 		return b.Put([]byte(name), rec)
 	})
 	if err != nil {
@@ -343,7 +442,10 @@ func withErrno(err error) error {
 }
 
 // Get returns the decrypted value and class of name. Errors wrap
-// ErrNotFound or ErrTampered.
+// ErrNotFound (neither the file nor the manifest has the item),
+// ErrTampered (the record fails authentication) or ErrIntegrity (an
+// *IntegrityError: the record is not the version the manifest lists, the
+// manifest lists an item the file lacks, or the reverse).
 func (v *Vault) Get(name string) ([]byte, Class, error) {
 	var val []byte
 	var h recordHeader
@@ -353,13 +455,29 @@ func (v *Vault) Get(name string) ([]byte, Class, error) {
 			return err
 		}
 		rec := b.Get([]byte(name))
-		if rec == nil {
+		_, listed := v.man.items[name]
+		switch {
+		case rec == nil && !listed:
 			return ErrNotFound
+		case rec == nil || !listed:
+			return v.man.compareClear(name, rec)
 		}
 		val, h, err = openRecord(v.aead, name, rec)
-		return err
+		if err != nil {
+			return err
+		}
+		if err := v.man.compareVersion(name, h); err != nil {
+			clear(val)
+			val = nil
+			return err
+		}
+		return nil
 	})
-	if err != nil {
+	var ie *IntegrityError
+	switch {
+	case errors.As(err, &ie):
+		return nil, "", fmt.Errorf("vault: get: %w", err) // the problem names the item
+	case err != nil:
 		return nil, "", fmt.Errorf("vault: get %q: %w", name, err)
 	}
 	return val, h.class, nil
@@ -395,7 +513,7 @@ func (v *Vault) list(keep func(Class) bool) ([]ItemInfo, error) {
 				return nil
 			}
 			if keep(h.class) {
-				out = append(out, ItemInfo{Name: string(k), Class: h.class, Size: h.size, Modified: h.modified})
+				out = append(out, ItemInfo{Name: string(k), Class: h.class, Size: h.size, Modified: h.modified, Version: h.version})
 			}
 			return nil
 		})
@@ -410,18 +528,17 @@ func (v *Vault) list(keep func(Class) bool) ([]ItemInfo, error) {
 	return out, nil
 }
 
-// Delete removes name. It returns an error wrapping ErrNotFound if there is
-// no such item. bbolt may keep the old sealed record in a free page until
-// it is reused; it stays encrypted.
+// Delete removes name from the file and the manifest in one transaction.
+// It returns an error wrapping ErrNotFound if neither holds it. bbolt may
+// keep the old sealed record in a free page until it is reused; it stays
+// encrypted, and the manifest no longer accepts it.
 func (v *Vault) Delete(name string) error {
-	err := v.update("delete", func(tx *bolt.Tx) error {
-		b, err := items(tx)
-		if err != nil {
-			return err
-		}
-		if b.Get([]byte(name)) == nil {
+	err := v.write("delete", func(b *bolt.Bucket, next *manifest) error {
+		_, listed := next.items[name]
+		if b.Get([]byte(name)) == nil && !listed {
 			return ErrNotFound
 		}
+		delete(next.items, name)
 		return b.Delete([]byte(name))
 	})
 	if err != nil {
@@ -471,35 +588,63 @@ func (v *Vault) Rekey(newKey Key, opts *Options) error {
 	return nil
 }
 
-// Check runs bbolt's consistency check over the whole file and
-// authenticates every item. It returns nil or an error joining everything
-// found (wrapping ErrCorrupt and/or ErrTampered).
+// Check runs bbolt's consistency check over the whole file, authenticates
+// every item and compares it with the manifest. It returns nil or an error
+// joining everything Audit finds.
 func (v *Vault) Check() error {
+	if errs := v.Audit(); len(errs) > 0 {
+		return fmt.Errorf("vault: check %s: %w", v.path, errors.Join(errs...))
+	}
+	return nil
+}
+
+// Audit is Check returning one error per problem, in this order: bbolt
+// inconsistencies (ErrCorrupt), an unusable manifest, then per item in
+// name order one that fails authentication (ErrTampered, "item NAME:
+// ..."), one at another version than the manifest lists or not listed at
+// all, and finally the items the manifest lists but the file lacks (the
+// last three are *IntegrityError, wrapping ErrIntegrity). nil means the
+// vault is sound.
+func (v *Vault) Audit() []error {
 	var errs []error
 	err := v.view("check", func(tx *bolt.Tx) error {
 		for cerr := range tx.Check() {
 			errs = append(errs, fmt.Errorf("%w: %v", ErrCorrupt, cerr))
 		}
+		if v.manErr != nil {
+			errs = append(errs, v.manErr)
+		}
 		b, err := items(tx)
 		if err != nil {
 			return err
 		}
-		return b.ForEach(func(k, rec []byte) error {
-			pt, _, err := openRecord(v.aead, string(k), rec)
+		err = b.ForEach(func(k, rec []byte) error {
+			name := string(k)
+			if _, listed := v.man.items[name]; !listed {
+				errs = append(errs, &IntegrityError{Item: name, Problem: ProblemForeign})
+				return nil
+			}
+			pt, h, err := openRecord(v.aead, name, rec)
 			clear(pt)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("item %q: %w", k, err))
+				return nil
+			}
+			if err := v.man.compareVersion(name, h); err != nil {
+				errs = append(errs, err)
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		errs = append(errs, v.missing(b)...)
+		return nil
 	})
 	if err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("vault: check %s: %w", v.path, err))
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("vault: check %s: %w", v.path, errors.Join(errs...))
-	}
-	return nil
+	return errs
 }
 
 // Close releases the file and its lock and wipes the data key (best
