@@ -104,8 +104,10 @@ func testGossipFabric(t *testing.T, n int) {
 		nodes = append(nodes, f.start(o, seed))
 	}
 	// Deadlines that only a bug misses: the benchmark (make bench-gossip)
-	// reports how long each step takes; measured 2-3 s for 50 nodes.
-	bound := 120 * time.Second
+	// reports how long each step takes; measured 2-3 s for 50 nodes on a
+	// quiet machine, 107 s with the machine's two cores loaded several
+	// times over.
+	bound := 300 * time.Second
 	took := waitFor(t, bound, "full mesh through one seed", func() string { return meshProblem(nodes) })
 	t.Logf("%d nodes in a full mesh %v after start", n, took)
 	// Traffic between a sample of pairs (every pair for small fabrics).
