@@ -5,6 +5,10 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -534,5 +538,83 @@ func TestInitiatorCookieHandling(t *testing.T) {
 	m3, _ := next()
 	if m3.Sender == m2.Sender || m3.MAC != nil {
 		t.Fatal("an attempt after an unanswered cookie still carried it")
+	}
+}
+
+// fuzzSecret is a fixed cookie secret source for FuzzReceiveUnderLoad, so
+// that its committed seeds carry a valid cookie.
+type fuzzSecret struct{}
+
+func (fuzzSecret) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(i * 7)
+	}
+	return len(p), nil
+}
+
+// FuzzReceiveUnderLoad feeds arbitrary datagrams, from 127.0.0.1 at an
+// arbitrary port, to the receive path of a node under load. It must not
+// panic, and nothing reaches the handshake queue or the per-source
+// limiter unless it is a msg1 with the valid cookie of its source.
+func FuzzReceiveUnderLoad(f *testing.F) {
+	o, rb := decisionNode(f)
+	o.cookies = newCookieChecker(nil, fuzzSecret{})
+	o.loadMode.Store(int32(loadAlways))
+	if _, err := o.cookies.cookie(netip.MustParseAddrPort("127.0.0.1:1")); err != nil { // make the secret
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, pkt []byte, port uint16) {
+		from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+		o.onGridnet(pkt, from)
+		queued := len(o.queue) > 0
+		for len(o.queue) > 0 {
+			<-o.queue
+		}
+		for len(o.cookieQ) > 0 {
+			o.sendCookie(<-o.cookieQ)
+		}
+		rb.take()
+		c, err := o.cookies.cookie(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookieOK := handshake.CheckCookieMAC(pkt, c)
+		if queued && len(pkt) >= 2 && pkt[1] == handshake.KindInit && !cookieOK {
+			t.Fatalf("msg1 without a valid cookie queued under load: %x", pkt[:min(len(pkt), 16)])
+		}
+		if !cookieOK && o.limiter.size() > 0 {
+			t.Fatal("a datagram without a valid cookie entered the limiter")
+		}
+		o.limiter = newRateLimiter(1e6, 1e6, nil)
+	})
+}
+
+// TestReceiveSeedPasses checks that the committed FuzzReceiveUnderLoad
+// seed with a valid cookie reaches the queue, so fuzzing starts from the
+// path a cookie opens.
+func TestReceiveSeedPasses(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzReceiveUnderLoad", "msg1-cookie"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	pkt, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(lines[2], "uint16("), ")"), 10, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, _ := decisionNode(t)
+	o.cookies = newCookieChecker(nil, fuzzSecret{})
+	o.loadMode.Store(int32(loadAlways))
+	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	if _, err := o.cookies.cookie(from); err != nil { // the cookie was handed out
+		t.Fatal(err)
+	}
+	o.onGridnet([]byte(pkt), from)
+	if len(o.queue) != 1 {
+		t.Fatal("the seed's msg1 with a cookie was not queued")
 	}
 }

@@ -85,6 +85,8 @@ func TestCookieRoundTrip(t *testing.T) {
 	if os.Getenv("GRIDNET_WRITE_SEEDS") != "" {
 		writeSeed(t, "FuzzCookie", "genuine", fx.reply, fx.msg1c)
 		writeSeed(t, "FuzzCookie", "plain-msg1", fx.reply[:HeaderSize], fx.msg1)
+		writeSeed(t, "FuzzParseMessage", "msg1-cookie", fx.msg1c)
+		writeSeed(t, "FuzzParseMessage", "cookie-reply", fx.reply)
 	}
 }
 
