@@ -147,7 +147,9 @@ func BenchmarkAdmitDuringFlood(b *testing.B) {
 				x.Close()
 				total += took
 				longest = max(longest, took)
-				b.Logf("newcomer %d: %v (attempts %d, error %v)", i, took, x.Stats().Initiated, err)
+				if took > time.Second || err != nil {
+					b.Logf("newcomer %d: %v (attempts %d, error %v)", i, took, x.Stats().Initiated, err)
+				}
 				i++
 				if err == nil {
 					admitted++
