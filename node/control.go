@@ -454,6 +454,9 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		"restarted":        s.Restarted,
 		"refusals_sent":    s.RefusalsSent,
 		"refusals_limited": s.RefusalsLimited,
+		"cookies_sent":     s.CookiesSent,
+		"cookies_dropped":  s.CookiesDropped,
+		"cookies_received": s.CookiesReceived,
 	}
 	for r, v := range s.Rejected {
 		m["rejected_"+r.String()] = v

@@ -35,7 +35,7 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 	receiver := binary.LittleEndian.Uint32(pkt[6:10])
 	in := inboundPacket{from: from}
 	switch pkt[1] {
-	case handshake.KindResponse, handshake.KindRefusal:
+	case handshake.KindResponse, handshake.KindRefusal, handshake.KindCookie:
 		o.hsMu.Lock()
 		ch, ok := o.pending[receiver]
 		var h *halfOpenState
@@ -58,6 +58,15 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 		}
 		return
 	case handshake.KindInit:
+		// Under load, a first message must prove that its sender receives
+		// at its source address: without a valid cookie it gets a cookie
+		// reply and nothing else (cookie.go). This comes before the
+		// per-source limit, so that spoofed messages neither spend the
+		// budget of the address they claim nor enter the limiter's table.
+		if o.underLoad() && !o.cookies.valid(pkt, from) {
+			o.queueCookie(pkt, from)
+			return
+		}
 		// Only a first message costs work without state of ours behind
 		// it: it alone counts against the per-source limit. Answers (msg2,
 		// msg3) must name a handshake this node holds, from the address
@@ -137,6 +146,7 @@ func (o *Overlay) deleteHalfOpenLocked(idx uint32) {
 		return
 	}
 	delete(o.halfOpen, idx)
+	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	key := rateKey(h.from.Addr())
 	if o.halfOpenBySrc[key]--; o.halfOpenBySrc[key] <= 0 {
 		delete(o.halfOpenBySrc, key)
@@ -218,6 +228,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	idx := o.newIndexLocked()
 	// Reserve the index before the (unlocked) crypto.
 	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL)}
+	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	o.halfOpenBySrc[key]++
 	o.hsMu.Unlock()
 

@@ -182,18 +182,65 @@ func TestRateLimiter(t *testing.T) {
 	if !rl.allow(netip.MustParseAddr("2001:db8:1:3::1")) {
 		t.Fatal("different /64 limited")
 	}
-	// The table is capped; idle entries are reclaimed.
+	// Idle entries are reclaimed when a new source comes.
 	rl = newRateLimiter(20, 5, func() time.Time { return now })
-	for i := range rateTableCap {
-		rl.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	for i := range 1000 {
+		rl.allow(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
 	}
-	fresh := netip.MustParseAddr("203.0.113.1")
-	if rl.allow(fresh) || rl.size() != rateTableCap {
-		t.Fatal("full table accepted a new source")
-	}
-	now = now.Add(2 * time.Second)
-	if !rl.allow(fresh) || rl.size() != 1 {
+	now = now.Add(rateEntryIdle)
+	if !rl.allow(netip.MustParseAddr("203.0.113.1")) || rl.size() != 1 {
 		t.Fatalf("idle entries not reclaimed: size %d", rl.size())
+	}
+}
+
+// TestRateLimiterFullTable: with more distinct sources than the table
+// holds, all within one second (nothing idle), every new source is still
+// served: the least recently seen entry makes room. A source seen
+// recently keeps its entry, so its limit holds throughout.
+func TestRateLimiterFullTable(t *testing.T) {
+	now := time.Unix(1000, 0)
+	rl := newRateLimiter(20, 5, func() time.Time { return now })
+	heavy := netip.MustParseAddr("198.51.100.7")
+	for range 5 {
+		rl.allow(heavy)
+	}
+	// 2*rateTableCap new sources: IPv4 addresses and, as many, /64s of
+	// one IPv6 /32.
+	const total = 2 * rateTableCap
+	for i := range total {
+		var src netip.Addr
+		if i%2 == 0 {
+			src = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		} else {
+			a := [16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i), 15: 1}
+			src = netip.AddrFrom16(a)
+		}
+		if !rl.allow(src) {
+			t.Fatalf("new source %d (%s) refused with %d sources tracked", i, src, rl.size())
+		}
+		if i%1000 == 0 && rl.allow(heavy) { // seen again: stays tracked, stays limited
+			t.Fatalf("the limit of a recently seen source was reset after %d new sources", i)
+		}
+		if n := rl.size(); n > rateTableCap {
+			t.Fatalf("table holds %d sources", n)
+		}
+	}
+	if rl.size() != rateTableCap {
+		t.Fatalf("table holds %d sources, want %d", rl.size(), rateTableCap)
+	}
+	// The oldest of the flood were evicted and start afresh; the newest
+	// are tracked and limited.
+	first := netip.AddrFrom4([4]byte{10, 0, 0, 0})
+	l := total - 1 // odd: IPv6
+	last := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(l >> 24), byte(l >> 16), byte(l >> 8), byte(l), 15: 1})
+	for range 4 {
+		rl.allow(last)
+	}
+	if rl.allow(last) {
+		t.Fatal("a tracked source passed its burst")
+	}
+	if !rl.allow(first) {
+		t.Fatal("an evicted source was refused")
 	}
 }
 

@@ -151,6 +151,13 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 	if err != nil {
 		return nil, fmt.Errorf("overlay: start handshake: %w", err)
 	}
+	// A cookie this endpoint gave lately goes with msg1 (see cookie.go).
+	cookie, carried := o.jar.get(endpoint)
+	if carried {
+		if msg1, err = init.Msg1WithCookie(cookie); err != nil {
+			return nil, fmt.Errorf("overlay: start handshake: %w", err)
+		}
+	}
 	if err := o.bind.SendTo(msg1, endpoint); err != nil {
 		return nil, err
 	}
@@ -158,17 +165,43 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 	sent := time.Now()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	repeated := false // msg1 went again with a cookie
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-timer.C:
 			o.stats.timeouts.Add(1)
+			if carried && !repeated {
+				o.jar.drop(endpoint, cookie) // perhaps not understood: go without
+			}
 			return nil, errAttemptTimeout
 		case in := <-ch:
 			if in.from != endpoint {
 				o.stats.junk.Add(1)
 				continue // not from whom we asked: keep waiting
+			}
+			if in.pkt[1] == handshake.KindCookie {
+				// The responder is under load: repeat msg1 with the
+				// cookie, once per attempt.
+				c, ok := o.openCookie(init, in)
+				if !ok {
+					continue
+				}
+				o.jar.put(endpoint, c)
+				if repeated {
+					continue
+				}
+				repeated = true
+				again, err := init.Msg1WithCookie(c)
+				if err != nil {
+					return nil, fmt.Errorf("overlay: repeat msg1: %w", err)
+				}
+				if err := o.bind.SendTo(again, endpoint); err != nil {
+					return nil, err
+				}
+				sent = time.Now() // msg2 answers the repeat
+				continue
 			}
 			if in.pkt[1] == handshake.KindRefusal {
 				// Only a busy refusal can come now; a forged one is

@@ -281,22 +281,46 @@ func TestLimitCountsFirstMessagesOnly(t *testing.T) {
 	}
 }
 
+// TestHalfOpenTableBounded: initiators that answer cookies (so they pass
+// when the node is under load) still get no more than HalfOpenCap
+// half-open handshakes.
 func TestHalfOpenTableBounded(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "alpha")
 	a := startNode(t, f, "node-a", "100.64.0.1", nodeOpts{rate: 1e6})
 	sock := udpSender(t)
-	go func() { // drain msg2s
+	dst := net.UDPAddrFromAddrPort(a.ep)
+	var mu sync.Mutex
+	inits := make(map[uint32]*handshake.Initiator)
+	done := make(chan struct{})
+	go func() { // drain msg2s, answer cookie replies
+		defer close(done)
 		buf := make([]byte, 4096)
 		for {
-			if _, _, err := sock.ReadFromUDP(buf); err != nil {
+			n, _, err := sock.ReadFromUDP(buf)
+			if err != nil {
 				return
+			}
+			m, err := handshake.ParseMessage(buf[:n])
+			if err != nil || m.Kind != handshake.KindCookie {
+				continue
+			}
+			mu.Lock()
+			init := inits[m.Receiver]
+			mu.Unlock()
+			c, err := init.OpenCookie(m)
+			if err != nil {
+				continue
+			}
+			again, err := init.Msg1WithCookie(c)
+			if err == nil {
+				sock.WriteToUDP(again, dst)
 			}
 		}
 	}()
+	t.Cleanup(func() { sock.Close(); <-done })
 	k := newKeys(t)
 	cred := handshake.Credentials{StaticPrivate: k.wgPriv, IdentityKey: k.idKey}
-	dst := net.UDPAddrFromAddrPort(a.ep)
 	a.hsMu.Lock()
 	a.halfOpenTTL = time.Hour  // slow -race runs must not expire entries
 	a.halfOpenPerSrc = 1 << 20 // one test socket plays many sources
@@ -304,10 +328,13 @@ func TestHalfOpenTableBounded(t *testing.T) {
 	const chunk = 64 // well below the worker queue, so nothing is dropped there
 	for sent := 0; sent < HalfOpenCap+20; {
 		for range min(chunk, HalfOpenCap+20-sent) {
-			_, msg1, err := handshake.NewInitiator(cred, uint32(sent+1))
+			init, msg1, err := handshake.NewInitiator(cred, uint32(sent+1))
 			if err != nil {
 				t.Fatal(err)
 			}
+			mu.Lock()
+			inits[uint32(sent+1)] = init
+			mu.Unlock()
 			sock.WriteToUDP(msg1, dst)
 			sent++
 		}
@@ -317,6 +344,9 @@ func TestHalfOpenTableBounded(t *testing.T) {
 		})
 	}
 	st := a.Stats()
+	if st.CookiesSent == 0 {
+		t.Fatal("a filling half-open table put the node under no load")
+	}
 	if st.Responded != HalfOpenCap || st.HalfOpenFull != 20 {
 		t.Fatalf("responded %d, refused %d; want %d, 20", st.Responded, st.HalfOpenFull, HalfOpenCap)
 	}

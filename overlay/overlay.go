@@ -9,11 +9,16 @@
 // device untouched, handshake.TypeGridnet (0xF0) is gridnet's admission
 // handshake, anything else is dropped and counted as junk. Handshake
 // datagrams pass, before any cryptography, a size/kind check, a per-source
-// token bucket (20 pps, burst 5, IPv6 grouped by /64, 65,536 sources), and
-// either a bounded half-open table (1024 entries, 5 s) for msg1 or an index
-// lookup for msg2/msg3; survivors are copied into a bounded queue served by
-// a fixed pool of workers. A flood therefore costs a few comparisons per
-// datagram and never blocks WireGuard's receive path.
+// token bucket (20 pps, burst 5, IPv6 grouped by /64, 65,536 sources, the
+// least recently seen evicted when full), and either a bounded half-open
+// table (1024 entries, 5 s) for msg1 or an index lookup for msg2/msg3;
+// survivors are copied into a bounded queue served by a fixed pool of
+// workers. While the queue or the half-open table is past an eighth of its
+// size, a msg1 must first prove with a cookie that its sender receives at
+// its source address (cookie.go): without one it only gets a cookie reply,
+// and spoofed sources cost no state and no cryptography. A flood therefore
+// costs a few comparisons per datagram (and a small reply under load) and
+// never blocks WireGuard's receive path.
 //
 // The handshake itself (package handshake) is Noise XX keyed with the nodes'
 // WireGuard X25519 keys; msg2 and msg3 carry the sender's certificate and an
@@ -168,6 +173,16 @@ type Overlay struct {
 	limiter *rateLimiter
 	stats   counters
 
+	// cookies makes and checks the cookies this node hands out under
+	// load; jar keeps those it received as initiator (see cookie.go).
+	// loadMode overrides the load check (tests); loadUntil is when the
+	// load last seen ends (Unix nanoseconds).
+	cookies   *cookieChecker
+	cookieQ   chan cookieJob
+	jar       *cookieJar
+	loadMode  atomic.Int32
+	loadUntil atomic.Int64
+
 	// refusalGate limits the refusals sent; refusedFrom records the last
 	// refusal received per endpoint (guarded by refusedMu).
 	refusalGate *refusalGate
@@ -189,7 +204,12 @@ type Overlay struct {
 	// at halfOpenPerSrc (HalfOpenPerSource; tests may raise it).
 	halfOpenBySrc  map[netip.Addr]int
 	halfOpenPerSrc int
-	pending        map[uint32]chan inboundPacket
+	// halfOpenN mirrors len(halfOpen) for the load check without the
+	// lock; halfOpenSwept is when that check last swept the table (Unix
+	// nanoseconds).
+	halfOpenN     atomic.Int32
+	halfOpenSwept atomic.Int64
+	pending       map[uint32]chan inboundPacket
 	// attempting counts initiator attempts in flight per endpoint; a
 	// responder consults it to break the tie when both sides admit each
 	// other at once (see startsSession).
@@ -239,6 +259,9 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		idKey:          cfg.IdentityKey,
 		limiter:        newRateLimiter(cfg.HandshakeRate, cfg.HandshakeBurst, nil),
 		refusalGate:    newRefusalGate(cfg.RefusalRate, nil),
+		cookies:        newCookieChecker(nil, nil),
+		cookieQ:        make(chan cookieJob, cookieQueueLen),
+		jar:            newCookieJar(nil),
 		refusedFrom:    make(map[netip.AddrPort]*refusalRecord),
 		logLim:         newLogLimiter(nil),
 		queue:          make(chan inboundPacket, handshakeQueueLen),
@@ -294,7 +317,8 @@ func (o *Overlay) start(cfg Config) (*Overlay, error) {
 		o.wg.Add(1)
 		go o.worker()
 	}
-	o.wg.Add(2)
+	o.wg.Add(3)
+	go o.cookieSender()
 	go o.revalidateLoop()
 	go o.watchdogLoop()
 	return o, nil

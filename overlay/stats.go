@@ -142,6 +142,16 @@ type Stats struct {
 	RefusalsSent, RefusalsLimited uint64
 	// RefusedBy counts refusals this node received, by code.
 	RefusedBy map[handshake.RefusalCode]uint64
+	// CookiesSent counts cookie replies this node sent under load, each
+	// instead of answering a msg1 without a valid cookie (see cookie.go).
+	CookiesSent uint64
+	// CookiesDropped counts msg1s without a valid cookie dropped under
+	// load, unanswered, because the cookie replies already waiting filled
+	// their queue.
+	CookiesDropped uint64
+	// CookiesReceived counts valid cookie replies this node received as
+	// initiator.
+	CookiesReceived uint64
 }
 
 type counters struct {
@@ -152,6 +162,8 @@ type counters struct {
 	rejected                          [numReasons]atomic.Uint64
 	refusalsSent, refusalsLimited     atomic.Uint64
 	refusedBy                         [numRefusalCodes]atomic.Uint64
+	cookiesSent, cookiesTaken         atomic.Uint64
+	cookiesDropped                    atomic.Uint64
 }
 
 // Stats returns a snapshot of the handshake counters.
@@ -174,6 +186,9 @@ func (o *Overlay) Stats() Stats {
 		RefusalsSent:    c.refusalsSent.Load(),
 		RefusalsLimited: c.refusalsLimited.Load(),
 		RefusedBy:       make(map[handshake.RefusalCode]uint64),
+		CookiesSent:     c.cookiesSent.Load(),
+		CookiesDropped:  c.cookiesDropped.Load(),
+		CookiesReceived: c.cookiesTaken.Load(),
 	}
 	for r := range numReasons {
 		if v := c.rejected[r].Load(); v > 0 {

@@ -218,6 +218,11 @@ func TestParseMessage(t *testing.T) {
 		func() []byte { b := bytes.Clone(good); b[6] = 1; return b }(),
 		append(appendHeader(nil, KindFinal, 1, 2), make([]byte, MaxMessageSize)...),
 		append(appendHeader(nil, KindResponse, 1, 0), make([]byte, Msg2MinSize)...),
+		append(bytes.Clone(good), make([]byte, CookieMACSize-1)...),                              // a cut cookie MAC
+		append(bytes.Clone(good), make([]byte, CookieMACSize+1)...),                              // a long one
+		append(appendHeader(nil, KindCookie, 1, 7), make([]byte, CookieReplySize-HeaderSize)...), // a cookie reply names no sender
+		append(appendHeader(nil, KindCookie, 0, 7), make([]byte, CookieReplySize-HeaderSize+1)...),
+		append(appendHeader(nil, KindCookie, 0, 7), make([]byte, CookieReplySize-HeaderSize-1)...),
 	}
 	for i, b := range bad {
 		if _, err := ParseMessage(b); !errors.Is(err, ErrMalformed) {
@@ -262,6 +267,7 @@ func FuzzParseMessage(f *testing.F) {
 			return
 		}
 		re := append(appendHeader(nil, m.Kind, m.Sender, m.Receiver), m.Noise...)
+		re = append(re, m.MAC...)
 		if !bytes.Equal(re, b) {
 			t.Fatal("re-encoding differs")
 		}

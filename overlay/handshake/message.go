@@ -13,17 +13,19 @@
 //
 //	offset size field
 //	0      1    type      = TypeGridnet
-//	1      1    kind      = KindInit (1) | KindResponse (2) | KindFinal (3) | KindRefusal (4)
-//	2      4    sender    little-endian uint32, the sender's session index (0 in a busy refusal)
+//	1      1    kind      = KindInit (1) | KindResponse (2) | KindFinal (3) | KindRefusal (4) | KindCookie (5)
+//	2      4    sender    little-endian uint32, the sender's session index (0 in a busy refusal and a cookie reply)
 //	6      4    receiver  little-endian uint32, the receiver's session index (0 in msg1)
-//	10     ...  noise     the Noise handshake message (a refusal's body, see KindRefusal)
+//	10     ...  noise     the Noise handshake message (a refusal's or cookie reply's body, see KindRefusal, KindCookie)
 //
 // Sizes are fixed or bounded before any cryptography runs: msg1 is exactly
 // [Msg1Size] bytes (its Noise payload is zero padding, so that the responder
 // never answers with more than about 1.7x the bytes it received: reflection
-// amplification is bounded), msg2 and msg3 lie in [Msg2MinSize, MaxMessageSize]
+// amplification is bounded), or [Msg1CookieSize] with a cookie MAC attached
+// after it (see KindCookie), msg2 and msg3 lie in [Msg2MinSize, MaxMessageSize]
 // and [Msg3MinSize, MaxMessageSize], a refusal is exactly [RefusalSize]
-// (sealed) or [BusyRefusalSize] (busy) bytes.
+// (sealed) or [BusyRefusalSize] (busy) bytes, a cookie reply exactly
+// [CookieReplySize] bytes.
 //
 // # Messages
 //
@@ -33,7 +35,8 @@
 //
 // Either side may answer a message it refuses with a refusal that carries
 // a RefusalCode ([KindRefusal] describes its two forms and when each is
-// sent).
+// sent). A responder under load may answer msg1 with a cookie reply, and
+// the initiator then repeats msg1 with the cookie's MAC ([KindCookie]).
 //
 // # What is signed
 //
@@ -133,12 +136,16 @@ var (
 	ErrUnproven = errors.New("handshake: sender does not hold the certificate's keys")
 )
 
-// Message is a parsed gridnet frame. Noise aliases the input buffer.
+// Message is a parsed gridnet frame. Noise and MAC alias the input buffer.
 type Message struct {
 	Kind     byte
 	Sender   uint32
 	Receiver uint32
 	Noise    []byte
+	// MAC is the cookie MAC attached to a msg1 (see KindCookie); nil for
+	// a msg1 without one and for every other kind. It is not part of
+	// the Noise message.
+	MAC []byte
 }
 
 // IsGridnet reports whether a datagram is addressed to gridnet rather than to
@@ -154,8 +161,8 @@ func CheckSize(b []byte) error {
 	n := len(b)
 	switch b[1] {
 	case KindInit:
-		if n != Msg1Size {
-			return fmt.Errorf("%w: msg1 of %d bytes, want %d", ErrMalformed, n, Msg1Size)
+		if n != Msg1Size && n != Msg1CookieSize {
+			return fmt.Errorf("%w: msg1 of %d bytes, want %d or %d", ErrMalformed, n, Msg1Size, Msg1CookieSize)
 		}
 	case KindResponse:
 		if n < Msg2MinSize || n > MaxMessageSize {
@@ -168,6 +175,10 @@ func CheckSize(b []byte) error {
 	case KindRefusal:
 		if n != RefusalSize && n != BusyRefusalSize {
 			return fmt.Errorf("%w: refusal of %d bytes", ErrMalformed, n)
+		}
+	case KindCookie:
+		if n != CookieReplySize {
+			return fmt.Errorf("%w: cookie reply of %d bytes", ErrMalformed, n)
 		}
 	default:
 		return fmt.Errorf("%w: unknown kind %d", ErrMalformed, b[1])
@@ -187,9 +198,14 @@ func ParseMessage(b []byte) (Message, error) {
 		Receiver: binary.LittleEndian.Uint32(b[6:10]),
 		Noise:    b[HeaderSize:],
 	}
-	// Only a busy refusal has no sender index: the refuser keeps no state.
-	if busy := m.Kind == KindRefusal && len(b) == BusyRefusalSize; busy != (m.Sender == 0) {
-		return Message{}, fmt.Errorf("%w: sender index must be zero exactly in a busy refusal", ErrMalformed)
+	if m.Kind == KindInit && len(b) == Msg1CookieSize {
+		m.Noise, m.MAC = b[HeaderSize:Msg1Size], b[Msg1Size:]
+	}
+	// Only a busy refusal and a cookie reply have no sender index: their
+	// sender keeps no state.
+	stateless := m.Kind == KindRefusal && len(b) == BusyRefusalSize || m.Kind == KindCookie
+	if stateless != (m.Sender == 0) {
+		return Message{}, fmt.Errorf("%w: sender index must be zero exactly in a busy refusal and a cookie reply", ErrMalformed)
 	}
 	if (m.Kind == KindInit) != (m.Receiver == 0) {
 		return Message{}, fmt.Errorf("%w: receiver index must be zero exactly in msg1", ErrMalformed)

@@ -206,6 +206,7 @@ func provesKeys(der []byte, static [32]byte, sig []byte, role byte, h []byte) bo
 type Initiator struct {
 	hs      *noise.HandshakeState
 	cred    Credentials
+	msg1    []byte // the msg1 frame sent (see Msg1WithCookie)
 	local   uint32
 	remote  uint32 // the responder's index, from msg2
 	h2      []byte // handshake hash after msg2 passed Noise (see Refusal)
@@ -229,7 +230,7 @@ func NewInitiator(cred Credentials, localIndex uint32) (*Initiator, []byte, erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrNoise, err)
 	}
-	return &Initiator{hs: hs, cred: cred, local: localIndex}, out, nil
+	return &Initiator{hs: hs, cred: cred, local: localIndex, msg1: bytes.Clone(out)}, out, nil
 }
 
 // LocalIndex is the initiator's session index (msg2's receiver field).
