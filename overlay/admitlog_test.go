@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
-	"time"
 )
 
 // messageCounter is a slog handler that counts records by message.
@@ -48,7 +47,7 @@ func TestPeerAdmittedLoggedOncePerAdmission(t *testing.T) {
 	admit(t, a, b)
 	admit(t, b, a)
 	both := func(h *messageCounter) int { return h.count("peer admitted") + h.count("peer admitted again") }
-	waitFor(t, 10*time.Second, "both admissions on both nodes", func() bool { return both(logA) == 2 && both(logB) == 2 })
+	waitFor(t, sessionTimeout, "both admissions on both nodes", func() bool { return both(logA) == 2 && both(logB) == 2 })
 	for name, h := range map[string]*messageCounter{"node-a": logA, "node-b": logB} {
 		if n := h.count("peer admitted"); n != 1 {
 			t.Errorf("%s logged %d \"peer admitted\" lines for one peer admitted twice, want 1", name, n)

@@ -430,7 +430,7 @@ func TestAdmitThroughCookie(t *testing.T) {
 	if _, ok := a.jar.get(b.ep); !ok {
 		t.Fatal("a kept no cookie for b")
 	}
-	if err := exchange(t, a, b, 7100, []byte("through the cookie"), 10*time.Second); err != nil {
+	if err := exchange(t, a, b, 7100, []byte("through the cookie"), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
 	admit(t, a, b) // again, with the cookie

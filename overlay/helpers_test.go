@@ -347,3 +347,8 @@ func testLogger(t testing.TB, name string) *slog.Logger {
 }
 
 func tuntestTUN() tun.Device { return tuntest.NewChannelTUN().TUN() }
+
+// exchangeTimeout bounds one exchange that must succeed: a working pair
+// needs milliseconds, so only a tunnel that does not carry traffic misses
+// it, on any machine.
+const exchangeTimeout = 60 * time.Second

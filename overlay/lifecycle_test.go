@@ -96,7 +96,7 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	}
 	honest := udp4(attacker.addr, victim.addr, 4000, 5000, []byte("honest"))
 	send(honest)
-	waitFor(t, 5*time.Second, "honest packet delivered", func() bool {
+	waitFor(t, sessionTimeout, "honest packet delivered", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.ContainsFunc(got, func(p []byte) bool { return bytes.Equal(p, honest) })
@@ -120,7 +120,7 @@ func TestRevalidateRevoked(t *testing.T) {
 	a := startNode(t, f, "node-a", "100.64.0.1", nodeOpts{})
 	b := startNode(t, f, "node-b", "100.64.0.2", nodeOpts{})
 	admit(t, a, b)
-	if err := exchange(t, a, b, 7200, []byte("before"), 10*time.Second); err != nil {
+	if err := exchange(t, a, b, 7200, []byte("before"), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if got := a.Revalidate(time.Now()); len(got) != 0 {
@@ -162,7 +162,7 @@ func TestRevalidateExpiryTimer(t *testing.T) {
 		t.Fatalf("NotAfter %v too far", id.NotAfter)
 	}
 	// No explicit Revalidate: the timer at the earliest NotAfter fires.
-	waitFor(t, 6*time.Second, "expired peer removed by timer", func() bool {
+	waitFor(t, 8*time.Second, "expired peer removed by timer", func() bool {
 		return !wgPeerKeys(t, a.Overlay)[b.keys.wgPub]
 	})
 	if time.Now().Before(id.NotAfter) {
@@ -191,7 +191,7 @@ func TestRevalidateInjectedClock(t *testing.T) {
 	if err := exchange(t, a, b, 7300, []byte("x"), time.Second); err == nil {
 		t.Fatal("traffic still flows to an expired peer")
 	}
-	if err := exchange(t, a, c, 7301, []byte("y"), 10*time.Second); err != nil {
+	if err := exchange(t, a, c, 7301, []byte("y"), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -239,7 +239,7 @@ func TestJunkFlood(t *testing.T) {
 		}
 	}()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 64*1024) // 1 MiB
-	err := exchange(t, a, b, 7400, payload, 30*time.Second)
+	err := exchange(t, a, b, 7400, payload, exchangeTimeout)
 	close(stop)
 	wg.Wait()
 	if err != nil {

@@ -23,7 +23,7 @@ func TestTwoNodes(t *testing.T) {
 
 	admit(t, a, b)
 	// The responder admits after msg3; wait for it.
-	waitFor(t, 5*time.Second, "b admits a", func() bool { return b.hasPeer(a.keys.wgPub) })
+	waitFor(t, sessionTimeout, "b admits a", func() bool { return b.hasPeer(a.keys.wgPub) })
 	// Both sides hold each other with host routes only.
 	for _, pair := range [][2]*node{{a, b}, {b, a}} {
 		dump, err := pair[0].Device().IpcGet()
@@ -41,10 +41,10 @@ func TestTwoNodes(t *testing.T) {
 			t.Fatalf("%s: no persistent keepalive:\n%s", pair[0].name, dump)
 		}
 	}
-	if err := exchange(t, a, b, 7000, bytes.Repeat([]byte("gridnet "), 4096), 10*time.Second); err != nil {
+	if err := exchange(t, a, b, 7000, bytes.Repeat([]byte("gridnet "), 4096), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if err := exchange(t, b, a, 7001, []byte("reverse"), 10*time.Second); err != nil {
+	if err := exchange(t, b, a, 7001, []byte("reverse"), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if err := ping(a, b, 5*time.Second); err != nil {
@@ -90,7 +90,7 @@ func TestThreeNodeMesh(t *testing.T) {
 		n.AddStaticPeer(nodes[(i+1)%3].ep)
 	}
 	for _, n := range nodes {
-		waitFor(t, 15*time.Second, n.name+" has 2 peers", func() bool { return len(n.Peers()) == 2 })
+		waitFor(t, sessionTimeout, n.name+" has 2 peers", func() bool { return len(n.Peers()) == 2 })
 	}
 	port := uint16(7100)
 	for _, x := range nodes {
@@ -99,7 +99,7 @@ func TestThreeNodeMesh(t *testing.T) {
 				continue
 			}
 			port++
-			if err := exchange(t, x, y, port, []byte(x.name+" to "+y.name), 10*time.Second); err != nil {
+			if err := exchange(t, x, y, port, []byte(x.name+" to "+y.name), exchangeTimeout); err != nil {
 				for _, n := range nodes {
 					d, _ := n.Device().IpcGet()
 					t.Logf("%s %s\n%s", n.name, n.ep, d)

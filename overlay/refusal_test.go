@@ -115,7 +115,7 @@ func TestRefusedSideLearnsWhy(t *testing.T) {
 			if !errors.As(err, &rej) {
 				t.Fatalf("honest Admit = %v, want a refusal", err)
 			}
-			waitFor(t, 3*time.Second, "the refusal of msg2 at the responder", func() bool {
+			waitFor(t, sessionTimeout, "the refusal of msg2 at the responder", func() bool {
 				return bad.Stats().RefusedBy[tc.code] > before
 			})
 			if r, ok := refusalFrom(bad, honest.ep); !ok || r.Code != tc.code {
@@ -143,7 +143,7 @@ func TestBusyRefusalBacksOffAndRetries(t *testing.T) {
 	if _, err := udpSender(t).WriteToUDPAddrPort(msg1, b.ep); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the first message counted", func() bool { return b.Stats().Responded+b.Stats().Rejected[ReasonNoise] > 0 })
+	waitFor(t, sessionTimeout, "the first message counted", func() bool { return b.Stats().Responded+b.Stats().Rejected[ReasonNoise] > 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -262,14 +262,14 @@ func TestForgedRefusalsIgnored(t *testing.T) {
 	send(elsewhere, genuine) // right bytes, wrong source
 	send(fr.conn, wrongEcho)
 	send(fr.conn, sealed)
-	waitFor(t, 3*time.Second, "the forgeries counted as junk", func() bool { return a.Stats().Junk >= junk+3 })
+	waitFor(t, sessionTimeout, "the forgeries counted as junk", func() bool { return a.Stats().Junk >= junk+3 })
 	if rs := a.Refusals(); len(rs) != 0 {
 		t.Fatalf("forged refusals recorded: %+v", rs)
 	}
 
 	// The genuine refusal, of the newest attempt (on a slow machine the
 	// first may have timed out meanwhile), until it is recorded.
-	waitFor(t, 10*time.Second, "the genuine refusal recorded", func() bool {
+	waitFor(t, sessionTimeout, "the genuine refusal recorded", func() bool {
 		m1 = fr.newestMsg1(m1)
 		ref, err := handshake.BusyRefusal(m1)
 		if err != nil {

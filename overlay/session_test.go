@@ -162,7 +162,7 @@ func TestReadmissionRestartsSessionPeerLost(t *testing.T) {
 	}
 	awaitSession(t, a, bKey, since, since.Add(beforeWireGuardRetry),
 		"the peer that lost the session got none soon after the re-admission")
-	if err := exchange(t, a, b, 7003, []byte("after re-admission"), 5*time.Second); err != nil {
+	if err := exchange(t, a, b, 7003, []byte("after re-admission"), exchangeTimeout); err != nil {
 		t.Fatalf("traffic after the re-admission: %v", err)
 	}
 }
@@ -226,7 +226,7 @@ func TestWatchdogHealsHalfSession(t *testing.T) {
 			if b.Stats().Restarted == 0 {
 				t.Error("Restarted counter did not move")
 			}
-			if err := exchange(t, b, a, 7002, []byte("healed"), 5*time.Second); err != nil {
+			if err := exchange(t, b, a, 7002, []byte("healed"), exchangeTimeout); err != nil {
 				t.Fatalf("traffic after the restart: %v", err)
 			}
 		})

@@ -47,7 +47,7 @@ func TestNonStarterStartsAfterGrace(t *testing.T) {
 	}
 	deadline := time.Now().Add(2*starterGrace + sessionTimeout)
 	awaitSession(t, a, bKey, since, deadline, "no session after the grace: neither non-starter started it")
-	if err := exchange(t, a, b, 7001, []byte("after grace"), 5*time.Second); err != nil {
+	if err := exchange(t, a, b, 7001, []byte("after grace"), exchangeTimeout); err != nil {
 		t.Fatalf("traffic after the late session: %v", err)
 	}
 }
