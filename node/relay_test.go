@@ -217,13 +217,17 @@ const allowWeb = "inbound:\n  - {proto: tcp, port: 80, host: any}\n"
 // NAME.DOMAIN and address.
 func TestProxiesReachOverlayServiceByNameAndAddress(t *testing.T) {
 	_, beta := proxyPair(t, allowWeb, "", nil)
+	overlayHTTP(t, beta, 80) // the proxy's own node is reachable too
 	for _, c := range []struct {
 		how    string
 		client *http.Client
 	}{{"socks5", socksClient(t, addrOf(t, beta, "socks5"))}, {"http proxy", httpProxyClient(addrOf(t, beta, "http"))}} {
-		for _, host := range []string{"alpha", "alpha.corp.example", "ALPHA.corp.example.", "100.64.0.1"} {
+		for host, want := range map[string]string{
+			"alpha": "alpha", "alpha.corp.example": "alpha", "ALPHA.corp.example.": "alpha", "100.64.0.1": "alpha",
+			"beta": "beta", "beta.corp.example": "beta", "100.64.0.2": "beta",
+		} {
 			code, body := fetch(c.client, "http://"+host+"/page")
-			if code != 200 || body != "hello from alpha /page" {
+			if code != 200 || body != "hello from "+want+" /page" {
 				t.Errorf("%s to %s: %d %q", c.how, host, code, body)
 			}
 		}
@@ -664,4 +668,52 @@ func TestRelayStartFailuresStopTheNode(t *testing.T) {
 			t.Errorf("error %q does not name %q", err, tc.want)
 		}
 	}
+}
+
+// TestNamesFromGossipRecords: a node known only from its gossip record
+// (no tunnel at the moment) resolves by NAME and NAME.DOMAIN, and a
+// proxied connection to it waits for its admission instead of failing.
+func TestNamesFromGossipRecords(t *testing.T) {
+	alpha, beta := gossipPair(t)
+	overlayHTTP(t, alpha, 80)
+	if err := alpha.ReloadFirewall(mustParseRules(t, allowWeb)); err != nil {
+		t.Fatal(err)
+	}
+	// beta drops its tunnel to alpha; gossip still holds alpha's record.
+	var key [32]byte
+	for _, p := range beta.Peers() {
+		if p.Name == "alpha" {
+			key = p.WireGuardKey
+		}
+	}
+	beta.ov.RemovePeer(key, "test")
+	if _, ok := beta.ov.IdentityByAddr(alpha.Addr()); ok {
+		t.Fatal("alpha is still admitted")
+	}
+	for _, name := range []string{"alpha", "alpha.corp.example"} {
+		a, err := nodeResolver{beta}.LookupName(context.Background(), name)
+		if err != nil || a != alpha.Addr() {
+			t.Errorf("LookupName(%q) = %v, %v; want %v from the gossip record", name, a, err, alpha.Addr())
+		}
+	}
+	if _, err := (nodeResolver{beta}).LookupName(context.Background(), "alpha.other.example"); err == nil {
+		t.Error("a name in another domain resolved")
+	}
+	// A connection waits until gossip admits alpha again.
+	ctx, cancel := context.WithTimeout(context.Background(), relayDeadline)
+	defer cancel()
+	c, err := nodeDialer{beta}.DialContext(ctx, "tcp", netip.AddrPortFrom(alpha.Addr(), 80))
+	if err != nil {
+		t.Fatalf("dial to a node known by gossip: %v", err)
+	}
+	c.Close()
+}
+
+func mustParseRules(t *testing.T, yaml string) *policy.Config {
+	t.Helper()
+	c, err := policy.ParseConfig([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

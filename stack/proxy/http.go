@@ -32,6 +32,7 @@ import (
 func (s *Server) ServeHTTPProxy(l net.Listener) error {
 	g, err := s.newGroup("http")
 	if err != nil {
+		l.Close()
 		return nil
 	}
 	ln, err := g.Listen(l, s.reject503)
@@ -211,7 +212,7 @@ func (h *httpProxy) connect(w http.ResponseWriter, r *http.Request) {
 
 // refuse answers a request the proxy cannot carry.
 func (h *httpProxy) refuse(w http.ResponseWriter, r *http.Request, d Destination, err error) {
-	h.s.log.Info("http proxy: refused", "from", r.RemoteAddr, "to", d.String(), "err", err)
+	h.s.log.Debug("http proxy: refused", "from", r.RemoteAddr, "to", d.String(), "err", err)
 	httpError(w, httpStatus(err), err.Error())
 }
 
@@ -220,7 +221,7 @@ func (h *httpProxy) upstreamError(w http.ResponseWriter, r *http.Request, err er
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return // the client went away
 	}
-	h.s.log.Info("http proxy: forwarding failed", "from", r.RemoteAddr, "url", r.URL.String(), "err", err)
+	h.s.log.Debug("http proxy: forwarding failed", "from", r.RemoteAddr, "url", r.URL.String(), "err", err)
 	httpError(w, httpStatus(err), err.Error())
 }
 

@@ -674,3 +674,25 @@ func TestNewChecksConfig(t *testing.T) {
 		t.Error("an empty user name accepted")
 	}
 }
+
+// TestServeAfterCloseReleasesTheListener: a listener handed to a closed
+// Server is closed, not left holding its port.
+func TestServeAfterCloseReleasesTheListener(t *testing.T) {
+	srv, err := New(Config{Dialer: newFakeOverlay(), Networks: overlay})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	for _, serve := range []func(net.Listener) error{srv.ServeSOCKS5, srv.ServeHTTPProxy} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := serve(l); err != nil {
+			t.Errorf("serve on a closed Server: %v", err)
+		}
+		if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("the listener is still open: %v", err)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 func (s *Server) ServeSOCKS5(l net.Listener) error {
 	g, err := s.newGroup("socks5")
 	if err != nil {
+		l.Close()
 		return nil
 	}
 	ln, err := g.Listen(l, nil)
@@ -44,7 +45,7 @@ func (s *Server) ServeSOCKS5(l net.Listener) error {
 // socks runs one client connection.
 func (s *Server) socks(g *relay.Group, c net.Conn) {
 	c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	req, ok := s.socksHandshake(c)
+	req, ok := s.socksHandshake(g, c)
 	if !ok {
 		c.Close()
 		return
@@ -63,7 +64,7 @@ func (s *Server) socks(g *relay.Group, c net.Conn) {
 // socksHandshake negotiates the method, authenticates and reads the
 // request. On failure it has answered what the protocol allows, and the
 // caller closes c.
-func (s *Server) socksHandshake(c net.Conn) (request, bool) {
+func (s *Server) socksHandshake(g *relay.Group, c net.Conn) (request, bool) {
 	methods, err := readGreeting(c)
 	if err != nil {
 		s.log.Debug("socks5: bad greeting", "from", c.RemoteAddr(), "err", err)
@@ -75,7 +76,7 @@ func (s *Server) socksHandshake(c net.Conn) (request, bool) {
 	}
 	if !slices.Contains(methods, want) {
 		c.Write([]byte{socksVersion, methodNoneOK})
-		s.log.Info("socks5: client offers no acceptable authentication method", "from", c.RemoteAddr(), "offered", methods, "want", want)
+		g.Warn("socks5: client offers no acceptable authentication method", "from", c.RemoteAddr(), "offered", methods, "want", want)
 		return request{}, false
 	}
 	if _, err := c.Write([]byte{socksVersion, want}); err != nil {
@@ -89,7 +90,7 @@ func (s *Server) socksHandshake(c net.Conn) (request, bool) {
 		}
 		if !s.checkUser(user, pass) {
 			c.Write([]byte{userPassVer, userPassFail})
-			s.log.Warn("socks5: authentication failed", "from", c.RemoteAddr(), "user", user)
+			g.Warn("socks5: authentication failed", "from", c.RemoteAddr(), "user", user)
 			return request{}, false
 		}
 		if _, err := c.Write([]byte{userPassVer, userPassOK}); err != nil {
@@ -127,7 +128,7 @@ func (s *Server) socksConnect(g *relay.Group, c net.Conn, dst Destination) {
 	c.SetDeadline(time.Time{}) // the connect has its own timeout
 	out, err := s.connect(g.Context(), "tcp", dst)
 	if err != nil {
-		s.log.Info("socks5: connect refused", "from", c.RemoteAddr(), "to", dst.String(), "err", err)
+		s.log.Debug("socks5: connect refused", "from", c.RemoteAddr(), "to", dst.String(), "err", err)
 		c.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 		c.Write(reply(socksCode(err), netip.AddrPort{}))
 		c.Close()

@@ -65,6 +65,10 @@ type Group struct {
 	// between are only counted.
 	lastWarn     atomic.Int64
 	warnedRefuse atomic.Uint64
+	// lastFail is when a failure was last logged by Warn (UnixNano);
+	// failures in between are counted in failed.
+	lastFail atomic.Int64
+	failed   atomic.Uint64
 }
 
 // rejectLogEvery is how often at most a Group logs that it refused
@@ -154,6 +158,19 @@ func (g *Group) refused(src netip.Addr, why error) {
 	}
 	total := g.rejected.Load()
 	g.log.Warn("connection refused: limit reached", "from", src, "why", why.Error(), "refused_since_last_log", total-g.warnedRefuse.Swap(total))
+}
+
+// Warn logs a failure (a target that cannot be reached, say) at most
+// every 10 s, with the number of failures since the last one logged.
+func (g *Group) Warn(msg string, args ...any) {
+	n := g.failed.Add(1)
+	now := time.Now().UnixNano()
+	last := g.lastFail.Load()
+	if now-last < int64(rejectLogEvery) || !g.lastFail.CompareAndSwap(last, now) {
+		return
+	}
+	g.failed.Store(0)
+	g.log.Warn(msg, append(args, "failures_since_last_log", n)...)
 }
 
 // Track registers c (a connection, listener or socket) to be closed by

@@ -17,7 +17,7 @@ type DialFunc func(ctx context.Context, from net.Addr) (net.Conn, error)
 // target cannot be reached, is reset at once. ServeTCP returns nil when g
 // is closed, or the error that ends l.
 func ServeTCP(g *Group, l net.Listener, dial DialFunc) error {
-	ln, err := g.Listen(l, nil)
+	ln, err := g.Listen(l, nil) // closes l if g is closed
 	if err != nil {
 		return nil
 	}
@@ -47,7 +47,7 @@ func relayTCP(g *Group, c net.Conn, dial DialFunc) {
 	out, err := dial(ctx, c.RemoteAddr())
 	if err != nil {
 		if g.Context().Err() == nil {
-			g.log.Info("relay: target unreachable; connection reset", "from", c.RemoteAddr(), "err", err)
+			g.Warn("relay: target unreachable; connection reset", "from", c.RemoteAddr(), "err", err)
 		}
 		Abort(c)
 		return

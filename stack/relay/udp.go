@@ -120,7 +120,7 @@ func (u *udpRelay) run(key string, s *session) {
 	out, err := u.dial(ctx, s.from)
 	if err != nil {
 		if u.g.Context().Err() == nil {
-			u.g.log.Info("relay: target unreachable; session dropped", "from", s.from, "err", err)
+			u.g.Warn("relay: target unreachable; session dropped", "from", s.from, "err", err)
 		}
 		return
 	}
