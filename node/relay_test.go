@@ -717,3 +717,59 @@ func mustParseRules(t *testing.T, yaml string) *policy.Config {
 	}
 	return c
 }
+
+// TestForwardPassesHalfCloseAndReset: through forward, the overlay and
+// serve, a client's half-close reaches the server, which still answers;
+// a server's reset reaches the client as a reset.
+func TestForwardPassesHalfCloseAndReset(t *testing.T) {
+	srv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		for {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				c.SetDeadline(time.Now().Add(relayDeadline))
+				req, _ := io.ReadAll(c) // until the client's FIN
+				if string(req) == "reset me" {
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+					return
+				}
+				c.Write(append([]byte("answer to "), req...))
+				c.Close()
+			}()
+		}
+	}()
+	f := newFabricCA(t)
+	alpha := f.node("alpha", 1, "inbound:\n  - {proto: tcp, port: 9000, host: any}\n", func(o *Options) {
+		o.Serve = []ServeOptions{{Port: 9000, To: srv.Addr().String()}}
+	})
+	beta := f.node("beta", 2, "", func(o *Options) {
+		o.Forward = []ForwardOptions{{Listen: "127.0.0.1:0", To: "alpha:9000"}}
+	}, alpha)
+	waitSession(t, beta, "alpha")
+	ask := func(msg string) (string, error) {
+		c, err := net.DialTimeout("tcp", addrOf(t, beta, "forward[0]"), relayDeadline)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(relayDeadline))
+		c.Write([]byte(msg))
+		c.(*net.TCPConn).CloseWrite()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if got, err := ask("question"); err != nil || got != "answer to question" {
+		t.Errorf("half-close: %q, %v; want the answer sent after the FIN, then EOF", got, err)
+	}
+	if got, err := ask("reset me"); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("reset: %q, %v; want ECONNRESET", got, err)
+	}
+}
