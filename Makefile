@@ -10,7 +10,7 @@ FUZZTIME  ?= 20s
 # Test timeout: the integration fabrics and namespace tests are the slowest.
 TESTTIMEOUT ?= 30m
 
-.PHONY: bench-flood bench-gossip all build test test-short vet bench fuzz demo clean
+.PHONY: bench-flood bench-gossip bench-proxy all build test test-short vet bench fuzz demo clean
 
 all: build
 
@@ -44,6 +44,14 @@ test-short: vet
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./vault ./overlay/... ./stack ./policy
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m ./discovery ./integration
+	$(MAKE) bench-proxy
+
+# Userspace mode for unmodified programs: bulk TCP through the SOCKS5 proxy
+# and through a forward entry against a direct Dial on the same pair (three
+# alternating rounds, 1 GiB each unless GRIDNET_BENCH_BYTES says), and
+# connection setup through the proxy (rate, added p50/p99 latency).
+bench-proxy:
+	$(GO) test -run '^$$' -bench 'RelayBulk|ProxyConnect' -benchtime 1x -count 1 -timeout 30m ./node
 
 # The flood benchmarks alone: the share of throughput an honest peer keeps
 # while another peer floods the victim (in one process, and with the

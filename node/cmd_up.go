@@ -177,6 +177,10 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	proxyOpts, serve, forward, err := relayOptions(cfg)
+	if err != nil {
+		return err
+	}
 	n, err := Start(ctx, Options{
 		IdentityKey:  li.keys.identity,
 		WireGuardKey: li.keys.wireGuard,
@@ -190,6 +194,9 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		MTU:          int(cfg.Tun.MTU),
 		Firewall:     cfg.FirewallRules,
 		Gossip:       gossipOptions(cfg.Gossip),
+		Proxy:        proxyOpts,
+		Serve:        serve,
+		Forward:      forward,
 		Logger:       log,
 	})
 	if err != nil {

@@ -45,6 +45,12 @@ type Config struct {
 	Log LogConfig `yaml:"log"`
 	// Gossip turns on discovery: memberlist over the overlay.
 	Gossip GossipConfig `yaml:"gossip"`
+	// Proxy runs local SOCKS5 and HTTP proxies into the overlay.
+	Proxy ProxyConfig `yaml:"proxy"`
+	// Serve exposes local services on the node's overlay address.
+	Serve []ServeConfig `yaml:"serve"`
+	// Forward carries local ports to overlay services.
+	Forward []ForwardConfig `yaml:"forward"`
 	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
 	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
 	// the environment wins.
@@ -230,6 +236,7 @@ func (c *Config) applyDefaults() {
 	if c.Gossip.Port == 0 {
 		c.Gossip.Port = discovery.DefaultPort
 	}
+	c.applyRelayDefaults()
 }
 
 // errVaultPathRequired is the problem of a config without vault.path.
@@ -248,7 +255,7 @@ func (c *Config) validate() []error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		problems = append(problems, &lineError{c.lines["log.format"], fmt.Errorf("log.format %q: want text or json", c.Log.Format)})
 	}
-	return problems
+	return append(problems, c.validateRelays()...)
 }
 
 func (c *Config) resolvePaths(dir string) {
@@ -263,6 +270,9 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.Cert)
 	abs(&c.CRL)
 	abs(&c.Control.Socket)
+	for i := range c.Proxy.Users {
+		abs(&c.Proxy.Users[i].PasswordFile)
+	}
 }
 
 // AddrPort is a netip.AddrPort that reads from YAML and names the line of

@@ -41,6 +41,7 @@ func checkConfig(cfg *Config, env Env) []error {
 	if err := checkControlSocket(cfg.Control.Socket); err != nil {
 		ck.fail("control.socket", err)
 	}
+	ck.relays()
 	return ck.problems
 }
 
@@ -353,6 +354,8 @@ func (c *Config) effectiveYAML() ([]byte, error) {
 	comment(c.CRL == "", "empty: no CRL file", "crl")
 	comment(len(c.Gossip.Advertise) == 0, fmt.Sprintf("empty: 127.0.0.1:%d (the listen port)", c.Listen.Port()), "gossip", "advertise")
 	comment(c.MemoryLimitMiB == -1, "no limit", "memory_limit_mib")
+	comment(!c.Proxy.SOCKS5.IsValid(), "empty: no SOCKS5 proxy", "proxy", "socks5")
+	comment(!c.Proxy.HTTP.IsValid(), "empty: no HTTP proxy", "proxy", "http")
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

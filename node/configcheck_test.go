@@ -268,6 +268,15 @@ func comparable(c *Config) Config {
 	if len(out.Gossip.Advertise) == 0 {
 		out.Gossip.Advertise = nil
 	}
+	if len(out.Serve) == 0 {
+		out.Serve = nil
+	}
+	if len(out.Forward) == 0 {
+		out.Forward = nil
+	}
+	if len(out.Proxy.Users) == 0 {
+		out.Proxy.Users = nil
+	}
 	return out
 }
 

@@ -189,11 +189,26 @@ func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]in
 			path = section + "." + k.Value
 		}
 		lines[path] = k.Line
-		if ft.Kind() == reflect.Struct && ft != reflect.TypeFor[yaml.Node]() && !reflect.PointerTo(ft).Implements(reflect.TypeFor[yaml.Unmarshaler]()) {
+		switch {
+		case isSection(ft):
 			problems = append(problems, checkKeys(v, ft, path, lines)...)
+		case ft.Kind() == reflect.Slice && isSection(ft.Elem()) && v.Kind == yaml.SequenceNode:
+			// A list of sections (serve, forward, proxy.users): each
+			// entry's keys are checked, its lines kept as "serve[0].to".
+			for j, item := range v.Content {
+				ipath := fmt.Sprintf("%s[%d]", path, j)
+				lines[ipath] = item.Line
+				problems = append(problems, checkKeys(item, ft.Elem(), ipath, lines)...)
+			}
 		}
 	}
 	return problems
+}
+
+// isSection reports whether t is a struct whose keys checkKeys checks
+// (not a value type that reads itself from YAML).
+func isSection(t reflect.Type) bool {
+	return t.Kind() == reflect.Struct && t != reflect.TypeFor[yaml.Node]() && !reflect.PointerTo(t).Implements(reflect.TypeFor[yaml.Unmarshaler]())
 }
 
 // yamlName is the config key of struct field f, or "" for none.

@@ -61,6 +61,13 @@ type Options struct {
 	// interface; nil means policy.DefaultConfig: inbound denied, outbound
 	// allowed.
 	Firewall *policy.Config
+	// Proxy runs local SOCKS5 and HTTP proxies into the overlay; nil:
+	// none.
+	Proxy *ProxyOptions
+	// Serve exposes local services on the node's overlay address.
+	Serve []ServeOptions
+	// Forward carries local ports to overlay services.
+	Forward []ForwardOptions
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -86,6 +93,7 @@ type Node struct {
 	fw     *policy.Firewall
 	events *eventLog
 	gossip *gossip
+	relays *relays
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -195,6 +203,10 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+	}
+	if err := n.startRelays(); err != nil {
+		n.Close()
+		return nil, err
 	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
@@ -399,6 +411,7 @@ func (n *Node) shutdown(graceful bool) error {
 		if n.cancel != nil {
 			n.cancel()
 		}
+		n.relays.close()
 		if n.gossip != nil {
 			n.gossip.close(graceful)
 		}

@@ -17,7 +17,10 @@
 // shutdown: Close stops gVisor's goroutines before the device's queue is
 // closed, and gVisor never blocks on a reader. It needs no privilege and touches nothing on the host; only
 // this process reaches the overlay, through Stack.DialContext, ListenTCP,
-// ListenUDP and Ping.
+// ListenUDP and Ping. Its TCP connections are *TCPConn: besides net.Conn
+// they offer CloseWrite, SetLinger (0: Close sends a RST) and errors that
+// errors.Is matches with the kernel's errnos (ECONNRESET, ECONNREFUSED),
+// so relays (package stack/relay) treat them as host sockets.
 //
 // Kernel creates a real TUN interface (default name "gridnet0"), assigns the
 // overlay addresses with their prefix (which makes the kernel route the

@@ -54,7 +54,7 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 
 func (u *userspace) dialTCP(ctx context.Context, _ string, _ netip.Addr, remote netip.AddrPort) (net.Conn, error) {
 	fa, pn := fullAddr(remote)
-	c, err := gonet.DialContextTCP(ctx, u.dev.stack, fa, pn)
+	c, err := dialTCPConn(ctx, u.dev, fa, pn)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (u *userspace) dialUDP(_ context.Context, _ string, local netip.Addr, remot
 
 func (u *userspace) listenTCP(local netip.AddrPort) (net.Listener, error) {
 	fa, pn := fullAddr(local)
-	l, err := gonet.ListenTCP(u.dev.stack, fa, pn)
+	l, err := listenTCPConn(u.dev, fa, pn)
 	if err != nil {
 		return nil, err
 	}
