@@ -82,13 +82,15 @@ func (g *delegate) NotifyMsg(b []byte) {
 		}
 		d.mergeState(st, LearnedPull)
 	case msgLeave:
-		name, version, err := decodeLeave(b[1:])
+		n, err := decodeLeave(b[1:])
 		if err != nil {
+			d.stats.leavesRefused.Add(1)
 			d.log.Debug("discovery: bad leave notice", "err", err)
 			return
 		}
-		if d.leaving(name, version) {
-			d.enqueue("l/"+name, bytes.Clone(b))
+		if d.leaving(n) {
+			// Relayed unchanged: the leaver's signature goes with it.
+			d.enqueue("l/"+n.name, bytes.Clone(b))
 		}
 	}
 }
@@ -222,21 +224,48 @@ func (d *Discovery) acceptCRL(der []byte) bool {
 	return true
 }
 
-// leaving handles a leave notice and reports whether it was news. A member
-// still alive is marked, so that memberlist's coming NotifyLeave is a
-// leave; one already reported dead is corrected to left (OnLeave again,
-// dead=false). Notices for an older record than held are stale.
-func (d *Discovery) leaving(name string, version uint64) bool {
+// leaving handles a leave notice and reports whether it was news. The
+// notice counts only if it is signed by the leaver: the identity key of
+// the certificate in the leaver's own record, which must verify now and
+// name the leaver. Anything else (unsigned, signed by another member,
+// about a member whose record is not held, stale) changes nothing. A
+// member still alive is marked, so that memberlist's coming NotifyLeave
+// is a leave; one already reported dead is corrected to left (OnLeave
+// again, dead=false). Notices for an older record than held are stale.
+func (d *Discovery) leaving(n leaveNotice) bool {
+	d.mu.Lock()
+	m := d.members[n.name]
+	if m != nil && m.leaving {
+		d.mu.Unlock()
+		return false // known already (a relayed copy)
+	}
+	if n.name == d.self.Name || m == nil || !m.hasRec || m.rec.Version > n.version {
+		d.mu.Unlock()
+		d.stats.leavesRefused.Add(1)
+		return false
+	}
+	certDER := m.rec.Certificate
+	d.mu.Unlock()
+	id, err := d.cfg.VerifyCertificate(certDER)
+	if err == nil {
+		err = n.verify(id, time.Now())
+	}
+	if err != nil {
+		d.stats.leavesRefused.Add(1)
+		d.log.Debug("discovery: leave notice refused", "name", n.name, "err", err)
+		return false
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	m := d.members[name]
-	if name == d.self.Name || m == nil || m.leaving || (m.hasRec && m.rec.Version > version) {
+	// The table may have changed while the lock was released.
+	if m2 := d.members[n.name]; m2 != m || m.leaving || !m.hasRec || !bytes.Equal(m.rec.Certificate, certDER) {
 		return false
 	}
 	m.leaving = true
 	if m.state == StateDead {
 		m.state, m.stateChange = StateLeft, time.Now()
 		if d.cfg.OnLeave != nil {
+			name := n.name
 			d.events.push(func() { d.cfg.OnLeave(name, false) })
 		}
 	}

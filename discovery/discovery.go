@@ -3,6 +3,7 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log"
@@ -43,6 +44,15 @@ type Config struct {
 	// Self is this node's record. Version zero means "now in
 	// nanoseconds", so a restarted node's record beats its previous one.
 	Self Record
+	// IdentityKey is this node's Ed25519 identity key (required): it signs
+	// every statement the node makes about itself (its leave notice).
+	IdentityKey ed25519.PrivateKey
+	// VerifyCertificate verifies a certificate DER from a record against
+	// the trusted CAs, the CRLs and the clock, and returns whom it names
+	// (required). A member's statements about itself are checked against
+	// the certificate in its own record. It is called without the
+	// package's lock; it must not call back into the package.
+	VerifyCertificate func(der []byte) (Identity, error)
 	// Logger receives the package's logs and memberlist's (at debug,
 	// rate-limited); nil discards them.
 	Logger *slog.Logger
@@ -56,8 +66,11 @@ type Config struct {
 	// record when a member that was reported by OnLeave comes back alive.
 	// Never called for Self.
 	OnRecord func(Record)
-	// OnLeave is called when a member left gracefully (dead=false) or was
-	// declared dead by failure detection (dead=true). A member known only
+	// OnLeave is called when a member left gracefully (dead=false: only
+	// for a leave notice signed by the member itself) or was declared
+	// dead or gone by anyone else (dead=true: failure detection, or
+	// memberlist's own unsigned leave message; the node checks such a
+	// verdict itself before it acts on it). A member known only
 	// by its record, that memberlist has not reported for a while, is out
 	// of failure detection's sight: it is offered as dead (dead=true) now
 	// and then, for the node to check itself (see Ping).
@@ -172,8 +185,25 @@ type member struct {
 	leaving       bool      // a leave notice arrived (graceful, not dead)
 }
 
+// Stats counts what this node refused of what members sent it, since
+// Start. Refusals are also logged, at most once a minute per sending
+// member and reason.
+type Stats struct {
+	// LeavesRefused counts leave notices that were not signed by the
+	// leaver's own key, were stale, or named a member whose record is not
+	// held.
+	LeavesRefused uint64
+}
+
+// stats are the counters behind Stats.
+type stats struct {
+	leavesRefused atomic.Uint64
+}
+
 // Discovery is a running member of the fabric.
 type Discovery struct {
+	stats stats
+
 	cfg  Config
 	tun  tuning
 	log  *slog.Logger
@@ -237,6 +267,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	}
 	if cfg.Network == nil {
 		return nil, errors.New("discovery: start: no network")
+	}
+	if len(cfg.IdentityKey) != ed25519.PrivateKeySize || cfg.VerifyCertificate == nil {
+		return nil, errors.New("discovery: start: an identity key and a certificate verifier are required")
 	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
@@ -377,6 +410,13 @@ func (d *Discovery) Members() []Member {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// Stats returns the refusal counters.
+func (d *Discovery) Stats() Stats {
+	return Stats{
+		LeavesRefused: d.stats.leavesRefused.Load(),
+	}
 }
 
 // Self returns this node's current record.
@@ -532,7 +572,7 @@ func (d *Discovery) CRL() []byte {
 func (d *Discovery) Leave(timeout time.Duration) error {
 	d.mu.Lock()
 	d.left = true
-	notice := encodeLeave(d.self.Name, d.self.Version)
+	notice := encodeLeave(d.cfg.IdentityKey, d.self.Name, d.self.Version, time.Now())
 	d.mu.Unlock()
 	d.enqueue("l/"+d.cfg.Self.Name, notice)
 	start := time.Now()

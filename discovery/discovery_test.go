@@ -239,7 +239,7 @@ func TestUpdateSelfSpreads(t *testing.T) {
 
 	for _, size := range []int{700, 5000} { // gossiped; announced and pulled
 		r := f.nodes[5].d.Self()
-		r.Certificate = fakeCert(r.Name+"-renewed", size)
+		r.Certificate = nodeCert(5, size, "renewed")
 		if err := f.nodes[5].d.UpdateSelf(r); err != nil {
 			t.Fatal(err)
 		}

@@ -32,6 +32,20 @@
 // about 80 MB with record repairs as push/pulls, 35 MB with repairs as
 // pulls (whose answers carry only the records asked for).
 //
+// # Signed statements
+//
+// A member may only speak for itself. Config.IdentityKey signs what this
+// node says about itself; Config.VerifyCertificate checks the certificate
+// a statement is checked against (trusted CA, CRL, clock, and that it
+// names the speaker). A leave notice (name, record version, time) is
+// signed by the leaver and verified against the certificate in the
+// leaver's own record; an unsigned notice, one signed by another key, one
+// for a member whose record is not held, or one dated more than
+// MaxClockSkew ahead or older than ten minutes changes nothing and is not
+// relayed. Only a verified notice makes OnLeave report a leave
+// (dead=false); every other verdict is reported as dead=true, for the
+// node to check through the tunnel before it acts.
+//
 // # Limits
 //
 // MaxRecordSize (8 KiB) per record, MaxNameLen, MaxEndpoints (16),

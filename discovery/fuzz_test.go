@@ -1,8 +1,11 @@
 package discovery
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 func FuzzDecodeRecord(f *testing.F) {
@@ -74,6 +77,36 @@ func FuzzDecodePull(f *testing.F) {
 		again, err := decodePull(encodePull(p)[1:])
 		if err != nil || again.from != p.from || again.addr != p.addr || len(again.names) != len(p.names) {
 			t.Fatalf("round trip: %v %+v != %+v", err, again, p)
+		}
+	})
+}
+
+func FuzzDecodeLeave(f *testing.F) {
+	key := testKey("node-001")
+	valid := encodeLeave(key, "node-001", 42, time.Unix(1700000000, 0))
+	f.Add(valid[1:])
+	f.Add(append(bytes.Clone(valid[1:]), annName, 1, 'x')) // a field after the signature
+	f.Add(valid[1 : len(valid)-10])                        // truncated signature
+	f.Add([]byte{annName, 1, 'x', annVersion, 8, 0, 0, 0, 0, 0, 0, 0, 5})
+	pub := key.Public().(ed25519.PublicKey)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, err := decodeLeave(b)
+		if err != nil {
+			return
+		}
+		if n.name == "" || len(n.name) > MaxNameLen || len(n.sig) != ed25519.SignatureSize {
+			t.Fatalf("limits not enforced: name %d bytes, signature %d bytes", len(n.name), len(n.sig))
+		}
+		if !bytes.HasPrefix(b, n.signed) || len(n.signed) >= len(b) {
+			t.Fatalf("signed part (%d bytes) is not a proper prefix of the notice (%d bytes)", len(n.signed), len(b))
+		}
+		// Only the notice the key signed verifies: its signed bytes and
+		// signature are the seed's (Ed25519 signatures do not forge or
+		// malleate).
+		vn, _ := decodeLeave(valid[1:])
+		if n.verify(Identity{Name: n.name, Key: pub}, time.Unix(0, n.at)) == nil &&
+			(!bytes.Equal(n.signed, vn.signed) || !bytes.Equal(n.sig, vn.sig)) {
+			t.Fatalf("a notice the key did not sign verified: %x", b)
 		}
 	})
 }

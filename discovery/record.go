@@ -58,6 +58,9 @@ var (
 	ErrTooLarge = errors.New("over size limit")
 	// ErrMalformed is wrapped by errors about undecodable input.
 	ErrMalformed = errors.New("malformed")
+	// ErrBadStatement is wrapped by errors about a statement whose
+	// signature, certificate or time does not hold.
+	ErrBadStatement = errors.New("statement refused")
 )
 
 // Record is what a node tells the fabric about itself. It is spread by

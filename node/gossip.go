@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
@@ -95,6 +96,10 @@ type gossip struct {
 	// responding reports whether a handshake from the endpoint is being
 	// answered here (Overlay.Responding; tests replace it).
 	responding func(endpoint netip.AddrPort) bool
+	// checksKept and checksRemoved count finished checks of death
+	// verdicts: the member answered (or was heard from) and kept its
+	// tunnel, or did not and lost it.
+	checksKept, checksRemoved atomic.Uint64
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -128,14 +133,16 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 		adv = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ov.Port())}
 	}
 	d, err := discovery.Start(g.ctx, discovery.Config{
-		Network:  overlayNetwork{n},
-		Port:     opts.Port,
-		Self:     discovery.Record{Name: n.Identity().Name, Certificate: n.Identity().Raw, Endpoints: adv},
-		Logger:   g.log,
-		OnRecord: g.onRecord,
-		OnLeave:  g.onLeave,
-		OnCRL:    g.onCRL,
-		Profile:  opts.Profile,
+		Network:           overlayNetwork{n},
+		Port:              opts.Port,
+		Self:              discovery.Record{Name: n.Identity().Name, Certificate: n.Identity().Raw, Endpoints: adv},
+		IdentityKey:       n.opts.IdentityKey,
+		VerifyCertificate: g.verifyCertificate,
+		Logger:            g.log,
+		OnRecord:          g.onRecord,
+		OnLeave:           g.onLeave,
+		OnCRL:             g.onCRL,
+		Profile:           opts.Profile,
 		// Only admitted peers can be synced with: their tunnel exists.
 		Reachable: func(a netip.Addr) bool {
 			_, ok := n.ov.IdentityByAddr(a)
@@ -155,6 +162,20 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 	g.wg.Add(1)
 	go g.joinLoop()
 	return g, nil
+}
+
+// verifyCertificate checks a certificate from a gossiped statement
+// against the trust pool (CAs, CRLs, the clock) for discovery.
+func (g *gossip) verifyCertificate(der []byte) (discovery.Identity, error) {
+	id, err := g.n.pool.VerifyDER(der, g.n.opts.Now())
+	if err != nil {
+		return discovery.Identity{}, fmt.Errorf("gossip certificate: %w", err)
+	}
+	addrs := make([]netip.Addr, 0, len(id.Addresses))
+	for _, p := range id.Addresses {
+		addrs = append(addrs, p.Addr())
+	}
+	return discovery.Identity{Name: id.Name, Key: id.IdentityKey, Addrs: addrs}, nil
 }
 
 // onRecord queues a learned record for admission; memberlist callbacks
@@ -318,18 +339,21 @@ func (g *gossip) left(name string) bool {
 	return true
 }
 
-// onLeave removes a member that left from WireGuard at once. A member
-// declared dead is first pinged through its tunnel (deathPings times): a
-// node starved of CPU or a lossy moment makes failure detection declare
-// live members dead, and tearing down a working tunnel would make the
-// member unreachable in earnest. One that answers keeps its tunnel (it
-// refutes its death in memberlist by itself), and so does one that
-// WireGuard heard from during the check (an answer after the ping's
-// timeout counts). A member admitted moments ago without a session yet is
-// checked only once its session had time to come (sessionSetup). One that
-// does not answer is removed
-// and tried again later (see retryLater): it may only be unreachable for
-// a while.
+// onLeave removes a member that left from WireGuard at once: discovery
+// reports a leave (dead=false) only for a leave notice the member signed
+// itself. Every other verdict (a death from failure detection,
+// memberlist's own unsigned leave, anything another member said) comes
+// as dead=true and is checked here first: the member is pinged through
+// its tunnel (deathPings times), so no member can cost another its
+// tunnels by what it says, and a node starved of CPU or a lossy moment
+// (which make failure detection declare live members dead) does not tear
+// down a working tunnel and make the member unreachable in earnest. One
+// that answers keeps its tunnel (it refutes its death in memberlist by
+// itself), and so does one that WireGuard heard from during the check
+// (an answer after the ping's timeout counts). A member admitted moments
+// ago without a session yet is checked only once its session had time to
+// come (sessionSetup). One that does not answer is removed and tried
+// again later (see retryLater): it may only be unreachable for a while.
 func (g *gossip) onLeave(name string, dead bool) {
 	if !dead {
 		g.removeNamed(name, g.n.opts.Now(), "left the fabric")
@@ -359,6 +383,7 @@ func (g *gossip) onLeave(name string, dead bool) {
 				return
 			}
 			if g.ping(name) {
+				g.checksKept.Add(1)
 				g.log.Info("member declared dead answers through its tunnel; tunnel kept", "name", name)
 				return
 			}
@@ -368,9 +393,11 @@ func (g *gossip) onLeave(name string, dead bool) {
 		// from the member since the check began, or a handshake since,
 		// proves the member alive.
 		if now := g.tunnels(name); heardSince(heard, now, began) {
+			g.checksKept.Add(1)
 			g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
 			return
 		}
+		g.checksRemoved.Add(1)
 		// An admission since the verdict proved the member alive (the
 		// verdict itself may come from the missing tunnel): it stays.
 		g.removeNamed(name, declared, "declared dead by failure detection")

@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/discovery/insider"
 	"github.com/aigrid/gridnet/overlay"
 )
 
@@ -275,6 +277,15 @@ func TestSessionSetupLeft(t *testing.T) {
 // waits until alpha has admitted beta and sees it alive.
 func gossipPair(t *testing.T) (a, b *Node) {
 	t.Helper()
+	ns := gossipNodes(t, "alpha", "beta")
+	return ns[0], ns[1]
+}
+
+// gossipNodes starts nodes with gossip, the first one the seed of the
+// others, and waits until the seed has admitted every other node and
+// sees it alive.
+func gossipNodes(t *testing.T, names ...string) []*Node {
+	t.Helper()
 	ca, err := NewLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
@@ -295,14 +306,27 @@ func gossipPair(t *testing.T) (a, b *Node) {
 		t.Cleanup(func() { n.Close() })
 		return n
 	}
-	a = start("alpha", 1, nil)
-	b = start("beta", 2, a)
-	for deadline := time.Now().Add(20 * time.Second); !admitted(a, "beta") || a.gossip.aliveOthers() == 0; time.Sleep(50 * time.Millisecond) {
+	var ns []*Node
+	for i, name := range names {
+		var seed *Node
+		if i > 0 {
+			seed = ns[0]
+		}
+		ns = append(ns, start(name, i+1, seed))
+	}
+	seed := ns[0]
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ready := seed.gossip.aliveOthers() == len(ns)-1
+		for _, n := range ns[1:] {
+			ready = ready && admitted(seed, n.Identity().Name)
+		}
+		if ready {
+			return ns
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("alpha never admitted beta and saw it alive")
+			t.Fatalf("%s never admitted all of %v and saw them alive", names[0], names[1:])
 		}
 	}
-	return a, b
 }
 
 // admitted reports whether n has admitted a peer called name.
@@ -362,4 +386,61 @@ func TestOneAdmissionPerNodeAtATime(t *testing.T) {
 	if p, ok := g.next(); !ok || p.rec.Name != "a" || p.rec.Version != 2 {
 		t.Fatalf("after done: next = %+v, %v; want a's newer record", p, ok)
 	}
+}
+
+// newInsider makes node n (an admitted member with a valid certificate)
+// the malicious member: it sends forgeries from its own overlay address.
+func newInsider(t *testing.T, n *Node) *insider.Member {
+	t.Helper()
+	pc, err := n.ListenUDP(40000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return &insider.Member{Name: n.Identity().Name, Key: n.opts.IdentityKey, Packets: pc, Dial: n.Dial}
+}
+
+// gossipAddrOf is n's gossip address on the overlay.
+func gossipAddrOf(n *Node) netip.AddrPort { return netip.AddrPortFrom(n.Addr(), discovery.DefaultPort) }
+
+// TestForgedLeaveAndDeathKeepTunnel: an admitted member (mallory) sends
+// alpha a leave notice for beta with version 2^64-1 (signed by its own
+// key) and a memberlist dead message for beta with incarnation 2^32-1,
+// the attack that made every node drop beta's tunnel. alpha refuses the
+// notice and removes no tunnel: it checks beta through its tunnel
+// first, and beta answers.
+func TestForgedLeaveAndDeathKeepTunnel(t *testing.T) {
+	ns := gossipNodes(t, "alpha", "beta", "mallory")
+	a, b, m := ns[0], ns[1], ns[2]
+	evil := newInsider(t, m)
+	removed := a.ov.Stats().Removed
+	packet := insider.Compound(
+		insider.UserMsg(insider.Leave(evil.Key, "beta", math.MaxUint64, time.Now())),
+		insider.DeadMsg("beta", insider.MaxIncarnation, "mallory"),
+	)
+	if err := evil.Send(gossipAddrOf(a), packet); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); a.gossip.d.Stats().LeavesRefused == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("alpha never refused the forged leave notice")
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); a.gossip.checksKept.Load()+a.gossip.checksRemoved.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("alpha never checked beta after the forged death")
+		}
+	}
+	if got := a.ov.Stats().Removed; got != removed || !admitted(a, "beta") {
+		t.Fatalf("alpha removed %d peers after forged messages (beta admitted: %v)", got-removed, admitted(a, "beta"))
+	}
+	if k, r := a.gossip.checksKept.Load(), a.gossip.checksRemoved.Load(); r != 0 {
+		t.Fatalf("death checks: %d kept, %d removed", k, r)
+	}
+	for _, mv := range a.Members() {
+		if mv.Name == "beta" && mv.State == "left" {
+			t.Fatalf("alpha shows beta %q after a forged leave", mv.State)
+		}
+	}
+	_ = b
 }
