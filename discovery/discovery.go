@@ -45,8 +45,17 @@ type Config struct {
 	// nanoseconds", so a restarted node's record beats its previous one.
 	Self Record
 	// IdentityKey is this node's Ed25519 identity key (required): it signs
-	// every statement the node makes about itself (its leave notice).
+	// every statement the node makes about itself (its record and its
+	// leave notice).
 	IdentityKey ed25519.PrivateKey
+	// PeerName names the member whose tunnel a packet or stream from an
+	// overlay address came through (required): the node's admitted peer
+	// holding that address. The transport checks every memberlist message
+	// against it (a member speaks only for itself; see the package
+	// documentation) and hands the package's own messages over with it.
+	// It is called for every packet and must be fast; it must not call
+	// back into the package.
+	PeerName func(netip.Addr) (string, bool)
 	// VerifyCertificate verifies a certificate DER from a record against
 	// the trusted CAs, the CRLs and the clock, and returns whom it names
 	// (required). A member's statements about itself are checked against
@@ -171,6 +180,9 @@ type Member struct {
 // member is the package's bookkeeping for one name.
 type member struct {
 	rec           Record
+	raw           []byte         // rec as its owner signed it (relayed unchanged)
+	recGossip     netip.AddrPort // the gossip address in the signed record
+	addrs         []netip.Addr   // overlay addresses of rec's verified certificate
 	hasRec        bool
 	learned       string
 	updated       time.Time
@@ -193,11 +205,27 @@ type Stats struct {
 	// leaver's own key, were stale, or named a member whose record is not
 	// held.
 	LeavesRefused uint64
+	// RecordsRefused counts records that were not genuine: certificate,
+	// signature, gossip address or version did not hold.
+	RecordsRefused uint64
+	// StatesRefused counts states refused whole: undecodable, from
+	// another member than the sender, or an answer nobody asked for.
+	StatesRefused uint64
+	// Refused counts every refused message of the package's own, the
+	// above included.
+	Refused uint64
+	// Filtered counts memberlist messages the transport did not pass to
+	// memberlist (see the package documentation for the rules).
+	Filtered uint64
+	// StreamsRefused counts inbound streams refused unread: from an
+	// address no admitted peer holds, or over the stream slot caps.
+	StreamsRefused uint64
 }
 
 // stats are the counters behind Stats.
 type stats struct {
-	leavesRefused atomic.Uint64
+	leavesRefused, recordsRefused, statesRefused, refused atomic.Uint64
+	filtered, streamsRefused                              atomic.Uint64
 }
 
 // Discovery is a running member of the fabric.
@@ -227,8 +255,16 @@ type Discovery struct {
 
 	crlMu sync.Mutex // serializes CRL acceptance (OnCRL calls)
 
-	mu        sync.Mutex
-	self      Record
+	badLog badInputLog
+
+	mu   sync.Mutex
+	self Record
+	// selfEntry is self signed by IdentityKey (see resignLocked).
+	selfEntry entry
+	// pulls holds, per member name, when this node's pending pull from it
+	// was sent: only then is a state from that member an answer.
+	pulls     map[string]time.Time
+	incs      map[string]uint32 // highest memberlist incarnation let through per name (see guard.go)
 	members   map[string]*member
 	crl       []byte
 	rejected  [][]byte // digests of CRLs OnCRL refused (ring)
@@ -268,8 +304,8 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("discovery: start: no network")
 	}
-	if len(cfg.IdentityKey) != ed25519.PrivateKeySize || cfg.VerifyCertificate == nil {
-		return nil, errors.New("discovery: start: an identity key and a certificate verifier are required")
+	if len(cfg.IdentityKey) != ed25519.PrivateKeySize || cfg.VerifyCertificate == nil || cfg.PeerName == nil {
+		return nil, errors.New("discovery: start: an identity key, a certificate verifier and a peer namer are required")
 	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
@@ -284,6 +320,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	if err := cfg.Self.Validate(); err != nil {
 		return nil, fmt.Errorf("discovery: start: self: %w", err)
 	}
+	if cfg.Self.Version > uint64(time.Now().Add(MaxClockSkew).UnixNano()) {
+		return nil, fmt.Errorf("discovery: start: self: version %d ahead of the clock: %w", cfg.Self.Version, ErrBadStatement)
+	}
 	d := &Discovery{
 		cfg:     cfg,
 		tun:     cfg.Profile.tuning(),
@@ -291,8 +330,13 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
 		self:    cfg.Self,
 		members: make(map[string]*member),
+		pulls:   make(map[string]time.Time),
+		incs:    make(map[string]uint32),
 		syncs:   newKeyedQueue[syncRequest, syncRequest](syncQueueLen),
 		replies: newKeyedQueue[netip.AddrPort, pullRequest](syncQueueLen),
+	}
+	if err := d.resignLocked(); err != nil {
+		return nil, fmt.Errorf("discovery: start: %w", err)
 	}
 	d.numAlive.Store(1)
 	mc := cfg.Profile.memberlistConfig()
@@ -307,7 +351,7 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.events = newNotifier()
 
-	tr, err := newTransport(cfg.Network, cfg.Port, d.log)
+	tr, err := newTransport(cfg.Network, cfg.Port, d, mc.TCPTimeout, d.log)
 	if err != nil {
 		d.cancel()
 		return nil, err
@@ -415,7 +459,12 @@ func (d *Discovery) Members() []Member {
 // Stats returns the refusal counters.
 func (d *Discovery) Stats() Stats {
 	return Stats{
-		LeavesRefused: d.stats.leavesRefused.Load(),
+		LeavesRefused:  d.stats.leavesRefused.Load(),
+		RecordsRefused: d.stats.recordsRefused.Load(),
+		StatesRefused:  d.stats.statesRefused.Load(),
+		Refused:        d.stats.refused.Load(),
+		Filtered:       d.stats.filtered.Load(),
+		StreamsRefused: d.stats.streamsRefused.Load(),
 	}
 }
 
@@ -426,9 +475,20 @@ func (d *Discovery) Self() Record {
 	return d.self.Clone()
 }
 
+// resignLocked signs self (with the own gossip address) into selfEntry.
+func (d *Discovery) resignLocked() error {
+	e, err := signEntry(d.cfg.IdentityKey, d.self, d.addr)
+	if err != nil {
+		return fmt.Errorf("sign own record: %w", err)
+	}
+	d.selfEntry = e
+	return nil
+}
+
 // UpdateSelf replaces this node's record (same name; e.g. a renewed
-// certificate or new endpoints) and spreads it. The version becomes
-// max(r.Version, current+1).
+// certificate or new endpoints), signs it and spreads it. The version
+// becomes the clock (Unix nanoseconds), or r.Version or current+1 if
+// higher.
 func (d *Discovery) UpdateSelf(r Record) error {
 	r = r.Clone()
 	d.mu.Lock()
@@ -439,12 +499,18 @@ func (d *Discovery) UpdateSelf(r Record) error {
 		d.mu.Unlock()
 		return fmt.Errorf("discovery: update self: name %q is not %q", r.Name, d.self.Name)
 	}
-	r.Version = max(r.Version, d.self.Version+1)
+	r.Version = max(r.Version, d.self.Version+1, uint64(time.Now().UnixNano()))
 	if err := r.Validate(); err != nil {
 		d.mu.Unlock()
 		return fmt.Errorf("discovery: update self: %w", err)
 	}
+	old := d.self
 	d.self = r
+	if err := d.resignLocked(); err != nil {
+		d.self = old
+		d.mu.Unlock()
+		return fmt.Errorf("discovery: update self: %w", err)
+	}
 	d.mu.Unlock()
 	d.spreadSelf()
 	return nil
@@ -454,9 +520,9 @@ func (d *Discovery) UpdateSelf(r Record) error {
 // digest so members that miss the broadcast pull the record.
 func (d *Discovery) spreadSelf() {
 	d.mu.Lock()
-	self := d.self.Clone()
+	self := d.selfEntry
 	d.mu.Unlock()
-	d.queueRecord(entry{rec: self, gossip: d.addr})
+	d.queueRecord(self)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()

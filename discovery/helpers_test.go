@@ -126,6 +126,26 @@ func testVerify(der []byte) (Identity, error) {
 	return Identity{}, fmt.Errorf("test certificate unsigned: %w", ErrMalformed)
 }
 
+// testPeerName names the test node holding an overlay address (see
+// overlayAddr): the hub's hosts are the test fabric's tunnels.
+func testPeerName(a netip.Addr) (string, bool) {
+	b := a.As4()
+	if !a.Is4() || b[0] != 100 || b[1] != 64 {
+		return "", false
+	}
+	return nodeName(int(b[2])<<8 | int(b[3])), true
+}
+
+// signedEntry is test node i's record with version v, signed by its key,
+// as it would gossip it.
+func signedEntry(i int, v uint64) entry {
+	e, err := signEntry(testKey(nodeName(i)), testRecord(i, v), netip.AddrPortFrom(overlayAddr(i), DefaultPort))
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
 // nodeName is the name of test node i.
 func nodeName(i int) string { return fmt.Sprintf("node-%03d", i) }
 
@@ -208,6 +228,7 @@ func (f *fabric) start(i int, v uint64) *tnode {
 		Self:              testRecord(i, v),
 		IdentityKey:       testKey(nodeName(i)),
 		VerifyCertificate: testVerify,
+		PeerName:          testPeerName,
 		Profile:           f.prof,
 		OnRecord: func(r Record) {
 			n.mu.Lock()

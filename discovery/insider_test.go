@@ -1,9 +1,11 @@
 package discovery
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -122,6 +124,197 @@ func TestForgedLeaveChangesNothing(t *testing.T) {
 	waitFor(t, callbackTimeout, "genuine leave accepted", func() error {
 		if m, _ := memberOf(f.nodes[2], vname); !m.leaving {
 			return fmt.Errorf("node 2 does not see %s leaving", vname)
+		}
+		return nil
+	})
+}
+
+// heldRecord is node's record of member name (zero if none).
+func heldRecord(nd *tnode, name string) Record {
+	m, _ := memberOf(nd, name)
+	return m.rec
+}
+
+// TestForgedRecordRefusedUpdatesSpread: an insider gossips records for
+// another member: unsigned with version 2^64-1 (the record that pinned
+// its victim: the victim's refutation wrapped to version 0), signed by
+// the insider with the victim's certificate, the insider's certificate
+// under the victim's name, and even the victim's key (as if stolen) with
+// versions past the clock. Every receiver refuses them all, keeps the
+// victim's genuine record, and takes the victim's later updates. A
+// genuine record relayed by the insider unchanged is accepted.
+func TestForgedRecordRefusedUpdatesSpread(t *testing.T) {
+	checkLeaks(t)
+	const n = 4
+	f := newFabric(t, ProfileLocal)
+	f.hook = noPeriodicPushPull // the update must spread by gossip
+	f.startConverged(n)
+	const victim, mallory = 1, 3
+	vname := nodeName(victim)
+	vkey := testKey(vname)
+	evil := newInsider(t, f, mallory)
+	genuine := f.nodes[victim].d.Self()
+	bad := netip.MustParseAddrPort("192.0.2.66:51820")
+	rec := func(cert []byte, version uint64) insider.Record {
+		return insider.Record{Name: vname, Certificate: cert, Endpoints: []netip.AddrPort{bad}, Version: version, Gossip: gossipAddr(mallory)}
+	}
+	now := uint64(time.Now().UnixNano())
+	future := uint64(time.Now().Add(MaxClockSkew + time.Hour).UnixNano())
+	forged := [][]byte{
+		insider.EncodeRecord(rec(genuine.Certificate, math.MaxUint64), nil),
+		insider.EncodeRecord(rec(genuine.Certificate, now), evil.Key),
+		insider.EncodeRecord(rec(nodeCert(mallory, 700, ""), now), evil.Key),
+		insider.EncodeRecord(rec(genuine.Certificate, math.MaxUint64), vkey),
+		insider.EncodeRecord(rec(genuine.Certificate, future), vkey),
+	}
+	targets := []int{0, 2}
+	for _, i := range targets {
+		for _, r := range forged {
+			if err := evil.Send(gossipAddr(i), insider.UserMsg(insider.RecordMsg(r))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, callbackTimeout, "forged records processed", func() error {
+		for _, i := range targets {
+			if got := f.nodes[i].d.Stats().RecordsRefused; got < uint64(len(forged)) {
+				return fmt.Errorf("node %d refused %d of %d forged records", i, got, len(forged))
+			}
+		}
+		return nil
+	})
+	for _, nd := range f.nodes {
+		if nd.i != victim && !heldRecord(nd, vname).Equal(genuine) {
+			t.Fatalf("node %d holds %+v for %s, want the genuine record", nd.i, heldRecord(nd, vname), vname)
+		}
+	}
+
+	// The victim's update spreads everywhere.
+	upd := genuine.Clone()
+	upd.Endpoints = append(upd.Endpoints, netip.MustParseAddrPort("198.51.100.7:51820"))
+	if err := f.nodes[victim].d.UpdateSelf(upd); err != nil {
+		t.Fatal(err)
+	}
+	want := f.nodes[victim].d.Self()
+	waitFor(t, convergeTimeout, "victim's update everywhere", func() error {
+		for _, nd := range f.nodes {
+			if nd.i != victim && !heldRecord(nd, vname).Equal(want) {
+				return fmt.Errorf("node %d holds version %d of %s, want %d", nd.i, heldRecord(nd, vname).Version, vname, want.Version)
+			}
+		}
+		return nil
+	})
+
+	// A genuine record, relayed by the insider as its owner signed it,
+	// is accepted: the forgeries were refused for what they are.
+	relay := insider.EncodeRecord(insider.Record{Name: vname, Certificate: want.Certificate, Endpoints: want.Endpoints,
+		Version: want.Version + 1, Gossip: gossipAddr(victim)}, vkey)
+	if err := evil.Send(gossipAddr(0), insider.UserMsg(insider.RecordMsg(relay))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, callbackTimeout, "genuine relay accepted", func() error {
+		if v := heldRecord(f.nodes[0], vname).Version; v != want.Version+1 {
+			return fmt.Errorf("node 0 holds version %d, want %d", v, want.Version+1)
+		}
+		return nil
+	})
+}
+
+// mlState is node's memberlist view of name ("" if it does not know it).
+func mlState(nd *tnode, name string) memberlist.NodeStateType {
+	for _, m := range nd.d.ml.Members() {
+		if m.Name == name {
+			return m.State
+		}
+	}
+	return -1
+}
+
+// TestForgedMemberlistMessagesFiltered: an insider sends memberlist
+// messages about others that memberlist alone would act on: dead and
+// suspect with incarnation 2^32-1 (unrefutable: the refutation wraps to
+// 0), an alive that moves the victim to the insider's address, alive
+// messages for made-up names, and an unsolicited push/pull claiming the
+// victim dead and carrying made-up members and records. The transport
+// drops all of it: the victim stays alive, no made-up name enters
+// memberlist's table or the package's. A dead message with a plausible
+// incarnation passes (failure detection needs verdicts), the node is
+// told to check, and the victim refutes it.
+func TestForgedMemberlistMessagesFiltered(t *testing.T) {
+	checkLeaks(t)
+	const n = 4
+	f := newFabric(t, ProfileLocal)
+	f.startConverged(n)
+	const victim, mallory = 1, 3
+	vname := nodeName(victim)
+	evil := newInsider(t, f, mallory)
+	target := f.nodes[0]
+	before := target.d.Stats().Filtered
+	packets := [][]byte{
+		insider.DeadMsg(vname, insider.MaxIncarnation, evil.Name),
+		insider.SuspectMsg(vname, insider.MaxIncarnation, evil.Name),
+		insider.DeadMsg(vname, insider.MaxIncarnation, vname), // a "leave" by the victim
+		insider.AliveMsg(vname, 2000, gossipAddr(mallory), nil),
+		insider.AliveMsg("made-up", 1, gossipAddr(mallory), nil),
+		insider.AliveMsg(evil.Name, 5000, gossipAddr(victim), nil), // itself, at another's address
+		insider.AliveMsg(nodeName(0), 5000, gossipAddr(0), nil),    // the receiver itself
+	}
+	for _, p := range packets {
+		if err := evil.Send(gossipAddr(0), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := []insider.NodeState{
+		insider.AliveNode(evil.Name, 7, gossipAddr(mallory), nil),
+		insider.DeadNode(vname, insider.MaxIncarnation, gossipAddr(victim)),
+	}
+	var junk [][]byte
+	for i := range 50 {
+		name := fmt.Sprintf("fake-%d", i)
+		nodes = append(nodes, insider.AliveNode(name, 1, gossipAddr(mallory), nil))
+		junk = append(junk, insider.EncodeRecord(insider.Record{Name: name, Certificate: []byte("junk"), Version: 1}, evil.Key))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), callbackTimeout)
+	defer cancel()
+	if _, _, err := evil.PushPull(ctx, gossipAddr(0), nodes, insider.State(evil.Name, junk...), false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, callbackTimeout, "forgeries dropped", func() error {
+		if got := target.d.Stats().Filtered - before; got < uint64(len(packets)+51) {
+			return fmt.Errorf("%d of %d forged memberlist messages dropped", got, len(packets)+51)
+		}
+		return nil
+	})
+	if s := mlState(target, vname); s != memberlist.StateAlive {
+		t.Fatalf("memberlist at node 0 has %s in state %v", vname, s)
+	}
+	if k := target.d.ml.NumMembers(); k != n {
+		t.Fatalf("memberlist at node 0 knows %d members, want %d", k, n)
+	}
+	if k := len(target.d.Members()); k != n {
+		t.Fatalf("node 0 lists %d members, want %d", k, n)
+	}
+	for _, m := range target.d.ml.Members() {
+		if m.Name == vname && !slices.Equal(m.Addr, overlayAddr(victim).AsSlice()) {
+			t.Fatalf("memberlist at node 0 moved %s to %v", vname, m.Addr)
+		}
+	}
+
+	// A plausible death passes; the victim refutes it.
+	if err := evil.Send(gossipAddr(0), insider.DeadMsg(vname, 1000, evil.Name)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, callbackTimeout, "plausible death reported for a check", func() error {
+		target.mu.Lock()
+		defer target.mu.Unlock()
+		if dead, ok := target.leaves[vname]; !ok || !dead {
+			return fmt.Errorf("no OnLeave(%s, dead)", vname)
+		}
+		return nil
+	})
+	waitFor(t, convergeTimeout, "victim refuted", func() error {
+		if s := mlState(target, vname); s != memberlist.StateAlive {
+			return fmt.Errorf("memberlist at node 0 has %s in state %v", vname, s)
 		}
 		return nil
 	})

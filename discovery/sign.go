@@ -23,7 +23,8 @@ type Identity struct {
 // context string, so that a signature over one kind of statement never
 // verifies as another.
 const (
-	leaveContext = "gridnet discovery leave v1\x00"
+	recordContext = "gridnet discovery record v1\x00"
+	leaveContext  = "gridnet discovery leave v1\x00"
 )
 
 // Clock bounds of signed statements.

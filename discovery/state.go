@@ -111,10 +111,18 @@ const (
 // SHA-256, enough to tell CRLs apart (collisions only cost a missed pull).
 const digestLen = 16
 
-// entry is a record plus the overlay address its owner gossips on.
+// entry is a record plus the overlay address its owner gossips on, as
+// the owner signed them.
 type entry struct {
 	rec    Record
 	gossip netip.AddrPort
+	// raw is the encoding the owner signed, signature included: relays
+	// send it on unchanged.
+	raw []byte
+	// sig is the signature (nil if none) and raw[:signedLen] what it
+	// covers.
+	sig       []byte
+	signedLen int
 }
 
 // state is the user data of a push/pull exchange.
@@ -152,20 +160,17 @@ func encodeState(s state) []byte {
 	if len(s.crl) > 0 && len(s.crl) <= MaxCRLSize {
 		b = appendField(b, stateCRL, s.crl)
 	}
-	var scratch []byte
 	for i, e := range s.entries {
 		if i == MaxStateRecords {
 			break
 		}
-		var err error
-		scratch, err = encodeRecord(scratch[:0], e.rec, e.gossip)
-		if err != nil {
+		if len(e.raw) == 0 || len(e.raw) > MaxRecordSize {
 			continue
 		}
-		if len(b)+len(scratch)+2*binary.MaxVarintLen64 > MaxStateSize {
+		if len(b)+len(e.raw)+2*binary.MaxVarintLen64 > MaxStateSize {
 			break
 		}
-		b = appendField(b, stateRecord, scratch)
+		b = appendField(b, stateRecord, e.raw)
 	}
 	return b
 }
@@ -199,11 +204,11 @@ func decodeState(b []byte) (state, error) {
 				s.truncated = true
 				continue
 			}
-			rec, gossip, err := decodeRecord(v)
+			e, err := decodeEntry(v)
 			if err != nil {
 				return s, fmt.Errorf("state entry %d: %w", len(s.entries), err)
 			}
-			s.entries = append(s.entries, entry{rec, gossip})
+			s.entries = append(s.entries, e)
 		}
 	}
 	if rd.err != nil {

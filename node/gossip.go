@@ -148,6 +148,16 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 			_, ok := n.ov.IdentityByAddr(a)
 			return ok
 		},
+		// A gossip packet from an overlay address came through the tunnel
+		// of the peer whose certificate holds it (WireGuard's cryptokey
+		// routing drops any other).
+		PeerName: func(a netip.Addr) (string, bool) {
+			id, ok := n.ov.IdentityByAddr(a)
+			if !ok {
+				return "", false
+			}
+			return id.Name, true
+		},
 	})
 	if err != nil {
 		g.cancel()

@@ -1,0 +1,594 @@
+package discovery
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+)
+
+// The transport is where the package knows which member a packet or a
+// stream came from: the member whose tunnel it came through (Config.
+// PeerName). Every memberlist message passes the rules below there,
+// before memberlist sees it, and the package's own messages are handled
+// there and never reach memberlist:
+//
+//   - A member speaks for itself: an alive message (or alive node state)
+//     for the sender itself may carry any incarnation, from the sender's
+//     own address. So may its own leave (dead with From = Node).
+//   - About anyone else, a member only relays, and a relay must be
+//     plausible: the named member has a genuine record here (so a made-up
+//     name never enters memberlist's table); an alive message carries the
+//     gossip address of that record; the incarnation is at most
+//     maxIncarnationStep past the highest one this node let through for
+//     that member and at most maxRelayedIncarnation (so no accusation
+//     can push a member's incarnation to where its refutation, one more,
+//     wraps to 0 and loses). Alive messages about this node from others
+//     are dropped (only memberlist itself speaks for this node).
+//   - A push this node did not ask for (another member's push/pull or
+//     join) carries only the sender's own node state and record; answers
+//     to this node's own push/pulls and joins carry everyone's, each under
+//     the relay rules. At most maxPushNodes node states.
+//   - Pings name the sender's own address for the answer; indirect pings
+//     target a member with a genuine record at its gossip address.
+//   - Compression, encryption, labels and unknown message types are
+//     dropped: this package never sends them.
+//
+// memberlist's verdicts (suspect, dead) still pass under the incarnation
+// rule: they are how failure detection works. They are hints to the
+// node, which checks a member through its tunnel before it removes it
+// (see OnLeave); what the rules prevent is a verdict that cannot be
+// refuted.
+
+// Memberlist v0.7.0 message types (its net.go).
+const (
+	mlPing         = 0
+	mlIndirectPing = 1
+	mlAck          = 2
+	mlSuspect      = 3
+	mlAlive        = 4
+	mlDead         = 5
+	mlPushPull     = 6
+	mlCompound     = 7
+	mlUser         = 8
+	mlNack         = 11
+	mlHasCrc       = 12
+	mlErr          = 13
+)
+
+// memberlist node states in push/pull (its state.go).
+const (
+	mlStateAlive   = 0
+	mlStateSuspect = 1
+	mlStateDead    = 2
+	mlStateLeft    = 3
+)
+
+// Memberlist message rules.
+const (
+	// maxIncarnationStep is how far past the highest incarnation this
+	// node let through for a member a relayed message about that member
+	// may go. memberlist raises a member's incarnation by one for each
+	// refutation and each metadata update, so an honest relay is a few
+	// ahead at most; 1024 covers a long partition's worth. A member's
+	// own messages about itself are not bounded, and a relay too far
+	// ahead is repaired when this node syncs with that member itself.
+	maxIncarnationStep = 1024
+	// maxRelayedIncarnation caps the incarnation of any relayed message:
+	// memberlist refutes an accusation with its incarnation plus one,
+	// which wraps to 0 (and loses) at 2^32-1. With relays capped at
+	// 2^31, no accusation makes a refutation wrap.
+	maxRelayedIncarnation = 1 << 31
+	// maxPushNodes caps the node states of one push/pull: the fabric
+	// size the package is designed for, plus the sender. memberlist
+	// itself allocates for up to a million before reading them.
+	maxPushNodes = MaxStateRecords + 1
+	// maxUserStream caps a user message over a stream that is not a
+	// state: a pull names at most MaxStateRecords names, and a CRL is
+	// at most MaxCRLSize.
+	maxUserStream = MaxCRLSize + 64<<10
+	// maxCompoundDepth is how deeply compound packets may nest
+	// (memberlist does not nest them).
+	maxCompoundDepth = 2
+	// pullAnswerWait is how long after a pull its answer is taken: the
+	// member answers pulls one at a time, so a loaded one answers late;
+	// later, a state from it is one nobody asked for.
+	pullAnswerWait = 30 * time.Second
+)
+
+var errRefused = errors.New("refused by the transport's rules")
+
+// mlHandle is memberlist's msgpack handle (its util.go encode/decode).
+func mlHandle() *codec.MsgpackHandle { return &codec.MsgpackHandle{} }
+
+// memberlist's messages, as it encodes them (field names are the wire
+// names).
+type (
+	mlPingMsg struct {
+		SeqNo      uint32
+		Node       string
+		SourceAddr []byte `codec:",omitempty"`
+		SourcePort uint16 `codec:",omitempty"`
+		SourceNode string `codec:",omitempty"`
+	}
+	mlIndirectPingMsg struct {
+		SeqNo      uint32
+		Target     []byte
+		Port       uint16
+		Node       string
+		Nack       bool
+		SourceAddr []byte `codec:",omitempty"`
+		SourcePort uint16 `codec:",omitempty"`
+		SourceNode string `codec:",omitempty"`
+	}
+	mlAliveMsg struct {
+		Incarnation uint32
+		Node        string
+		Addr        []byte
+		Port        uint16
+		Meta        []byte
+		Vsn         []uint8
+	}
+	// mlVerdictMsg is a suspect or a dead message.
+	mlVerdictMsg struct {
+		Incarnation uint32
+		Node        string
+		From        string
+	}
+	mlPushPullHeader struct {
+		Nodes        int
+		UserStateLen int
+		Join         bool
+	}
+	mlUserMsgHeader struct {
+		UserMsgLen int
+	}
+	mlPushNodeState struct {
+		Name        string
+		Addr        []byte
+		Port        uint16
+		Meta        []byte
+		Incarnation uint32
+		State       int
+		Vsn         []uint8
+	}
+)
+
+func decodeML(b []byte, v any) error {
+	if err := codec.NewDecoderBytes(b, mlHandle()).Decode(v); err != nil {
+		return fmt.Errorf("memberlist message: %w: %w", ErrMalformed, err)
+	}
+	return nil
+}
+
+func addrPortOf(ip []byte, port uint16) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(ip)
+	return netip.AddrPortFrom(a.Unmap(), port)
+}
+
+// about reports whether a memberlist statement from sender about node
+// (of kind alive, suspect or dead; addr is an alive message's address)
+// may reach memberlist, and if so raises the incarnation this node has
+// let through for node. from is where the sender's packet came from;
+// solicited is false for a push this node did not ask for.
+func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accuser string, inc uint32, addr netip.AddrPort, solicited bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case node == "":
+		return fmt.Errorf("statement without a name: %w", errRefused)
+	case node == sender:
+		if kind == mlAlive && addr.Addr() != from {
+			return fmt.Errorf("%q announces itself at %v, but speaks from %v: %w", node, addr, from, errRefused)
+		}
+		if kind != mlAlive && !(kind == mlDead && accuser == node) && !solicited {
+			return fmt.Errorf("%q accuses itself in a push: %w", node, errRefused)
+		}
+	case !solicited:
+		return fmt.Errorf("%q speaks about %q in a push nobody asked for: %w", sender, node, errRefused)
+	case node == d.self.Name:
+		if kind == mlAlive {
+			return fmt.Errorf("%q speaks for this node: %w", sender, errRefused)
+		}
+		if err := d.incOKLocked(node, inc); err != nil {
+			return err
+		}
+	default:
+		m := d.members[node]
+		if m == nil || !m.hasRec {
+			return fmt.Errorf("%q speaks about %q, which has no genuine record here: %w", sender, node, errRefused)
+		}
+		if kind == mlAlive && ((m.recGossip.IsValid() && addr != m.recGossip) || !slices.Contains(m.addrs, addr.Addr())) {
+			return fmt.Errorf("%q puts %q at %v, its record says %v: %w", sender, node, addr, m.recGossip, errRefused)
+		}
+		if err := d.incOKLocked(node, inc); err != nil {
+			return err
+		}
+	}
+	if inc > d.incs[node] {
+		d.incs[node] = inc
+	}
+	return nil
+}
+
+// incOKLocked applies the incarnation bounds to a relayed statement.
+func (d *Discovery) incOKLocked(node string, inc uint32) error {
+	if inc > maxRelayedIncarnation {
+		return fmt.Errorf("incarnation %d of %q above the relay cap %d: %w", inc, node, uint32(maxRelayedIncarnation), errRefused)
+	}
+	if known := d.incs[node]; inc > known+maxIncarnationStep {
+		return fmt.Errorf("incarnation %d of %q is %d past the highest seen (%d), limit %d: %w", inc, node, inc-known, known, maxIncarnationStep, errRefused)
+	}
+	return nil
+}
+
+// filterPacket applies the rules to one packet from the overlay address
+// from and returns what memberlist may see of it (nil: nothing). The
+// package's own messages in it are handled here, with their sender.
+func (d *Discovery) filterPacket(from netip.AddrPort, buf []byte) []byte {
+	sender, ok := d.cfg.PeerName(from.Addr())
+	if !ok {
+		d.stats.filtered.Add(1)
+		d.badLog.log(d.log, from.Addr().String(), "packet", fmt.Errorf("packet from an address no admitted peer holds: %w", errRefused))
+		return nil
+	}
+	var parts [][]byte
+	if err := splitPacket(buf, 0, &parts); err != nil {
+		d.stats.filtered.Add(1)
+		d.badLog.log(d.log, sender, "packet", err)
+		return nil
+	}
+	// The package's own messages first: a record in this packet counts
+	// for the alive message beside it.
+	for _, p := range parts {
+		if p[0] == mlUser {
+			d.handleUser(sender, from, p[1:], false)
+		}
+	}
+	keep := parts[:0]
+	for _, p := range parts {
+		if p[0] == mlUser {
+			continue
+		}
+		if err := d.checkPart(sender, from, p); err != nil {
+			d.stats.filtered.Add(1)
+			d.badLog.log(d.log, sender, "memberlist", err)
+			continue
+		}
+		keep = append(keep, p)
+	}
+	switch len(keep) {
+	case 0:
+		return nil
+	case 1:
+		return keep[0]
+	}
+	out := []byte{mlCompound, byte(len(keep))}
+	for _, p := range keep {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(p)))
+	}
+	for _, p := range keep {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// splitPacket appends the messages of a packet (checksum checked and
+// removed, compound packets unpacked) to parts.
+func splitPacket(buf []byte, depth int, parts *[][]byte) error {
+	if len(buf) == 0 {
+		return fmt.Errorf("empty message: %w", ErrMalformed)
+	}
+	switch buf[0] {
+	case mlHasCrc:
+		if len(buf) < 5 || depth > 0 {
+			return fmt.Errorf("bad checksum frame: %w", ErrMalformed)
+		}
+		if crc32.ChecksumIEEE(buf[5:]) != binary.BigEndian.Uint32(buf[1:5]) {
+			return fmt.Errorf("checksum mismatch: %w", ErrMalformed)
+		}
+		return splitPacket(buf[5:], depth+1, parts)
+	case mlCompound:
+		if depth >= maxCompoundDepth || len(buf) < 2 {
+			return fmt.Errorf("compound message nested %d deep or empty: %w", depth, ErrMalformed)
+		}
+		n := int(buf[1])
+		b := buf[2:]
+		if len(b) < 2*n {
+			return fmt.Errorf("compound message: truncated lengths: %w", ErrMalformed)
+		}
+		lens, b := b[:2*n], b[2*n:]
+		for i := range n {
+			l := int(binary.BigEndian.Uint16(lens[2*i:]))
+			if l > len(b) {
+				return fmt.Errorf("compound message: part %d of %d bytes past the end: %w", i, l, ErrMalformed)
+			}
+			if err := splitPacket(b[:l], depth+1, parts); err != nil {
+				return err
+			}
+			b = b[l:]
+		}
+		return nil
+	}
+	*parts = append(*parts, buf)
+	return nil
+}
+
+// checkPart applies the rules to one memberlist message (not a user
+// message) from sender.
+func (d *Discovery) checkPart(sender string, from netip.AddrPort, p []byte) error {
+	switch p[0] {
+	case mlAck, mlNack, mlErr:
+		return nil
+	case mlPing:
+		var m mlPingMsg
+		if err := decodeML(p[1:], &m); err != nil {
+			return err
+		}
+		if len(m.SourceAddr) > 0 && addrPortOf(m.SourceAddr, m.SourcePort).Addr() != from.Addr() {
+			return fmt.Errorf("ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
+		}
+		return nil
+	case mlIndirectPing:
+		var m mlIndirectPingMsg
+		if err := decodeML(p[1:], &m); err != nil {
+			return err
+		}
+		if len(m.SourceAddr) > 0 && addrPortOf(m.SourceAddr, m.SourcePort).Addr() != from.Addr() {
+			return fmt.Errorf("indirect ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
+		}
+		target := addrPortOf(m.Target, m.Port)
+		d.mu.Lock()
+		mm := d.members[m.Node]
+		ok := mm != nil && mm.hasRec && (target == mm.recGossip || target == mm.gossip)
+		d.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("indirect ping of %q at %v, not its gossip address: %w", m.Node, target, errRefused)
+		}
+		return nil
+	case mlAlive:
+		var m mlAliveMsg
+		if err := decodeML(p[1:], &m); err != nil {
+			return err
+		}
+		return d.about(sender, from.Addr(), mlAlive, m.Node, "", m.Incarnation, addrPortOf(m.Addr, m.Port), true)
+	case mlSuspect, mlDead:
+		var m mlVerdictMsg
+		if err := decodeML(p[1:], &m); err != nil {
+			return err
+		}
+		return d.about(sender, from.Addr(), p[0], m.Node, m.From, m.Incarnation, netip.AddrPort{}, true)
+	}
+	return fmt.Errorf("memberlist message type %d in a packet: %w", p[0], errRefused)
+}
+
+// readFirst reads the first message of a stream from sender at from (the
+// other side's first message: a push or a user message on a stream the
+// other side opened, the answer on one this node opened) and returns
+// the bytes memberlist reads in its place, before the rest of the
+// stream. consumed means the package handled the message and memberlist
+// gets nothing (the stream is closed). solicited is true on streams this
+// node opened.
+func (d *Discovery) readFirst(r *bufio.Reader, sender string, from netip.AddrPort, solicited bool) (replay []byte, consumed bool, err error) {
+	t, err := r.ReadByte()
+	if err != nil {
+		return nil, false, fmt.Errorf("stream: %w", err)
+	}
+	switch t {
+	case mlPushPull:
+		replay, err := d.readPushPull(r, sender, from, solicited)
+		return replay, false, err
+	case mlUser:
+		return nil, true, d.readUserStream(r, sender, from)
+	case mlPing, mlAck, mlErr:
+		// A ping over TCP and the answers to this node's own requests:
+		// memberlist reads them, the bytes after the type are untouched.
+		return []byte{t}, false, nil
+	}
+	return nil, false, fmt.Errorf("stream with memberlist message type %d: %w", t, errRefused)
+}
+
+// readPushPull reads a push/pull (after its type byte), merges its
+// state, and returns the push/pull memberlist may see: the node states
+// the rules let through and no user state.
+func (d *Discovery) readPushPull(r *bufio.Reader, sender string, from netip.AddrPort, solicited bool) ([]byte, error) {
+	dec := codec.NewDecoder(r, mlHandle())
+	var h mlPushPullHeader
+	if err := dec.Decode(&h); err != nil {
+		return nil, fmt.Errorf("push/pull header: %w: %w", ErrMalformed, err)
+	}
+	if h.Nodes < 0 || h.Nodes > maxPushNodes || h.UserStateLen < 0 || h.UserStateLen > MaxStateSize {
+		return nil, fmt.Errorf("push/pull of %d nodes and %d bytes of state, limits %d and %d: %w", h.Nodes, h.UserStateLen, maxPushNodes, MaxStateSize, ErrTooLarge)
+	}
+	nodes := make([]mlPushNodeState, 0, min(h.Nodes, 64))
+	for range h.Nodes {
+		var n mlPushNodeState
+		if err := dec.Decode(&n); err != nil {
+			return nil, fmt.Errorf("push/pull node: %w: %w", ErrMalformed, err)
+		}
+		nodes = append(nodes, n)
+	}
+	how := LearnedPushPull
+	if h.Join {
+		how = LearnedJoin
+	}
+	// Records first, so that the node states they make genuine pass.
+	if err := d.readState(io.LimitReader(r, int64(h.UserStateLen)), h.UserStateLen, sender, how, solicited); err != nil {
+		return nil, err
+	}
+	kept := nodes[:0]
+	for _, n := range nodes {
+		kind := byte(mlAlive)
+		accuser := ""
+		switch n.State {
+		case mlStateAlive:
+		case mlStateLeft:
+			kind, accuser = mlDead, n.Name
+		case mlStateSuspect, mlStateDead:
+			kind = mlSuspect // memberlist merges a remote death as a suspicion
+		default:
+			d.stats.filtered.Add(1)
+			continue
+		}
+		if err := d.about(sender, from.Addr(), kind, n.Name, accuser, n.Incarnation, addrPortOf(n.Addr, n.Port), solicited); err != nil {
+			d.stats.filtered.Add(1)
+			d.badLog.log(d.log, sender, "memberlist", err)
+			continue
+		}
+		kept = append(kept, n)
+	}
+	var out bytes.Buffer
+	out.WriteByte(mlPushPull)
+	enc := codec.NewEncoder(&out, mlHandle())
+	if err := enc.Encode(&mlPushPullHeader{Nodes: len(kept), Join: h.Join}); err != nil {
+		return nil, fmt.Errorf("push/pull: re-encode: %w", err)
+	}
+	for i := range kept {
+		if err := enc.Encode(&kept[i]); err != nil {
+			return nil, fmt.Errorf("push/pull: re-encode: %w", err)
+		}
+	}
+	return out.Bytes(), nil
+}
+
+// readUserStream reads a user message from a stream (after its type
+// byte) and handles it. A state (the answer to a pull) is merged as it is
+// read, and only if this node asked sender for one.
+func (d *Discovery) readUserStream(r *bufio.Reader, sender string, from netip.AddrPort) error {
+	var h mlUserMsgHeader
+	if err := codec.NewDecoder(r, mlHandle()).Decode(&h); err != nil {
+		return fmt.Errorf("user message header: %w: %w", ErrMalformed, err)
+	}
+	if h.UserMsgLen < 2 || h.UserMsgLen > maxStreamBytes {
+		return fmt.Errorf("user message of %d bytes: %w", h.UserMsgLen, ErrMalformed)
+	}
+	t, err := r.ReadByte()
+	if err != nil {
+		return fmt.Errorf("user message: %w", err)
+	}
+	if t == msgState {
+		if !d.takePull(sender) {
+			d.refuse(sender, "state", fmt.Errorf("a pull answer nobody asked for: %w", ErrBadStatement))
+			return nil
+		}
+		return d.readState(io.LimitReader(r, int64(h.UserMsgLen-1)), h.UserMsgLen-1, sender, LearnedPull, true)
+	}
+	if h.UserMsgLen > maxUserStream {
+		return fmt.Errorf("user message of %d bytes, limit %d: %w", h.UserMsgLen, maxUserStream, ErrTooLarge)
+	}
+	b := make([]byte, h.UserMsgLen)
+	b[0] = t
+	if _, err := io.ReadFull(r, b[1:]); err != nil {
+		return fmt.Errorf("user message: %w", err)
+	}
+	d.handleUser(sender, from, b, true)
+	return nil
+}
+
+// readState reads an encoded state of n bytes from r and merges it (see
+// mergeState). It holds one record at a time besides the records kept:
+// a state this node did not ask for costs no more memory than the
+// sender's own record and a CRL, however large it is.
+func (d *Discovery) readState(r io.Reader, n int, sender, how string, solicited bool) error {
+	if n == 0 {
+		return nil
+	}
+	br := bufio.NewReaderSize(r, 4096)
+	s, err := streamState(br, func(raw []byte) (entry, bool) {
+		e, err := decodeEntry(raw)
+		if err != nil {
+			d.refuse(sender, "record", err)
+			return e, false
+		}
+		return e, solicited || e.rec.Name == sender
+	})
+	if err != nil {
+		d.refuse(sender, "state", err)
+		return nil
+	}
+	d.mergeState(s, how, sender, solicited)
+	return nil
+}
+
+// streamState decodes a state from r field by field: records are handed
+// to keep one at a time (at most MaxRecordSize each, MaxStateRecords in
+// all) and only those it keeps are held. The CRL is held whole (at most
+// MaxCRLSize).
+func streamState(r *bufio.Reader, keep func(raw []byte) (entry, bool)) (state, error) {
+	var s state
+	f, err := r.ReadByte()
+	if err != nil {
+		return s, fmt.Errorf("state: %w", err)
+	}
+	if f != stateFormat {
+		return s, fmt.Errorf("state format %d: %w", f, ErrMalformed)
+	}
+	records := 0
+	for {
+		tag, err := binary.ReadUvarint(r)
+		if errors.Is(err, io.EOF) {
+			return s, nil
+		}
+		if err != nil {
+			return s, fmt.Errorf("state field: %w: %w", ErrMalformed, err)
+		}
+		l, err := binary.ReadUvarint(r)
+		if err != nil {
+			return s, fmt.Errorf("state field length: %w: %w", ErrMalformed, err)
+		}
+		var limit uint64
+		switch tag {
+		case stateFrom:
+			limit = MaxNameLen
+		case stateCRL:
+			limit = MaxCRLSize
+		case stateRecord:
+			limit = MaxRecordSize
+		default:
+			if _, err := io.CopyN(io.Discard, r, int64(min(l, MaxStateSize))); err != nil {
+				return s, fmt.Errorf("state field %d: %w: %w", tag, ErrMalformed, err)
+			}
+			continue
+		}
+		if l > limit {
+			return s, fmt.Errorf("state field %d of %d bytes, limit %d: %w", tag, l, limit, ErrTooLarge)
+		}
+		v := make([]byte, l)
+		if _, err := io.ReadFull(r, v); err != nil {
+			return s, fmt.Errorf("state field %d: %w: %w", tag, ErrMalformed, err)
+		}
+		switch tag {
+		case stateFrom:
+			s.from = string(v)
+		case stateCRL:
+			s.crl = v
+		case stateRecord:
+			records++
+			if records > MaxStateRecords {
+				s.truncated = true
+				continue
+			}
+			if e, ok := keep(v); ok {
+				s.entries = append(s.entries, e)
+			}
+		}
+	}
+}
+
+// takePull reports whether this node has a pull from member name
+// pending, and if so, ends it: one answer per pull.
+func (d *Discovery) takePull(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sent, ok := d.pulls[name]
+	delete(d.pulls, name)
+	return ok && time.Since(sent) < pullAnswerWait
+}
