@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/ed25519"
 	"fmt"
@@ -167,6 +168,11 @@ func (d *Discovery) acceptEntry(e entry, how, sender string) bool {
 		return false
 	}
 	if m == nil {
+		if len(d.members) >= MaxMembers {
+			d.mu.Unlock()
+			d.refuse(sender, "record", fmt.Errorf("record for %q: member table full (%d): %w", e.rec.Name, MaxMembers, ErrTooLarge))
+			return false
+		}
 		m = &member{stateChange: now}
 		d.members[e.rec.Name] = m
 	}
@@ -178,7 +184,7 @@ func (d *Discovery) acceptEntry(e entry, how, sender string) bool {
 	m.leaveNotified = false
 	rec := e.rec.Clone()
 	if d.cfg.OnRecord != nil {
-		d.events.push(func() { d.cfg.OnRecord(rec) })
+		d.events.push(recordEvent(rec.Name), func() { d.cfg.OnRecord(rec) })
 	}
 	d.mu.Unlock()
 	return true
@@ -259,7 +265,7 @@ func (d *Discovery) leaving(n leaveNotice, sender string) bool {
 		m.state, m.stateChange = StateLeft, time.Now()
 		if d.cfg.OnLeave != nil {
 			name := n.name
-			d.events.push(func() { d.cfg.OnLeave(name, false) })
+			d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, false) })
 		}
 	}
 	return true
@@ -362,6 +368,9 @@ func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	defer d.mu.Unlock()
 	m := d.members[n.Name]
 	if m == nil {
+		if len(d.members) >= MaxMembers {
+			return
+		}
 		m = &member{}
 		d.members[n.Name] = m
 	}
@@ -376,7 +385,7 @@ func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	m.leaveNotified = true
 	if d.cfg.OnLeave != nil {
 		name := n.Name
-		d.events.push(func() { d.cfg.OnLeave(name, dead) })
+		d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, dead) })
 	}
 }
 
@@ -389,6 +398,9 @@ func (d *Discovery) alive(n *memberlist.Node) {
 	defer d.mu.Unlock()
 	m := d.members[n.Name]
 	if m == nil {
+		if len(d.members) >= MaxMembers {
+			return
+		}
 		m = &member{}
 		d.members[n.Name] = m
 	}
@@ -410,7 +422,7 @@ func (d *Discovery) alive(n *memberlist.Node) {
 		m.leaveNotified = false
 		rec := m.rec.Clone()
 		if d.cfg.OnRecord != nil {
-			d.events.push(func() { d.cfg.OnRecord(rec) })
+			d.events.push(recordEvent(rec.Name), func() { d.cfg.OnRecord(rec) })
 		}
 	}
 }
@@ -634,6 +646,12 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 	if d.left {
 		return nil
 	}
+	// The incarnations let through (guard.go) are kept for members only.
+	for name := range d.incs {
+		if _, ok := d.members[name]; !ok && name != d.self.Name {
+			delete(d.incs, name)
+		}
+	}
 	var stale, unknown, dead []netip.AddrPort
 	alive := 0
 	for name, m := range d.members {
@@ -656,7 +674,7 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 			if m.hasRec && now.Sub(m.updated) >= d.tun.unseenAfter && now.Sub(m.unseenCheck) >= d.tun.unseenAfter && d.cfg.OnLeave != nil {
 				m.unseenCheck, m.leaveNotified = now, true
 				name := name
-				d.events.push(func() { d.cfg.OnLeave(name, true) })
+				d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, true) })
 			}
 		case now.Sub(m.stateChange) > d.tun.reconnectTimeout:
 			delete(d.members, name)
@@ -731,22 +749,65 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 }
 
 // notifier runs callbacks one at a time, in order, off memberlist's locks.
+// Events are keyed (one kind of event for one member): a newer event
+// replaces a queued one with the same key and goes to the back of the
+// queue, so the queue holds at most one event per key (two per member)
+// however often a member flaps, and the node sees the latest of each in
+// the order they last happened.
 type notifier struct {
 	mu    sync.Mutex
-	queue []func()
+	order *list.List // of keyedEvent, oldest first
+	byKey map[string]*list.Element
 	wake  chan struct{}
 }
 
-func newNotifier() *notifier { return &notifier{wake: make(chan struct{}, 1)} }
+// keyedEvent is one queued callback.
+type keyedEvent struct {
+	key string
+	f   func()
+}
 
-func (n *notifier) push(f func()) {
+func newNotifier() *notifier {
+	return &notifier{order: list.New(), byKey: make(map[string]*list.Element), wake: make(chan struct{}, 1)}
+}
+
+// recordEvent and leaveEvent are the keys of a member's OnRecord and
+// OnLeave events.
+func recordEvent(name string) string { return "r/" + name }
+func leaveEvent(name string) string  { return "l/" + name }
+
+// push queues f under key, replacing a queued event with that key.
+func (n *notifier) push(key string, f func()) {
 	n.mu.Lock()
-	n.queue = append(n.queue, f)
+	if e, ok := n.byKey[key]; ok {
+		n.order.Remove(e)
+	}
+	n.byKey[key] = n.order.PushBack(keyedEvent{key, f})
 	n.mu.Unlock()
 	select {
 	case n.wake <- struct{}{}:
 	default:
 	}
+}
+
+// take removes and returns the queued callbacks, oldest first.
+func (n *notifier) take() []func() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	q := make([]func(), 0, n.order.Len())
+	for e := n.order.Front(); e != nil; e = e.Next() {
+		q = append(q, e.Value.(keyedEvent).f)
+	}
+	n.order.Init()
+	clear(n.byKey)
+	return q
+}
+
+// len is the number of queued callbacks.
+func (n *notifier) len() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.order.Len()
 }
 
 func (n *notifier) run(ctx context.Context) {
@@ -757,10 +818,7 @@ func (n *notifier) run(ctx context.Context) {
 		case <-n.wake:
 		}
 		for {
-			n.mu.Lock()
-			q := n.queue
-			n.queue = nil
-			n.mu.Unlock()
+			q := n.take()
 			if len(q) == 0 {
 				break
 			}

@@ -220,6 +220,10 @@ type Stats struct {
 	// StreamsRefused counts inbound streams refused unread: from an
 	// address no admitted peer holds, or over the stream slot caps.
 	StreamsRefused uint64
+	// MessagesDropped counts the package's own messages from packets
+	// dropped unread because their queue, or the sender's share of it,
+	// was full.
+	MessagesDropped uint64
 }
 
 // stats are the counters behind Stats.
@@ -248,6 +252,8 @@ type Discovery struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	events *notifier
+	// user holds the package's own messages from packets for handleUsers.
+	user *userQueue
 	// syncs holds exchanges to run (see syncWorker); replies, pull
 	// requests to answer, one per requester (see answerPulls).
 	syncs   *keyedQueue[syncRequest, syncRequest]
@@ -332,6 +338,7 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		members: make(map[string]*member),
 		pulls:   make(map[string]time.Time),
 		incs:    make(map[string]uint32),
+		user:    newUserQueue(),
 		syncs:   newKeyedQueue[syncRequest, syncRequest](syncQueueLen),
 		replies: newKeyedQueue[netip.AddrPort, pullRequest](syncQueueLen),
 	}
@@ -369,8 +376,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("discovery: start memberlist: %w", err)
 	}
 	d.ml = ml
-	d.wg.Add(3 + syncWorkers)
+	d.wg.Add(4 + syncWorkers)
 	go func() { defer d.wg.Done(); d.events.run(d.ctx) }()
+	go d.handleUsers()
 	go d.maintain()
 	go d.answerPulls()
 	for range syncWorkers {
@@ -442,15 +450,7 @@ func (d *Discovery) Members() []Member {
 	out = append(out, Member{Name: d.self.Name, Addr: d.addr.Addr(), State: StateAlive,
 		Record: d.self.Clone(), LearnedFrom: LearnedLocal, Updated: time.Now()})
 	for name, m := range d.members {
-		mm := Member{Name: name, Addr: m.gossip.Addr(), State: m.state, LearnedFrom: m.learned,
-			Updated: m.updated}
-		if m.stateChange.After(mm.Updated) {
-			mm.Updated = m.stateChange
-		}
-		if m.hasRec {
-			mm.Record = m.rec.Clone()
-		}
-		out = append(out, mm)
+		out = append(out, m.view(name))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -459,14 +459,46 @@ func (d *Discovery) Members() []Member {
 // Stats returns the refusal counters.
 func (d *Discovery) Stats() Stats {
 	return Stats{
-		LeavesRefused:  d.stats.leavesRefused.Load(),
-		RecordsRefused: d.stats.recordsRefused.Load(),
-		StatesRefused:  d.stats.statesRefused.Load(),
-		Refused:        d.stats.refused.Load(),
-		Filtered:       d.stats.filtered.Load(),
-		StreamsRefused: d.stats.streamsRefused.Load(),
+		LeavesRefused:   d.stats.leavesRefused.Load(),
+		RecordsRefused:  d.stats.recordsRefused.Load(),
+		StatesRefused:   d.stats.statesRefused.Load(),
+		Refused:         d.stats.refused.Load(),
+		Filtered:        d.stats.filtered.Load(),
+		StreamsRefused:  d.stats.streamsRefused.Load(),
+		MessagesDropped: d.user.dropped.Load(),
 	}
 }
+
+// Member returns what this node knows of the named member (this node
+// included), without copying the whole table.
+func (d *Discovery) Member(name string) (Member, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if name == d.self.Name {
+		return Member{Name: name, Addr: d.addr.Addr(), State: StateAlive, Record: d.self.Clone(),
+			LearnedFrom: LearnedLocal, Updated: time.Now()}, true
+	}
+	m := d.members[name]
+	if m == nil {
+		return Member{}, false
+	}
+	return m.view(name), true
+}
+
+// view is m as a Member.
+func (m *member) view(name string) Member {
+	mm := Member{Name: name, Addr: m.gossip.Addr(), State: m.state, LearnedFrom: m.learned, Updated: m.updated}
+	if m.stateChange.After(mm.Updated) {
+		mm.Updated = m.stateChange
+	}
+	if m.hasRec {
+		mm.Record = m.rec.Clone()
+	}
+	return mm
+}
+
+// NumAlive returns how many members are alive, this node included.
+func (d *Discovery) NumAlive() int { return int(d.numAlive.Load()) }
 
 // Self returns this node's current record.
 func (d *Discovery) Self() Record {

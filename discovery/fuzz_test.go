@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -196,6 +197,7 @@ func (fx *bareFixture) bareDiscovery() *Discovery {
 		members:   map[string]*member{},
 		pulls:     map[string]time.Time{},
 		incs:      map[string]uint32{},
+		user:      newUserQueue(),
 		events:    newNotifier(),
 		syncs:     newKeyedQueue[syncRequest, syncRequest](syncQueueLen),
 		replies:   newKeyedQueue[netip.AddrPort, pullRequest](syncQueueLen),
@@ -307,6 +309,9 @@ func FuzzFilterPacket(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		d := fx.bareDiscovery()
 		out := d.filterPacket(gossipAddr(2), b)
+		for _, it := range d.user.take() {
+			d.handleUser(it.sender, it.from, it.msg, false)
+		}
 		checkTable(t, d)
 		if out == nil {
 			return
@@ -420,6 +425,95 @@ func FuzzStreamState(f *testing.F) {
 		for i := range got.entries {
 			if !bytes.Equal(got.entries[i].raw, want.entries[i].raw) {
 				t.Fatalf("entry %d differs", i)
+			}
+		}
+	})
+}
+
+// mlHandle is memberlist's msgpack handle (its util.go encode/decode).
+func mlHandle() *codec.MsgpackHandle { return &codec.MsgpackHandle{} }
+
+// FuzzMsgpackCanonical: for every memberlist message the transport
+// decodes, what it hands memberlist (its canonical encoding) decodes
+// with memberlist's own codec to exactly the values the rules judged.
+func FuzzMsgpackCanonical(f *testing.F) {
+	enc := func(v any) []byte {
+		var buf bytes.Buffer
+		codec.NewEncoder(&buf, mlHandle()).Encode(v)
+		return buf.Bytes()
+	}
+	f.Add(byte(0), enc(&mlAliveMsg{Incarnation: 70000, Node: "node-001", Addr: overlayAddr(1).AsSlice(), Port: DefaultPort, Meta: encodeMeta(5), Vsn: []uint8{1, 5, 2, 0, 0, 0}}))
+	f.Add(byte(1), enc(&mlVerdictMsg{Incarnation: ^uint32(0), Node: "node-001", From: "node-002"}))
+	f.Add(byte(2), enc(&mlPingMsg{SeqNo: 9, Node: "node-001", SourceAddr: overlayAddr(2).AsSlice(), SourcePort: DefaultPort, SourceNode: "node-002"}))
+	f.Add(byte(3), enc(&mlIndirectPingMsg{SeqNo: 9, Target: overlayAddr(1).AsSlice(), Port: DefaultPort, Node: "node-001", Nack: true}))
+	f.Add(byte(4), enc(&mlPushNodeState{Name: "node-001", Addr: overlayAddr(1).AsSlice(), Port: DefaultPort, Incarnation: 3, State: mlStateDead, Vsn: []uint8{1, 5, 2, 0, 0, 0}}))
+	f.Add(byte(5), enc(&mlPushPullHeader{Nodes: 300, UserStateLen: 70000, Join: true}))
+	f.Add(byte(0), []byte{0x82, 0xa4, 'N', 'o', 'd', 'e', 0xa1, 'x', 0xa4, 'N', 'o', 'd', 'e', 0xa1, 'y'}) // a key twice
+	f.Fuzz(func(t *testing.T, kind byte, b []byte) {
+		check := func(got, want any, canonical []byte) {
+			if err := codec.NewDecoderBytes(canonical, mlHandle()).Decode(got); err != nil {
+				t.Fatalf("memberlist's codec refuses the canonical encoding %x: %v", canonical, err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("memberlist decodes %+v, the rules judged %+v", got, want)
+			}
+		}
+		// Empty and nil byte slices are the same to memberlist.
+		norm := func(b []byte) []byte {
+			if len(b) == 0 {
+				return nil
+			}
+			return b
+		}
+		switch kind % 6 {
+		case 0:
+			if m, err := decodeAlive(b); err == nil {
+				m.Addr, m.Meta, m.Vsn = norm(m.Addr), norm(m.Meta), norm(m.Vsn)
+				check(&mlAliveMsg{}, &m, m.encode()[1:])
+			}
+		case 1:
+			if m, err := decodeVerdict(b); err == nil {
+				check(&mlVerdictMsg{}, &m, m.encode(mlDead)[1:])
+			}
+		case 2:
+			if m, err := decodePing(b); err == nil {
+				m.SourceAddr = norm(m.SourceAddr)
+				if m.SourceAddr == nil {
+					m.SourcePort, m.SourceNode = 0, ""
+				}
+				check(&mlPingMsg{}, &m, m.encode()[1:])
+			}
+		case 3:
+			if m, err := decodeIndirectPing(b); err == nil {
+				m.Target, m.SourceAddr = norm(m.Target), norm(m.SourceAddr)
+				if m.SourceAddr == nil {
+					m.SourcePort, m.SourceNode = 0, ""
+				}
+				check(&mlIndirectPingMsg{}, &m, m.encode()[1:])
+			}
+		case 4:
+			if n, err := decodeNodeState(b); err == nil {
+				n.Addr, n.Meta, n.Vsn = norm(n.Addr), norm(n.Meta), norm(n.Vsn)
+				var w mpWriter
+				n.encode(&w)
+				check(&mlPushNodeState{}, &n, w)
+			}
+		case 5:
+			if h, err := decodePushHeader(b); err == nil {
+				var w mpWriter
+				h.encode(&w)
+				check(&mlPushPullHeader{}, &h, w)
+			}
+		}
+		// A stream reads exactly one value, whatever follows.
+		if v, err := readMLValue(bufio.NewReader(bytes.NewReader(b))); err == nil {
+			if !bytes.HasPrefix(b, v) {
+				t.Fatalf("read value %x is not a prefix of %x", v, b)
+			}
+			r := &mpReader{b: v}
+			r.skip(0)
+			if r.err != nil || len(r.b) != 0 {
+				t.Fatalf("read value %x does not skip as one value: %v, %d left", v, r.err, len(r.b))
 			}
 		}
 	})

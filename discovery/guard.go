@@ -10,9 +10,9 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/hashicorp/go-msgpack/v2/codec"
 )
 
 // The transport is where the package knows which member a packet or a
@@ -25,20 +25,24 @@ import (
 //     for the sender itself may carry any incarnation, from the sender's
 //     own address. So may its own leave (dead with From = Node).
 //   - About anyone else, a member only relays, and a relay must be
-//     plausible: the named member has a genuine record here (so a made-up
-//     name never enters memberlist's table); an alive message carries the
-//     gossip address of that record; the incarnation is at most
+//     plausible: an alive message places the named member at the gossip
+//     address of its genuine record here, or (before its record arrived)
+//     at an address of a tunnel that belongs to it, so a made-up name
+//     never enters memberlist's table; a verdict names a member this node
+//     knows; the incarnation is at most
 //     maxIncarnationStep past the highest one this node let through for
 //     that member and at most maxRelayedIncarnation (so no accusation
 //     can push a member's incarnation to where its refutation, one more,
 //     wraps to 0 and loses). Alive messages about this node from others
-//     are dropped (only memberlist itself speaks for this node).
+//     are dropped (only memberlist itself speaks for this node); verdicts
+//     about it pass (memberlist can only refute them).
 //   - A push this node did not ask for (another member's push/pull or
-//     join) carries only the sender's own node state and record; answers
+//     join) carries only the sender's own node state and record, and
+//     verdicts about this node; answers
 //     to this node's own push/pulls and joins carry everyone's, each under
 //     the relay rules. At most maxPushNodes node states.
 //   - Pings name the sender's own address for the answer; indirect pings
-//     target a member with a genuine record at its gossip address.
+//     target a member at its gossip address (as for alive messages).
 //   - Compression, encryption, labels and unknown message types are
 //     dropped: this package never sends them.
 //
@@ -106,11 +110,7 @@ const (
 
 var errRefused = errors.New("refused by the transport's rules")
 
-// mlHandle is memberlist's msgpack handle (its util.go encode/decode).
-func mlHandle() *codec.MsgpackHandle { return &codec.MsgpackHandle{} }
-
-// memberlist's messages, as it encodes them (field names are the wire
-// names).
+// memberlist's messages (see msgpack.go for their encoding).
 type (
 	mlPingMsg struct {
 		SeqNo      uint32
@@ -162,13 +162,6 @@ type (
 	}
 )
 
-func decodeML(b []byte, v any) error {
-	if err := codec.NewDecoderBytes(b, mlHandle()).Decode(v); err != nil {
-		return fmt.Errorf("memberlist message: %w: %w", ErrMalformed, err)
-	}
-	return nil
-}
-
 func addrPortOf(ip []byte, port uint16) netip.AddrPort {
 	a, _ := netip.AddrFromSlice(ip)
 	return netip.AddrPortFrom(a.Unmap(), port)
@@ -185,6 +178,17 @@ func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accus
 	switch {
 	case node == "":
 		return fmt.Errorf("statement without a name: %w", errRefused)
+	case node == d.self.Name:
+		// memberlist can only refute what others say about this node;
+		// that is how it learns to (a push telling it it is dead
+		// included). Only alive messages are useless: they would only
+		// ever be refuted.
+		if kind == mlAlive {
+			return fmt.Errorf("%q speaks for this node: %w", sender, errRefused)
+		}
+		if err := d.incOKLocked(node, inc); err != nil {
+			return err
+		}
 	case node == sender:
 		if kind == mlAlive && addr.Addr() != from {
 			return fmt.Errorf("%q announces itself at %v, but speaks from %v: %w", node, addr, from, errRefused)
@@ -194,20 +198,13 @@ func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accus
 		}
 	case !solicited:
 		return fmt.Errorf("%q speaks about %q in a push nobody asked for: %w", sender, node, errRefused)
-	case node == d.self.Name:
-		if kind == mlAlive {
-			return fmt.Errorf("%q speaks for this node: %w", sender, errRefused)
-		}
-		if err := d.incOKLocked(node, inc); err != nil {
-			return err
-		}
 	default:
 		m := d.members[node]
-		if m == nil || !m.hasRec {
-			return fmt.Errorf("%q speaks about %q, which has no genuine record here: %w", sender, node, errRefused)
+		if kind == mlAlive && !d.placesLocked(m, node, addr) {
+			return fmt.Errorf("%q puts %q at %v, which is neither the gossip address of its record nor one of its tunnels: %w", sender, node, addr, errRefused)
 		}
-		if kind == mlAlive && ((m.recGossip.IsValid() && addr != m.recGossip) || !slices.Contains(m.addrs, addr.Addr())) {
-			return fmt.Errorf("%q puts %q at %v, its record says %v: %w", sender, node, addr, m.recGossip, errRefused)
+		if kind != mlAlive && m == nil {
+			return fmt.Errorf("%q speaks about %q, which is no member here: %w", sender, node, errRefused)
 		}
 		if err := d.incOKLocked(node, inc); err != nil {
 			return err
@@ -217,6 +214,18 @@ func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accus
 		d.incs[node] = inc
 	}
 	return nil
+}
+
+// placesLocked reports whether addr is member node's gossip address: the
+// one in its genuine record, or (before its record arrived) an address
+// of a tunnel that belongs to it (its certificate was verified when it
+// was admitted). A made-up name has neither.
+func (d *Discovery) placesLocked(m *member, node string, addr netip.AddrPort) bool {
+	if m != nil && m.hasRec {
+		return slices.Contains(m.addrs, addr.Addr()) && (!m.recGossip.IsValid() || addr == m.recGossip)
+	}
+	name, ok := d.cfg.PeerName(addr.Addr())
+	return ok && name == node
 }
 
 // incOKLocked applies the incarnation bounds to a relayed statement.
@@ -246,24 +255,25 @@ func (d *Discovery) filterPacket(from netip.AddrPort, buf []byte) []byte {
 		d.badLog.log(d.log, sender, "packet", err)
 		return nil
 	}
-	// The package's own messages first: a record in this packet counts
-	// for the alive message beside it.
+	// The package's own messages go to their worker: verifying them
+	// takes longer than memberlist's probes may wait.
 	for _, p := range parts {
 		if p[0] == mlUser {
-			d.handleUser(sender, from, p[1:], false)
+			d.user.offer(sender, from, p[1:])
 		}
 	}
-	keep := parts[:0]
+	keep := make([][]byte, 0, len(parts))
 	for _, p := range parts {
 		if p[0] == mlUser {
 			continue
 		}
-		if err := d.checkPart(sender, from, p); err != nil {
+		out, err := d.checkPart(sender, from, p)
+		if err != nil {
 			d.stats.filtered.Add(1)
 			d.badLog.log(d.log, sender, "memberlist", err)
 			continue
 		}
-		keep = append(keep, p)
+		keep = append(keep, out)
 	}
 	switch len(keep) {
 	case 0:
@@ -323,51 +333,57 @@ func splitPacket(buf []byte, depth int, parts *[][]byte) error {
 }
 
 // checkPart applies the rules to one memberlist message (not a user
-// message) from sender.
-func (d *Discovery) checkPart(sender string, from netip.AddrPort, p []byte) error {
+// message) from sender and returns what memberlist may see of it: for
+// the messages it decodes, their canonical encoding (see msgpack.go).
+func (d *Discovery) checkPart(sender string, from netip.AddrPort, p []byte) ([]byte, error) {
 	switch p[0] {
 	case mlAck, mlNack, mlErr:
-		return nil
+		return p, nil
 	case mlPing:
-		var m mlPingMsg
-		if err := decodeML(p[1:], &m); err != nil {
-			return err
+		m, err := decodePing(p[1:])
+		if err != nil {
+			return nil, err
 		}
 		if len(m.SourceAddr) > 0 && addrPortOf(m.SourceAddr, m.SourcePort).Addr() != from.Addr() {
-			return fmt.Errorf("ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
+			return nil, fmt.Errorf("ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
 		}
-		return nil
+		return m.encode(), nil
 	case mlIndirectPing:
-		var m mlIndirectPingMsg
-		if err := decodeML(p[1:], &m); err != nil {
-			return err
+		m, err := decodeIndirectPing(p[1:])
+		if err != nil {
+			return nil, err
 		}
 		if len(m.SourceAddr) > 0 && addrPortOf(m.SourceAddr, m.SourcePort).Addr() != from.Addr() {
-			return fmt.Errorf("indirect ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
+			return nil, fmt.Errorf("indirect ping asks for the answer at %v, sent from %v: %w", addrPortOf(m.SourceAddr, m.SourcePort), from, errRefused)
 		}
 		target := addrPortOf(m.Target, m.Port)
 		d.mu.Lock()
-		mm := d.members[m.Node]
-		ok := mm != nil && mm.hasRec && (target == mm.recGossip || target == mm.gossip)
+		ok := d.placesLocked(d.members[m.Node], m.Node, target)
 		d.mu.Unlock()
 		if !ok {
-			return fmt.Errorf("indirect ping of %q at %v, not its gossip address: %w", m.Node, target, errRefused)
+			return nil, fmt.Errorf("indirect ping of %q at %v, not its gossip address: %w", m.Node, target, errRefused)
 		}
-		return nil
+		return m.encode(), nil
 	case mlAlive:
-		var m mlAliveMsg
-		if err := decodeML(p[1:], &m); err != nil {
-			return err
+		m, err := decodeAlive(p[1:])
+		if err != nil {
+			return nil, err
 		}
-		return d.about(sender, from.Addr(), mlAlive, m.Node, "", m.Incarnation, addrPortOf(m.Addr, m.Port), true)
+		if err := d.about(sender, from.Addr(), mlAlive, m.Node, "", m.Incarnation, addrPortOf(m.Addr, m.Port), true); err != nil {
+			return nil, err
+		}
+		return m.encode(), nil
 	case mlSuspect, mlDead:
-		var m mlVerdictMsg
-		if err := decodeML(p[1:], &m); err != nil {
-			return err
+		m, err := decodeVerdict(p[1:])
+		if err != nil {
+			return nil, err
 		}
-		return d.about(sender, from.Addr(), p[0], m.Node, m.From, m.Incarnation, netip.AddrPort{}, true)
+		if err := d.about(sender, from.Addr(), p[0], m.Node, m.From, m.Incarnation, netip.AddrPort{}, true); err != nil {
+			return nil, err
+		}
+		return m.encode(p[0]), nil
 	}
-	return fmt.Errorf("memberlist message type %d in a packet: %w", p[0], errRefused)
+	return nil, fmt.Errorf("memberlist message type %d in a packet: %w", p[0], errRefused)
 }
 
 // readFirst reads the first message of a stream from sender at from (the
@@ -400,19 +416,26 @@ func (d *Discovery) readFirst(r *bufio.Reader, sender string, from netip.AddrPor
 // state, and returns the push/pull memberlist may see: the node states
 // the rules let through and no user state.
 func (d *Discovery) readPushPull(r *bufio.Reader, sender string, from netip.AddrPort, solicited bool) ([]byte, error) {
-	dec := codec.NewDecoder(r, mlHandle())
-	var h mlPushPullHeader
-	if err := dec.Decode(&h); err != nil {
-		return nil, fmt.Errorf("push/pull header: %w: %w", ErrMalformed, err)
+	hb, err := readMLValue(r)
+	if err != nil {
+		return nil, fmt.Errorf("push/pull header: %w", err)
+	}
+	h, err := decodePushHeader(hb)
+	if err != nil {
+		return nil, err
 	}
 	if h.Nodes < 0 || h.Nodes > maxPushNodes || h.UserStateLen < 0 || h.UserStateLen > MaxStateSize {
 		return nil, fmt.Errorf("push/pull of %d nodes and %d bytes of state, limits %d and %d: %w", h.Nodes, h.UserStateLen, maxPushNodes, MaxStateSize, ErrTooLarge)
 	}
 	nodes := make([]mlPushNodeState, 0, min(h.Nodes, 64))
 	for range h.Nodes {
-		var n mlPushNodeState
-		if err := dec.Decode(&n); err != nil {
-			return nil, fmt.Errorf("push/pull node: %w: %w", ErrMalformed, err)
+		nb, err := readMLValue(r)
+		if err != nil {
+			return nil, fmt.Errorf("push/pull node: %w", err)
+		}
+		n, err := decodeNodeState(nb)
+		if err != nil {
+			return nil, err
 		}
 		nodes = append(nodes, n)
 	}
@@ -445,27 +468,25 @@ func (d *Discovery) readPushPull(r *bufio.Reader, sender string, from netip.Addr
 		}
 		kept = append(kept, n)
 	}
-	var out bytes.Buffer
-	out.WriteByte(mlPushPull)
-	enc := codec.NewEncoder(&out, mlHandle())
-	if err := enc.Encode(&mlPushPullHeader{Nodes: len(kept), Join: h.Join}); err != nil {
-		return nil, fmt.Errorf("push/pull: re-encode: %w", err)
-	}
+	out := mpWriter{mlPushPull}
+	(&mlPushPullHeader{Nodes: len(kept), Join: h.Join}).encode(&out)
 	for i := range kept {
-		if err := enc.Encode(&kept[i]); err != nil {
-			return nil, fmt.Errorf("push/pull: re-encode: %w", err)
-		}
+		kept[i].encode(&out)
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 // readUserStream reads a user message from a stream (after its type
 // byte) and handles it. A state (the answer to a pull) is merged as it is
 // read, and only if this node asked sender for one.
 func (d *Discovery) readUserStream(r *bufio.Reader, sender string, from netip.AddrPort) error {
-	var h mlUserMsgHeader
-	if err := codec.NewDecoder(r, mlHandle()).Decode(&h); err != nil {
-		return fmt.Errorf("user message header: %w: %w", ErrMalformed, err)
+	hb, err := readMLValue(r)
+	if err != nil {
+		return fmt.Errorf("user message header: %w", err)
+	}
+	h, err := decodeUserHeader(hb)
+	if err != nil {
+		return err
 	}
 	if h.UserMsgLen < 2 || h.UserMsgLen > maxStreamBytes {
 		return fmt.Errorf("user message of %d bytes: %w", h.UserMsgLen, ErrMalformed)
@@ -591,4 +612,84 @@ func (d *Discovery) takePull(name string) bool {
 	sent, ok := d.pulls[name]
 	delete(d.pulls, name)
 	return ok && time.Since(sent) < pullAnswerWait
+}
+
+// Limits of the queue of the package's own messages from packets.
+const (
+	// userQueueLen bounds the queue: memberlist's own handoff queue
+	// holds 1024 messages.
+	userQueueLen = 1024
+	// userQueuePerPeer bounds one member's share of it, so that a member
+	// sending junk as fast as it can delays the others' messages by at
+	// most that many.
+	userQueuePerPeer = 128
+)
+
+// userQueue holds the package's own messages from packets for the worker
+// that handles them (see handleUser): a bounded queue with a bounded
+// share per sending member; what does not fit is dropped (and counted),
+// as a full socket buffer drops packets.
+type userQueue struct {
+	mu      sync.Mutex
+	items   []userItem
+	perPeer map[string]int
+	wake    chan struct{}
+	dropped atomic.Uint64
+}
+
+type userItem struct {
+	sender string
+	from   netip.AddrPort
+	msg    []byte
+}
+
+func newUserQueue() *userQueue {
+	return &userQueue{perPeer: make(map[string]int), wake: make(chan struct{}, 1)}
+}
+
+// offer queues a copy of msg from sender, if there is room.
+func (q *userQueue) offer(sender string, from netip.AddrPort, msg []byte) {
+	q.mu.Lock()
+	if len(q.items) >= userQueueLen || q.perPeer[sender] >= userQueuePerPeer {
+		q.mu.Unlock()
+		q.dropped.Add(1)
+		return
+	}
+	q.items = append(q.items, userItem{sender, from, bytes.Clone(msg)})
+	q.perPeer[sender]++
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take removes and returns the queued messages, oldest first.
+func (q *userQueue) take() []userItem {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items := q.items
+	q.items = nil
+	clear(q.perPeer)
+	return items
+}
+
+// handleUsers is the worker of the user queue.
+func (d *Discovery) handleUsers() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-d.user.wake:
+		}
+		for items := d.user.take(); len(items) > 0; items = d.user.take() {
+			for _, it := range items {
+				if d.ctx.Err() != nil {
+					return
+				}
+				d.handleUser(it.sender, it.from, it.msg, false)
+			}
+		}
+	}
 }

@@ -146,6 +146,32 @@ func signedEntry(i int, v uint64) entry {
 	return e
 }
 
+// verifyCache remembers the certificates testVerify accepted, by hash,
+// as the node's trust pool does (a CA signature is checked once per
+// certificate): every node of a test fabric shares one.
+type verifyCache struct {
+	mu   sync.Mutex
+	seen map[[32]byte]Identity
+}
+
+func (c *verifyCache) verify(der []byte) (Identity, error) {
+	h := sha256.Sum256(der)
+	c.mu.Lock()
+	id, ok := c.seen[h]
+	c.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	id, err := testVerify(der)
+	if err != nil {
+		return id, err
+	}
+	c.mu.Lock()
+	c.seen[h] = id
+	c.mu.Unlock()
+	return id, nil
+}
+
 // nodeName is the name of test node i.
 func nodeName(i int) string { return fmt.Sprintf("node-%03d", i) }
 
@@ -196,15 +222,16 @@ type tnode struct {
 }
 
 type fabric struct {
-	t     testing.TB
-	hub   *memnet.Hub
-	prof  Profile
-	hook  func(*memberlist.Config, *tuning)
-	nodes []*tnode
+	t      testing.TB
+	hub    *memnet.Hub
+	verify *verifyCache
+	prof   Profile
+	hook   func(*memberlist.Config, *tuning)
+	nodes  []*tnode
 }
 
 func newFabric(t testing.TB, prof Profile) *fabric {
-	f := &fabric{t: t, hub: memnet.NewHub(), prof: prof}
+	f := &fabric{t: t, hub: memnet.NewHub(), prof: prof, verify: &verifyCache{seen: map[[32]byte]Identity{}}}
 	t.Cleanup(func() {
 		var wg sync.WaitGroup
 		for _, n := range f.nodes {
@@ -227,7 +254,7 @@ func (f *fabric) start(i int, v uint64) *tnode {
 		Network:           n.host,
 		Self:              testRecord(i, v),
 		IdentityKey:       testKey(nodeName(i)),
-		VerifyCertificate: testVerify,
+		VerifyCertificate: f.verify.verify,
 		PeerName:          testPeerName,
 		Profile:           f.prof,
 		OnRecord: func(r Record) {

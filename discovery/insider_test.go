@@ -1,10 +1,13 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"math"
 	"net/netip"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -318,4 +321,177 @@ func TestForgedMemberlistMessagesFiltered(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// junkRecords makes n records for made-up names whose certificates are
+// junk of certSize bytes, signed by key, as one state from sender.
+func junkState(sender string, key ed25519.PrivateKey, n, certSize int) []byte {
+	recs := make([][]byte, 0, n)
+	for i := range n {
+		cert := bytes.Repeat([]byte{byte(i)}, certSize)
+		recs = append(recs, insider.EncodeRecord(insider.Record{Name: fmt.Sprintf("fake-%04d", i), Certificate: cert,
+			Version: uint64(time.Now().UnixNano()), Gossip: gossipAddr(2)}, key))
+	}
+	return insider.State(sender, recs...)
+}
+
+// TestFakeRecordsStayBounded: an insider sends 4096 made-up members (a
+// 7.4 MiB state of records with junk certificates, and memberlist node
+// states and alive messages for the same names) as pushes nobody asked
+// for, and as the answer to a pull the target did send it. The target's
+// member tables (its own and memberlist's) hold only the real members,
+// its goroutines stay within a fixed margin while the attack runs and
+// come back afterwards, and its heap stays within a fixed bound.
+func TestFakeRecordsStayBounded(t *testing.T) {
+	checkLeaks(t)
+	const n = 3
+	f := newFabric(t, ProfileLocal)
+	f.startConverged(n)
+	const mallory = 2
+	evil := newInsider(t, f, mallory)
+	target := f.nodes[0]
+	st := junkState(evil.Name, evil.Key, MaxStateRecords, 1800)
+	if len(st) > MaxStateSize || len(st) < 7<<20 {
+		t.Fatalf("junk state of %d bytes", len(st))
+	}
+	nodes := []insider.NodeState{insider.AliveNode(evil.Name, 1, gossipAddr(mallory), nil)}
+	for i := range MaxStateRecords {
+		nodes = append(nodes, insider.AliveNode(fmt.Sprintf("fake-%04d", i), 1, gossipAddr(mallory), nil))
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heapBase := ms.HeapAlloc
+	baseG := runtime.NumGoroutine()
+	check := func(when string) {
+		t.Helper()
+		if k := len(target.d.Members()); k != n {
+			t.Fatalf("%s: node 0 lists %d members, want %d", when, k, n)
+		}
+		if k := target.d.ml.NumMembers(); k != n {
+			t.Fatalf("%s: memberlist at node 0 knows %d members, want %d", when, k, n)
+		}
+		if g := runtime.NumGoroutine() - baseG; g > 50 {
+			t.Fatalf("%s: %d goroutines more than before the attack", when, g)
+		}
+		runtime.ReadMemStats(&ms)
+		if grown := int64(ms.HeapAlloc) - int64(heapBase); grown > 256<<20 {
+			t.Fatalf("%s: heap grew by %d MiB", when, grown>>20)
+		}
+	}
+	for round := range 3 {
+		ctx, cancel := context.WithTimeout(t.Context(), convergeTimeout)
+		_, _, err := evil.PushPull(ctx, gossipAddr(0), nodes, st, round%2 == 1)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 200 {
+			evil.Send(gossipAddr(0), insider.AliveMsg(fmt.Sprintf("fake-%04d", i), 1, gossipAddr(mallory), nil))
+		}
+		check(fmt.Sprintf("push %d", round))
+	}
+	// As the answer to a pull the target sent (only then is a state from
+	// a member merged whole): every record is checked, none kept.
+	refused := target.d.Stats().RecordsRefused
+	target.d.mu.Lock()
+	target.d.pulls[evil.Name] = time.Now()
+	target.d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), convergeTimeout)
+	defer cancel()
+	if err := evil.SendUserStream(ctx, gossipAddr(0), insider.StateMsg(st)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "pulled junk checked", func() error {
+		if got := target.d.Stats().RecordsRefused - refused; got < MaxStateRecords {
+			return fmt.Errorf("%d of %d junk records refused", got, MaxStateRecords)
+		}
+		return nil
+	})
+	check("pull answer")
+}
+
+// TestIdleStreamsDoNotStarveNewcomer: an insider holds 100 idle streams
+// open to the seed's gossip port (opening each again when it closes); a
+// newcomer still joins through the seed and learns the other member. A
+// member has 8 of the seed's 64 stream slots; before, the insider held
+// them all.
+func TestIdleStreamsDoNotStarveNewcomer(t *testing.T) {
+	checkLeaks(t)
+	f := newFabric(t, ProfileLocal)
+	// memberlist's LAN TCP timeout: how long the seed waits for an idle
+	// stream's first message before it closes it.
+	f.hook = func(c *memberlist.Config, _ *tuning) { c.TCPTimeout = 10 * time.Second }
+	f.startConverged(2)
+	evil := newInsider(t, f, 2)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	evil.IdleStreams(ctx, gossipAddr(0), 100)
+	waitFor(t, callbackTimeout, "idle streams held", func() error {
+		if f.nodes[0].d.Stats().StreamsRefused == 0 {
+			return fmt.Errorf("the seed refused none of the insider's streams yet")
+		}
+		return nil
+	})
+	newcomer := f.start(3, 1)
+	jctx, jcancel := context.WithTimeout(t.Context(), convergeTimeout)
+	defer jcancel()
+	joined := make(chan error, 1)
+	go func() {
+		_, err := newcomer.d.Join(jctx, []netip.Addr{overlayAddr(0)})
+		joined <- err
+	}()
+	want := map[string]uint64{nodeName(1): 1}
+	// The bound only catches a newcomer kept out: it is below the
+	// insider's hold of 10 s per stream.
+	took := waitFor(t, 8*time.Second, "newcomer knows the gossip-learned member", func() error { return knowsAll(newcomer, want) })
+	t.Logf("newcomer reached %s %v after its join began", nodeName(1), took)
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+}
+
+// TestNotifierCoalesces: however often a member's state flaps, the
+// callback queue holds at most one record event and one leave event
+// for it, and the node sees the latest of each in the order they last
+// happened.
+func TestNotifierCoalesces(t *testing.T) {
+	n := newNotifier()
+	var got []string
+	ev := func(s string) func() { return func() { got = append(got, s) } }
+	for i := range 1000 {
+		n.push(recordEvent("a"), ev(fmt.Sprint("record a ", i)))
+		n.push(leaveEvent("a"), ev(fmt.Sprint("leave a ", i)))
+	}
+	n.push(recordEvent("b"), ev("record b"))
+	n.push(recordEvent("a"), ev("record a last"))
+	if k := n.len(); k != 3 {
+		t.Fatalf("%d queued events, want 3", k)
+	}
+	for _, f := range n.take() {
+		f()
+	}
+	if want := []string{"leave a 999", "record b", "record a last"}; !slices.Equal(got, want) {
+		t.Fatalf("callbacks %q, want %q", got, want)
+	}
+}
+
+// TestMemberTableCap: past MaxMembers names, a genuine record for a new
+// name is refused; one for a name already held still updates it.
+func TestMemberTableCap(t *testing.T) {
+	fx := newBareFixture(t)
+	d := fx.bareDiscovery()
+	for i := len(d.members); i < MaxMembers; i++ {
+		d.members[fmt.Sprintf("filler-%d", i)] = &member{}
+	}
+	if d.acceptEntry(signedEntry(3, 1), LearnedGossip, nodeName(3)) {
+		t.Fatal("a new name entered a full member table")
+	}
+	if got := d.Stats().RecordsRefused; got != 1 {
+		t.Fatalf("%d records refused, want 1", got)
+	}
+	if !d.acceptEntry(signedEntry(1, 6), LearnedGossip, nodeName(1)) {
+		t.Fatal("a held member's newer record refused in a full table")
+	}
 }

@@ -33,6 +33,13 @@ const (
 	// MaxCRLSize caps a CRL. An X.509 CRL entry is about 40 bytes, so 1 MiB
 	// holds about 25,000 revocations.
 	MaxCRLSize = 1 << 20
+	// MaxMembers caps the member table. A name enters it only with a
+	// genuine record (a certificate the trusted CAs issued for that name)
+	// or as the member a tunnel belongs to, so only a fabric that large
+	// fills it; past it, new names are refused (and counted as refused
+	// records). memberlist's own table holds only names that pass the
+	// transport's rules, which ask for the same.
+	MaxMembers = MaxStateRecords
 	// MaxStateSize caps one encoded state (LocalState / MergeRemoteState).
 	// It is well under memberlist's own 20 MiB push/pull limit; a state
 	// that would be larger is trimmed when sent and refused when received.

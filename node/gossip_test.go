@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -466,5 +468,75 @@ func TestForgedLeaveAndDeathKeepTunnel(t *testing.T) {
 	}
 	if k, r := a.gossip.checksKept.Load(), a.gossip.checksRemoved.Load(); r != 0 {
 		t.Fatalf("death checks: %d kept, %d removed", k, r)
+	}
+}
+
+// TestDeathChecksBounded: a flood of death verdicts (the same member
+// over and over, and many members at once, as forged verdicts or a
+// flapping fabric bring) runs at most deathCheckWorkers checks at once,
+// one at a time per member, without a goroutine per verdict; every
+// member is checked.
+func TestDeathChecksBounded(t *testing.T) {
+	a, _ := gossipPair(t)
+	release := make(chan struct{})
+	var running, most atomic.Int32
+	var mu sync.Mutex
+	perName := map[string]int{}
+	pinged := map[string]bool{}
+	a.gossip.ping = func(name string) bool {
+		mu.Lock()
+		perName[name]++
+		if perName[name] > 1 {
+			mu.Unlock()
+			t.Errorf("two checks of %s at once", name)
+			return true
+		}
+		pinged[name] = true
+		mu.Unlock()
+		n := running.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		running.Add(-1)
+		mu.Lock()
+		perName[name]--
+		mu.Unlock()
+		return true // it answers: the tunnel stays
+	}
+	base := runtime.NumGoroutine()
+	const members = 40
+	for round := range 50 {
+		for i := range members {
+			a.gossip.onLeave(fmt.Sprintf("member-%d", i), true)
+		}
+		if round == 0 {
+			a.gossip.onLeave("beta", true)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); running.Load() < deathCheckWorkers; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d checks running, want %d", running.Load(), deathCheckWorkers)
+		}
+	}
+	if g := runtime.NumGoroutine() - base; g > 10 {
+		t.Errorf("%d more goroutines while %d verdicts wait", g, 50*members+1)
+	}
+	close(release)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		done := len(pinged) == members+1
+		mu.Unlock()
+		if done && running.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checked %d of %d members", len(pinged), members+1)
+		}
+	}
+	if m := most.Load(); m > deathCheckWorkers {
+		t.Fatalf("%d checks at once, limit %d", m, deathCheckWorkers)
+	}
+	if !admitted(a, "beta") {
+		t.Fatal("a member that answered its check was removed")
 	}
 }

@@ -350,8 +350,9 @@ func DeadNode(node string, inc uint32, addr netip.AddrPort) NodeState {
 }
 
 // IdleStreams opens n streams to an overlay ip:port and sends nothing on
-// them; each one that the other side closes is opened again, until ctx
-// ends. It returns at once; the streams are held in the background.
+// them; each one that the other side closes is opened again (50 ms
+// later), until ctx ends. It returns at once; the streams are held in
+// the background.
 func (m *Member) IdleStreams(ctx context.Context, to netip.AddrPort, n int) {
 	for range n {
 		go func() {
@@ -373,6 +374,10 @@ func (m *Member) IdleStreams(ctx context.Context, to netip.AddrPort, n int) {
 				case <-done:
 				}
 				c.Close()
+				select { // refused at once: try again a moment later
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
 			}
 		}()
 	}
