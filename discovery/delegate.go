@@ -488,12 +488,13 @@ func (d *Discovery) sendPull(addr netip.AddrPort) {
 	d.mu.Lock()
 	// Only the answer to a pull this node sent is merged (see takePull);
 	// pulls are sent by the sync workers, a few at a time, and expire.
-	for name, sent := range d.pulls {
-		if now.Sub(sent) >= pullAnswerWait {
+	for name, pp := range d.pulls {
+		if now.Sub(pp.last) >= pullAnswerWait {
 			delete(d.pulls, name)
 		}
 	}
-	d.pulls[peer] = now
+	pp := d.pulls[peer]
+	d.pulls[peer] = pendingPulls{last: now, n: min(pp.n+1, maxPendingPulls)}
 	d.mu.Unlock()
 	if err := d.ml.SendReliable(addrNode(addr), encodePull(p)); err != nil {
 		d.log.Debug("discovery: pull failed", "peer", addr, "err", err)

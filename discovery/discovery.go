@@ -267,9 +267,9 @@ type Discovery struct {
 	self Record
 	// selfEntry is self signed by IdentityKey (see resignLocked).
 	selfEntry entry
-	// pulls holds, per member name, when this node's pending pull from it
-	// was sent: only then is a state from that member an answer.
-	pulls     map[string]time.Time
+	// pulls holds, per member name, this node's pending pulls from it:
+	// only then is a state from that member an answer.
+	pulls     map[string]pendingPulls
 	incs      map[string]uint32 // highest memberlist incarnation let through per name (see guard.go)
 	members   map[string]*member
 	crl       []byte
@@ -336,7 +336,7 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
 		self:    cfg.Self,
 		members: make(map[string]*member),
-		pulls:   make(map[string]time.Time),
+		pulls:   make(map[string]pendingPulls),
 		incs:    make(map[string]uint32),
 		user:    newUserQueue(),
 		syncs:   newKeyedQueue[syncRequest, syncRequest](syncQueueLen),

@@ -195,7 +195,7 @@ func (fx *bareFixture) bareDiscovery() *Discovery {
 		self:      fx.self.rec,
 		selfEntry: fx.self,
 		members:   map[string]*member{},
-		pulls:     map[string]time.Time{},
+		pulls:     map[string]pendingPulls{},
 		incs:      map[string]uint32{},
 		user:      newUserQueue(),
 		events:    newNotifier(),
@@ -365,7 +365,7 @@ func FuzzReadFirst(f *testing.F) {
 	fx := newBareFixture(f)
 	f.Fuzz(func(t *testing.T, b []byte, solicited bool) {
 		d := fx.bareDiscovery()
-		d.pulls[nodeName(2)] = time.Now()
+		d.pulls[nodeName(2)] = pendingPulls{last: time.Now(), n: 1}
 		replay, consumed, err := d.readFirst(bufio.NewReader(bytes.NewReader(b)), nodeName(2), gossipAddr(2), solicited)
 		checkTable(t, d)
 		if err != nil || consumed {

@@ -108,7 +108,14 @@ const (
 	pullAnswerWait = 30 * time.Second
 )
 
-var errRefused = errors.New("refused by the transport's rules")
+var (
+	errRefused = errors.New("refused by the transport's rules")
+	// errExpected marks refusals honest members cause too (memberlist
+	// sends its whole state in a push; relays echo this node's own alive
+	// messages; a relay may come before the member's record): counted,
+	// logged at debug level only.
+	errExpected = fmt.Errorf("expected: %w", errRefused)
+)
 
 // memberlist's messages (see msgpack.go for their encoding).
 type (
@@ -184,7 +191,7 @@ func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accus
 		// included). Only alive messages are useless: they would only
 		// ever be refuted.
 		if kind == mlAlive {
-			return fmt.Errorf("%q speaks for this node: %w", sender, errRefused)
+			return fmt.Errorf("%q speaks for this node: %w", sender, errExpected)
 		}
 		if err := d.incOKLocked(node, inc); err != nil {
 			return err
@@ -197,14 +204,18 @@ func (d *Discovery) about(sender string, from netip.Addr, kind byte, node, accus
 			return fmt.Errorf("%q accuses itself in a push: %w", node, errRefused)
 		}
 	case !solicited:
-		return fmt.Errorf("%q speaks about %q in a push nobody asked for: %w", sender, node, errRefused)
+		return fmt.Errorf("%q speaks about %q in a push nobody asked for: %w", sender, node, errExpected)
 	default:
 		m := d.members[node]
 		if kind == mlAlive && !d.placesLocked(m, node, addr) {
-			return fmt.Errorf("%q puts %q at %v, which is neither the gossip address of its record nor one of its tunnels: %w", sender, node, addr, errRefused)
+			why := errRefused
+			if m == nil || !m.hasRec {
+				why = errExpected // the relay came before the record
+			}
+			return fmt.Errorf("%q puts %q at %v, which is neither the gossip address of its record nor one of its tunnels: %w", sender, node, addr, why)
 		}
 		if kind != mlAlive && m == nil {
-			return fmt.Errorf("%q speaks about %q, which is no member here: %w", sender, node, errRefused)
+			return fmt.Errorf("%q speaks about %q, which is no member here: %w", sender, node, errExpected)
 		}
 		if err := d.incOKLocked(node, inc); err != nil {
 			return err
@@ -246,7 +257,7 @@ func (d *Discovery) filterPacket(from netip.AddrPort, buf []byte) []byte {
 	sender, ok := d.cfg.PeerName(from.Addr())
 	if !ok {
 		d.stats.filtered.Add(1)
-		d.badLog.log(d.log, from.Addr().String(), "packet", fmt.Errorf("packet from an address no admitted peer holds: %w", errRefused))
+		d.badLog.log(d.log, from.Addr().String(), "packet", fmt.Errorf("packet from an address no admitted peer holds: %w", errExpected))
 		return nil
 	}
 	var parts [][]byte
@@ -604,14 +615,33 @@ func streamState(r *bufio.Reader, keep func(raw []byte) (entry, bool)) (state, e
 	}
 }
 
+// pendingPulls counts the pulls this node sent a member that are not
+// answered yet, and when it sent the last one.
+type pendingPulls struct {
+	last time.Time
+	n    int
+}
+
+// maxPendingPulls caps the answers awaited from one member: the repair
+// loop may pull from a member again before the last answer came.
+const maxPendingPulls = 4
+
 // takePull reports whether this node has a pull from member name
-// pending, and if so, ends it: one answer per pull.
+// pending, and if so, counts one answered: one answer per pull.
 func (d *Discovery) takePull(name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	sent, ok := d.pulls[name]
-	delete(d.pulls, name)
-	return ok && time.Since(sent) < pullAnswerWait
+	p, ok := d.pulls[name]
+	if !ok || time.Since(p.last) >= pullAnswerWait {
+		delete(d.pulls, name)
+		return false
+	}
+	if p.n--; p.n <= 0 {
+		delete(d.pulls, name)
+	} else {
+		d.pulls[name] = p
+	}
+	return true
 }
 
 // Limits of the queue of the package's own messages from packets.

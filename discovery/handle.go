@@ -2,6 +2,8 @@ package discovery
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -81,7 +83,7 @@ func (d *Discovery) handleUser(sender string, from netip.AddrPort, b []byte, str
 }
 
 // refuse counts a refused message from sender and logs it, at most once
-// per badInputLogEvery for each sender and reason.
+// per badInputLogEvery for each sender, reason and level.
 func (d *Discovery) refuse(sender, reason string, err error) {
 	switch reason {
 	case "record":
@@ -113,7 +115,10 @@ type badInputLog struct {
 	dropped uint64 // lines of pairs that found the table full
 }
 
-type badInputKey struct{ sender, reason string }
+type badInputKey struct {
+	sender, reason string
+	level          slog.Level
+}
 
 type badInputState struct {
 	at         time.Time
@@ -122,7 +127,8 @@ type badInputState struct {
 
 func (l *badInputLog) log(log *slog.Logger, sender, reason string, err error) {
 	now := time.Now()
-	k := badInputKey{sender, reason}
+	level := badInputLevel(err)
+	k := badInputKey{sender, reason, level}
 	l.mu.Lock()
 	if l.last == nil {
 		l.last = make(map[badInputKey]*badInputState)
@@ -154,6 +160,20 @@ func (l *badInputLog) log(log *slog.Logger, sender, reason string, err error) {
 	}
 	st.at, st.suppressed = now, 0
 	l.mu.Unlock()
-	log.Warn("discovery: refused input from a member", "member", sender, "what", reason, "err", err,
+	log.Log(context.Background(), level, "discovery: refused input from a member", "member", sender, "what", reason, "err", err,
 		"suppressed_before", suppressed)
+}
+
+// badInputLevel is the log level of a refusal: a warning for input no
+// honest member sends (bad signatures, forged or malformed messages,
+// limits), debug for what honest members cause too (see errExpected) and
+// for broken streams (a loaded member gives up or times out).
+func badInputLevel(err error) slog.Level {
+	switch {
+	case errors.Is(err, errExpected):
+		return slog.LevelDebug
+	case errors.Is(err, ErrBadStatement), errors.Is(err, ErrMalformed), errors.Is(err, ErrTooLarge), errors.Is(err, errRefused):
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
 }

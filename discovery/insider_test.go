@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -395,7 +399,7 @@ func TestFakeRecordsStayBounded(t *testing.T) {
 	// a member merged whole): every record is checked, none kept.
 	refused := target.d.Stats().RecordsRefused
 	target.d.mu.Lock()
-	target.d.pulls[evil.Name] = time.Now()
+	target.d.pulls[evil.Name] = pendingPulls{last: time.Now(), n: 1}
 	target.d.mu.Unlock()
 	ctx, cancel := context.WithTimeout(t.Context(), convergeTimeout)
 	defer cancel()
@@ -493,5 +497,85 @@ func TestMemberTableCap(t *testing.T) {
 	}
 	if !d.acceptEntry(signedEntry(1, 6), LearnedGossip, nodeName(1)) {
 		t.Fatal("a held member's newer record refused in a full table")
+	}
+}
+
+// recordingHandler keeps the records logged to it.
+type recordingHandler struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.records = append(h.records, r)
+	h.mu.Unlock()
+	return nil
+}
+func (h *recordingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordingHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestRefusalsLoggedOncePerMemberAndReason: a member sending forged
+// records as fast as it can costs one warning a minute per reason; what
+// honest members cause too (a relay before the member's record arrived)
+// is logged at debug level, apart; another member gets lines of its
+// own; the lines held back are counted in the next one.
+func TestRefusalsLoggedOncePerMemberAndReason(t *testing.T) {
+	fx := newBareFixture(t)
+	d := fx.bareDiscovery()
+	h := &recordingHandler{}
+	d.log = slog.New(h)
+	forged := append([]byte{msgRecord}, insider.EncodeRecord(insider.Record{Name: nodeName(1), Certificate: fx.members[0].rec.Certificate,
+		Version: uint64(time.Now().UnixNano()), Gossip: gossipAddr(1)}, testKey(nodeName(2)))...)
+	for range 1000 {
+		d.handleUser(nodeName(2), gossipAddr(2), forged, false)
+	}
+	d.handleUser(nodeName(3), gossipAddr(3), forged, false)
+	var lines []string
+	for _, r := range h.records {
+		var member string
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "member" {
+				member = a.Value.String()
+			}
+			return true
+		})
+		lines = append(lines, fmt.Sprintf("%v %s", r.Level, member))
+	}
+	if want := []string{"WARN " + nodeName(2), "WARN " + nodeName(3)}; !slices.Equal(lines, want) {
+		t.Fatalf("log lines %q, want %q", lines, want)
+	}
+	if got := d.Stats().RecordsRefused; got != 1001 {
+		t.Fatalf("%d records refused, want 1001", got)
+	}
+	if st := h.records[0]; !strings.Contains(fmt.Sprint(st.Message), "refused input") {
+		t.Fatalf("first line %q", st.Message)
+	}
+	// A verdict about a member not known here: honest relays do that too.
+	err := d.about(nodeName(2), overlayAddr(2), mlSuspect, "not-yet-known", nodeName(2), 1, netip.AddrPort{}, true)
+	if !errors.Is(err, errExpected) {
+		t.Fatalf("a verdict about an unknown member: %v, want an expected refusal", err)
+	}
+	for range 1000 {
+		d.badLog.log(d.log, nodeName(2), "memberlist", err)
+	}
+	if n := len(h.records); n != 3 || h.records[2].Level != slog.LevelDebug {
+		t.Fatalf("%d lines after expected refusals (last at %v), want one more at debug", n, h.records[len(h.records)-1].Level)
+	}
+}
+
+// TestPullAnswersCounted: as many answers are taken from a member as
+// pulls were sent to it; one more is a state nobody asked for.
+func TestPullAnswersCounted(t *testing.T) {
+	fx := newBareFixture(t)
+	d := fx.bareDiscovery()
+	d.pulls[nodeName(1)] = pendingPulls{last: time.Now(), n: 2}
+	d.pulls[nodeName(2)] = pendingPulls{last: time.Now().Add(-pullAnswerWait), n: 1}
+	if !d.takePull(nodeName(1)) || !d.takePull(nodeName(1)) || d.takePull(nodeName(1)) {
+		t.Fatal("two pulls sent, not exactly two answers taken")
+	}
+	if d.takePull(nodeName(2)) {
+		t.Fatal("an answer taken after pullAnswerWait")
 	}
 }
