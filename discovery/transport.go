@@ -413,6 +413,7 @@ type replayConn struct {
 	remote netip.AddrPort
 }
 
+// Read reads what memberlist may see of the stream (see replayConn).
 func (c *replayConn) Read(p []byte) (int, error) {
 	if c.r == nil {
 		br := bufio.NewReader(c.streamConn)
@@ -431,6 +432,8 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// eofReader is a stream whose first message was refused: at its end.
 type eofReader struct{}
 
+// Read returns io.EOF.
 func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
