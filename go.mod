@@ -14,7 +14,7 @@ require (
 )
 
 require (
-	github.com/hashicorp/go-msgpack/v2 v2.1.5 // memberlist's wire encoding: the gossip transport checks memberlist messages
+	github.com/hashicorp/go-msgpack/v2 v2.1.5 // memberlist's wire encoding: the insider test harness (discovery/insider) and fuzz tests
 	github.com/hashicorp/memberlist v0.7.0
 )
 
