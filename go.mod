@@ -13,14 +13,16 @@ require (
 	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446 // WireGuard device, Bind, netstack TUN (pins gVisor)
 )
 
-require github.com/hashicorp/memberlist v0.7.0
+require (
+	github.com/hashicorp/go-msgpack/v2 v2.1.5 // memberlist's wire encoding: the insider test harness (discovery/insider) and fuzz tests
+	github.com/hashicorp/memberlist v0.7.0
+)
 
 require (
 	github.com/google/btree v1.1.3 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-immutable-radix v1.3.1 // indirect
 	github.com/hashicorp/go-metrics v0.7.0 // indirect
-	github.com/hashicorp/go-msgpack/v2 v2.1.5 // indirect
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
 	github.com/hashicorp/go-sockaddr v1.0.7 // indirect
 	github.com/hashicorp/golang-lru v1.0.2 // indirect

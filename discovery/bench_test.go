@@ -1,11 +1,15 @@
 package discovery
 
 import (
+	"context"
 	"fmt"
+	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery/baseline"
+	"github.com/aigrid/gridnet/discovery/insider"
 )
 
 // Benchmarks run one fabric per iteration; use -benchtime=1x. They use
@@ -143,4 +147,87 @@ func BenchmarkGossipAtRest(b *testing.B) {
 			}
 		})
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkInsiderFlood: an insider sends one member as much as it can of
+// what it would use to exhaust it, while the fabric (3 members, LAN
+// timings, in one process) runs: gossip packets with forged records (the
+// victim's certificate under the insider's signature: the costliest
+// record to refuse), and unsolicited pushes of 4096 made-up members (7.4
+// MiB each). It reports the process's CPU time (the insider's sending
+// included) per 10,000 packets or per push, the heap in use and
+// goroutines at the end, and how many of the target's members are real.
+func BenchmarkInsiderFlood(b *testing.B) {
+	setup := func(b *testing.B) (*fabric, *insider.Member) {
+		f := newFabric(b, ProfileLAN)
+		for i := range 3 {
+			f.start(i, 1)
+		}
+		f.joinAll(1, 3)
+		waitFor(b, convergeTimeout, "converged", func() error { return f.allKnowAll(f.want()) })
+		return f, newInsider(b, f, 2)
+	}
+	report := func(b *testing.B, f *fabric, cpu time.Duration, per float64, unit string) {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(cpu.Seconds()/per, "cpu-s/"+unit)
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
+		b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
+		b.ReportMetric(float64(len(f.nodes[0].d.Members())), "members")
+		st := f.nodes[0].d.Stats()
+		b.ReportMetric(float64(st.RecordsRefused), "refused")
+		b.ReportMetric(float64(st.MessagesDropped), "dropped-queue-full")
+	}
+	b.Run("records", func(b *testing.B) {
+		f, evil := setup(b)
+		victim := f.nodes[1].d.Self()
+		const batch = 10000
+		// One forgery, sent over and over: refusing it costs the target a
+		// signature check every time (its version is newer than the one
+		// held), sending it costs the insider nothing more.
+		r := insider.EncodeRecord(insider.Record{Name: victim.Name, Certificate: victim.Certificate,
+			Version: uint64(time.Now().Add(time.Minute).UnixNano()), Gossip: gossipAddr(1)}, evil.Key)
+		packet := insider.UserMsg(insider.RecordMsg(r))
+		start := cpuTime(b)
+		for range b.N {
+			for range batch {
+				evil.Send(gossipAddr(0), packet)
+			}
+		}
+		report(b, f, cpuTime(b)-start, float64(b.N), "10k-packets")
+		if !heldRecord(f.nodes[0], victim.Name).Equal(victim) {
+			b.Fatal("the victim's record changed")
+		}
+	})
+	b.Run("pushes", func(b *testing.B) {
+		f, evil := setup(b)
+		st := junkState(evil.Name, evil.Key, MaxStateRecords, 1800)
+		var nodes []insider.NodeState
+		for i := range MaxStateRecords {
+			nodes = append(nodes, insider.AliveNode(fmt.Sprintf("fake-%04d", i), 1, gossipAddr(2), nil))
+		}
+		start := cpuTime(b)
+		for range b.N {
+			ctx, cancel := context.WithTimeout(context.Background(), convergeTimeout)
+			_, _, err := evil.PushPull(ctx, gossipAddr(0), nodes, st, false)
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, f, cpuTime(b)-start, float64(b.N), "push")
+		if k := len(f.nodes[0].d.Members()); k != 3 {
+			b.Fatalf("%d members after the pushes", k)
+		}
+	})
 }

@@ -2,7 +2,10 @@ package discovery
 
 import (
 	"bytes"
+	"container/list"
 	"context"
+	"crypto/ed25519"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -36,61 +39,13 @@ func (g *delegate) NodeMeta(limit int) []byte {
 	return encodeMeta(d.self.Version)
 }
 
-// NotifyMsg handles a gossip message: a record, a CRL or an announcement.
+// NotifyMsg is memberlist's path for user messages. The transport hands
+// every user message to handleUser itself, with the member that sent it,
+// and never passes one to memberlist; anything arriving here is dropped.
 func (g *delegate) NotifyMsg(b []byte) {
 	d := (*Discovery)(g)
-	if len(b) < 2 {
-		return
-	}
-	switch b[0] {
-	case msgRecord:
-		rec, gossip, err := decodeRecord(b[1:])
-		if err != nil {
-			d.log.Debug("discovery: bad record message", "err", err)
-			return
-		}
-		e := entry{rec, gossip}
-		if d.acceptEntry(e, LearnedGossip) {
-			d.queueRecord(e)
-		}
-	case msgCRL:
-		der := bytes.Clone(b[1:])
-		if d.acceptCRL(der) {
-			d.queueCRL(der)
-		}
-	case msgAnnounce:
-		a, err := decodeAnnounce(b[1:])
-		if err != nil {
-			d.log.Debug("discovery: bad announcement", "err", err)
-			return
-		}
-		if d.wants(a) {
-			d.requestSync(syncRequest{addr: a.holderAddr})
-		}
-	case msgPull:
-		p, err := decodePull(b[1:])
-		if err != nil {
-			d.log.Debug("discovery: bad pull request", "err", err)
-			return
-		}
-		d.queueAnswer(p)
-	case msgState:
-		st, err := decodeState(b[1:])
-		if err != nil {
-			d.log.Debug("discovery: refused pulled state", "err", err, "bytes", len(b))
-			return
-		}
-		d.mergeState(st, LearnedPull)
-	case msgLeave:
-		name, version, err := decodeLeave(b[1:])
-		if err != nil {
-			d.log.Debug("discovery: bad leave notice", "err", err)
-			return
-		}
-		if d.leaving(name, version) {
-			d.enqueue("l/"+name, bytes.Clone(b))
-		}
-	}
+	d.stats.filtered.Add(1)
+	d.log.Debug("discovery: user message outside the transport's checks dropped", "bytes", len(b))
 }
 
 // GetBroadcasts hands memberlist queued records and CRLs.
@@ -100,16 +55,17 @@ func (g *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 
 // LocalState encodes the state for a push/pull: own record first, the
 // others in random order (so a state trimmed at MaxStateSize carries a
-// different subset each time), and the newest CRL.
+// different subset each time), and the newest CRL. Every record goes as
+// its owner signed it.
 func (g *delegate) LocalState(join bool) []byte {
 	d := (*Discovery)(g)
 	d.mu.Lock()
 	s := state{from: d.self.Name, crl: d.crl}
 	s.entries = make([]entry, 0, len(d.members)+1)
-	s.entries = append(s.entries, entry{d.self, d.addr})
+	s.entries = append(s.entries, d.selfEntry)
 	for _, m := range d.members {
 		if m.hasRec {
-			s.entries = append(s.entries, entry{m.rec, m.gossip})
+			s.entries = append(s.entries, entry{rec: m.rec, gossip: m.recGossip, raw: m.raw})
 		}
 	}
 	d.mu.Unlock()
@@ -118,30 +74,36 @@ func (g *delegate) LocalState(join bool) []byte {
 	return encodeState(s)
 }
 
-// MergeRemoteState merges a peer's state. The sender's own record is news
-// and is re-broadcast; third-party records are not (anti-entropy already
-// spreads them). A new CRL accepted by OnCRL is re-broadcast.
+// MergeRemoteState is memberlist's path for push/pull states. The
+// transport merges every state itself, knowing who sent it and whether
+// this node asked for it, and passes memberlist the push/pull without
+// it; anything arriving here is dropped.
 func (g *delegate) MergeRemoteState(buf []byte, join bool) {
 	d := (*Discovery)(g)
-	s, err := decodeState(buf)
-	if err != nil {
-		d.log.Debug("discovery: refused remote state", "err", err, "bytes", len(buf))
-		return
+	if len(buf) > 0 {
+		d.stats.filtered.Add(1)
+		d.log.Debug("discovery: state outside the transport's checks dropped", "bytes", len(buf))
 	}
-	if s.truncated {
-		d.log.Debug("discovery: remote state truncated", "from", s.from, "kept", MaxStateRecords)
-	}
-	how := LearnedPushPull
-	if join {
-		how = LearnedJoin
-	}
-	d.mergeState(s, how)
 }
 
-// mergeState keeps the newer records and CRL of a state learned as how.
-func (d *Discovery) mergeState(s state, how string) {
+// mergeState keeps the newer records and CRL of a state from sender,
+// learned as how. Only an answer to this node's own pull or push/pull
+// (solicited) is merged whole; from a state this node did not ask for
+// (another member's push) only the sender's own record and the CRL are
+// taken, so that no member can fill another's table by pushing at it.
+// The sender's own record is news and is re-broadcast; third-party
+// records are not (anti-entropy already spreads them). A new CRL
+// accepted by OnCRL is re-broadcast.
+func (d *Discovery) mergeState(s state, how, sender string, solicited bool) {
+	if s.from != sender {
+		d.refuse(sender, "state", fmt.Errorf("state from %q sent by %q: %w", s.from, sender, ErrBadStatement))
+		return
+	}
 	for _, e := range s.entries {
-		if d.acceptEntry(e, how) && e.rec.Name == s.from {
+		if !solicited && e.rec.Name != sender {
+			continue
+		}
+		if d.acceptEntry(e, how, sender) && e.rec.Name == sender {
 			d.queueRecord(e)
 		}
 	}
@@ -151,40 +113,78 @@ func (d *Discovery) mergeState(s state, how string) {
 }
 
 // acceptEntry keeps e if its record is newer than the one held for its
-// name and reports whether it did. A record for this node's own name that
-// is not ours and not older makes us bump our version (like memberlist's
-// refutation) so the fabric converges on our record.
-func (d *Discovery) acceptEntry(e entry, how string) bool {
+// name and is genuine, and reports whether it did. Genuine: the record's
+// certificate verifies (trusted CA, CRL, clock) and names the record's
+// owner, the owner's identity key signed it, its gossip address is the
+// owner's, and its version is not ahead of this node's clock by more
+// than MaxClockSkew (so no version pins a record or wraps). Nothing about
+// a record is stored before that: a name without a genuine record never
+// enters the table. A record for this node's own name signed by this
+// node's key that is not ours and not older (our record from before a
+// restart with a clock that ran ahead) makes us bump our version past it
+// (like memberlist's refutation), so the fabric converges on our record.
+func (d *Discovery) acceptEntry(e entry, how, sender string) bool {
+	now := time.Now()
 	d.mu.Lock()
 	if e.rec.Name == d.self.Name {
-		refute := !e.rec.Equal(d.self) && e.rec.Version >= d.self.Version
-		if refute {
-			d.self.Version = e.rec.Version + 1
+		refute := !bytes.Equal(e.raw, d.selfEntry.raw) && e.rec.Version >= d.self.Version
+		d.mu.Unlock()
+		if !refute {
+			return false
+		}
+		own := Identity{Name: d.self.Name, Key: d.cfg.IdentityKey.Public().(ed25519.PublicKey), Addrs: []netip.Addr{d.addr.Addr()}}
+		if err := e.verify(own, now); err != nil {
+			d.refuse(sender, "record", fmt.Errorf("record for this node: %w", err))
+			return false
+		}
+		d.mu.Lock()
+		if e.rec.Version >= d.self.Version {
+			d.self.Version = max(e.rec.Version+1, uint64(now.UnixNano()))
+			d.resignLocked()
 		}
 		d.mu.Unlock()
-		if refute {
-			d.log.Debug("discovery: refuting a record for our name", "version", e.rec.Version)
-			d.spreadSelf()
-		}
+		d.log.Debug("discovery: refuting an older run's record for our name", "version", e.rec.Version)
+		d.spreadSelf()
 		return false
 	}
 	m := d.members[e.rec.Name]
-	if m == nil {
-		m = &member{stateChange: time.Now()}
-		d.members[e.rec.Name] = m
-	}
-	if !m.gossip.IsValid() && e.gossip.IsValid() {
-		m.gossip = e.gossip
-	}
-	if m.hasRec && e.rec.Version <= m.rec.Version {
+	if m != nil && m.hasRec && e.rec.Version <= m.rec.Version {
 		d.mu.Unlock()
 		return false
 	}
-	m.rec, m.hasRec, m.learned, m.updated = e.rec.Clone(), true, how, time.Now()
+	d.mu.Unlock()
+	id, err := d.cfg.VerifyCertificate(e.rec.Certificate)
+	if err == nil {
+		err = e.verify(id, now)
+	}
+	if err != nil {
+		d.refuse(sender, "record", err)
+		return false
+	}
+	d.mu.Lock()
+	m = d.members[e.rec.Name]
+	if m != nil && m.hasRec && e.rec.Version <= m.rec.Version {
+		d.mu.Unlock()
+		return false
+	}
+	if m == nil {
+		if len(d.members) >= MaxMembers {
+			d.mu.Unlock()
+			d.refuse(sender, "record", fmt.Errorf("record for %q: member table full (%d): %w", e.rec.Name, MaxMembers, ErrTooLarge))
+			return false
+		}
+		m = &member{stateChange: now}
+		d.members[e.rec.Name] = m
+	}
+	if e.gossip.IsValid() {
+		m.gossip = e.gossip
+	}
+	m.rec, m.raw, m.recGossip, m.addrs = e.rec.Clone(), e.raw, e.gossip, id.Addrs
+	m.hasRec, m.learned, m.updated = true, how, now
 	m.leaveNotified = false
 	rec := e.rec.Clone()
 	if d.cfg.OnRecord != nil {
-		d.events.push(func() { d.cfg.OnRecord(rec) })
+		d.events.push(recordEvent(rec.Name), func() { d.cfg.OnRecord(rec) })
 	}
 	d.mu.Unlock()
 	return true
@@ -222,22 +222,50 @@ func (d *Discovery) acceptCRL(der []byte) bool {
 	return true
 }
 
-// leaving handles a leave notice and reports whether it was news. A member
-// still alive is marked, so that memberlist's coming NotifyLeave is a
-// leave; one already reported dead is corrected to left (OnLeave again,
-// dead=false). Notices for an older record than held are stale.
-func (d *Discovery) leaving(name string, version uint64) bool {
+// leaving handles a leave notice and reports whether it was news. The
+// notice counts only if it is signed by the leaver: the identity key of
+// the certificate in the leaver's own record, which must verify now and
+// name the leaver. Anything else (unsigned, signed by another member,
+// about a member whose record is not held, stale) changes nothing. A
+// member still alive is marked, so that memberlist's coming NotifyLeave
+// is a leave; one already reported dead is corrected to left (OnLeave
+// again, dead=false). Notices for an older record than held are stale.
+func (d *Discovery) leaving(n leaveNotice, sender string) bool {
+	d.mu.Lock()
+	m := d.members[n.name]
+	if m != nil && m.leaving {
+		d.mu.Unlock()
+		return false // known already (a relayed copy)
+	}
+	if n.name == d.self.Name || m == nil || !m.hasRec || m.rec.Version > n.version {
+		d.mu.Unlock()
+		d.stats.leavesRefused.Add(1)
+		d.refuse(sender, "leave", fmt.Errorf("leave notice for %q (version %d): not a member whose record is held, or stale: %w", n.name, n.version, ErrBadStatement))
+		return false
+	}
+	certDER := m.rec.Certificate
+	d.mu.Unlock()
+	id, err := d.cfg.VerifyCertificate(certDER)
+	if err == nil {
+		err = n.verify(id, time.Now())
+	}
+	if err != nil {
+		d.stats.leavesRefused.Add(1)
+		d.refuse(sender, "leave", err)
+		return false
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	m := d.members[name]
-	if name == d.self.Name || m == nil || m.leaving || (m.hasRec && m.rec.Version > version) {
+	// The table may have changed while the lock was released.
+	if m2 := d.members[n.name]; m2 != m || m.leaving || !m.hasRec || !bytes.Equal(m.rec.Certificate, certDER) {
 		return false
 	}
 	m.leaving = true
 	if m.state == StateDead {
 		m.state, m.stateChange = StateLeft, time.Now()
 		if d.cfg.OnLeave != nil {
-			d.events.push(func() { d.cfg.OnLeave(name, false) })
+			name := n.name
+			d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, false) })
 		}
 	}
 	return true
@@ -294,10 +322,10 @@ func (d *Discovery) enqueue(key string, msg []byte) {
 // queueRecord gossips a record, or announces it if it does not fit in a
 // packet.
 func (d *Discovery) queueRecord(e entry) {
-	msg, err := encodeRecord([]byte{msgRecord}, e.rec, e.gossip)
-	if err != nil {
+	if e.raw == nil {
 		return
 	}
+	msg := append([]byte{msgRecord}, e.raw...)
 	if len(msg) > maxGossipMsg {
 		msg = encodeAnnounce(announce{kind: kindRecord, name: e.rec.Name, version: e.rec.Version,
 			holder: d.cfg.Self.Name, holderAddr: d.addr})
@@ -340,6 +368,9 @@ func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	defer d.mu.Unlock()
 	m := d.members[n.Name]
 	if m == nil {
+		if len(d.members) >= MaxMembers {
+			return
+		}
 		m = &member{}
 		d.members[n.Name] = m
 	}
@@ -354,7 +385,7 @@ func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	m.leaveNotified = true
 	if d.cfg.OnLeave != nil {
 		name := n.Name
-		d.events.push(func() { d.cfg.OnLeave(name, dead) })
+		d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, dead) })
 	}
 }
 
@@ -367,6 +398,9 @@ func (d *Discovery) alive(n *memberlist.Node) {
 	defer d.mu.Unlock()
 	m := d.members[n.Name]
 	if m == nil {
+		if len(d.members) >= MaxMembers {
+			return
+		}
 		m = &member{}
 		d.members[n.Name] = m
 	}
@@ -388,7 +422,7 @@ func (d *Discovery) alive(n *memberlist.Node) {
 		m.leaveNotified = false
 		rec := m.rec.Clone()
 		if d.cfg.OnRecord != nil {
-			d.events.push(func() { d.cfg.OnRecord(rec) })
+			d.events.push(recordEvent(rec.Name), func() { d.cfg.OnRecord(rec) })
 		}
 	}
 }
@@ -445,7 +479,23 @@ func (d *Discovery) sendPull(addr netip.AddrPort) {
 	if len(names) == 0 {
 		return
 	}
+	peer, ok := d.cfg.PeerName(addr.Addr())
+	if !ok {
+		return
+	}
 	p := pullRequest{from: d.cfg.Self.Name, addr: d.addr, names: names}
+	now := time.Now()
+	d.mu.Lock()
+	// Only the answer to a pull this node sent is merged (see takePull);
+	// pulls are sent by the sync workers, a few at a time, and expire.
+	for name, pp := range d.pulls {
+		if now.Sub(pp.last) >= pullAnswerWait {
+			delete(d.pulls, name)
+		}
+	}
+	pp := d.pulls[peer]
+	d.pulls[peer] = pendingPulls{last: now, n: min(pp.n+1, maxPendingPulls)}
+	d.mu.Unlock()
 	if err := d.ml.SendReliable(addrNode(addr), encodePull(p)); err != nil {
 		d.log.Debug("discovery: pull failed", "peer", addr, "err", err)
 	}
@@ -501,9 +551,9 @@ func (d *Discovery) answer(p pullRequest) state {
 		}
 		sent[name] = true
 		if name == d.self.Name {
-			s.entries = append(s.entries, entry{d.self, d.addr})
+			s.entries = append(s.entries, d.selfEntry)
 		} else if m := d.members[name]; m != nil && m.hasRec {
-			s.entries = append(s.entries, entry{m.rec, m.gossip})
+			s.entries = append(s.entries, entry{rec: m.rec, gossip: m.recGossip, raw: m.raw})
 		}
 	}
 	return s
@@ -597,6 +647,12 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 	if d.left {
 		return nil
 	}
+	// The incarnations let through (guard.go) are kept for members only.
+	for name := range d.incs {
+		if _, ok := d.members[name]; !ok && name != d.self.Name {
+			delete(d.incs, name)
+		}
+	}
 	var stale, unknown, dead []netip.AddrPort
 	alive := 0
 	for name, m := range d.members {
@@ -619,7 +675,7 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 			if m.hasRec && now.Sub(m.updated) >= d.tun.unseenAfter && now.Sub(m.unseenCheck) >= d.tun.unseenAfter && d.cfg.OnLeave != nil {
 				m.unseenCheck, m.leaveNotified = now, true
 				name := name
-				d.events.push(func() { d.cfg.OnLeave(name, true) })
+				d.events.push(leaveEvent(name), func() { d.cfg.OnLeave(name, true) })
 			}
 		case now.Sub(m.stateChange) > d.tun.reconnectTimeout:
 			delete(d.members, name)
@@ -694,22 +750,65 @@ func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 }
 
 // notifier runs callbacks one at a time, in order, off memberlist's locks.
+// Events are keyed (one kind of event for one member): a newer event
+// replaces a queued one with the same key and goes to the back of the
+// queue, so the queue holds at most one event per key (two per member)
+// however often a member flaps, and the node sees the latest of each in
+// the order they last happened.
 type notifier struct {
 	mu    sync.Mutex
-	queue []func()
+	order *list.List // of keyedEvent, oldest first
+	byKey map[string]*list.Element
 	wake  chan struct{}
 }
 
-func newNotifier() *notifier { return &notifier{wake: make(chan struct{}, 1)} }
+// keyedEvent is one queued callback.
+type keyedEvent struct {
+	key string
+	f   func()
+}
 
-func (n *notifier) push(f func()) {
+func newNotifier() *notifier {
+	return &notifier{order: list.New(), byKey: make(map[string]*list.Element), wake: make(chan struct{}, 1)}
+}
+
+// recordEvent and leaveEvent are the keys of a member's OnRecord and
+// OnLeave events.
+func recordEvent(name string) string { return "r/" + name }
+func leaveEvent(name string) string  { return "l/" + name }
+
+// push queues f under key, replacing a queued event with that key.
+func (n *notifier) push(key string, f func()) {
 	n.mu.Lock()
-	n.queue = append(n.queue, f)
+	if e, ok := n.byKey[key]; ok {
+		n.order.Remove(e)
+	}
+	n.byKey[key] = n.order.PushBack(keyedEvent{key, f})
 	n.mu.Unlock()
 	select {
 	case n.wake <- struct{}{}:
 	default:
 	}
+}
+
+// take removes and returns the queued callbacks, oldest first.
+func (n *notifier) take() []func() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	q := make([]func(), 0, n.order.Len())
+	for e := n.order.Front(); e != nil; e = e.Next() {
+		q = append(q, e.Value.(keyedEvent).f)
+	}
+	n.order.Init()
+	clear(n.byKey)
+	return q
+}
+
+// len is the number of queued callbacks.
+func (n *notifier) len() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.order.Len()
 }
 
 func (n *notifier) run(ctx context.Context) {
@@ -720,10 +819,7 @@ func (n *notifier) run(ctx context.Context) {
 		case <-n.wake:
 		}
 		for {
-			n.mu.Lock()
-			q := n.queue
-			n.queue = nil
-			n.mu.Unlock()
+			q := n.take()
 			if len(q) == 0 {
 				break
 			}

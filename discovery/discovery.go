@@ -3,6 +3,7 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log"
@@ -43,6 +44,24 @@ type Config struct {
 	// Self is this node's record. Version zero means "now in
 	// nanoseconds", so a restarted node's record beats its previous one.
 	Self Record
+	// IdentityKey is this node's Ed25519 identity key (required): it signs
+	// every statement the node makes about itself (its record and its
+	// leave notice).
+	IdentityKey ed25519.PrivateKey
+	// PeerName names the member whose tunnel a packet or stream from an
+	// overlay address came through (required): the node's admitted peer
+	// holding that address. The transport checks every memberlist message
+	// against it (a member speaks only for itself; see the package
+	// documentation) and hands the package's own messages over with it.
+	// It is called for every packet and must be fast; it must not call
+	// back into the package.
+	PeerName func(netip.Addr) (string, bool)
+	// VerifyCertificate verifies a certificate DER from a record against
+	// the trusted CAs, the CRLs and the clock, and returns whom it names
+	// (required). A member's statements about itself are checked against
+	// the certificate in its own record. It is called without the
+	// package's lock; it must not call back into the package.
+	VerifyCertificate func(der []byte) (Identity, error)
 	// Logger receives the package's logs and memberlist's (at debug,
 	// rate-limited); nil discards them.
 	Logger *slog.Logger
@@ -56,8 +75,11 @@ type Config struct {
 	// record when a member that was reported by OnLeave comes back alive.
 	// Never called for Self.
 	OnRecord func(Record)
-	// OnLeave is called when a member left gracefully (dead=false) or was
-	// declared dead by failure detection (dead=true). A member known only
+	// OnLeave is called when a member left gracefully (dead=false: only
+	// for a leave notice signed by the member itself) or was declared
+	// dead or gone by anyone else (dead=true: failure detection, or
+	// memberlist's own unsigned leave message; the node checks such a
+	// verdict itself before it acts on it). A member known only
 	// by its record, that memberlist has not reported for a while, is out
 	// of failure detection's sight: it is offered as dead (dead=true) now
 	// and then, for the node to check itself (see Ping).
@@ -158,6 +180,9 @@ type Member struct {
 // member is the package's bookkeeping for one name.
 type member struct {
 	rec           Record
+	raw           []byte         // rec as its owner signed it (relayed unchanged)
+	recGossip     netip.AddrPort // the gossip address in the signed record
+	addrs         []netip.Addr   // overlay addresses of rec's verified certificate
 	hasRec        bool
 	learned       string
 	updated       time.Time
@@ -172,8 +197,45 @@ type member struct {
 	leaving       bool      // a leave notice arrived (graceful, not dead)
 }
 
+// Stats counts what this node refused of what members sent it, since
+// Start. Refusals are also logged, at most once a minute per sending
+// member and reason.
+type Stats struct {
+	// LeavesRefused counts leave notices that were not signed by the
+	// leaver's own key, were stale, or named a member whose record is not
+	// held.
+	LeavesRefused uint64
+	// RecordsRefused counts records that were not genuine: certificate,
+	// signature, gossip address or version did not hold.
+	RecordsRefused uint64
+	// StatesRefused counts states refused whole: undecodable, from
+	// another member than the sender, or an answer nobody asked for.
+	StatesRefused uint64
+	// Refused counts every refused message of the package's own, the
+	// above included.
+	Refused uint64
+	// Filtered counts memberlist messages the transport did not pass to
+	// memberlist (see the package documentation for the rules).
+	Filtered uint64
+	// StreamsRefused counts inbound streams refused unread: from an
+	// address no admitted peer holds, or over the stream slot caps.
+	StreamsRefused uint64
+	// MessagesDropped counts the package's own messages from packets
+	// dropped unread because their queue, or the sender's share of it,
+	// was full.
+	MessagesDropped uint64
+}
+
+// stats are the counters behind Stats.
+type stats struct {
+	leavesRefused, recordsRefused, statesRefused, refused atomic.Uint64
+	filtered, streamsRefused                              atomic.Uint64
+}
+
 // Discovery is a running member of the fabric.
 type Discovery struct {
+	stats stats
+
 	cfg  Config
 	tun  tuning
 	log  *slog.Logger
@@ -190,6 +252,8 @@ type Discovery struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	events *notifier
+	// user holds the package's own messages from packets for handleUsers.
+	user *userQueue
 	// syncs holds exchanges to run (see syncWorker); replies, pull
 	// requests to answer, one per requester (see answerPulls).
 	syncs   *keyedQueue[syncRequest, syncRequest]
@@ -197,8 +261,16 @@ type Discovery struct {
 
 	crlMu sync.Mutex // serializes CRL acceptance (OnCRL calls)
 
-	mu        sync.Mutex
-	self      Record
+	badLog badInputLog
+
+	mu   sync.Mutex
+	self Record
+	// selfEntry is self signed by IdentityKey (see resignLocked).
+	selfEntry entry
+	// pulls holds, per member name, this node's pending pulls from it:
+	// only then is a state from that member an answer.
+	pulls     map[string]pendingPulls
+	incs      map[string]uint32 // highest memberlist incarnation let through per name (see guard.go)
 	members   map[string]*member
 	crl       []byte
 	rejected  [][]byte // digests of CRLs OnCRL refused (ring)
@@ -238,6 +310,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	if cfg.Network == nil {
 		return nil, errors.New("discovery: start: no network")
 	}
+	if len(cfg.IdentityKey) != ed25519.PrivateKeySize || cfg.VerifyCertificate == nil || cfg.PeerName == nil {
+		return nil, errors.New("discovery: start: an identity key, a certificate verifier and a peer namer are required")
+	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
 	}
@@ -251,6 +326,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	if err := cfg.Self.Validate(); err != nil {
 		return nil, fmt.Errorf("discovery: start: self: %w", err)
 	}
+	if cfg.Self.Version > uint64(time.Now().Add(MaxClockSkew).UnixNano()) {
+		return nil, fmt.Errorf("discovery: start: self: version %d ahead of the clock: %w", cfg.Self.Version, ErrBadStatement)
+	}
 	d := &Discovery{
 		cfg:     cfg,
 		tun:     cfg.Profile.tuning(),
@@ -258,8 +336,14 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		addr:    netip.AddrPortFrom(cfg.Network.LocalAddr().Unmap(), cfg.Port),
 		self:    cfg.Self,
 		members: make(map[string]*member),
+		pulls:   make(map[string]pendingPulls),
+		incs:    make(map[string]uint32),
+		user:    newUserQueue(),
 		syncs:   newKeyedQueue[syncRequest, syncRequest](syncQueueLen),
 		replies: newKeyedQueue[netip.AddrPort, pullRequest](syncQueueLen),
+	}
+	if err := d.resignLocked(); err != nil {
+		return nil, fmt.Errorf("discovery: start: %w", err)
 	}
 	d.numAlive.Store(1)
 	mc := cfg.Profile.memberlistConfig()
@@ -274,7 +358,7 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.events = newNotifier()
 
-	tr, err := newTransport(cfg.Network, cfg.Port, d.log)
+	tr, err := newTransport(cfg.Network, cfg.Port, d, mc.TCPTimeout, d.log)
 	if err != nil {
 		d.cancel()
 		return nil, err
@@ -292,8 +376,9 @@ func Start(ctx context.Context, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("discovery: start memberlist: %w", err)
 	}
 	d.ml = ml
-	d.wg.Add(3 + syncWorkers)
+	d.wg.Add(4 + syncWorkers)
 	go func() { defer d.wg.Done(); d.events.run(d.ctx) }()
+	go d.handleUsers()
 	go d.maintain()
 	go d.answerPulls()
 	for range syncWorkers {
@@ -365,19 +450,55 @@ func (d *Discovery) Members() []Member {
 	out = append(out, Member{Name: d.self.Name, Addr: d.addr.Addr(), State: StateAlive,
 		Record: d.self.Clone(), LearnedFrom: LearnedLocal, Updated: time.Now()})
 	for name, m := range d.members {
-		mm := Member{Name: name, Addr: m.gossip.Addr(), State: m.state, LearnedFrom: m.learned,
-			Updated: m.updated}
-		if m.stateChange.After(mm.Updated) {
-			mm.Updated = m.stateChange
-		}
-		if m.hasRec {
-			mm.Record = m.rec.Clone()
-		}
-		out = append(out, mm)
+		out = append(out, m.view(name))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
+
+// Stats returns the refusal counters.
+func (d *Discovery) Stats() Stats {
+	return Stats{
+		LeavesRefused:   d.stats.leavesRefused.Load(),
+		RecordsRefused:  d.stats.recordsRefused.Load(),
+		StatesRefused:   d.stats.statesRefused.Load(),
+		Refused:         d.stats.refused.Load(),
+		Filtered:        d.stats.filtered.Load(),
+		StreamsRefused:  d.stats.streamsRefused.Load(),
+		MessagesDropped: d.user.dropped.Load(),
+	}
+}
+
+// Member returns what this node knows of the named member (this node
+// included), without copying the whole table.
+func (d *Discovery) Member(name string) (Member, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if name == d.self.Name {
+		return Member{Name: name, Addr: d.addr.Addr(), State: StateAlive, Record: d.self.Clone(),
+			LearnedFrom: LearnedLocal, Updated: time.Now()}, true
+	}
+	m := d.members[name]
+	if m == nil {
+		return Member{}, false
+	}
+	return m.view(name), true
+}
+
+// view is m as a Member.
+func (m *member) view(name string) Member {
+	mm := Member{Name: name, Addr: m.gossip.Addr(), State: m.state, LearnedFrom: m.learned, Updated: m.updated}
+	if m.stateChange.After(mm.Updated) {
+		mm.Updated = m.stateChange
+	}
+	if m.hasRec {
+		mm.Record = m.rec.Clone()
+	}
+	return mm
+}
+
+// NumAlive returns how many members are alive, this node included.
+func (d *Discovery) NumAlive() int { return int(d.numAlive.Load()) }
 
 // Self returns this node's current record.
 func (d *Discovery) Self() Record {
@@ -386,9 +507,20 @@ func (d *Discovery) Self() Record {
 	return d.self.Clone()
 }
 
+// resignLocked signs self (with the own gossip address) into selfEntry.
+func (d *Discovery) resignLocked() error {
+	e, err := signEntry(d.cfg.IdentityKey, d.self, d.addr)
+	if err != nil {
+		return fmt.Errorf("sign own record: %w", err)
+	}
+	d.selfEntry = e
+	return nil
+}
+
 // UpdateSelf replaces this node's record (same name; e.g. a renewed
-// certificate or new endpoints) and spreads it. The version becomes
-// max(r.Version, current+1).
+// certificate or new endpoints), signs it and spreads it. The version
+// becomes the clock (Unix nanoseconds), or r.Version or current+1 if
+// higher.
 func (d *Discovery) UpdateSelf(r Record) error {
 	r = r.Clone()
 	d.mu.Lock()
@@ -399,12 +531,18 @@ func (d *Discovery) UpdateSelf(r Record) error {
 		d.mu.Unlock()
 		return fmt.Errorf("discovery: update self: name %q is not %q", r.Name, d.self.Name)
 	}
-	r.Version = max(r.Version, d.self.Version+1)
+	r.Version = max(r.Version, d.self.Version+1, uint64(time.Now().UnixNano()))
 	if err := r.Validate(); err != nil {
 		d.mu.Unlock()
 		return fmt.Errorf("discovery: update self: %w", err)
 	}
+	old := d.self
 	d.self = r
+	if err := d.resignLocked(); err != nil {
+		d.self = old
+		d.mu.Unlock()
+		return fmt.Errorf("discovery: update self: %w", err)
+	}
 	d.mu.Unlock()
 	d.spreadSelf()
 	return nil
@@ -414,9 +552,9 @@ func (d *Discovery) UpdateSelf(r Record) error {
 // digest so members that miss the broadcast pull the record.
 func (d *Discovery) spreadSelf() {
 	d.mu.Lock()
-	self := d.self.Clone()
+	self := d.selfEntry
 	d.mu.Unlock()
-	d.queueRecord(entry{rec: self, gossip: d.addr})
+	d.queueRecord(self)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -532,7 +670,7 @@ func (d *Discovery) CRL() []byte {
 func (d *Discovery) Leave(timeout time.Duration) error {
 	d.mu.Lock()
 	d.left = true
-	notice := encodeLeave(d.self.Name, d.self.Version)
+	notice := encodeLeave(d.cfg.IdentityKey, d.self.Name, d.self.Version, time.Now())
 	d.mu.Unlock()
 	d.enqueue("l/"+d.cfg.Self.Name, notice)
 	start := time.Now()

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -210,20 +211,20 @@ func TestCRLRefusedIsNotRebroadcast(t *testing.T) {
 	checkLeaks(t)
 	f := newFabric(t, ProfileLocal)
 	nd := f.start(0, 1)
-	g := (*delegate)(nd.d)
+	g := func(msg []byte) { nd.d.handleUser(nodeName(1), gossipAddr(1), msg, false) }
 	msg := append([]byte{msgCRL}, testCRL(5, 300)...)
 
 	nd.mu.Lock()
 	nd.refuse = true
 	nd.mu.Unlock()
-	g.NotifyMsg(msg)
+	g(msg)
 	if q := nd.d.queue.NumQueued(); q != 0 {
 		t.Fatalf("refused CRL queued for re-broadcast (%d queued)", q)
 	}
 	if nd.d.CRL() != nil {
 		t.Fatal("refused CRL kept")
 	}
-	g.NotifyMsg(msg) // a refused CRL is not offered again
+	g(msg) // a refused CRL is not offered again
 	nd.mu.Lock()
 	seen := nd.crlSeen
 	nd.refuse = false
@@ -233,7 +234,7 @@ func TestCRLRefusedIsNotRebroadcast(t *testing.T) {
 	}
 
 	msg = append([]byte{msgCRL}, testCRL(6, 300)...)
-	g.NotifyMsg(msg)
+	g(msg)
 	if q := nd.d.queue.NumQueued(); q != 1 {
 		t.Fatalf("accepted CRL: %d queued, want 1", q)
 	}
@@ -251,12 +252,12 @@ func TestUpdateSelfSpreads(t *testing.T) {
 
 	for _, size := range []int{700, 5000} { // gossiped; announced and pulled
 		r := f.nodes[5].d.Self()
-		r.Certificate = fakeCert(r.Name+"-renewed", size)
+		r.Certificate = nodeCert(5, size, "renewed")
 		if err := f.nodes[5].d.UpdateSelf(r); err != nil {
 			t.Fatal(err)
 		}
 		self := f.nodes[5].d.Self()
-		if self.Version != r.Version+1 {
+		if self.Version <= r.Version {
 			t.Fatalf("version %d not bumped past %d", self.Version, r.Version)
 		}
 		took := waitFor(t, convergeTimeout, "renewed record everywhere", func() error {
@@ -347,7 +348,9 @@ func TestLimits(t *testing.T) {
 	// Too many records: the first MaxStateRecords are kept.
 	s := state{from: "x"}
 	for i := range MaxStateRecords + 10 {
-		s.entries = append(s.entries, entry{rec: Record{Name: fmt.Sprintf("n%d", i), Version: 1}})
+		r := Record{Name: fmt.Sprintf("n%d", i), Version: 1}
+		raw, _ := encodeRecord(nil, r, netip.AddrPort{})
+		s.entries = append(s.entries, entry{rec: r, raw: raw})
 	}
 	enc := encodeState(s)
 	// encodeState never emits more than the cap; append more by hand.
@@ -359,20 +362,32 @@ func TestLimits(t *testing.T) {
 	if err != nil || len(got.entries) != MaxStateRecords || !got.truncated {
 		t.Errorf("capped state: %d entries, truncated %v, err %v", len(got.entries), got.truncated, err)
 	}
+	streamed, err := streamState(bufio.NewReader(bytes.NewReader(enc)), func(raw []byte) (entry, bool) {
+		e, err := decodeEntry(raw)
+		return e, err == nil
+	})
+	if err != nil || len(streamed.entries) != MaxStateRecords || !streamed.truncated {
+		t.Errorf("capped streamed state: %d entries, truncated %v, err %v", len(streamed.entries), streamed.truncated, err)
+	}
 	// An oversize CRL inside a state refuses the state.
 	crlState := appendField([]byte{stateFormat}, stateCRL, make([]byte, MaxCRLSize+1))
 	if _, err := decodeState(crlState); err == nil {
 		t.Error("state with oversize CRL decoded")
 	}
-	// Garbage pushed at a live member does not panic or change anything.
+	// Garbage and unsigned records sent to a live member, even in an
+	// answer it asked for, do not panic or enter its table.
+	sender := nodeName(1)
+	from := gossipAddr(1)
+	nd.d.readState(bytes.NewReader(enc), len(enc), "x", LearnedPull, true)
+	bad := []byte{stateFormat, 2, 0xff, 0xff, 0xff, 0xff, 0x0f}
+	nd.d.readState(bytes.NewReader(bad), len(bad), sender, LearnedPull, true)
+	nd.d.handleUser(sender, from, []byte{msgRecord, 1, 2, 3}, false)
+	nd.d.handleUser(sender, from, []byte{msgAnnounce, 0xff}, false)
 	g := (*delegate)(nd.d)
-	g.MergeRemoteState(enc, false)
-	g.MergeRemoteState([]byte{stateFormat, 2, 0xff, 0xff, 0xff, 0xff, 0x0f}, true)
-	g.MergeRemoteState(nil, false)
+	g.MergeRemoteState(enc, false) // memberlist's path: never merged
 	g.NotifyMsg([]byte{msgRecord, 1, 2, 3})
-	g.NotifyMsg([]byte{msgAnnounce, 0xff})
-	if got := len(nd.d.Members()); got != 1+MaxStateRecords {
-		t.Errorf("after capped state: %d members, want %d", got, 1+MaxStateRecords)
+	if got := len(nd.d.Members()); got != 1 {
+		t.Errorf("after states of unsigned records: %d members, want only this node", got)
 	}
 }
 

@@ -3,6 +3,8 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -47,18 +49,143 @@ func overlayAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
 }
 
-// fakeCert makes a certificate-sized blob that names its owner.
-func fakeCert(name string, size int) []byte {
-	b := bytes.Repeat([]byte{0x30}, size)
-	copy(b, name)
-	return b
+// testCAKey signs the test certificates: a fixed key, so that tests are
+// reproducible.
+var testCAKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0xca}, ed25519.SeedSize))
+
+// testCertMagic starts every test certificate.
+const testCertMagic = "TESTCERT"
+
+// Test certificate field tags.
+const (
+	tcName = 1 + iota
+	tcKey
+	tcAddr
+	tcNote
+	tcPad
+	tcSig
+)
+
+// testKey is the identity key of the test node called name.
+func testKey(name string) ed25519.PrivateKey {
+	seed := sha256.Sum256([]byte("discovery test identity " + name))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
+// testCert issues a test certificate of about size bytes that names name,
+// its identity key and its overlay address, signed by testCAKey; note
+// makes otherwise equal certificates differ (a renewal).
+func testCert(name string, key ed25519.PublicKey, addr netip.Addr, size int, note string) []byte {
+	b := []byte(testCertMagic)
+	b = appendField(b, tcName, []byte(name))
+	b = appendField(b, tcKey, key)
+	a, _ := addr.MarshalBinary()
+	b = appendField(b, tcAddr, a)
+	b = appendField(b, tcNote, []byte(note))
+	if pad := size - len(b) - 8 - ed25519.SignatureSize; pad > 0 {
+		b = appendField(b, tcPad, make([]byte, pad))
+	}
+	return appendField(b, tcSig, ed25519.Sign(testCAKey, b))
+}
+
+// testVerify is the test fabric's certificate verifier: a certificate
+// testCert made, unchanged.
+func testVerify(der []byte) (Identity, error) {
+	var id Identity
+	if !bytes.HasPrefix(der, []byte(testCertMagic)) {
+		return id, fmt.Errorf("test certificate: no magic: %w", ErrMalformed)
+	}
+	rd := &reader{b: der[len(testCertMagic):]}
+	for {
+		signed := der[:len(der)-len(rd.b)]
+		tag, v, ok := rd.field()
+		if !ok {
+			break
+		}
+		switch tag {
+		case tcName:
+			id.Name = string(v)
+		case tcKey:
+			id.Key = ed25519.PublicKey(bytes.Clone(v))
+		case tcAddr:
+			var a netip.Addr
+			if err := a.UnmarshalBinary(v); err != nil {
+				return id, fmt.Errorf("test certificate address: %w", err)
+			}
+			id.Addrs = append(id.Addrs, a)
+		case tcSig:
+			if len(rd.b) != 0 || !ed25519.Verify(testCAKey.Public().(ed25519.PublicKey), signed, v) {
+				return Identity{}, fmt.Errorf("test certificate: bad CA signature: %w", ErrBadStatement)
+			}
+			if id.Name == "" || len(id.Key) != ed25519.PublicKeySize {
+				return Identity{}, fmt.Errorf("test certificate incomplete: %w", ErrMalformed)
+			}
+			return id, nil
+		}
+	}
+	return Identity{}, fmt.Errorf("test certificate unsigned: %w", ErrMalformed)
+}
+
+// testPeerName names the test node holding an overlay address (see
+// overlayAddr): the hub's hosts are the test fabric's tunnels.
+func testPeerName(a netip.Addr) (string, bool) {
+	b := a.As4()
+	if !a.Is4() || b[0] != 100 || b[1] != 64 {
+		return "", false
+	}
+	return nodeName(int(b[2])<<8 | int(b[3])), true
+}
+
+// signedEntry is test node i's record with version v, signed by its key,
+// as it would gossip it.
+func signedEntry(i int, v uint64) entry {
+	e, err := signEntry(testKey(nodeName(i)), testRecord(i, v), netip.AddrPortFrom(overlayAddr(i), DefaultPort))
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// verifyCache remembers the certificates testVerify accepted, by hash,
+// as the node's trust pool does (a CA signature is checked once per
+// certificate): every node of a test fabric shares one.
+type verifyCache struct {
+	mu   sync.Mutex
+	seen map[[32]byte]Identity
+}
+
+func (c *verifyCache) verify(der []byte) (Identity, error) {
+	h := sha256.Sum256(der)
+	c.mu.Lock()
+	id, ok := c.seen[h]
+	c.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	id, err := testVerify(der)
+	if err != nil {
+		return id, err
+	}
+	c.mu.Lock()
+	c.seen[h] = id
+	c.mu.Unlock()
+	return id, nil
+}
+
+// nodeName is the name of test node i.
+func nodeName(i int) string { return fmt.Sprintf("node-%03d", i) }
+
+// nodeCert is test node i's certificate of about size bytes.
+func nodeCert(i, size int, note string) []byte {
+	name := nodeName(i)
+	return testCert(name, testKey(name).Public().(ed25519.PublicKey), overlayAddr(i), size, note)
 }
 
 func testRecord(i int, version uint64) Record {
-	name := fmt.Sprintf("node-%03d", i)
+	name := nodeName(i)
 	return Record{
 		Name:        name,
-		Certificate: fakeCert(name, 700),
+		Certificate: nodeCert(i, 700, ""),
 		Endpoints:   []netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 51820)},
 		Version:     version,
 	}
@@ -95,15 +222,16 @@ type tnode struct {
 }
 
 type fabric struct {
-	t     testing.TB
-	hub   *memnet.Hub
-	prof  Profile
-	hook  func(*memberlist.Config, *tuning)
-	nodes []*tnode
+	t      testing.TB
+	hub    *memnet.Hub
+	verify *verifyCache
+	prof   Profile
+	hook   func(*memberlist.Config, *tuning)
+	nodes  []*tnode
 }
 
 func newFabric(t testing.TB, prof Profile) *fabric {
-	f := &fabric{t: t, hub: memnet.NewHub(), prof: prof}
+	f := &fabric{t: t, hub: memnet.NewHub(), prof: prof, verify: &verifyCache{seen: map[[32]byte]Identity{}}}
 	t.Cleanup(func() {
 		var wg sync.WaitGroup
 		for _, n := range f.nodes {
@@ -123,9 +251,12 @@ func (f *fabric) start(i int, v uint64) *tnode {
 	n := &tnode{i: i, host: f.hub.Host(overlayAddr(i)),
 		records: map[string]Record{}, onRec: map[string]int{}, leaves: map[string]bool{}}
 	cfg := Config{
-		Network: n.host,
-		Self:    testRecord(i, v),
-		Profile: f.prof,
+		Network:           n.host,
+		Self:              testRecord(i, v),
+		IdentityKey:       testKey(nodeName(i)),
+		VerifyCertificate: f.verify.verify,
+		PeerName:          testPeerName,
+		Profile:           f.prof,
 		OnRecord: func(r Record) {
 			n.mu.Lock()
 			defer n.mu.Unlock()

@@ -62,10 +62,10 @@ func TestRepairPullsOnlyMissingRecords(t *testing.T) {
 // request names that the node holds, its own included, and nothing else.
 func TestPullAnswerHoldsOnlyNamedRecords(t *testing.T) {
 	self := testRecord(0, 3)
-	d := &Discovery{self: self, addr: netip.AddrPortFrom(overlayAddr(0), DefaultPort), members: map[string]*member{}}
+	d := &Discovery{self: self, selfEntry: signedEntry(0, 3), addr: netip.AddrPortFrom(overlayAddr(0), DefaultPort), members: map[string]*member{}}
 	for i := 1; i <= 3; i++ {
-		r := testRecord(i, uint64(i))
-		d.members[r.Name] = &member{rec: r, hasRec: true, gossip: netip.AddrPortFrom(overlayAddr(i), DefaultPort)}
+		e := signedEntry(i, uint64(i))
+		d.members[e.rec.Name] = &member{rec: e.rec, raw: e.raw, hasRec: true, gossip: e.gossip, recGossip: e.gossip}
 	}
 	d.members["no-record-yet"] = &member{}
 	s := d.answer(pullRequest{names: []string{self.Name, testRecord(2, 0).Name, "no-record-yet", "unknown"}})

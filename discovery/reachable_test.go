@@ -89,11 +89,7 @@ func TestUnreportedMemberOfferedForCheck(t *testing.T) {
 		events: newNotifier(),
 	}
 	run := func() {
-		d.events.mu.Lock()
-		q := d.events.queue
-		d.events.queue = nil
-		d.events.mu.Unlock()
-		for _, f := range q {
+		for _, f := range d.events.take() {
 			f()
 		}
 	}

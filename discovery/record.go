@@ -2,11 +2,14 @@ package discovery
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Size limits. Everything decoded from the network is checked against them
@@ -30,6 +33,13 @@ const (
 	// MaxCRLSize caps a CRL. An X.509 CRL entry is about 40 bytes, so 1 MiB
 	// holds about 25,000 revocations.
 	MaxCRLSize = 1 << 20
+	// MaxMembers caps the member table. A name enters it only with a
+	// genuine record (a certificate the trusted CAs issued for that name)
+	// or as the member a tunnel belongs to, so only a fabric that large
+	// fills it; past it, new names are refused (and counted as refused
+	// records). memberlist's own table holds only names that pass the
+	// transport's rules, which ask for the same.
+	MaxMembers = MaxStateRecords
 	// MaxStateSize caps one encoded state (LocalState / MergeRemoteState).
 	// It is well under memberlist's own 20 MiB push/pull limit; a state
 	// that would be larger is trimmed when sent and refused when received.
@@ -51,6 +61,9 @@ const (
 	// fieldGossipAddr is not part of Record: it is the overlay ip:port the
 	// record's owner gossips on, used to pull from or reconnect to it.
 	fieldGossipAddr = 5
+	// fieldSignature is the owner's Ed25519 signature over everything
+	// before it (format byte included); it is the last field.
+	fieldSignature = 6
 )
 
 var (
@@ -58,6 +71,9 @@ var (
 	ErrTooLarge = errors.New("over size limit")
 	// ErrMalformed is wrapped by errors about undecodable input.
 	ErrMalformed = errors.New("malformed")
+	// ErrBadStatement is wrapped by errors about a statement whose
+	// signature, certificate or time does not hold.
+	ErrBadStatement = errors.New("statement refused")
 )
 
 // Record is what a node tells the fabric about itself. It is spread by
@@ -71,7 +87,11 @@ type Record struct {
 	// Endpoints are the underlay addresses where the node's WireGuard and
 	// admission UDP port is reachable.
 	Endpoints []netip.AddrPort
-	// Version grows with every update; the highest version wins.
+	// Version grows with every update; the highest version wins. It is
+	// the owner's clock (Unix nanoseconds) when it signed the record, or
+	// one more than the previous version if the clock is behind it, so a
+	// restarted node's record beats its previous one; receivers refuse a
+	// version more than MaxClockSkew ahead of their own clock.
 	Version uint64
 }
 
@@ -201,53 +221,119 @@ func (rd *reader) byte() byte {
 }
 
 // decodeRecord decodes one record (copying everything it keeps) and the
-// owner's gossip address (invalid if absent).
+// owner's gossip address (invalid if absent). A signature, if present, is
+// not checked.
 func decodeRecord(b []byte) (Record, netip.AddrPort, error) {
-	var r Record
-	var gossip netip.AddrPort
+	e, err := decodeEntry(b)
+	return e.rec, e.gossip, err
+}
+
+// decodeEntry decodes one encoded record: the record, the owner's gossip
+// address, and the signature with the bytes it covers. It keeps a copy
+// of b (raw), which is what a relay sends on unchanged; the certificate
+// shares that copy.
+func decodeEntry(b []byte) (entry, error) {
+	var e entry
 	if len(b) > MaxRecordSize {
-		return r, gossip, fmt.Errorf("record of %d bytes, limit %d: %w", len(b), MaxRecordSize, ErrTooLarge)
+		return e, fmt.Errorf("record of %d bytes, limit %d: %w", len(b), MaxRecordSize, ErrTooLarge)
 	}
+	b = bytes.Clone(b)
 	rd := &reader{b: b}
 	if f := rd.byte(); rd.err == nil && f != recordFormat {
-		return r, gossip, fmt.Errorf("record format %d: %w", f, ErrMalformed)
+		return e, fmt.Errorf("record format %d: %w", f, ErrMalformed)
 	}
+	r := &e.rec
 	var haveName, haveVersion bool
-	for tag, v, ok := rd.field(); ok; tag, v, ok = rd.field() {
+	for {
+		start := len(b) - len(rd.b)
+		tag, v, ok := rd.field()
+		if !ok {
+			break
+		}
+		if e.sig != nil {
+			return e, fmt.Errorf("record field %d after the signature: %w", tag, ErrMalformed)
+		}
 		switch tag {
 		case fieldName:
 			if len(v) == 0 || len(v) > MaxNameLen || haveName {
-				return r, gossip, fmt.Errorf("record name of %d bytes: %w", len(v), ErrMalformed)
+				return e, fmt.Errorf("record name of %d bytes: %w", len(v), ErrMalformed)
 			}
 			r.Name, haveName = string(v), true
 		case fieldVersion:
 			if len(v) != 8 || haveVersion {
-				return r, gossip, fmt.Errorf("record version of %d bytes: %w", len(v), ErrMalformed)
+				return e, fmt.Errorf("record version of %d bytes: %w", len(v), ErrMalformed)
 			}
 			r.Version, haveVersion = binary.BigEndian.Uint64(v), true
 		case fieldCertificate:
-			r.Certificate = bytes.Clone(v)
+			r.Certificate = v
 		case fieldEndpoint:
 			if len(r.Endpoints) == MaxEndpoints {
-				return r, gossip, fmt.Errorf("record with over %d endpoints: %w", MaxEndpoints, ErrTooLarge)
+				return e, fmt.Errorf("record with over %d endpoints: %w", MaxEndpoints, ErrTooLarge)
 			}
 			var ep netip.AddrPort
 			if err := ep.UnmarshalBinary(v); err != nil || !ep.IsValid() {
-				return r, gossip, fmt.Errorf("record endpoint: %w", ErrMalformed)
+				return e, fmt.Errorf("record endpoint: %w", ErrMalformed)
 			}
 			r.Endpoints = append(r.Endpoints, ep)
 		case fieldGossipAddr:
-			if err := gossip.UnmarshalBinary(v); err != nil {
-				return r, gossip, fmt.Errorf("record gossip address: %w", ErrMalformed)
+			if err := e.gossip.UnmarshalBinary(v); err != nil {
+				return e, fmt.Errorf("record gossip address: %w", ErrMalformed)
 			}
-		default: // a newer field: skipped
+		case fieldSignature:
+			if len(v) != ed25519.SignatureSize {
+				return e, fmt.Errorf("record signature of %d bytes: %w", len(v), ErrMalformed)
+			}
+			e.sig, e.signedLen = v, start
+		default: // a newer field, covered by the signature: skipped
 		}
 	}
 	if rd.err != nil {
-		return r, gossip, fmt.Errorf("record: %w", rd.err)
+		return e, fmt.Errorf("record: %w", rd.err)
 	}
 	if !haveName || !haveVersion {
-		return r, gossip, fmt.Errorf("record without name or version: %w", ErrMalformed)
+		return e, fmt.Errorf("record without name or version: %w", ErrMalformed)
 	}
-	return r, gossip, nil
+	e.raw = b
+	return e, nil
+}
+
+// signEntry encodes r with the owner's gossip address and signs it with
+// the owner's identity key.
+func signEntry(key ed25519.PrivateKey, r Record, gossip netip.AddrPort) (entry, error) {
+	body, err := encodeRecord(nil, r, gossip)
+	if err != nil {
+		return entry{}, err
+	}
+	raw := appendField(body, fieldSignature, signedBy(key, recordContext, body))
+	if len(raw) > MaxRecordSize {
+		return entry{}, fmt.Errorf("record %q: %d bytes signed, limit %d: %w", r.Name, len(raw), MaxRecordSize, ErrTooLarge)
+	}
+	return entry{rec: r.Clone(), gossip: gossip, raw: raw, sig: raw[len(body)+2:], signedLen: len(body)}, nil
+}
+
+// verify checks e against the verified identity of the certificate in
+// its record: the certificate names the record's owner, the owner's
+// identity key signed the record, the owner's gossip address is one of
+// its overlay addresses, and the version (the owner's clock when it
+// signed) is not more than MaxClockSkew ahead of now.
+func (e entry) verify(id Identity, now time.Time) error {
+	if id.Name != e.rec.Name {
+		return fmt.Errorf("record for %q carries the certificate of %q: %w", e.rec.Name, id.Name, ErrBadStatement)
+	}
+	if e.sig == nil {
+		return fmt.Errorf("record for %q is not signed: %w", e.rec.Name, ErrBadStatement)
+	}
+	if !verifySig(id.Key, recordContext, e.raw[:e.signedLen], e.sig) {
+		return fmt.Errorf("record for %q: signature does not verify with its certificate's key: %w", e.rec.Name, ErrBadStatement)
+	}
+	if e.gossip.IsValid() && !slices.Contains(id.Addrs, e.gossip.Addr()) {
+		return fmt.Errorf("record for %q: gossip address %v is not one of its certificate's addresses: %w", e.rec.Name, e.gossip, ErrBadStatement)
+	}
+	if e.rec.Version > math.MaxInt64 {
+		return fmt.Errorf("record for %q: version %d past any clock: %w", e.rec.Name, e.rec.Version, ErrBadStatement)
+	}
+	if err := checkTime(int64(e.rec.Version), now, 0); err != nil {
+		return fmt.Errorf("record for %q: version: %w", e.rec.Name, err)
+	}
+	return nil
 }

@@ -2,10 +2,12 @@ package discovery
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // stateFormat is the first byte of an encoded state (push/pull user data);
@@ -24,7 +26,7 @@ const (
 	msgRecord   = 1 // a record entry
 	msgCRL      = 2 // CRL DER
 	msgAnnounce = 3 // "I hold something new; pull it from me"
-	msgLeave    = 4 // "this member is leaving gracefully": name and record version
+	msgLeave    = 4 // "I leave the fabric": name, record version, time, signature (leaveNotice)
 	msgPull     = 5 // "send me these records" (see pullRequest), over a stream
 	msgState    = 6 // the answer to a pull: a state holding the records asked for
 )
@@ -109,10 +111,18 @@ const (
 // SHA-256, enough to tell CRLs apart (collisions only cost a missed pull).
 const digestLen = 16
 
-// entry is a record plus the overlay address its owner gossips on.
+// entry is a record plus the overlay address its owner gossips on, as
+// the owner signed them.
 type entry struct {
 	rec    Record
 	gossip netip.AddrPort
+	// raw is the encoding the owner signed, signature included: relays
+	// send it on unchanged.
+	raw []byte
+	// sig is the signature (nil if none) and raw[:signedLen] what it
+	// covers.
+	sig       []byte
+	signedLen int
 }
 
 // state is the user data of a push/pull exchange.
@@ -150,20 +160,17 @@ func encodeState(s state) []byte {
 	if len(s.crl) > 0 && len(s.crl) <= MaxCRLSize {
 		b = appendField(b, stateCRL, s.crl)
 	}
-	var scratch []byte
 	for i, e := range s.entries {
 		if i == MaxStateRecords {
 			break
 		}
-		var err error
-		scratch, err = encodeRecord(scratch[:0], e.rec, e.gossip)
-		if err != nil {
+		if len(e.raw) == 0 || len(e.raw) > MaxRecordSize {
 			continue
 		}
-		if len(b)+len(scratch)+2*binary.MaxVarintLen64 > MaxStateSize {
+		if len(b)+len(e.raw)+2*binary.MaxVarintLen64 > MaxStateSize {
 			break
 		}
-		b = appendField(b, stateRecord, scratch)
+		b = appendField(b, stateRecord, e.raw)
 	}
 	return b
 }
@@ -197,11 +204,11 @@ func decodeState(b []byte) (state, error) {
 				s.truncated = true
 				continue
 			}
-			rec, gossip, err := decodeRecord(v)
+			e, err := decodeEntry(v)
 			if err != nil {
 				return s, fmt.Errorf("state entry %d: %w", len(s.entries), err)
 			}
-			s.entries = append(s.entries, entry{rec, gossip})
+			s.entries = append(s.entries, e)
 		}
 	}
 	if rd.err != nil {
@@ -300,23 +307,95 @@ func decodeMeta(b []byte) (uint64, bool) {
 	return binary.BigEndian.Uint64(b[1:9]), true
 }
 
-// encodeLeave encodes a leave notice. memberlist does not tell a graceful
-// leave from a death to its EventDelegate (v0.7.0 passes a Node whose State
-// is never updated), so the package gossips its own notice first.
-func encodeLeave(name string, version uint64) []byte {
-	b := []byte{msgLeave}
-	b = appendField(b, annName, []byte(name))
-	return appendField(b, annVersion, binary.BigEndian.AppendUint64(nil, version))
+// Leave notice field tags (after the announce-style name and version).
+const (
+	leaveTime = 7 // signing time, Unix nanoseconds (8 bytes)
+	leaveSig  = 8 // Ed25519 signature over everything before it; last field
+)
+
+// leaveNotice is a member's signed statement that it leaves the fabric.
+// memberlist does not tell a graceful leave from a death to its
+// EventDelegate (v0.7.0 passes a Node whose State is never updated), so
+// the package gossips its own notice first. Only the leaver can make it:
+// it is signed by the identity key of the certificate in the leaver's own
+// record.
+type leaveNotice struct {
+	name    string
+	version uint64 // the leaver's record version when it left
+	at      int64  // signing time, Unix nanoseconds
+	sig     []byte
+	signed  []byte // the bytes the signature covers (body before the signature field)
 }
 
-// decodeLeave decodes the body of a msgLeave (after the type byte).
-func decodeLeave(b []byte) (string, uint64, error) {
-	a, err := decodeFields(b)
-	if err != nil {
-		return "", 0, err
+// encodeLeave encodes a leave notice signed by key (type byte included).
+func encodeLeave(key ed25519.PrivateKey, name string, version uint64, at time.Time) []byte {
+	b := []byte{msgLeave}
+	b = appendField(b, annName, []byte(name))
+	b = appendField(b, annVersion, binary.BigEndian.AppendUint64(nil, version))
+	b = appendField(b, leaveTime, binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
+	return appendField(b, leaveSig, signedBy(key, leaveContext, b[1:]))
+}
+
+// decodeLeave decodes the body of a msgLeave (after the type byte). It
+// checks the form only; verify checks the signature.
+func decodeLeave(b []byte) (leaveNotice, error) {
+	var n leaveNotice
+	var haveVersion, haveTime bool
+	rd := &reader{b: b}
+	for {
+		start := len(b) - len(rd.b)
+		tag, v, ok := rd.field()
+		if !ok {
+			break
+		}
+		if n.sig != nil {
+			return n, fmt.Errorf("leave notice: field %d after the signature: %w", tag, ErrMalformed)
+		}
+		switch tag {
+		case annName:
+			if len(v) == 0 || len(v) > MaxNameLen || n.name != "" {
+				return n, fmt.Errorf("leave notice name of %d bytes: %w", len(v), ErrMalformed)
+			}
+			n.name = string(v)
+		case annVersion:
+			if len(v) != 8 || haveVersion {
+				return n, fmt.Errorf("leave notice version of %d bytes: %w", len(v), ErrMalformed)
+			}
+			n.version, haveVersion = binary.BigEndian.Uint64(v), true
+		case leaveTime:
+			if len(v) != 8 || haveTime {
+				return n, fmt.Errorf("leave notice time of %d bytes: %w", len(v), ErrMalformed)
+			}
+			n.at, haveTime = int64(binary.BigEndian.Uint64(v)), true
+		case leaveSig:
+			if len(v) != ed25519.SignatureSize {
+				return n, fmt.Errorf("leave notice signature of %d bytes: %w", len(v), ErrMalformed)
+			}
+			n.sig, n.signed = bytes.Clone(v), b[:start:start]
+		default: // a newer field, covered by the signature: skipped
+		}
 	}
-	if a.name == "" {
-		return "", 0, fmt.Errorf("leave notice without name: %w", ErrMalformed)
+	if rd.err != nil {
+		return n, fmt.Errorf("leave notice: %w", rd.err)
 	}
-	return a.name, a.version, nil
+	if n.name == "" || !haveVersion || !haveTime || n.sig == nil {
+		return n, fmt.Errorf("leave notice without name, version, time or signature: %w", ErrMalformed)
+	}
+	return n, nil
+}
+
+// verify checks that the notice is signed by the identity key id holds
+// (the verified certificate of the leaver's own record), that id names
+// the leaver, and that its time is plausible at now.
+func (n leaveNotice) verify(id Identity, now time.Time) error {
+	if id.Name != n.name {
+		return fmt.Errorf("leave notice for %q checked against the certificate of %q: %w", n.name, id.Name, ErrBadStatement)
+	}
+	if !verifySig(id.Key, leaveContext, n.signed, n.sig) {
+		return fmt.Errorf("leave notice for %q: signature does not verify with its certificate's key: %w", n.name, ErrBadStatement)
+	}
+	if err := checkTime(n.at, now, maxLeaveAge); err != nil {
+		return fmt.Errorf("leave notice for %q: %w", n.name, err)
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +29,11 @@ const (
 	// pings). memberlist refuses push/pulls beyond 128 concurrent; we stop
 	// reading earlier, before a flood costs memory.
 	maxInboundStreams = 64
+	// maxStreamsPerPeer caps the inbound streams of one member: a member
+	// has at most a push/pull or join, a pull, a pull answer, a CRL and
+	// a TCP ping open towards a node at once, and 8 leaves room; a member
+	// holding streams idle cannot take the slots of the others.
+	maxStreamsPerPeer = 8
 	// maxStreamBytes caps what one inbound stream may send: our state limit
 	// plus room for memberlist's node list (4096 nodes at well under 1 KiB).
 	maxStreamBytes = MaxStateSize + 4<<20
@@ -45,13 +52,18 @@ var errTransportClosed = errors.New("discovery transport closed")
 // transport is a memberlist.NodeAwareTransport over a Network: one UDP
 // socket and one TCP listener on the node's overlay address.
 type transport struct {
-	netw   Network
-	port   uint16
-	log    *slog.Logger
-	pc     net.PacketConn
-	ln     net.Listener
-	ctx    context.Context
-	cancel context.CancelFunc
+	netw Network
+	port uint16
+	// d applies the rules of guard.go to what members send.
+	d *Discovery
+	// firstMessage bounds the wait for an inbound stream's first message
+	// (memberlist's TCP timeout): idle and trickling streams are closed.
+	firstMessage time.Duration
+	log          *slog.Logger
+	pc           net.PacketConn
+	ln           net.Listener
+	ctx          context.Context
+	cancel       context.CancelFunc
 
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
@@ -59,13 +71,14 @@ type transport struct {
 	inbound atomic.Int32
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{} // open streams, closed at Shutdown
+	perPeer map[string]int        // open inbound streams per member
 	closed  bool
 	wg      sync.WaitGroup
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
 
-func newTransport(netw Network, port uint16, log *slog.Logger) (*transport, error) {
+func newTransport(netw Network, port uint16, d *Discovery, firstMessage time.Duration, log *slog.Logger) (*transport, error) {
 	pc, err := netw.ListenUDP(port)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: listen udp %d: %w", port, err)
@@ -77,10 +90,11 @@ func newTransport(netw Network, port uint16, log *slog.Logger) (*transport, erro
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &transport{
-		netw: netw, port: port, log: log, pc: pc, ln: ln, ctx: ctx, cancel: cancel,
+		netw: netw, port: port, d: d, firstMessage: firstMessage, log: log, pc: pc, ln: ln, ctx: ctx, cancel: cancel,
 		packetCh: make(chan *memberlist.Packet, packetQueueLen),
 		streamCh: make(chan net.Conn),
 		conns:    make(map[net.Conn]struct{}),
+		perPeer:  make(map[string]int),
 	}
 	t.wg.Add(2)
 	go t.readPackets()
@@ -109,7 +123,15 @@ func (t *transport) readPackets() {
 		if n < 1 {
 			continue
 		}
-		p := &memberlist.Packet{Buf: append([]byte(nil), buf[:n]...), From: from, Timestamp: ts}
+		src, ok := netAddrPort(from)
+		if !ok {
+			continue
+		}
+		out := t.d.filterPacket(src, buf[:n])
+		if out == nil {
+			continue
+		}
+		p := &memberlist.Packet{Buf: bytes.Clone(out), From: from, Timestamp: ts}
 		select {
 		case t.packetCh <- p:
 		case <-t.ctx.Done():
@@ -134,23 +156,93 @@ func (t *transport) acceptStreams() {
 			}
 			continue
 		}
-		if t.inbound.Add(1) > maxInboundStreams {
-			t.inbound.Add(-1)
+		src, ok := netAddrPort(c.RemoteAddr())
+		sender := ""
+		if ok {
+			sender, ok = t.d.cfg.PeerName(src.Addr())
+		}
+		if !ok || !t.takeSlot(sender) {
+			t.d.stats.streamsRefused.Add(1)
 			c.Close()
 			continue
 		}
-		sc := &streamConn{Conn: c, t: t, inbound: true, left: maxStreamBytes}
+		sc := &streamConn{Conn: c, t: t, inbound: true, peer: sender, left: maxStreamBytes}
 		if !t.track(sc) {
 			sc.Close()
 			return
 		}
-		select {
-		case t.streamCh <- sc:
-		case <-t.ctx.Done():
-			sc.Close()
-			return
+		t.wg.Add(1)
+		go t.serveStream(sc, sender, src)
+	}
+}
+
+// takeSlot takes an inbound stream slot for sender, if one is free under
+// both caps (maxInboundStreams, maxStreamsPerPeer).
+func (t *transport) takeSlot(sender string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.perPeer[sender] >= maxStreamsPerPeer || t.inbound.Load() >= maxInboundStreams {
+		return false
+	}
+	t.perPeer[sender]++
+	t.inbound.Add(1)
+	return true
+}
+
+// releaseSlot frees an inbound stream slot of sender.
+func (t *transport) releaseSlot(sender string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.perPeer[sender]--; t.perPeer[sender] <= 0 {
+		delete(t.perPeer, sender)
+	}
+	t.inbound.Add(-1)
+}
+
+// serveStream reads an inbound stream's first message under the rules
+// (see readFirst), within firstMessage, and hands memberlist what it may
+// see of the stream.
+func (t *transport) serveStream(sc *streamConn, sender string, src netip.AddrPort) {
+	defer t.wg.Done()
+	sc.SetDeadline(time.Now().Add(t.firstMessage))
+	br := bufio.NewReader(sc)
+	replay, consumed, err := t.d.readFirst(br, sender, src, false)
+	if err != nil || consumed {
+		if err != nil {
+			t.d.stats.filtered.Add(1)
+			t.d.badLog.log(t.log, sender, "stream", err)
+		}
+		sc.Close()
+		return
+	}
+	sc.SetDeadline(time.Time{})
+	rc := &replayConn{streamConn: sc, r: io.MultiReader(bytes.NewReader(replay), br)}
+	select {
+	case t.streamCh <- rc:
+	case <-t.ctx.Done():
+		sc.Close()
+	}
+}
+
+// netAddrPort converts a UDP or TCP address (or anything printing as
+// ip:port) to an unmapped netip.AddrPort.
+func netAddrPort(a net.Addr) (netip.AddrPort, bool) {
+	var ap netip.AddrPort
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		ap = v.AddrPort()
+	case *net.TCPAddr:
+		ap = v.AddrPort()
+	default:
+		if a == nil {
+			return ap, false
+		}
+		var err error
+		if ap, err = netip.ParseAddrPort(a.String()); err != nil {
+			return ap, false
 		}
 	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
 }
 
 func (t *transport) track(c net.Conn) bool {
@@ -212,6 +304,10 @@ func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
+	sender, ok := t.d.cfg.PeerName(ap.Addr())
+	if !ok {
+		return nil, fmt.Errorf("discovery: dial %s: no admitted peer holds the address", ap)
+	}
 	ctx, cancel := context.WithTimeout(t.ctx, timeout)
 	defer cancel()
 	c, err := t.netw.DialContext(ctx, "tcp", ap.String())
@@ -223,7 +319,7 @@ func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 		c.Close()
 		return nil, errTransportClosed
 	}
-	return sc, nil
+	return &replayConn{streamConn: sc, sender: sender, remote: ap}, nil
 }
 
 // DialAddressTimeout opens a stream; names are not needed to route.
@@ -266,6 +362,7 @@ type streamConn struct {
 	net.Conn
 	t       *transport
 	inbound bool
+	peer    string // the member of an inbound stream (its slot)
 	checked bool
 	left    int64
 	once    sync.Once
@@ -296,8 +393,47 @@ func (c *streamConn) Close() error {
 		err = c.Conn.Close()
 		c.t.untrack(c)
 		if c.inbound {
-			c.t.inbound.Add(-1)
+			c.t.releaseSlot(c.peer)
 		}
 	})
 	return err
 }
+
+// replayConn is a stream as memberlist sees it: the first message as the
+// rules let it through (replay), then the rest of the stream. On an
+// inbound stream the transport read the first message before handing the
+// stream over; on one this node opened, the first Read reads the other
+// side's answer under the rules.
+type replayConn struct {
+	*streamConn
+	r io.Reader
+	// sender and remote are set on streams this node opened, until the
+	// first Read.
+	sender string
+	remote netip.AddrPort
+}
+
+// Read reads what memberlist may see of the stream (see replayConn).
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.r == nil {
+		br := bufio.NewReader(c.streamConn)
+		replay, consumed, err := c.t.d.readFirst(br, c.sender, c.remote, true)
+		if err != nil || consumed {
+			if err != nil {
+				c.t.d.stats.filtered.Add(1)
+				c.t.d.badLog.log(c.t.log, c.sender, "stream", err)
+			}
+			c.streamConn.Close()
+			c.r = eofReader{}
+		} else {
+			c.r = io.MultiReader(bytes.NewReader(replay), br)
+		}
+	}
+	return c.r.Read(p)
+}
+
+// eofReader is a stream whose first message was refused: at its end.
+type eofReader struct{}
+
+// Read returns io.EOF.
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
@@ -57,6 +58,13 @@ const (
 	// deathPings is how many pings a member declared dead gets before its
 	// tunnel is removed (each waits memberlist's probe timeout).
 	deathPings = 2
+	// deathCheckWorkers bounds the death checks running at once: a check
+	// waits up to deathPings probe timeouts (and sessionSetup for a new
+	// peer), and verdicts beyond what the workers take wait in a queue of
+	// at most one entry per member, so a flood of verdicts costs neither
+	// a goroutine each nor more than this many pings at once. Real deaths
+	// come a few at a time; a check takes about a second.
+	deathCheckWorkers = 4
 	// sessionSetup is how long after an admission a member declared dead
 	// without a WireGuard session is left before it is checked: as long
 	// as an admission waits for its session (overlay's confirmWait).
@@ -99,6 +107,16 @@ type gossip struct {
 	// responding reports whether a handshake from the endpoint is being
 	// answered here (Overlay.Responding; tests replace it).
 	responding func(endpoint netip.AddrPort) bool
+	// checks holds the members declared dead that wait for a check
+	// (name → when the first verdict came), checking those a worker
+	// checks now (see checkLoop).
+	checks    map[string]time.Time
+	checking  map[string]bool
+	checkWake chan struct{}
+	// checksKept and checksRemoved count finished checks of death
+	// verdicts: the member answered (or was heard from) and kept its
+	// tunnel, or did not and lost it.
+	checksKept, checksRemoved atomic.Uint64
 }
 
 // pendingRecord is a learned record waiting for an admission worker.
@@ -124,7 +142,8 @@ func (o overlayNetwork) DialContext(ctx context.Context, network, address string
 func (o overlayNetwork) LocalAddr() netip.Addr { return o.n.Addr() }
 
 func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
-	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, admitting: map[string]bool{}, retries: map[string]int{}, wake: make(chan struct{}, 1)}
+	g := &gossip{n: n, log: n.log.With("component", "gossip"), pending: map[string]pendingRecord{}, admitting: map[string]bool{}, retries: map[string]int{}, wake: make(chan struct{}, 1),
+		checks: map[string]time.Time{}, checking: map[string]bool{}, checkWake: make(chan struct{}, 1)}
 	g.tunnels, g.responding = g.peersNamed, n.ov.Responding
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	adv := opts.Advertise
@@ -132,18 +151,30 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 		adv = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.ov.Port())}
 	}
 	d, err := discovery.Start(g.ctx, discovery.Config{
-		Network:  overlayNetwork{n},
-		Port:     opts.Port,
-		Self:     discovery.Record{Name: n.Identity().Name, Certificate: n.Identity().Raw, Endpoints: adv},
-		Logger:   g.log,
-		OnRecord: g.onRecord,
-		OnLeave:  g.onLeave,
-		OnCRL:    g.onCRL,
-		Profile:  opts.Profile,
+		Network:           overlayNetwork{n},
+		Port:              opts.Port,
+		Self:              discovery.Record{Name: n.Identity().Name, Certificate: n.Identity().Raw, Endpoints: adv},
+		IdentityKey:       n.opts.IdentityKey,
+		VerifyCertificate: g.verifyCertificate,
+		Logger:            g.log,
+		OnRecord:          g.onRecord,
+		OnLeave:           g.onLeave,
+		OnCRL:             g.onCRL,
+		Profile:           opts.Profile,
 		// Only admitted peers can be synced with: their tunnel exists.
 		Reachable: func(a netip.Addr) bool {
 			_, ok := n.ov.IdentityByAddr(a)
 			return ok
+		},
+		// A gossip packet from an overlay address came through the tunnel
+		// of the peer whose certificate holds it (WireGuard's cryptokey
+		// routing drops any other).
+		PeerName: func(a netip.Addr) (string, bool) {
+			id, ok := n.ov.IdentityByAddr(a)
+			if !ok {
+				return "", false
+			}
+			return id.Name, true
 		},
 	})
 	if err != nil {
@@ -156,9 +187,27 @@ func startGossip(n *Node, opts GossipOptions) (*gossip, error) {
 		g.wg.Add(1)
 		go g.admitLoop()
 	}
+	for range deathCheckWorkers {
+		g.wg.Add(1)
+		go g.checkLoop()
+	}
 	g.wg.Add(1)
 	go g.joinLoop()
 	return g, nil
+}
+
+// verifyCertificate checks a certificate from a gossiped statement
+// against the trust pool (CAs, CRLs, the clock) for discovery.
+func (g *gossip) verifyCertificate(der []byte) (discovery.Identity, error) {
+	id, err := g.n.pool.VerifyDER(der, g.n.opts.Now())
+	if err != nil {
+		return discovery.Identity{}, fmt.Errorf("gossip certificate: %w", err)
+	}
+	addrs := make([]netip.Addr, 0, len(id.Addresses))
+	for _, p := range id.Addresses {
+		addrs = append(addrs, p.Addr())
+	}
+	return discovery.Identity{Name: id.Name, Key: id.IdentityKey, Addrs: addrs}, nil
 }
 
 // onRecord queues a learned record for admission; memberlist callbacks
@@ -314,82 +363,140 @@ func (g *gossip) requeueAfter(d time.Duration, r discovery.Record) {
 
 // left reports whether name left the fabric gracefully.
 func (g *gossip) left(name string) bool {
-	for _, m := range g.d.Members() {
-		if m.Name == name {
-			return m.State == discovery.StateLeft
-		}
-	}
-	return true
+	m, ok := g.d.Member(name)
+	return !ok || m.State == discovery.StateLeft
 }
 
-// onLeave removes a member that left from WireGuard at once. A member
-// declared dead is first pinged through its tunnel (deathPings times): a
-// node starved of CPU or a lossy moment makes failure detection declare
-// live members dead, and tearing down a working tunnel would make the
-// member unreachable in earnest. One that answers keeps its tunnel (it
-// refutes its death in memberlist by itself), and so does one that
-// WireGuard heard from during the check (an answer after the ping's
-// timeout counts). A member admitted moments ago without a session yet is
-// checked only once its session had time to come (sessionSetup). One that
-// does not answer is removed
-// and tried again later (see retryLater): it may only be unreachable for
-// a while.
+// onLeave removes a member that left from WireGuard at once: discovery
+// reports a leave (dead=false) only for a leave notice the member signed
+// itself. Every other verdict (a death from failure detection,
+// memberlist's own unsigned leave, anything another member said) comes
+// as dead=true and is checked here first: the member is pinged through
+// its tunnel (deathPings times), so no member can cost another its
+// tunnels by what it says, and a node starved of CPU or a lossy moment
+// (which make failure detection declare live members dead) does not tear
+// down a working tunnel and make the member unreachable in earnest. One
+// that answers keeps its tunnel (it refutes its death in memberlist by
+// itself), and so does one that WireGuard heard from during the check
+// (an answer after the ping's timeout counts). A member admitted moments
+// ago without a session yet is checked only once its session had time to
+// come (sessionSetup). One that does not answer is removed and tried
+// again later (see retryLater): it may only be unreachable for a while.
 func (g *gossip) onLeave(name string, dead bool) {
 	if !dead {
 		g.removeNamed(name, g.n.opts.Now(), "left the fabric")
 		return
 	}
-	declared := g.n.opts.Now()
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		began := time.Now() // WireGuard's clock, not opts.Now
-		heard := g.tunnels(name)
-		// A member admitted moments ago whose session is not up yet cannot
-		// answer through its tunnel (this side may not even have its
-		// endpoint: the other side starts the session). Judge it once the
-		// session had time to come.
-		if wait := sessionSetupLeft(heard, g.n.opts.Now()); wait > 0 {
-			t := time.NewTimer(wait)
+	g.mu.Lock()
+	if _, queued := g.checks[name]; !queued {
+		// The first verdict counts: only admissions before it are removed.
+		g.checks[name] = g.n.opts.Now()
+	}
+	g.mu.Unlock()
+	select {
+	case g.checkWake <- struct{}{}:
+	default:
+	}
+}
+
+// nextCheck takes a queued death check whose member no worker is
+// checking now; doneCheck must follow.
+func (g *gossip) nextCheck() (string, time.Time, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, declared := range g.checks {
+		if g.checking[name] {
+			continue
+		}
+		delete(g.checks, name)
+		g.checking[name] = true
+		return name, declared, true
+	}
+	return "", time.Time{}, false
+}
+
+// doneCheck ends a worker's check of name.
+func (g *gossip) doneCheck(name string) {
+	g.mu.Lock()
+	delete(g.checking, name)
+	g.mu.Unlock()
+}
+
+// checkLoop runs queued death checks, one member at a time per worker
+// and one worker per member: a flood of verdicts waits in the queue (at
+// most one entry per member) instead of spawning a goroutine each.
+func (g *gossip) checkLoop() {
+	defer g.wg.Done()
+	for {
+		name, declared, ok := g.nextCheck()
+		if !ok {
 			select {
-			case <-t.C:
 			case <-g.ctx.Done():
-				t.Stop()
 				return
+			case <-g.checkWake:
+				continue
 			}
 		}
-		for range deathPings {
-			if g.ctx.Err() != nil {
-				return
-			}
-			if g.ping(name) {
-				g.log.Info("member declared dead answers through its tunnel; tunnel kept", "name", name)
-				return
-			}
+		g.checkDeath(name, declared)
+		g.doneCheck(name)
+		select {
+		case g.checkWake <- struct{}{}:
+		default:
 		}
-		// On a loaded node an answer can come after memberlist's probe
-		// timeout; WireGuard still counts it. Anything it authenticated
-		// from the member since the check began, or a handshake since,
-		// proves the member alive.
-		if now := g.tunnels(name); heardSince(heard, now, began) {
-			g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
+	}
+}
+
+// checkDeath checks a member declared dead at declared through its
+// tunnel and removes it if it neither answers nor was heard from (see
+// onLeave).
+func (g *gossip) checkDeath(name string, declared time.Time) {
+	began := time.Now() // WireGuard's clock, not opts.Now
+	heard := g.tunnels(name)
+	// A member admitted moments ago whose session is not up yet cannot
+	// answer through its tunnel (this side may not even have its
+	// endpoint: the other side starts the session). Judge it once the
+	// session had time to come.
+	if wait := sessionSetupLeft(heard, g.n.opts.Now()); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-g.ctx.Done():
+			t.Stop()
 			return
 		}
-		// An admission since the verdict proved the member alive (the
-		// verdict itself may come from the missing tunnel): it stays.
-		g.removeNamed(name, declared, "declared dead by failure detection")
-		// Tried again later, whatever its state by now: if it already
-		// came back alive, its record was handed over while it was still
-		// admitted here, and was skipped.
-		for _, m := range g.d.Members() {
-			if m.Name == name && m.Record.Version != 0 && m.State != discovery.StateLeft {
-				g.mu.Lock()
-				g.retries[name] = 0
-				g.mu.Unlock()
-				g.retryLater(m.Record)
-			}
+	}
+	for range deathPings {
+		if g.ctx.Err() != nil {
+			return
 		}
-	}()
+		if g.ping(name) {
+			g.checksKept.Add(1)
+			g.log.Info("member declared dead answers through its tunnel; tunnel kept", "name", name)
+			return
+		}
+	}
+	// On a loaded node an answer can come after memberlist's probe
+	// timeout; WireGuard still counts it. Anything it authenticated
+	// from the member since the check began, or a handshake since,
+	// proves the member alive.
+	if now := g.tunnels(name); heardSince(heard, now, began) {
+		g.checksKept.Add(1)
+		g.log.Info("member declared dead was heard from through its tunnel; tunnel kept", "name", name)
+		return
+	}
+	g.checksRemoved.Add(1)
+	// An admission since the verdict proved the member alive (the
+	// verdict itself may come from the missing tunnel): it stays.
+	g.removeNamed(name, declared, "declared dead by failure detection")
+	// Tried again later, whatever its state by now: if it already
+	// came back alive, its record was handed over while it was still
+	// admitted here, and was skipped.
+	if m, ok := g.d.Member(name); ok && m.Record.Version != 0 && m.State != discovery.StateLeft {
+		g.mu.Lock()
+		g.retries[name] = 0
+		g.mu.Unlock()
+		g.retryLater(m.Record)
+	}
 }
 
 // peersNamed returns the status of the admitted peers called name, keyed
@@ -568,16 +675,7 @@ func (g *gossip) outsiders(now time.Time, tried map[string]time.Time) []netip.Ad
 	return out
 }
 
-func (g *gossip) aliveOthers() int {
-	n := 0
-	self := g.n.Identity().Name
-	for _, m := range g.d.Members() {
-		if m.Name != self && m.State == discovery.StateAlive {
-			n++
-		}
-	}
-	return n
-}
+func (g *gossip) aliveOthers() int { return g.d.NumAlive() - 1 }
 
 // close leaves the fabric (gracefully unless crash) and stops.
 func (g *gossip) close(graceful bool) {

@@ -3,16 +3,20 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/discovery/insider"
 	"github.com/aigrid/gridnet/overlay"
 )
 
@@ -275,6 +279,15 @@ func TestSessionSetupLeft(t *testing.T) {
 // waits until alpha has admitted beta and sees it alive.
 func gossipPair(t *testing.T) (a, b *Node) {
 	t.Helper()
+	ns := gossipNodes(t, "alpha", "beta")
+	return ns[0], ns[1]
+}
+
+// gossipNodes starts nodes with gossip, the first one the seed of the
+// others, and waits until the seed has admitted every other node and
+// sees it alive.
+func gossipNodes(t *testing.T, names ...string) []*Node {
+	t.Helper()
 	ca, err := NewLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
@@ -295,14 +308,27 @@ func gossipPair(t *testing.T) (a, b *Node) {
 		t.Cleanup(func() { n.Close() })
 		return n
 	}
-	a = start("alpha", 1, nil)
-	b = start("beta", 2, a)
-	for deadline := time.Now().Add(20 * time.Second); !admitted(a, "beta") || a.gossip.aliveOthers() == 0; time.Sleep(50 * time.Millisecond) {
+	var ns []*Node
+	for i, name := range names {
+		var seed *Node
+		if i > 0 {
+			seed = ns[0]
+		}
+		ns = append(ns, start(name, i+1, seed))
+	}
+	seed := ns[0]
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ready := seed.gossip.aliveOthers() == len(ns)-1
+		for _, n := range ns[1:] {
+			ready = ready && admitted(seed, n.Identity().Name)
+		}
+		if ready {
+			return ns
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("alpha never admitted beta and saw it alive")
+			t.Fatalf("%s never admitted all of %v and saw them alive", names[0], names[1:])
 		}
 	}
-	return a, b
 }
 
 // admitted reports whether n has admitted a peer called name.
@@ -361,5 +387,156 @@ func TestOneAdmissionPerNodeAtATime(t *testing.T) {
 	g.done("a")
 	if p, ok := g.next(); !ok || p.rec.Name != "a" || p.rec.Version != 2 {
 		t.Fatalf("after done: next = %+v, %v; want a's newer record", p, ok)
+	}
+}
+
+// newInsider makes node n (an admitted member with a valid certificate)
+// the malicious member: it sends forgeries from its own overlay address.
+func newInsider(t *testing.T, n *Node) *insider.Member {
+	t.Helper()
+	pc, err := n.ListenUDP(40000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return &insider.Member{Name: n.Identity().Name, Key: n.opts.IdentityKey, Packets: pc, Dial: n.Dial}
+}
+
+// gossipAddrOf is n's gossip address on the overlay.
+func gossipAddrOf(n *Node) netip.AddrPort { return netip.AddrPortFrom(n.Addr(), discovery.DefaultPort) }
+
+// TestForgedLeaveAndDeathKeepTunnel: an admitted member (mallory) sends
+// alpha a leave notice for beta with version 2^64-1 (signed by its own
+// key) and a memberlist dead message for beta with incarnation 2^32-1,
+// the attack that made every node drop beta's tunnel and keep beta dead
+// (its refutation wrapped to incarnation 0). alpha refuses the notice,
+// its transport drops the dead message, and beta stays admitted and
+// alive. A forged death with a plausible incarnation does reach
+// memberlist: alpha checks beta through its tunnel, keeps it, and beta's
+// refutation brings it back alive.
+func TestForgedLeaveAndDeathKeepTunnel(t *testing.T) {
+	ns := gossipNodes(t, "alpha", "beta", "mallory")
+	a, m := ns[0], ns[2]
+	evil := newInsider(t, m)
+	removed := a.ov.Stats().Removed
+	before := a.gossip.d.Stats()
+	packet := insider.Compound(
+		insider.UserMsg(insider.Leave(evil.Key, "beta", math.MaxUint64, time.Now())),
+		insider.DeadMsg("beta", insider.MaxIncarnation, "mallory"),
+	)
+	if err := evil.Send(gossipAddrOf(a), packet); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st := a.gossip.d.Stats()
+		if st.LeavesRefused > before.LeavesRefused && st.Filtered > before.Filtered {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha did not refuse the forged leave and drop the forged death: %+v", st)
+		}
+	}
+	betaState := func() string {
+		for _, mv := range a.Members() {
+			if mv.Name == "beta" {
+				return mv.State
+			}
+		}
+		return "unknown"
+	}
+	if s := betaState(); s != "alive" {
+		t.Fatalf("alpha shows beta %q after the forged leave and death", s)
+	}
+
+	// A death with a plausible incarnation is a verdict memberlist acts
+	// on: the node checks it, and beta refutes it.
+	if err := evil.Send(gossipAddrOf(a), insider.DeadMsg("beta", 1000, "mallory")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); a.gossip.checksKept.Load()+a.gossip.checksRemoved.Load() == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("alpha never checked beta after a forged death memberlist took")
+		}
+	}
+	for deadline := time.Now().Add(20 * time.Second); betaState() != "alive"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("beta's refutation never brought it back at alpha: %q", betaState())
+		}
+	}
+	if got := a.ov.Stats().Removed; got != removed || !admitted(a, "beta") {
+		t.Fatalf("alpha removed %d peers after forged messages (beta admitted: %v)", got-removed, admitted(a, "beta"))
+	}
+	if k, r := a.gossip.checksKept.Load(), a.gossip.checksRemoved.Load(); r != 0 {
+		t.Fatalf("death checks: %d kept, %d removed", k, r)
+	}
+}
+
+// TestDeathChecksBounded: a flood of death verdicts (the same member
+// over and over, and many members at once, as forged verdicts or a
+// flapping fabric bring) runs at most deathCheckWorkers checks at once,
+// one at a time per member, without a goroutine per verdict; every
+// member is checked.
+func TestDeathChecksBounded(t *testing.T) {
+	a, _ := gossipPair(t)
+	release := make(chan struct{})
+	var running, most atomic.Int32
+	var mu sync.Mutex
+	perName := map[string]int{}
+	pinged := map[string]bool{}
+	a.gossip.ping = func(name string) bool {
+		mu.Lock()
+		perName[name]++
+		if perName[name] > 1 {
+			mu.Unlock()
+			t.Errorf("two checks of %s at once", name)
+			return true
+		}
+		pinged[name] = true
+		mu.Unlock()
+		n := running.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		running.Add(-1)
+		mu.Lock()
+		perName[name]--
+		mu.Unlock()
+		return true // it answers: the tunnel stays
+	}
+	base := runtime.NumGoroutine()
+	const members = 40
+	for round := range 50 {
+		for i := range members {
+			a.gossip.onLeave(fmt.Sprintf("member-%d", i), true)
+		}
+		if round == 0 {
+			a.gossip.onLeave("beta", true)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); running.Load() < deathCheckWorkers; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d checks running, want %d", running.Load(), deathCheckWorkers)
+		}
+	}
+	if g := runtime.NumGoroutine() - base; g > 10 {
+		t.Errorf("%d more goroutines while %d verdicts wait", g, 50*members+1)
+	}
+	close(release)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		done := len(pinged) == members+1
+		mu.Unlock()
+		if done && running.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("checked %d of %d members", len(pinged), members+1)
+		}
+	}
+	if m := most.Load(); m > deathCheckWorkers {
+		t.Fatalf("%d checks at once, limit %d", m, deathCheckWorkers)
+	}
+	if !admitted(a, "beta") {
+		t.Fatal("a member that answered its check was removed")
 	}
 }
