@@ -269,23 +269,25 @@ func (o *Overlay) openRefusal(init *handshake.Initiator, in inboundPacket, endpo
 }
 
 // refusedAsResponder handles a refusal of a handshake this node answered
-// (the initiator refused msg2): the half-open entry goes, and the
-// refusal is recorded.
+// (the initiator refused msg2): once the refusal is authenticated, the
+// half-open entry goes and the refusal is recorded. A forged refusal
+// leaves the handshake as it was.
 func (o *Overlay) refusedAsResponder(m handshake.Message, from netip.AddrPort) {
 	o.hsMu.Lock()
 	h, ok := o.halfOpen[m.Receiver]
+	var code handshake.RefusalCode
 	if ok && h.resp != nil && h.from == from {
-		o.deleteHalfOpenLocked(m.Receiver)
+		var err error
+		if code, err = h.resp.OpenRefusal(m); err == nil {
+			o.deleteHalfOpenLocked(m.Receiver)
+		} else {
+			ok = false
+		}
 	} else {
 		ok = false
 	}
 	o.hsMu.Unlock()
 	if !ok {
-		o.stats.junk.Add(1)
-		return
-	}
-	code, err := h.resp.OpenRefusal(m)
-	if err != nil {
 		o.stats.junk.Add(1)
 		return
 	}

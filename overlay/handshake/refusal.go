@@ -250,6 +250,9 @@ func (i *Initiator) OpenRefusal(m Message) (RefusalCode, error) {
 // initiator. It fails with ErrState after the first call, as
 // Initiator.Refusal does.
 func (r *Responder) Refusal(code RefusalCode) ([]byte, error) {
+	if r.h2 == nil {
+		return nil, fmt.Errorf("%w: no Noise-valid msg3 or verified initiator to refuse", ErrState)
+	}
 	if r.refused {
 		return nil, fmt.Errorf("%w: refusal already made", ErrState)
 	}
