@@ -155,7 +155,7 @@ func hasPeer(n *node.Node, name string) bool {
 func checkGoroutines(t testing.TB) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}

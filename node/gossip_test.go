@@ -86,7 +86,7 @@ func TestUpGossipPeersAndCRLPush(t *testing.T) {
 	if out := mustGridnet(t, nil, "crl", "push", p("crl.pem"), "--socket", p("gamma.sock")); !strings.Contains(out, "not newer") {
 		t.Errorf("second crl push:\n%s", out)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		var st Status
 		out := mustGridnet(t, nil, "status", "--json", "--socket", p("alpha.sock"))
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -119,7 +119,7 @@ func TestFalseDeathKeepsTunnel(t *testing.T) {
 
 	b.CrashForTest()
 	a.gossip.onLeave("beta", true)
-	for deadline := time.Now().Add(5 * time.Second); admitted(a, "beta"); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); admitted(a, "beta"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("a crashed member declared dead was not removed")
 		}
@@ -427,7 +427,7 @@ func TestForgedLeaveAndDeathKeepTunnel(t *testing.T) {
 	if err := evil.Send(gossipAddrOf(a), packet); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		st := a.gossip.d.Stats()
 		if st.LeavesRefused > before.LeavesRefused && st.Filtered > before.Filtered {
 			break
@@ -513,7 +513,7 @@ func TestDeathChecksBounded(t *testing.T) {
 			a.gossip.onLeave("beta", true)
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); running.Load() < deathCheckWorkers; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); running.Load() < deathCheckWorkers; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d checks running, want %d", running.Load(), deathCheckWorkers)
 		}

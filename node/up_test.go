@@ -80,7 +80,7 @@ func TestUpControlAPI(t *testing.T) {
 
 	// The control socket is the node user's alone.
 	var fi os.FileInfo
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var err error
 		if fi, err = os.Stat(p("alpha.sock")); err == nil || time.Now().After(deadline) {

@@ -31,7 +31,7 @@ func checkLeaks(t testing.TB) {
 	t.Helper()
 	t.Cleanup(func() {
 		var leaked []string
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for {
 			leaked = leakedGoroutines()
 			if len(leaked) == 0 || time.Now().After(deadline) {
