@@ -197,6 +197,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		Proxy:        proxyOpts,
 		Serve:        serve,
 		Forward:      forward,
+		DNS:          dnsOptions(cfg.DNS),
 		Logger:       log,
 	})
 	if err != nil {

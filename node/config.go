@@ -51,6 +51,8 @@ type Config struct {
 	Serve []ServeConfig `yaml:"serve"`
 	// Forward carries local ports to overlay services.
 	Forward []ForwardConfig `yaml:"forward"`
+	// DNS runs the node's DNS responder on its overlay addresses.
+	DNS DNSConfig `yaml:"dns"`
 	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
 	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
 	// the environment wins.
@@ -108,6 +110,16 @@ type GossipConfig struct {
 	// reach this node; required with gossip unless all nodes share
 	// 127.0.0.1.
 	Advertise []AddrPort `yaml:"advertise"`
+}
+
+// DNSConfig is the `dns:` section: the node's DNS responder for the
+// overlay's names (docs/CONFIG.md).
+type DNSConfig struct {
+	// Enabled turns the responder on.
+	Enabled bool `yaml:"enabled"`
+	// Port is its UDP and TCP port on the overlay addresses; 0 means
+	// DefaultDNSPort (53).
+	Port uint16 `yaml:"port"`
 }
 
 // ControlConfig places the control API socket.
@@ -236,6 +248,9 @@ func (c *Config) applyDefaults() {
 	if c.Gossip.Port == 0 {
 		c.Gossip.Port = discovery.DefaultPort
 	}
+	if c.DNS.Port == 0 {
+		c.DNS.Port = DefaultDNSPort
+	}
 	c.applyRelayDefaults()
 }
 
@@ -255,7 +270,8 @@ func (c *Config) validate() []error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		problems = append(problems, &lineError{c.lines["log.format"], fmt.Errorf("log.format %q: want text or json", c.Log.Format)})
 	}
-	return append(problems, c.validateRelays()...)
+	problems = append(problems, c.validateRelays()...)
+	return append(problems, c.validateDNS()...)
 }
 
 func (c *Config) resolvePaths(dir string) {

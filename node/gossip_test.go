@@ -288,6 +288,13 @@ func gossipPair(t *testing.T) (a, b *Node) {
 // sees it alive.
 func gossipNodes(t *testing.T, names ...string) []*Node {
 	t.Helper()
+	return gossipNodesWith(t, nil, names...)
+}
+
+// gossipNodesWith is gossipNodes with mod applied to the options of
+// each node (i counts from 0, the seed) before it starts.
+func gossipNodesWith(t *testing.T, mod func(i int, o *Options), names ...string) []*Node {
+	t.Helper()
 	ca, err := NewLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
@@ -300,6 +307,9 @@ func gossipNodes(t *testing.T, names ...string) []*Node {
 		opts.Gossip = &GossipOptions{Profile: discovery.ProfileLocal}
 		if seed != nil {
 			opts.Peers = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), seed.UnderlayPort())}
+		}
+		if mod != nil {
+			mod(host-1, &opts)
 		}
 		n, err := Start(t.Context(), opts)
 		if err != nil {

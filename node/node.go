@@ -68,6 +68,9 @@ type Options struct {
 	Serve []ServeOptions
 	// Forward carries local ports to overlay services.
 	Forward []ForwardOptions
+	// DNS runs the DNS responder on the node's overlay addresses; nil:
+	// none.
+	DNS *DNSOptions
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -94,6 +97,7 @@ type Node struct {
 	events *eventLog
 	gossip *gossip
 	relays *relays
+	dns    *dnsResponder
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -207,6 +211,12 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if err := n.startRelays(); err != nil {
 		n.Close()
 		return nil, err
+	}
+	if opts.DNS != nil {
+		if err := n.startDNS(*opts.DNS); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
@@ -411,6 +421,7 @@ func (n *Node) shutdown(graceful bool) error {
 		if n.cancel != nil {
 			n.cancel()
 		}
+		n.dns.close(n.log)
 		n.relays.close()
 		if n.gossip != nil {
 			n.gossip.close(graceful)

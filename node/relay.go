@@ -430,7 +430,22 @@ type nodeResolver struct{ n *Node }
 // LookupName returns the first overlay address of the node called name.
 func (r nodeResolver) LookupName(_ context.Context, name string) (netip.Addr, error) {
 	name = strings.TrimSuffix(name, ".")
+	if id, ok := r.n.lookupNode(name); ok {
+		return id.Addresses[0].Addr().Unmap(), nil
+	}
 	self := r.n.Identity()
+	if !strings.Contains(name, ".") {
+		return netip.Addr{}, fmt.Errorf("%w: no node named %q in %s (admitted or known by gossip)", proxy.ErrUnknownName, name, self.Domain)
+	}
+	return netip.Addr{}, fmt.Errorf("%w: no node named %q (write NAME or NAME.DOMAIN of an admitted node or one known by gossip; this node is %s.%s)", proxy.ErrUnknownName, name, self.Name, self.Domain)
+}
+
+// lookupNode returns the identity of the node called name (NAME in this
+// node's domain or NAME.DOMAIN, any case, no final dot) that has an
+// overlay address: this node, an admitted peer or a gossip member whose
+// certificate verifies, in that order.
+func (n *Node) lookupNode(name string) (*cert.Identity, bool) {
+	self := n.Identity()
 	match := func(id *cert.Identity) bool {
 		if len(id.Addresses) == 0 {
 			return false
@@ -438,22 +453,19 @@ func (r nodeResolver) LookupName(_ context.Context, name string) (netip.Addr, er
 		return (strings.EqualFold(name, id.Name) && id.Domain == self.Domain) || strings.EqualFold(name, id.Name+"."+id.Domain)
 	}
 	if match(self) {
-		return self.Addresses[0].Addr().Unmap(), nil
+		return self, true
 	}
-	for _, id := range r.n.ov.Admitted() {
+	for _, id := range n.ov.Admitted() {
 		if match(id) {
-			return id.Addresses[0].Addr().Unmap(), nil
+			return id, true
 		}
 	}
-	for _, id := range r.n.gossipIdentities() {
+	for _, id := range n.gossipIdentities() {
 		if match(id) {
-			return id.Addresses[0].Addr().Unmap(), nil
+			return id, true
 		}
 	}
-	if !strings.Contains(name, ".") {
-		return netip.Addr{}, fmt.Errorf("%w: no node named %q in %s (admitted or known by gossip)", proxy.ErrUnknownName, name, self.Domain)
-	}
-	return netip.Addr{}, fmt.Errorf("%w: no node named %q (write NAME or NAME.DOMAIN of an admitted node or one known by gossip; this node is %s.%s)", proxy.ErrUnknownName, name, self.Name, self.Domain)
+	return nil, false
 }
 
 // errNoRelay is returned by RelayAddr for an unknown key.
