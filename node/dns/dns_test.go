@@ -385,64 +385,71 @@ func TestEDNSAndTruncation(t *testing.T) {
 	}
 }
 
-// TestTCPConnectionCaps: beyond the per-source cap a new connection is
-// closed at once; a freed slot serves again.
+// TestTCPConnectionCaps: beyond the per-source cap, and beyond the cap
+// in all, a new connection is closed at once; a freed slot serves again.
 func TestTCPConnectionCaps(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := newLimitListener(inner, 3, 2)
-	defer ln.Close()
-	accepted := make(chan net.Conn, 10)
-	go func() {
-		for {
-			c, err := ln.Accept()
+	for _, tc := range []struct {
+		name                string
+		maxConns, perSource int
+	}{{"per source", 3, 2}, {"in all", 2, 5}} {
+		t.Run(tc.name, func(t *testing.T) {
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
-				close(accepted)
-				return
+				t.Fatal(err)
 			}
-			accepted <- c
-		}
-	}()
-	dial := func() net.Conn {
-		c, err := net.DialTimeout("tcp", inner.Addr().String(), deadline)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	closedAtOnce := func(c net.Conn) bool {
-		c.SetReadDeadline(time.Now().Add(deadline))
-		_, err := c.Read(make([]byte, 1))
-		return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(fmt.Sprint(err), "reset")
-	}
-	var held []net.Conn
-	for range 2 {
-		dial()
-		held = append(held, <-accepted)
-	}
-	third := dial() // a third from 127.0.0.1: over the per-source cap
-	if !closedAtOnce(third) {
-		t.Error("a connection beyond the per-source cap was not closed")
-	}
-	held[0].Close()
-	dial()
-	select {
-	case c := <-accepted:
-		c.Close()
-	case <-time.After(deadline):
-		t.Fatal("a freed slot did not serve again")
-	}
-	held[1].Close()
-	// The cap in all: sources differ only by address, so use the
-	// accounting directly.
-	ln.mu.Lock()
-	open := ln.open
-	ln.mu.Unlock()
-	if open != 0 {
-		t.Errorf("%d slots taken after every connection closed", open)
+			ln := newLimitListener(inner, tc.maxConns, tc.perSource)
+			defer ln.Close()
+			accepted := make(chan net.Conn, 10)
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						close(accepted)
+						return
+					}
+					accepted <- c
+				}
+			}()
+			dial := func() net.Conn {
+				c, err := net.DialTimeout("tcp", inner.Addr().String(), deadline)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				return c
+			}
+			closedAtOnce := func(c net.Conn) bool {
+				c.SetReadDeadline(time.Now().Add(deadline))
+				_, err := c.Read(make([]byte, 1))
+				return errors.Is(err, io.EOF) || strings.Contains(fmt.Sprint(err), "reset")
+			}
+			capacity := min(tc.maxConns, tc.perSource)
+			var held []net.Conn
+			for range capacity {
+				dial()
+				held = append(held, <-accepted)
+			}
+			if !closedAtOnce(dial()) {
+				t.Error("a connection beyond the cap was not closed")
+			}
+			held[0].Close()
+			dial()
+			select {
+			case c := <-accepted:
+				c.Close()
+			case <-time.After(deadline):
+				t.Fatal("a freed slot did not serve again")
+			}
+			for _, c := range held[1:] {
+				c.Close()
+			}
+			ln.mu.Lock()
+			open, sources := ln.open, len(ln.bySrc)
+			ln.mu.Unlock()
+			if open != 0 || sources != 0 {
+				t.Errorf("%d slots of %d sources taken after every connection closed", open, sources)
+			}
+		})
 	}
 }
 
