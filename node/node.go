@@ -323,20 +323,19 @@ func (n *Node) ListenTCP(port uint16) (net.Listener, error) { return n.stack.Lis
 // ListenUDP receives UDP datagrams on the node's overlay address.
 func (n *Node) ListenUDP(port uint16) (net.PacketConn, error) { return n.stack.ListenUDP(port) }
 
-// Resolve turns a peer name or an overlay address into an overlay address.
+// Resolve turns a node name or an overlay address into an overlay address.
+// Names resolve as the proxies and the DNS responder resolve them: this
+// node, its admitted peers and the nodes gossip knows (certificates
+// verified), by NAME within this node's own domain or by NAME.DOMAIN, in
+// any letter case.
 func (n *Node) Resolve(target string) (netip.Addr, error) {
 	if a, err := netip.ParseAddr(target); err == nil {
 		return a.Unmap(), nil
 	}
-	if target == n.Identity().Name {
-		return n.Addr(), nil
+	if id, ok := n.lookupNode(target); ok {
+		return id.Addresses[0].Addr(), nil
 	}
-	for _, id := range n.ov.Admitted() {
-		if id.Name == target && len(id.Addresses) > 0 {
-			return id.Addresses[0].Addr(), nil
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("no admitted peer named %q", target)
+	return netip.Addr{}, fmt.Errorf("no node named %q among this node, its admitted peers and the nodes gossip knows", target)
 }
 
 // Ping sends one ICMP echo over the overlay and returns the round trip.

@@ -699,6 +699,15 @@ func TestNamesFromGossipRecords(t *testing.T) {
 	if _, err := (nodeResolver{beta}).LookupName(context.Background(), "alpha.other.example"); err == nil {
 		t.Error("a name in another domain resolved")
 	}
+	// Node.Resolve (Dial, Ping) resolves the same names as the proxies.
+	for _, name := range []string{"alpha", "ALPHA.corp.example"} {
+		if a, err := beta.Resolve(name); err != nil || a != alpha.Addr() {
+			t.Errorf("Resolve(%q) = %v, %v; want %v from the gossip record", name, a, err, alpha.Addr())
+		}
+	}
+	if _, err := beta.Resolve("alpha.other.example"); err == nil {
+		t.Error("Resolve: a name in another domain resolved")
+	}
 	// A connection waits until gossip admits alpha again.
 	ctx, cancel := context.WithTimeout(context.Background(), relayDeadline)
 	defer cancel()
