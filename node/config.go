@@ -51,6 +51,8 @@ type Config struct {
 	Serve []ServeConfig `yaml:"serve"`
 	// Forward carries local ports to overlay services.
 	Forward []ForwardConfig `yaml:"forward"`
+	// Metrics serves Prometheus metrics over HTTP.
+	Metrics MetricsConfig `yaml:"metrics"`
 	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
 	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
 	// the environment wins.
@@ -114,6 +116,14 @@ type GossipConfig struct {
 type ControlConfig struct {
 	// Socket is the unix socket path; created 0600.
 	Socket string `yaml:"socket"`
+}
+
+// MetricsConfig is the `metrics:` section: a Prometheus endpoint, off
+// unless given an address.
+type MetricsConfig struct {
+	// Listen is the endpoint's TCP address (ip:port), serving /metrics;
+	// empty: no endpoint.
+	Listen OptionalAddrPort `yaml:"listen"`
 }
 
 // LogConfig sets logging.

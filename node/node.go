@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
@@ -68,6 +69,8 @@ type Options struct {
 	Serve []ServeOptions
 	// Forward carries local ports to overlay services.
 	Forward []ForwardOptions
+	// Metrics serves Prometheus metrics over HTTP; nil: none.
+	Metrics *MetricsOptions
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -94,8 +97,13 @@ type Node struct {
 	events *eventLog
 	gossip *gossip
 	relays *relays
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// metrics is the Prometheus endpoint; nil when off.
+	metrics *nodeMetrics
+	// vaultOpen is how long opening the vault took, in nanoseconds (0:
+	// the node has no vault).
+	vaultOpen atomic.Int64
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -205,6 +213,10 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		}
 	}
 	if err := n.startRelays(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if err := n.startMetrics(); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -411,6 +423,7 @@ func (n *Node) shutdown(graceful bool) error {
 		if n.cancel != nil {
 			n.cancel()
 		}
+		n.closeMetrics()
 		n.relays.close()
 		if n.gossip != nil {
 			n.gossip.close(graceful)
