@@ -282,6 +282,19 @@ func versionString() string {
 	if info.GoVersion != "" {
 		extra = append(extra, info.GoVersion)
 	}
+	if rev := vcsRevision(info); rev != "" {
+		extra = append(extra, "commit "+rev)
+	}
+	if len(extra) > 0 {
+		s += " (" + strings.Join(extra, ", ") + ")"
+	}
+	return s
+}
+
+// vcsRevision is the commit the binary was built from (12 hex digits,
+// "+dirty" for a modified checkout), or "" when the build did not record
+// one.
+func vcsRevision(info *debug.BuildInfo) string {
 	var rev, modified string
 	for _, kv := range info.Settings {
 		switch kv.Key {
@@ -291,17 +304,14 @@ func versionString() string {
 			modified = kv.Value
 		}
 	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		if modified == "true" {
-			rev += "+dirty"
-		}
-		extra = append(extra, "commit "+rev)
+	if rev == "" {
+		return ""
 	}
-	if len(extra) > 0 {
-		s += " (" + strings.Join(extra, ", ") + ")"
+	if len(rev) > 12 {
+		rev = rev[:12]
 	}
-	return s
+	if modified == "true" {
+		rev += "+dirty"
+	}
+	return rev
 }

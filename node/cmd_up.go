@@ -99,19 +99,24 @@ type loadedIdentity struct {
 	cert []byte
 	cas  []*x509.Certificate
 	crls []*x509.RevocationList
+	// vaultOpen is how long opening the vault took (key derivation
+	// included), for the metrics.
+	vaultOpen time.Duration
 }
 
 func loadIdentity(cfg *Config, env Env) (*loadedIdentity, error) {
+	start := time.Now()
 	v, err := openVault(cfg.Vault.Path, vaultKeyFlags{keyFile: cfg.Vault.KeyFile}, env)
 	if err != nil {
 		return nil, err
 	}
+	opened := time.Since(start)
 	defer v.Close()
 	keys, _, err := loadNodeKeys(v)
 	if err != nil {
 		return nil, err
 	}
-	li := &loadedIdentity{keys: keys}
+	li := &loadedIdentity{keys: keys, vaultOpen: opened}
 	certPEM, err := readFileOrItem(cfg.Cert, func() ([]byte, error) { b, _, err := v.Get(itemNodeCert); return b, err })
 	if err != nil {
 		return nil, fmt.Errorf("node certificate: %w", err)
@@ -198,12 +203,14 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		Serve:        serve,
 		Forward:      forward,
 		DNS:          dnsOptions(cfg.DNS),
+		Metrics:      metricsOptions(cfg.Metrics),
 		Logger:       log,
 	})
 	if err != nil {
 		return err
 	}
 	defer n.Close()
+	n.setVaultOpenDuration(li.vaultOpen)
 	// SIGHUP and the control API may ask at once; one reload at a time.
 	var reloadMu sync.Mutex
 	reload := func() error {
@@ -291,6 +298,14 @@ func readNodeCert(cfg *Config, env Env) ([]byte, error) {
 		return nil, fmt.Errorf("node certificate from vault: %w", err)
 	}
 	return b, nil
+}
+
+// metricsOptions is the metrics section as Options: nil when off.
+func metricsOptions(c MetricsConfig) *MetricsOptions {
+	if !c.Listen.IsValid() {
+		return nil
+	}
+	return &MetricsOptions{Listen: c.Listen.String()}
 }
 
 func gossipOptions(c GossipConfig) *GossipOptions {

@@ -53,6 +53,8 @@ type Config struct {
 	Forward []ForwardConfig `yaml:"forward"`
 	// DNS runs the node's DNS responder on its overlay addresses.
 	DNS DNSConfig `yaml:"dns"`
+	// Metrics serves Prometheus metrics over HTTP.
+	Metrics MetricsConfig `yaml:"metrics"`
 	// MemoryLimitMiB is the process's soft memory limit (Go's GOMEMLIMIT)
 	// in MiB; 0 means DefaultMemoryLimitMiB, -1 means none. A GOMEMLIMIT in
 	// the environment wins.
@@ -126,6 +128,14 @@ type DNSConfig struct {
 type ControlConfig struct {
 	// Socket is the unix socket path; created 0600.
 	Socket string `yaml:"socket"`
+}
+
+// MetricsConfig is the `metrics:` section: a Prometheus endpoint, off
+// unless given an address.
+type MetricsConfig struct {
+	// Listen is the endpoint's TCP address (ip:port), serving /metrics;
+	// empty: no endpoint.
+	Listen OptionalAddrPort `yaml:"listen"`
 }
 
 // LogConfig sets logging.

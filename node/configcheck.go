@@ -356,6 +356,7 @@ func (c *Config) effectiveYAML() ([]byte, error) {
 	comment(c.MemoryLimitMiB == -1, "no limit", "memory_limit_mib")
 	comment(!c.Proxy.SOCKS5.IsValid(), "empty: no SOCKS5 proxy", "proxy", "socks5")
 	comment(!c.Proxy.HTTP.IsValid(), "empty: no HTTP proxy", "proxy", "http")
+	comment(!c.Metrics.Listen.IsValid(), "empty: no metrics endpoint", "metrics", "listen")
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)

@@ -18,7 +18,7 @@ func TestParseConfigSuggestsKeys(t *testing.T) {
 		`line 3: unknown key "lisen"; did you mean "listen"?`,
 		`line 5: unknown key "mdoe" in tun; did you mean "mode"?`,
 		`line 6: mtu "12": want an integer from 1280 to 9000`,
-		`line 7: unknown key "bogus" (want vault, ca, cert, crl, listen, peers, tun, control, log, gossip, proxy, serve, forward, dns, memory_limit_mib, firewall)`,
+		`line 7: unknown key "bogus" (want vault, ca, cert, crl, listen, peers, tun, control, log, gossip, proxy, serve, forward, dns, metrics, memory_limit_mib, firewall)`,
 		`line 10: firewall.inbound[0].prot: unknown key "prot"; did you mean "proto"?`,
 	} {
 		if !strings.Contains(err.Error(), want) {

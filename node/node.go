@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
@@ -71,6 +72,8 @@ type Options struct {
 	// DNS runs the DNS responder on the node's overlay addresses; nil:
 	// none.
 	DNS *DNSOptions
+	// Metrics serves Prometheus metrics over HTTP; nil: none.
+	Metrics *MetricsOptions
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -98,8 +101,13 @@ type Node struct {
 	gossip *gossip
 	relays *relays
 	dns    *dnsResponder
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// metrics is the Prometheus endpoint; nil when off.
+	metrics *nodeMetrics
+	// vaultOpen is how long opening the vault took, in nanoseconds (0:
+	// the node has no vault).
+	vaultOpen atomic.Int64
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -217,6 +225,10 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
+	}
+	if err := n.startMetrics(); err != nil {
+		n.Close()
+		return nil, err
 	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
@@ -421,6 +433,7 @@ func (n *Node) shutdown(graceful bool) error {
 			n.cancel()
 		}
 		n.dns.close(n.log)
+		n.closeMetrics()
 		n.relays.close()
 		if n.gossip != nil {
 			n.gossip.close(graceful)

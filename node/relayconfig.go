@@ -179,7 +179,7 @@ func (c *Config) validateRelays() []error {
 	for _, p := range []struct {
 		key string
 		a   OptionalAddrPort
-	}{{"proxy.socks5", c.Proxy.SOCKS5}, {"proxy.http", c.Proxy.HTTP}} {
+	}{{"proxy.socks5", c.Proxy.SOCKS5}, {"proxy.http", c.Proxy.HTTP}, {"metrics.listen", c.Metrics.Listen}} {
 		if p.a.IsValid() {
 			claim(p.key, slot{RelayTCP, "local address " + p.a.String()})
 		}
@@ -395,6 +395,9 @@ func (ck *configCheck) relays() {
 	}
 	if c.Proxy.HTTP.IsValid() {
 		bind("proxy.http", RelayTCP, c.Proxy.HTTP.AddrPort)
+	}
+	if c.Metrics.Listen.IsValid() {
+		bind("metrics.listen", RelayTCP, c.Metrics.Listen.AddrPort)
 	}
 	for i, f := range c.Forward {
 		bind(fmt.Sprintf("forward[%d].listen", i), f.Proto, f.Listen.AddrPort)

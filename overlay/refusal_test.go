@@ -410,3 +410,20 @@ func TestRefusalLoggedOncePerWindow(t *testing.T) {
 		t.Fatalf("%d expired refusals counted, want 50", got)
 	}
 }
+
+// TestReasonsListsEveryReason: Reasons names each reason once, every one
+// with its metric name (none falls back to "reason(N)").
+func TestReasonsListsEveryReason(t *testing.T) {
+	rs := Reasons()
+	if len(rs) != int(numReasons) {
+		t.Fatalf("%d reasons, want %d", len(rs), numReasons)
+	}
+	seen := map[string]bool{}
+	for _, r := range rs {
+		name := r.String()
+		if strings.HasPrefix(name, "reason(") || seen[name] {
+			t.Errorf("reason %d: name %q", int(r), name)
+		}
+		seen[name] = true
+	}
+}

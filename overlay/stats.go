@@ -47,6 +47,15 @@ func (r Reason) String() string {
 	return reasonNames[r]
 }
 
+// Reasons lists every refusal reason, in order.
+func Reasons() []Reason {
+	out := make([]Reason, numReasons)
+	for i := range out {
+		out[i] = Reason(i)
+	}
+	return out
+}
+
 // ErrAddressConflict: the peer's certificate claims an overlay address that
 // a different, still valid WireGuard key (or this node) already holds.
 var ErrAddressConflict = errors.New("overlay: overlay address already held by another key")

@@ -248,6 +248,10 @@ type PeerState struct {
 	Accepted         uint64
 	Dropped          uint64
 	Drops            map[string]uint64
+	// InAccepted, InDropped, OutAccepted and OutDropped split the
+	// peer's packets by direction and verdict (Accepted and Dropped
+	// are their sums).
+	InAccepted, InDropped, OutAccepted, OutDropped uint64
 }
 
 // PeerLoad is one peer's inbound packet counts since it was admitted (a
@@ -281,7 +285,8 @@ func (f *Firewall) Peers() []PeerState {
 	for key, pr := range pm.byID {
 		pr.mu.Lock()
 		ps := PeerState{Name: key.name, Domain: key.domain, Trust: pr.trust.current(now, &rs.trust), Quarantined: pr.trust.inQuarantine(now),
-			Quarantines: pr.trust.quarantines, Penalties: pr.trust.penaltiesHit, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{}}
+			Quarantines: pr.trust.quarantines, Penalties: pr.trust.penaltiesHit, Flows: pr.flows.len(), Accepted: pr.accepted, Drops: map[string]uint64{},
+			InAccepted: pr.inAccepted, InDropped: pr.inDropped, OutAccepted: pr.outAccepted, OutDropped: pr.outDropped}
 		if pr.trust.quarantined != 0 {
 			ps.QuarantinedUntil = f.timeOf(pr.trust.quarantined)
 		}

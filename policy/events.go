@@ -46,6 +46,16 @@ func (r Reason) String() string {
 	return "reason(" + strconv.Itoa(int(r)) + ")"
 }
 
+// DropReasons lists every reason a packet may be dropped for (ReasonNone
+// excluded), in order.
+func DropReasons() []Reason {
+	out := make([]Reason, 0, numReasons-1)
+	for r := ReasonNone + 1; r < numReasons; r++ {
+		out = append(out, r)
+	}
+	return out
+}
+
 // EventKind tells drops from alerts.
 type EventKind uint8
 

@@ -96,10 +96,12 @@ type peer struct {
 	lim      [numReasons]limiter
 	accepted uint64
 	drops    [numReasons]uint64
-	// inAccepted and inDropped count inbound packets only (Loads).
-	inAccepted, inDropped uint64
-	cut                   uint64
-	removed               bool
+	// inAccepted and inDropped count inbound packets only (Loads),
+	// outAccepted and outDropped outbound ones (Peers).
+	inAccepted, inDropped   uint64
+	outAccepted, outDropped uint64
+	cut                     uint64
+	removed                 bool
 }
 
 // peerKey identifies a peer: a name is unique only within its domain, and
@@ -444,12 +446,15 @@ func (f *Firewall) filter(pkt []byte, dir Direction) Verdict {
 	default:
 		v = f.judge(pr, rs, pkt, &p, dir, now, &ev)
 	}
-	if dir == Inbound {
-		if v == Accept {
-			pr.inAccepted++
-		} else {
-			pr.inDropped++
-		}
+	switch {
+	case dir == Inbound && v == Accept:
+		pr.inAccepted++
+	case dir == Inbound:
+		pr.inDropped++
+	case v == Accept:
+		pr.outAccepted++
+	default:
+		pr.outDropped++
 	}
 	f.accountFlows(before, pr.flows.len())
 	pr.mu.Unlock()

@@ -323,6 +323,39 @@ func TestLoadsCountInboundOnly(t *testing.T) {
 	}
 }
 
+// TestPeersCountByDirection: Peers splits each peer's packets by
+// direction and verdict, and the splits add up to Accepted and Dropped.
+func TestPeersCountByDirection(t *testing.T) {
+	rules := "inbound:\n  - {port: 53, proto: udp, host: any}\n" +
+		"outbound:\n  - {action: deny, proto: udp, port: 9, host: any}\n  - {proto: any, port: any, host: any}\n"
+	f, _ := testFW(t, rules, peerInfo("a", 2))
+	in := pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1000, dport: 53}.build()
+	inDenied := pk{src: v4(2), dst: selfV4, proto: protoUDP, sport: 1000, dport: 54}.build()
+	out := pk{src: selfV4, dst: v4(2), proto: protoUDP, sport: 2000, dport: 80}.build()
+	outDenied := pk{src: selfV4, dst: v4(2), proto: protoUDP, sport: 2000, dport: 9}.build()
+	for range 3 {
+		f.Inbound(in)
+	}
+	for range 2 {
+		f.Inbound(inDenied)
+	}
+	for range 4 {
+		f.Outbound(out)
+	}
+	f.Outbound(outDenied)
+	ps := f.Peers()
+	if len(ps) != 1 {
+		t.Fatalf("%d peers", len(ps))
+	}
+	p := ps[0]
+	if p.InAccepted != 3 || p.InDropped != 2 || p.OutAccepted != 4 || p.OutDropped != 1 {
+		t.Errorf("in %d/%d out %d/%d (accepted/dropped), want 3/2 and 4/1", p.InAccepted, p.InDropped, p.OutAccepted, p.OutDropped)
+	}
+	if p.Accepted != p.InAccepted+p.OutAccepted || p.Dropped != p.InDropped+p.OutDropped {
+		t.Errorf("accepted %d, dropped %d: not the sums of the directions", p.Accepted, p.Dropped)
+	}
+}
+
 // The flow table's hint (last slot found) must never answer for another
 // key: not after its flow was deleted and the slot reused, and not for an
 // expired flow.
@@ -350,5 +383,21 @@ func TestFlowTableHintFollowsKeys(t *testing.T) {
 	}
 	if f, expired := tb.lookup(&b, 10); f != nil || expired {
 		t.Fatalf("b after expiry: got %+v, expired %v", f, expired)
+	}
+}
+
+// TestDropReasonsListsEveryReason: DropReasons names every drop reason
+// once, without ReasonNone.
+func TestDropReasonsListsEveryReason(t *testing.T) {
+	rs := DropReasons()
+	if len(rs) != int(numReasons)-1 {
+		t.Fatalf("%d reasons, want %d", len(rs), numReasons-1)
+	}
+	seen := map[Reason]bool{}
+	for _, r := range rs {
+		if r == ReasonNone || r >= numReasons || seen[r] {
+			t.Errorf("reason %d (%s) listed", r, r)
+		}
+		seen[r] = true
 	}
 }
