@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/flynn/noise v1.1.0 // admission handshake (Noise XX)
+	github.com/vishvananda/netlink v1.3.1 // kernel mode: TUN MTU, addresses and link state over rtnetlink (no iproute2)
 	go.etcd.io/bbolt v1.5.0 // vault file: crash-safe embedded store
 	go.yaml.in/yaml/v3 v3.0.6 // node config with line numbers in errors
 	golang.org/x/crypto v0.59.0 // XChaCha20-Poly1305, Argon2id, X25519
@@ -28,6 +29,7 @@ require (
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
 	github.com/miekg/dns v1.1.73 // indirect
 	github.com/sean-/seed v0.0.0-20170313163322-e2103e2c3529 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	golang.org/x/time v0.7.0 // indirect
 	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
 	gvisor.dev/gvisor v0.0.0-20250503011706-39ed1f5ac29c // indirect
