@@ -60,6 +60,7 @@ configuration as YAML (defaults filled in), which up reads back as is.`,
 			if err != nil {
 				return err
 			}
+			cfg.resolveControlSocket(env)
 			if o.test {
 				return testConfig(env, cfg)
 			}
@@ -181,6 +182,12 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	// The control socket first: a second instance with the same socket
+	// stops here, before it joins the fabric.
+	ln, err := listenControl(cfg.Control.Socket)
+	if err != nil {
+		return err
+	}
 	n, err := Start(ctx, Options{
 		IdentityKey:  li.keys.identity,
 		WireGuardKey: li.keys.wireGuard,
@@ -200,6 +207,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		Logger:       log,
 	})
 	if err != nil {
+		ln.Close() // removes the socket
 		return err
 	}
 	defer n.Close()
@@ -210,10 +218,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		defer reloadMu.Unlock()
 		return reloadNode(cfg, env, n, log)
 	}
-	cs, err := serveControl(n, cfg.Control.Socket, reload, log)
-	if err != nil {
-		return err
-	}
+	cs := startControl(n, ln, reload, log)
 	defer cs.Close()
 
 	for {
@@ -307,17 +312,11 @@ func addrPorts(in []AddrPort) []netip.AddrPort {
 	return out
 }
 
-type socketFlag struct{ socket string }
-
-func (s *socketFlag) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.socket, "socket", DefaultControlSocket, "control API socket of the running node")
-}
-
 func reloadCommand() *command {
 	return &command{
 		name:    "reload",
 		summary: "make the running node re-read its CRL and certificate (as SIGHUP does)",
-		usage:   "[--socket PATH]",
+		usage:   "[--socket PATH | --config FILE]",
 		flags:   func(fs *flag.FlagSet) any { o := &socketFlag{}; o.register(fs); return o },
 		run: func(ctx context.Context, env Env, a any, args []string) error {
 			o := a.(*socketFlag)
@@ -326,7 +325,11 @@ func reloadCommand() *command {
 			}
 			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
 			defer cancel()
-			body, err := newControlClient(o.socket).do(ctx, "POST", pathReload)
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			body, err := cc.do(ctx, "POST", pathReload)
 			if err != nil {
 				return err
 			}
@@ -345,7 +348,7 @@ func statusCommand() *command {
 	return &command{
 		name:    "status",
 		summary: "show the running node and its peers",
-		usage:   "[--json] [--socket PATH]",
+		usage:   "[--json] [--socket PATH | --config FILE]",
 		flags: func(fs *flag.FlagSet) any {
 			o := &opts{}
 			o.register(fs)
@@ -358,7 +361,11 @@ func statusCommand() *command {
 				return usageError("unexpected arguments %q", args)
 			}
 			var st Status
-			if err := newControlClient(o.socket).getJSON(ctx, pathStatus, &st); err != nil {
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			if err := cc.getJSON(ctx, pathStatus, &st); err != nil {
 				return err
 			}
 			if o.json {
@@ -397,7 +404,7 @@ func pingCommand() *command {
 	return &command{
 		name:    "ping",
 		summary: "ping a peer over the overlay",
-		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH]",
+		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH | --config FILE]",
 		help: `Sends N ICMP echo requests through the tunnel (each waits up to 2 s for
 its reply) and ends with ping(8)'s summary: packets transmitted and
 received, loss, time, and rtt min/avg/max/mdev. When requests go
@@ -420,7 +427,11 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 			}
 			q := url.Values{"target": {args[0]}, "count": {fmt.Sprint(o.count)}, "interval": {o.interval.String()}}
 			start := time.Now()
-			body, err := newControlClient(o.socket).get(ctx, pathPing+"?"+q.Encode())
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			body, err := cc.get(ctx, pathPing+"?"+q.Encode())
 			if err != nil {
 				return err
 			}
