@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/vault"
 )
 
 func upCommand() *command {
@@ -174,6 +175,15 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
 	}
+	// One node per vault: a second up on it stops here, naming the first.
+	claim, err := vault.ClaimVault(cfg.Vault.Path, vault.Holder{PID: os.Getpid(), Socket: cfg.Control.Socket}, vault.DefaultLockTimeout)
+	if err != nil {
+		if errors.Is(err, vault.ErrClaimed) {
+			return fmt.Errorf("%w (one node per vault: stop that node first, or give this one its own vault)", err)
+		}
+		return err
+	}
+	defer claim.Release()
 	li, err := loadIdentity(cfg, env)
 	if err != nil {
 		return err

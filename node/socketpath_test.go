@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -210,5 +211,84 @@ func TestSecondNodeOnSameSocketNeverJoins(t *testing.T) {
 	// The first node still serves.
 	if out, errOut, code := runAs(userEnv(0, nil), "status", "--socket", sock); code != 0 || !strings.HasPrefix(out, "first ") {
 		t.Errorf("first node after the clash: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// TestSecondUpOnSameVaultRefused: while a node runs on a vault, a second
+// `up` on it (another socket and port) fails before it starts, naming
+// the first node's pid and control socket, and `up --test` reports the
+// same; once the first node stops, the vault's node can start again.
+func TestSecondUpOnSameVaultRefused(t *testing.T) {
+	dir := t.TempDir()
+	first := testNodeConfig(t, dir, "one", "100.64.0.1/10", "control: {socket: one.sock}\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	firstDone := make(chan int, 1)
+	go func() {
+		env := userEnv(0, nil)
+		env.Stderr = io.Discard
+		firstDone <- run(ctx, rootCommand(), []string{"gridnet"}, []string{"up", "--config", first}, env)
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, code := runAs(userEnv(0, nil), "status", "--config", first); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first node's control API never answered")
+		}
+	}
+
+	second := filepath.Join(dir, "again.yaml")
+	cfg := fmt.Sprintf("vault: {path: one.vault, key_file: k}\nlisten: 0.0.0.0:%d\ncontrol: {socket: again.sock}\n", freeUDPPort(t))
+	if err := os.WriteFile(second, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantHolder := fmt.Sprintf("is in use by process %d", os.Getpid())
+	wantSocket := "control socket " + filepath.Join(dir, "one.sock")
+	if _, errOut, code := runAs(userEnv(0, nil), "up", "--config", second, "--test"); code != 1 || !strings.Contains(errOut, wantHolder) || !strings.Contains(errOut, wantSocket) {
+		t.Errorf("up --test on a running node's vault: exit %d\n%s", code, errOut)
+	}
+
+	secondCtx, stopSecond := context.WithCancel(context.Background())
+	defer stopSecond()
+	var errb strings.Builder
+	secondDone := make(chan int, 1)
+	go func() {
+		env := userEnv(0, nil)
+		env.Stdout, env.Stderr = io.Discard, &errb
+		secondDone <- run(secondCtx, rootCommand(), []string{"gridnet"}, []string{"up", "--config", second}, env)
+	}()
+	select {
+	case code := <-secondDone:
+		msg := errb.String()
+		if code == 0 || !strings.Contains(msg, wantHolder) || !strings.Contains(msg, wantSocket) || !strings.Contains(msg, "one node per vault") {
+			t.Errorf("second up on the vault: exit %d\n%s", code, msg)
+		}
+		if strings.Contains(msg, "node up") {
+			t.Errorf("the second node started:\n%s", msg)
+		}
+	case <-time.After(30 * time.Second):
+		stopSecond()
+		<-secondDone
+		t.Fatal("a second node ran on the vault of a running node")
+	}
+
+	cancel()
+	select {
+	case code := <-firstDone:
+		if code != 0 {
+			t.Fatalf("first node exited %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first node did not stop within 10 s of cancel")
+	}
+	startUp(t, userEnv(0, nil), second)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, code := runAs(userEnv(0, nil), "status", "--config", second); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the vault's node did not start after the first one stopped")
+		}
 	}
 }
