@@ -40,6 +40,13 @@ brings up the virtual interface and the WireGuard device, admits the static
 peers and serves the control API. SIGINT/SIGTERM stop it cleanly; SIGHUP
 re-reads the CRL file and the certificate (renewal with the same keys).
 
+One node per vault: up refuses a vault another node runs on, naming its
+pid and control socket. The control socket (control.socket, else
+$GRIDNET_SOCKET, else /run/gridnet/gridnet.sock for root and
+$XDG_RUNTIME_DIR/gridnet/gridnet.sock for other users) is created before
+the node starts; a running node's socket is refused, so a second
+instance never joins the fabric.
+
 --test checks without starting anything: the config's keys and values,
 every file it names (vault, key file, CA bundle, certificate, CRL), the
 certificate against the CA bundle and the CRL and against the vault's
