@@ -8,6 +8,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0 // metrics endpoint (node/metrics)
 	github.com/prometheus/client_model v0.6.3 // metric families in the metrics tests
 	github.com/prometheus/common v0.73.1 // Prometheus text parser in the metrics tests
+	github.com/vishvananda/netlink v1.3.1 // kernel mode: TUN MTU, addresses and link state over rtnetlink (no iproute2)
 	go.etcd.io/bbolt v1.5.0 // vault file: crash-safe embedded store
 	go.yaml.in/yaml/v3 v3.0.6 // node config with line numbers in errors
 	golang.org/x/crypto v0.59.0 // XChaCha20-Poly1305, Argon2id, X25519
@@ -38,6 +39,7 @@ require (
 	github.com/pandatix/go-abnf v0.5.3 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/sean-/seed v0.0.0-20170313163322-e2103e2c3529 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	golang.org/x/time v0.7.0 // indirect
 	golang.zx2c4.com/wintun v0.0.0-20230126152724-0fa3db229ce2 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect

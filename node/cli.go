@@ -34,6 +34,9 @@ type Env struct {
 	StdinIsTerminal bool
 	// Prompt reads a secret from the terminal without echo.
 	Prompt func(prompt string) ([]byte, error)
+	// Geteuid returns the effective user id, which chooses the default
+	// control socket; nil means os.Geteuid.
+	Geteuid func() int
 }
 
 // StdEnv returns the Env of the running process.
@@ -46,6 +49,7 @@ func StdEnv() Env {
 		LookupEnv:       os.LookupEnv,
 		Now:             time.Now,
 		StdinIsTerminal: isTTY,
+		Geteuid:         os.Geteuid,
 		Prompt: func(prompt string) ([]byte, error) {
 			fmt.Fprint(os.Stderr, prompt)
 			b, err := term.ReadPassword(int(os.Stdin.Fd()))

@@ -276,7 +276,7 @@ func fwReloadCommand() *command {
 	return &command{
 		name:    "reload",
 		summary: "make the running node re-read its firewall rules (and CRL and certificate)",
-		usage:   "[--socket PATH]",
+		usage:   "[--socket PATH | --config FILE]",
 		help: `The same as SIGHUP and 'gridnet reload'. New rules apply at once;
 established flows the new rules still allow survive, the others are cut. A
 config with a bad rule is refused with its line and the old rules stay.`,
@@ -293,7 +293,7 @@ func eventsCommand() *command {
 	return &command{
 		name:    "events",
 		summary: "show the running node's recent firewall events; -f follows new ones",
-		usage:   "[-f] [--json] [--socket PATH]",
+		usage:   "[-f] [--json] [--socket PATH | --config FILE]",
 		help: `Every drop becomes an event (peer, 5-tuple, rule or reason); events are
 rate-limited per peer and reason, and "suppressed N" says how many of the
 same kind were folded into one.`,
@@ -313,7 +313,11 @@ same kind were folded into one.`,
 			if o.follow {
 				path += "?follow=1"
 			}
-			body, err := newControlClient(o.socket).get(ctx, path)
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			body, err := cc.get(ctx, path)
 			if err != nil {
 				return err
 			}

@@ -19,7 +19,7 @@ func peersCommand() *command {
 	return &command{
 		name:    "peers",
 		summary: "list the fabric's members: state, certificate expiry, where each was learned",
-		usage:   "[--json] [--socket PATH]",
+		usage:   "[--json] [--socket PATH | --config FILE]",
 		help: `With gossip on, every member the node knows of: alive, dead or left
 (memberlist does not expose its suspect state: a suspect shows as alive
 until it is declared dead), whether it is admitted (a WireGuard peer now) and how its record
@@ -36,7 +36,11 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 				return usageError("unexpected arguments %q", args)
 			}
 			var members []MemberView
-			if err := newControlClient(o.socket).getJSON(ctx, pathPeers, &members); err != nil {
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			if err := cc.getJSON(ctx, pathPeers, &members); err != nil {
 				return err
 			}
 			if o.json {
@@ -65,7 +69,7 @@ func crlCommand() *command {
 		sub: []*command{{
 			name:    "push",
 			summary: "give the running node a CRL; if valid and newer it is applied and gossiped to every node",
-			usage:   "crl.pem [--socket PATH]",
+			usage:   "crl.pem [--socket PATH | --config FILE]",
 			help: `Every node checks the CRL's signature and number, keeps only the newest,
 cuts the revoked nodes off at once and refuses them when they come back.`,
 			flags: func(fs *flag.FlagSet) any { o := &socketFlag{}; o.register(fs); return o },
@@ -80,7 +84,11 @@ cuts the revoked nodes off at once and refuses them when they come back.`,
 				}
 				ctx, cancel := context.WithTimeout(ctx, controlTimeout)
 				defer cancel()
-				body, err := newControlClient(o.socket).send(ctx, "POST", pathCRL, bytes.NewReader(b))
+				cc, err := o.client(env)
+				if err != nil {
+					return err
+				}
+				body, err := cc.send(ctx, "POST", pathCRL, bytes.NewReader(b))
 				if err != nil {
 					return err
 				}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/vault"
 )
 
 func upCommand() *command {
@@ -38,6 +39,13 @@ func upCommand() *command {
 brings up the virtual interface and the WireGuard device, admits the static
 peers and serves the control API. SIGINT/SIGTERM stop it cleanly; SIGHUP
 re-reads the CRL file and the certificate (renewal with the same keys).
+
+One node per vault: up refuses a vault another node runs on, naming its
+pid and control socket. The control socket (control.socket, else
+$GRIDNET_SOCKET, else /run/gridnet/gridnet.sock for root and
+$XDG_RUNTIME_DIR/gridnet/gridnet.sock for other users) is created before
+the node starts; a running node's socket is refused, so a second
+instance never joins the fabric.
 
 --test checks without starting anything: the config's keys and values,
 every file it names (vault, key file, CA bundle, certificate, CRL), the
@@ -60,6 +68,7 @@ configuration as YAML (defaults filled in), which up reads back as is.`,
 			if err != nil {
 				return err
 			}
+			cfg.resolveControlSocket(env)
 			if o.test {
 				return testConfig(env, cfg)
 			}
@@ -178,11 +187,26 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
 	}
+	// One node per vault: a second up on it stops here, naming the first.
+	claim, err := vault.ClaimVault(cfg.Vault.Path, vault.Holder{PID: os.Getpid(), Socket: cfg.Control.Socket}, vault.DefaultLockTimeout)
+	if err != nil {
+		if errors.Is(err, vault.ErrClaimed) {
+			return fmt.Errorf("%w (one node per vault: stop that node first, or give this one its own vault)", err)
+		}
+		return err
+	}
+	defer claim.Release()
 	li, err := loadIdentity(cfg, env)
 	if err != nil {
 		return err
 	}
 	proxyOpts, serve, forward, err := relayOptions(cfg)
+	if err != nil {
+		return err
+	}
+	// The control socket first: a second instance with the same socket
+	// stops here, before it joins the fabric.
+	ln, err := listenControl(cfg.Control.Socket)
 	if err != nil {
 		return err
 	}
@@ -207,6 +231,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		Logger:       log,
 	})
 	if err != nil {
+		ln.Close() // removes the socket
 		return err
 	}
 	defer n.Close()
@@ -218,10 +243,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		defer reloadMu.Unlock()
 		return reloadNode(cfg, env, n, log)
 	}
-	cs, err := serveControl(n, cfg.Control.Socket, reload, log)
-	if err != nil {
-		return err
-	}
+	cs := startControl(n, ln, reload, log)
 	defer cs.Close()
 
 	for {
@@ -323,17 +345,11 @@ func addrPorts(in []AddrPort) []netip.AddrPort {
 	return out
 }
 
-type socketFlag struct{ socket string }
-
-func (s *socketFlag) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.socket, "socket", DefaultControlSocket, "control API socket of the running node")
-}
-
 func reloadCommand() *command {
 	return &command{
 		name:    "reload",
 		summary: "make the running node re-read its CRL and certificate (as SIGHUP does)",
-		usage:   "[--socket PATH]",
+		usage:   "[--socket PATH | --config FILE]",
 		flags:   func(fs *flag.FlagSet) any { o := &socketFlag{}; o.register(fs); return o },
 		run: func(ctx context.Context, env Env, a any, args []string) error {
 			o := a.(*socketFlag)
@@ -342,7 +358,11 @@ func reloadCommand() *command {
 			}
 			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
 			defer cancel()
-			body, err := newControlClient(o.socket).do(ctx, "POST", pathReload)
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			body, err := cc.do(ctx, "POST", pathReload)
 			if err != nil {
 				return err
 			}
@@ -361,7 +381,7 @@ func statusCommand() *command {
 	return &command{
 		name:    "status",
 		summary: "show the running node and its peers",
-		usage:   "[--json] [--socket PATH]",
+		usage:   "[--json] [--socket PATH | --config FILE]",
 		flags: func(fs *flag.FlagSet) any {
 			o := &opts{}
 			o.register(fs)
@@ -374,7 +394,11 @@ func statusCommand() *command {
 				return usageError("unexpected arguments %q", args)
 			}
 			var st Status
-			if err := newControlClient(o.socket).getJSON(ctx, pathStatus, &st); err != nil {
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			if err := cc.getJSON(ctx, pathStatus, &st); err != nil {
 				return err
 			}
 			if o.json {
@@ -413,7 +437,7 @@ func pingCommand() *command {
 	return &command{
 		name:    "ping",
 		summary: "ping a peer over the overlay",
-		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH]",
+		usage:   "NAME|ADDR [-c N] [--interval D] [--socket PATH | --config FILE]",
 		help: `Sends N ICMP echo requests through the tunnel (each waits up to 2 s for
 its reply) and ends with ping(8)'s summary: packets transmitted and
 received, loss, time, and rtt min/avg/max/mdev. When requests go
@@ -436,7 +460,11 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 			}
 			q := url.Values{"target": {args[0]}, "count": {fmt.Sprint(o.count)}, "interval": {o.interval.String()}}
 			start := time.Now()
-			body, err := newControlClient(o.socket).get(ctx, pathPing+"?"+q.Encode())
+			cc, err := o.client(env)
+			if err != nil {
+				return err
+			}
+			body, err := cc.get(ctx, pathPing+"?"+q.Encode())
 			if err != nil {
 				return err
 			}

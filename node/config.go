@@ -126,7 +126,9 @@ type DNSConfig struct {
 
 // ControlConfig places the control API socket.
 type ControlConfig struct {
-	// Socket is the unix socket path; created 0600.
+	// Socket is the unix socket path; created 0600. Empty in the file:
+	// $GRIDNET_SOCKET or the default for the user (DefaultControlSocket
+	// for root), filled in when `up` loads the config.
 	Socket string `yaml:"socket"`
 }
 
@@ -150,7 +152,10 @@ type LogConfig struct {
 // all interfaces, the port Nebula users know.
 var defaultListen = netip.MustParseAddrPort("0.0.0.0:4242")
 
-// DefaultControlSocket is where the control API listens unless configured.
+// DefaultControlSocket is where the control API listens when the config
+// and $GRIDNET_SOCKET name no socket and the node runs as root; other
+// users get $XDG_RUNTIME_DIR/gridnet/gridnet.sock, or gridnet.sock in the
+// config's folder when XDG_RUNTIME_DIR is not set.
 const DefaultControlSocket = "/run/gridnet/gridnet.sock"
 
 // maxConfigSize bounds a config file: a real one is a few kilobytes.
@@ -242,9 +247,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Tun.Name == "" {
 		c.Tun.Name = "gridnet0"
-	}
-	if c.Control.Socket == "" {
-		c.Control.Socket = DefaultControlSocket
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = "text"

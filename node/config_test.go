@@ -81,7 +81,8 @@ log:
 	if cfg.Log.Level.String() != "DEBUG" || cfg.Log.Format != "json" {
 		t.Errorf("log: %+v", cfg.Log)
 	}
-	if cfg.Control.Socket != DefaultControlSocket {
+	root := Env{Geteuid: func() int { return 0 }, LookupEnv: func(string) (string, bool) { return "", false }}
+	if cfg.resolveControlSocket(root); cfg.Control.Socket != DefaultControlSocket {
 		t.Errorf("control socket %q", cfg.Control.Socket)
 	}
 

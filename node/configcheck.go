@@ -24,8 +24,8 @@ import (
 // config file: every file it names is read; the node certificate is
 // verified against the CA bundle and the CRL (foreign CA, expired, not yet
 // valid, revoked) and matched with the keys in the vault; the listen port
-// is bound and released at once; the control socket's place is checked.
-// Nothing is created or changed. It returns every problem found, each
+// is bound and released at once; the control socket's place is checked,
+// and that no running node holds the vault. Nothing is created or changed. It returns every problem found, each
 // naming the line of the key at fault.
 func checkConfig(cfg *Config, env Env) []error {
 	ck := &configCheck{cfg: cfg, env: env, now: time.Now()}
@@ -40,6 +40,9 @@ func checkConfig(cfg *Config, env Env) []error {
 	}
 	if err := checkControlSocket(cfg.Control.Socket); err != nil {
 		ck.fail("control.socket", err)
+	}
+	if err := vault.CheckClaim(cfg.Vault.Path); err != nil {
+		ck.fail("vault.path", fmt.Errorf("%w (one node per vault)", err))
 	}
 	ck.relays()
 	return ck.problems

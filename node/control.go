@@ -160,6 +160,19 @@ type controlServer struct {
 // and serves the control API until Close. reload is called by
 // POST /v1/reload.
 func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (*controlServer, error) {
+	ln, err := listenControl(path)
+	if err != nil {
+		return nil, err
+	}
+	return startControl(n, ln, reload, log), nil
+}
+
+// listenControl creates the control socket at path, 0600, replacing only
+// a stale socket: a running node's socket (one that accepts a connection)
+// and any file that is not a socket are refused. `up` calls it before the
+// node starts, so a second instance on the same socket fails before it
+// joins the fabric. Closing the listener removes the socket.
+func listenControl(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
 	}
@@ -169,7 +182,7 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 		}
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
-			return nil, fmt.Errorf("control socket %s is in use by another gridnet", path)
+			return nil, fmt.Errorf("control socket %s is in use by another gridnet (a node runs with it; stop it, or give this one another control.socket)", path)
 		}
 		// A stale socket from a node that did not shut down cleanly.
 		if err := os.Remove(path); err != nil {
@@ -184,6 +197,11 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
+	return ln, nil
+}
+
+// startControl serves the control API for n on ln until Close.
+func startControl(n *Node, ln net.Listener, reload func() error, log *slog.Logger) *controlServer {
 	cs := &controlServer{node: n, log: log, reload: reload, ln: ln, done: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+pathStatus, cs.handleStatus)
@@ -199,7 +217,7 @@ func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (
 			log.Error("control API stopped", "err", err)
 		}
 	}()
-	return cs, nil
+	return cs
 }
 
 func (cs *controlServer) Close() error {

@@ -25,7 +25,7 @@
 // Kernel creates a real TUN interface (default name "gridnet0"), assigns the
 // overlay addresses with their prefix (which makes the kernel route the
 // overlay prefix through the interface), sets the MTU and brings the link up
-// with iproute2. Every process on the host can then use the overlay; the
+// through rtnetlink (no iproute2 needed on the host). Every process on the host can then use the overlay; the
 // Stack methods use the host stack bound to the overlay addresses. Closing
 // the Stack closes the TUN device, which removes the interface together with
 // its addresses and routes. It needs CAP_NET_ADMIN and /dev/net/tun.

@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,18 +16,16 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// ipCommandTimeout bounds each iproute2 invocation.
-const ipCommandTimeout = 10 * time.Second
-
 // kernel is the host-stack backend over a real TUN device.
 type kernel struct {
 	name string
 	log  *slog.Logger
 }
 
-// newKernel creates the TUN device and configures it with iproute2:
-// addresses (each with its overlay prefix, so the kernel installs the
-// connected route for the prefix through the device), MTU and link up.
+// newKernel creates the TUN device and configures it through netlink (no
+// ip command needed): addresses (each with its overlay prefix, so the
+// kernel installs the connected route for the prefix through the device),
+// MTU and link up.
 // The interface disappears when the device is closed.
 func newKernel(name string, addrs []netip.Prefix, mtu int, log *slog.Logger) (tun.Device, backend, error) {
 	if runtime.GOOS != "linux" {
@@ -53,36 +49,6 @@ func newKernel(name string, addrs []netip.Prefix, mtu int, log *slog.Logger) (tu
 	return dev, k, nil
 }
 
-func (k *kernel) configure(addrs []netip.Prefix, mtu int) error {
-	if err := runIP("link", "set", "dev", k.name, "mtu", strconv.Itoa(mtu)); err != nil {
-		return err
-	}
-	for _, p := range addrs {
-		args := []string{"addr", "add", p.String(), "dev", k.name}
-		if p.Addr().Is6() {
-			// Skip duplicate address detection: nobody else owns
-			// addresses on a point-to-point overlay link, and DAD would
-			// leave the address unusable for about a second.
-			args = append([]string{"-6"}, append(args, "nodad")...)
-		}
-		if err := runIP(args...); err != nil {
-			return err
-		}
-	}
-	return runIP("link", "set", "dev", k.name, "up")
-}
-
-// runIP runs the ip command with args (no shell involved).
-func runIP(args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), ipCommandTimeout)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-	if err != nil {
-		return ipError(args, err, out)
-	}
-	return nil
-}
-
 // needsNetAdmin says what kernel mode needs from the host.
 const needsNetAdmin = "kernel mode needs CAP_NET_ADMIN and read-write access to /dev/net/tun: " +
 	"run as root, or give the binary the capability (setcap cap_net_admin+ep, or " +
@@ -98,17 +64,6 @@ func explainTUNError(err error) error {
 	case errors.Is(err, fs.ErrNotExist) || strings.Contains(err.Error(), "/dev/net/tun does not exist"):
 		return fmt.Errorf("%w (kernel mode needs the TUN device /dev/net/tun: load the tun module, "+
 			"or pass the device into the container; userspace mode needs neither)", err)
-	}
-	return err
-}
-
-// ipError is the error of a failed ip command: its arguments, exit status
-// and output, explained when the kernel refused it for lack of privilege.
-func ipError(args []string, err error, out []byte) error {
-	msg := strings.TrimSpace(string(out))
-	err = fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, msg)
-	if strings.Contains(msg, "Operation not permitted") {
-		return fmt.Errorf("%w (%s)", err, needsNetAdmin)
 	}
 	return err
 }

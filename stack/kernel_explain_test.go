@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,15 +11,15 @@ import (
 
 // TestKernelPermissionErrorsSayWhatIsNeeded: when the host refuses a TUN
 // device (EPERM from the TUNSETIFF ioctl, EACCES opening /dev/net/tun, or
-// ip's "Operation not permitted"), the error names CAP_NET_ADMIN and
-// /dev/net/tun and still wraps the cause.
+// EPERM from a netlink request), the error names CAP_NET_ADMIN and
+// /dev/net/tun and still wraps the cause. The netlink requests that
+// configure the interface say the same when the kernel answers EPERM.
 func TestKernelPermissionErrorsSayWhatIsNeeded(t *testing.T) {
 	explained := map[string]error{
 		"EPERM": explainTUNError(fmt.Errorf("create TUN %q: %w", "gridnet0", syscall.EPERM)),
 		"EACCES opening the device": explainTUNError(fmt.Errorf("create TUN %q: %w", "gridnet0",
 			&os.PathError{Op: "open", Path: "/dev/net/tun", Err: syscall.EACCES})),
-		"ip refused": ipError([]string{"link", "set", "dev", "gridnet0", "up"}, &exec.ExitError{},
-			[]byte("RTNETLINK answers: Operation not permitted\n")),
+		"netlink refused": netlinkError("gridnet0", "set link up", syscall.EPERM),
 	}
 	for name, err := range explained {
 		msg := err.Error()
@@ -31,11 +30,13 @@ func TestKernelPermissionErrorsSayWhatIsNeeded(t *testing.T) {
 	if msg := explained["EPERM"].Error(); !strings.HasPrefix(msg, `create TUN "gridnet0": operation not permitted (`) {
 		t.Errorf("EPERM: %q lost the original message", msg)
 	}
-	if msg := explained["ip refused"].Error(); !strings.HasPrefix(msg, "ip link set dev gridnet0 up: ") || !strings.Contains(msg, "RTNETLINK answers: Operation not permitted") {
-		t.Errorf("ip: %q lost the original message", msg)
+	if msg := explained["netlink refused"].Error(); !strings.HasPrefix(msg, "configure TUN gridnet0: set link up: operation not permitted (") {
+		t.Errorf("netlink: %q lost the original message", msg)
 	}
-	if !errors.Is(explained["EPERM"], syscall.EPERM) {
-		t.Errorf("explained error %v no longer wraps EPERM", explained["EPERM"])
+	for _, name := range []string{"EPERM", "netlink refused"} {
+		if !errors.Is(explained[name], syscall.EPERM) {
+			t.Errorf("%s: explained error %v no longer wraps EPERM", name, explained[name])
+		}
 	}
 
 	missing := explainTUNError(errors.New(`CreateTUN("gridnet0") failed; /dev/net/tun does not exist`))
@@ -48,8 +49,8 @@ func TestKernelPermissionErrorsSayWhatIsNeeded(t *testing.T) {
 	if got := explainTUNError(busy); got != busy {
 		t.Errorf("EBUSY changed to %q", got)
 	}
-	other := ipError([]string{"addr", "add"}, &exec.ExitError{}, []byte("Error: ipv4: Address already assigned.\n"))
-	if strings.Contains(other.Error(), "CAP_NET_ADMIN") {
-		t.Errorf("unrelated ip failure explained as a privilege problem: %q", other)
+	other := netlinkError("gridnet0", "add address 100.64.0.2/10", syscall.EEXIST)
+	if strings.Contains(other.Error(), "CAP_NET_ADMIN") || !errors.Is(other, syscall.EEXIST) {
+		t.Errorf("unrelated netlink failure explained as a privilege problem: %q", other)
 	}
 }

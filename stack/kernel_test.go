@@ -88,7 +88,14 @@ func kernelChild(t *testing.T, ns string) {
 	const name = "gridnet-t0"
 	v4 := netip.MustParsePrefix("100.64.0.2/10")
 	v6 := netip.MustParsePrefix("fd7a:115c:a1e0::2/48")
+	// The interface is configured through netlink, not by running ip: a
+	// host without iproute2 (a minimal container image) must work. PATH
+	// is emptied for New only (this process is the test's own child);
+	// the checks below use ip again.
+	path := os.Getenv("PATH")
+	os.Setenv("PATH", t.TempDir())
 	s, err := New(Config{Mode: Kernel, Addresses: []netip.Prefix{v4, v6}, MTU: 1380, TUNName: name, Logger: quiet})
+	os.Setenv("PATH", path)
 	if err != nil {
 		t.Fatalf("New kernel: %v", err)
 	}
@@ -106,6 +113,7 @@ func kernelChild(t *testing.T, ns string) {
 		AddrInfo []struct {
 			Local     string `json:"local"`
 			PrefixLen int    `json:"prefixlen"`
+			NoDAD     bool   `json:"nodad"`
 		} `json:"addr_info"`
 	}
 	ipJSON(t, &links, "addr", "show", "dev", name)
@@ -118,7 +126,11 @@ func kernelChild(t *testing.T, ns string) {
 	}
 	found := map[string]bool{}
 	for _, a := range links[0].AddrInfo {
-		found[netip.PrefixFrom(netip.MustParseAddr(a.Local), a.PrefixLen).String()] = true
+		p := netip.PrefixFrom(netip.MustParseAddr(a.Local), a.PrefixLen)
+		found[p.String()] = true
+		if p == v6 && !a.NoDAD {
+			t.Errorf("IPv6 address %s added with duplicate address detection (want nodad)", p)
+		}
 	}
 	if !up || !found[v4.String()] || !found[v6.String()] {
 		t.Fatalf("interface %s: up=%v addresses %v, want %v and %v", name, up, found, v4, v6)

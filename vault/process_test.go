@@ -56,6 +56,16 @@ func runHelper(mode, path string) int {
 		io.Copy(io.Discard, os.Stdin) // hold the vault until the parent closes stdin
 		v.Close()
 		return 0
+	case "claim":
+		c, err := ClaimVault(path, Holder{PID: os.Getpid(), Socket: "/run/test/helper.sock"}, -1)
+		if err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		fmt.Println("ready")
+		io.Copy(io.Discard, os.Stdin) // hold the claim until the parent closes stdin
+		c.Release()
+		return 0
 	case "crash", "fsize":
 		if mode == "fsize" {
 			signal.Ignore(syscall.SIGXFSZ) // get EFBIG from write instead of dying
