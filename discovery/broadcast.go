@@ -57,14 +57,19 @@ type broadcast struct {
 	msg []byte
 }
 
+// Invalidates reports whether b replaces o: a broadcast with the same key.
 func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
 	ob, ok := o.(*broadcast)
 	return ok && ob.key == b.key
 }
+
+// Name, Message and Finished complete memberlist.NamedBroadcast.
 func (b *broadcast) Name() string    { return b.key }
 func (b *broadcast) Message() []byte { return b.msg }
 func (b *broadcast) Finished()       {}
 
+// enqueue queues msg for gossip under key and prunes the queue to
+// maxBroadcastQueue.
 func (d *Discovery) enqueue(key string, msg []byte) {
 	d.queue.QueueBroadcast(&broadcast{key: key, msg: msg})
 	d.queue.Prune(maxBroadcastQueue)

@@ -41,6 +41,7 @@ func (g *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 // with its node lock held: it only updates the table and queues callbacks.
 type eventDelegate Discovery
 
+// nodeAddr is a memberlist node's gossip address (IPv4 unmapped).
 func nodeAddr(n *memberlist.Node) netip.AddrPort {
 	a, _ := netip.AddrFromSlice(n.Addr)
 	return netip.AddrPortFrom(a.Unmap(), n.Port)
@@ -83,6 +84,9 @@ func (g *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
+// alive records n as a live member of memberlist (a join or an update):
+// its gossip address and advertised record version, and hands its record
+// to the node again if it had been reported gone.
 func (d *Discovery) alive(n *memberlist.Node) {
 	if n.Name == d.cfg.Self.Name {
 		return

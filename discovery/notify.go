@@ -28,6 +28,7 @@ type keyedEvent struct {
 	f   func()
 }
 
+// newNotifier returns an empty notifier; run delivers its events.
 func newNotifier() *notifier {
 	return &notifier{order: list.New(), byKey: make(map[string]*list.Element), wake: make(chan struct{}, 1)}
 }
@@ -71,6 +72,7 @@ func (n *notifier) len() int {
 	return n.order.Len()
 }
 
+// run calls the queued callbacks, oldest first, until ctx is done.
 func (n *notifier) run(ctx context.Context) {
 	for {
 		select {

@@ -37,6 +37,10 @@ func (d *Discovery) maintain() {
 	}
 }
 
+// repairTargets is one tick of maintain: the exchanges to request now
+// (at most maxSyncsPerTick pulls and joins, plus a reconnect and a seed
+// retry). It also forgets members gone for too long and queues OnLeave
+// checks for members memberlist never reported.
 func (d *Discovery) repairTargets(now time.Time) []syncRequest {
 	d.mu.Lock()
 	defer d.mu.Unlock()
