@@ -216,15 +216,22 @@ func TestForgedRecordRefusedUpdatesSpread(t *testing.T) {
 	// is accepted: the forgeries were refused for what they are.
 	relay := insider.EncodeRecord(insider.Record{Name: vname, Certificate: want.Certificate, Endpoints: want.Endpoints,
 		Version: want.Version + 1, Gossip: gossipAddr(victim)}, vkey)
+	refusedBefore := f.nodes[0].d.Stats().RecordsRefused
 	if err := evil.Send(gossipAddr(0), insider.UserMsg(insider.RecordMsg(relay))); err != nil {
 		t.Fatal(err)
 	}
+	// Once node 0 takes the relay it gossips it on, and the victim, seeing
+	// a version of itself above its own, may refute with a newer one
+	// before this looks: any version from the relayed one on is genuine.
 	waitFor(t, callbackTimeout, "genuine relay accepted", func() error {
-		if v := heldRecord(f.nodes[0], vname).Version; v != want.Version+1 {
-			return fmt.Errorf("node 0 holds version %d, want %d", v, want.Version+1)
+		if v := heldRecord(f.nodes[0], vname).Version; v < want.Version+1 {
+			return fmt.Errorf("node 0 holds version %d, want %d or later", v, want.Version+1)
 		}
 		return nil
 	})
+	if got := f.nodes[0].d.Stats().RecordsRefused; got != refusedBefore {
+		t.Errorf("node 0 refused %d records after the genuine relay", got-refusedBefore)
+	}
 }
 
 // mlState is node's memberlist view of name ("" if it does not know it).
@@ -350,6 +357,12 @@ func TestFakeRecordsStayBounded(t *testing.T) {
 	checkLeaks(t)
 	const n = 3
 	f := newFabric(t, ProfileLocal)
+	// The first message of a stream must arrive within memberlist's TCP
+	// timeout (5 s on a LAN), and the 7.4 MiB state is one message: on a
+	// starved machine (-race, loaded cores) reading and checking it can
+	// take longer, and the target would cut the attack short before the
+	// code under test saw it. Give it the convergence deadline.
+	f.hook = func(c *memberlist.Config, _ *tuning) { c.TCPTimeout = convergeTimeout }
 	f.startConverged(n)
 	const mallory = 2
 	evil := newInsider(t, f, mallory)
