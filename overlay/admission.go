@@ -16,12 +16,38 @@ type inboundPacket struct {
 	from netip.AddrPort
 }
 
+// maxRepeatAnswers bounds how often a responder sends the msg2 of one
+// handshake again, answering its msg1 sent again: as often as one attempt
+// of an initiator sends it again (maxResends, and once after a cookie
+// reply). Only whoever sent the msg1 (or sees it on the path) can repeat
+// it, and each answer goes to the address the handshake is held for.
+const maxRepeatAnswers = maxResends + 1
+
+// msg1Key names a msg1 by what its initiator chose: its source, its
+// sender index and its ephemeral key. A msg1 sent again (with or without
+// a cookie MAC) has the same key.
+type msg1Key struct {
+	from   netip.AddrPort
+	sender uint32
+	e      [32]byte
+}
+
+// keyOf returns the key of msg1 m from from.
+func keyOf(m handshake.Message, from netip.AddrPort) msg1Key {
+	k := msg1Key{from: from, sender: m.Sender}
+	copy(k.e[:], m.Noise)
+	return k
+}
+
 // halfOpenState is a responder waiting for msg3.
 type halfOpenState struct {
 	resp     *handshake.Responder
 	from     netip.AddrPort
 	expires  time.Time
 	answered time.Time // when msg2 went out
+	key      msg1Key   // the msg1 that made it
+	msg2     []byte    // the answer, sent again if the msg1 comes again
+	repeats  int       // how often msg2 was sent again (maxRepeatAnswers)
 }
 
 // onGridnet is the bind's divert function. It runs on WireGuard's receive
@@ -146,6 +172,9 @@ func (o *Overlay) deleteHalfOpenLocked(idx uint32) {
 		return
 	}
 	delete(o.halfOpen, idx)
+	if o.halfOpenByInit[h.key] == idx {
+		delete(o.halfOpenByInit, h.key)
+	}
 	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	key := rateKey(h.from.Addr())
 	if o.halfOpenBySrc[key]--; o.halfOpenBySrc[key] <= 0 {
@@ -206,9 +235,33 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 	}
 }
 
-// respond answers msg1 with msg2 and records the half-open state.
+// respond answers msg1 with msg2 and records the half-open state. A msg1
+// this node already holds a live handshake for (its initiator sent it
+// again, see Msg1Resend) is answered with that handshake's msg2, or
+// dropped while msg2 is still being made: no second slot, no second
+// Noise work.
 func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
+	mk := keyOf(m, from)
 	o.hsMu.Lock()
+	if idx, ok := o.halfOpenByInit[mk]; ok {
+		h := o.halfOpen[idx]
+		if time.Now().Before(h.expires) {
+			var again []byte
+			if h.msg2 != nil && h.repeats < maxRepeatAnswers {
+				h.repeats++
+				again = h.msg2
+			}
+			o.hsMu.Unlock()
+			o.stats.repeats.Add(1)
+			if again != nil {
+				if err := o.bind.SendTo(again, from); err != nil {
+					o.logSend(err)
+				}
+			}
+			return
+		}
+		o.deleteHalfOpenLocked(idx) // expired: a new handshake replaces it
+	}
 	if len(o.halfOpen) >= HalfOpenCap {
 		o.sweepHalfOpenLocked(time.Now())
 		if len(o.halfOpen) >= HalfOpenCap {
@@ -227,7 +280,8 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	}
 	idx := o.newIndexLocked()
 	// Reserve the index before the (unlocked) crypto.
-	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL)}
+	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL), key: mk}
+	o.halfOpenByInit[mk] = idx
 	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	o.halfOpenBySrc[key]++
 	o.hsMu.Unlock()
@@ -250,6 +304,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	}
 	o.hsMu.Lock()
 	h.answered = time.Now()
+	h.msg2 = msg2
 	o.hsMu.Unlock()
 	if err := o.bind.SendTo(msg2, from); err != nil {
 		o.logSend(err)
