@@ -39,6 +39,72 @@ func keyOf(m handshake.Message, from netip.AddrPort) msg1Key {
 	return k
 }
 
+// rawKeyOf returns the key of the msg1 frame pkt from from (pkt passed
+// handshake.CheckSize as a msg1, so it holds the header and e).
+func rawKeyOf(pkt []byte, from netip.AddrPort) msg1Key {
+	k := msg1Key{from: from, sender: binary.LittleEndian.Uint32(pkt[2:6])}
+	copy(k.e[:], pkt[handshake.HeaderSize:])
+	return k
+}
+
+// queuedMsg1 is the halfOpenByInit value of a msg1 that waits in the
+// handshake queue (no session index is 0): the same msg1 sent again
+// meanwhile is dropped rather than queued twice.
+const queuedMsg1 uint32 = 0
+
+// heldLocked reports whether this node holds the msg1 named mk: queued
+// for a worker, or half-open and not expired (an expired entry goes).
+// For a half-open one whose msg2 is made, again is that msg2, to be sent
+// once more (at most maxRepeatAnswers times; counted here).
+func (o *Overlay) heldLocked(mk msg1Key, now time.Time) (again []byte, held bool) {
+	idx, ok := o.halfOpenByInit[mk]
+	if !ok {
+		return nil, false
+	}
+	if idx == queuedMsg1 {
+		return nil, true
+	}
+	h := o.halfOpen[idx]
+	if h == nil || !now.Before(h.expires) {
+		o.deleteHalfOpenLocked(idx)
+		delete(o.halfOpenByInit, mk)
+		return nil, false
+	}
+	if h.msg2 != nil && h.repeats < maxRepeatAnswers {
+		h.repeats++
+		return h.msg2, true
+	}
+	return nil, true
+}
+
+// heldRepeat reports whether this node holds the msg1 named mk (see
+// heldLocked), and if so answers it as a repeat; if not and mark is set,
+// it marks the msg1 as queued.
+func (o *Overlay) heldRepeat(mk msg1Key, from netip.AddrPort, mark bool) bool {
+	o.hsMu.Lock()
+	again, held := o.heldLocked(mk, time.Now())
+	if !held && mark {
+		o.halfOpenByInit[mk] = queuedMsg1
+	}
+	o.hsMu.Unlock()
+	if held {
+		o.repeated(again, from)
+	}
+	return held
+}
+
+// repeated answers a msg1 this node held when it came again: with the
+// msg2 made for it, if there is one to send (see heldLocked).
+func (o *Overlay) repeated(again []byte, from netip.AddrPort) {
+	o.stats.repeats.Add(1)
+	if again == nil {
+		return
+	}
+	if err := o.bind.SendTo(again, from); err != nil {
+		o.logSend(err)
+	}
+}
+
 // halfOpenState is a responder waiting for msg3.
 type halfOpenState struct {
 	resp     *handshake.Responder
@@ -93,6 +159,13 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 			o.queueCookie(pkt, from)
 			return
 		}
+		// A msg1 sent again (Msg1Resend) while this node holds it costs
+		// no budget, no queue slot and no work: it is answered from its
+		// handshake, or dropped while it waits for a worker.
+		mk := rawKeyOf(pkt, from)
+		if o.heldRepeat(mk, from, false) {
+			return
+		}
 		// Only a first message costs work without state of ours behind
 		// it: it alone counts against the per-source limit. Answers (msg2,
 		// msg3) must name a handshake this node holds, from the address
@@ -109,6 +182,19 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 			o.refuseBusy(pkt, from)
 			return
 		}
+		// Marked as queued, unless a copy got here first meanwhile.
+		if o.heldRepeat(mk, from, true) {
+			return
+		}
+		in.pkt = bytes.Clone(pkt)
+		select {
+		case o.queue <- in:
+		default:
+			o.unqueue(mk)
+			o.stats.queueFull.Add(1)
+			o.refuseBusy(pkt, from)
+		}
+		return
 	case handshake.KindFinal:
 		o.hsMu.Lock()
 		h, ok := o.halfOpen[receiver]
@@ -123,10 +209,16 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 	case o.queue <- in:
 	default:
 		o.stats.queueFull.Add(1)
-		if pkt[1] == handshake.KindInit {
-			o.refuseBusy(pkt, from)
-		}
 	}
+}
+
+// unqueue drops the queued mark of the msg1 named mk, if it has one.
+func (o *Overlay) unqueue(mk msg1Key) {
+	o.hsMu.Lock()
+	if idx, ok := o.halfOpenByInit[mk]; ok && idx == queuedMsg1 {
+		delete(o.halfOpenByInit, mk)
+	}
+	o.hsMu.Unlock()
 }
 
 // halfOpenFull reports whether the half-open table is at capacity after
@@ -221,6 +313,9 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 	m, err := handshake.ParseMessage(in.pkt)
 	if err != nil {
 		o.stats.junk.Add(1)
+		if len(in.pkt) > handshake.HeaderSize+32 && in.pkt[1] == handshake.KindInit {
+			o.unqueue(rawKeyOf(in.pkt, in.from))
+		}
 		return
 	}
 	switch m.Kind {
@@ -243,24 +338,12 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	mk := keyOf(m, from)
 	o.hsMu.Lock()
-	if idx, ok := o.halfOpenByInit[mk]; ok {
-		h := o.halfOpen[idx]
-		if time.Now().Before(h.expires) {
-			var again []byte
-			if h.msg2 != nil && h.repeats < maxRepeatAnswers {
-				h.repeats++
-				again = h.msg2
-			}
-			o.hsMu.Unlock()
-			o.stats.repeats.Add(1)
-			if again != nil {
-				if err := o.bind.SendTo(again, from); err != nil {
-					o.logSend(err)
-				}
-			}
-			return
-		}
-		o.deleteHalfOpenLocked(idx) // expired: a new handshake replaces it
+	if idx, ok := o.halfOpenByInit[mk]; ok && idx == queuedMsg1 {
+		delete(o.halfOpenByInit, mk) // this is the queued msg1: taken
+	} else if again, held := o.heldLocked(mk, time.Now()); held {
+		o.hsMu.Unlock()
+		o.repeated(again, from)
+		return
 	}
 	if len(o.halfOpen) >= HalfOpenCap {
 		o.sweepHalfOpenLocked(time.Now())

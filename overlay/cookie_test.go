@@ -315,6 +315,12 @@ func TestUnderLoadCookieDecision(t *testing.T) {
 	if !bytes.Equal(in.pkt, withCookie) || in.from != spoofedSource(17) {
 		t.Fatal("queued something else")
 	}
+	// While it waits for a worker, the same msg1 again is not queued twice.
+	o.onGridnet(withCookie, spoofedSource(17))
+	if len(o.queue) != 0 || o.Stats().RepeatsAnswered != 1 {
+		t.Fatal("a repeat of a queued msg1 was queued again")
+	}
+	o.unqueue(rawKeyOf(in.pkt, in.from)) // a worker took it (and lost it)
 
 	// Past the cookie queue's bound, msg1s without a cookie are dropped
 	// unanswered (and cost nothing else); one with a cookie still passes.

@@ -204,8 +204,10 @@ type Overlay struct {
 	// at halfOpenPerSrc (HalfOpenPerSource; tests may raise it).
 	halfOpenBySrc  map[netip.Addr]int
 	halfOpenPerSrc int
-	// halfOpenByInit finds the halfOpen entry a msg1 made, so that the
-	// same msg1 sent again is answered from it (see respond).
+	// halfOpenByInit finds the halfOpen entry a msg1 made (or
+	// queuedMsg1 while it waits in the queue), so that the same msg1
+	// sent again is answered from it (see heldLocked). Queued marks are
+	// bounded by the queue, the rest by the half-open table.
 	halfOpenByInit map[msg1Key]uint32
 	// halfOpenN mirrors len(halfOpen) for the load check without the
 	// lock; halfOpenSwept is when that check last swept the table (Unix
