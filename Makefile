@@ -44,6 +44,7 @@ test-short: vet
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./vault ./overlay/... ./stack ./policy
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 -timeout 30m ./discovery ./integration
+	$(GO) test -run '^$$' -bench NewcomerDuringIdleStreams -benchtime 10x -count 1 -timeout 10m ./node
 	$(MAKE) bench-proxy
 
 # Userspace mode for unmodified programs: bulk TCP through the SOCKS5 proxy

@@ -459,6 +459,8 @@ func (c *controlClient) send(ctx context.Context, method, path string, body io.R
 func admissionCounters(s overlay.Stats) map[string]uint64 {
 	m := map[string]uint64{
 		"initiated":        s.Initiated,
+		"resent":           s.Resent,
+		"repeats_answered": s.RepeatsAnswered,
 		"responded":        s.Responded,
 		"completed":        s.Completed,
 		"rate_limited":     s.RateLimited,

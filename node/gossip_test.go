@@ -283,60 +283,93 @@ func gossipPair(t *testing.T) (a, b *Node) {
 	return ns[0], ns[1]
 }
 
-// gossipNodes starts nodes with gossip, the first one the seed of the
-// others, and waits until the seed has admitted every other node and
-// sees it alive.
+// gossipNodes starts nodes with gossip (ProfileLocal), the first one the
+// seed of the others, and waits until the seed has admitted every other
+// node and sees it alive.
 func gossipNodes(t *testing.T, names ...string) []*Node {
 	t.Helper()
-	return gossipNodesWith(t, nil, names...)
+	f := newGossipFleet(t, discovery.ProfileLocal)
+	for _, name := range names {
+		f.start(name)
+	}
+	f.waitSeedSeesAll(20 * time.Second)
+	return f.nodes
 }
 
 // gossipNodesWith is gossipNodes with mod applied to the options of
 // each node (i counts from 0, the seed) before it starts.
 func gossipNodesWith(t *testing.T, mod func(i int, o *Options), names ...string) []*Node {
 	t.Helper()
+	f := newGossipFleet(t, discovery.ProfileLocal)
+	f.mod = mod
+	for _, name := range names {
+		f.start(name)
+	}
+	f.waitSeedSeesAll(20 * time.Second)
+	return f.nodes
+}
+
+// gossipFleet starts gossip nodes of one CA on 127.0.0.1, each after the
+// first with the first as its seed.
+type gossipFleet struct {
+	tb      testing.TB
+	ca      *LocalCA
+	profile discovery.Profile
+	nodes   []*Node
+	// mod, when set, changes the options of node i (from 0, the seed)
+	// before it starts.
+	mod func(i int, o *Options)
+}
+
+func newGossipFleet(tb testing.TB, profile discovery.Profile) *gossipFleet {
+	tb.Helper()
 	ca, err := NewLocalCA("ca", "corp.example")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	start := func(name string, host int, seed *Node) *Node {
-		opts, err := ca.NodeOptions(name, netip.MustParsePrefix(fmt.Sprintf("100.64.0.%d/10", host)), nil, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts.Gossip = &GossipOptions{Profile: discovery.ProfileLocal}
-		if seed != nil {
-			opts.Peers = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), seed.UnderlayPort())}
-		}
-		if mod != nil {
-			mod(host-1, &opts)
-		}
-		n, err := Start(t.Context(), opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
+	return &gossipFleet{tb: tb, ca: ca, profile: profile}
+}
+
+// start starts the next node, called name, at overlay address
+// 100.64.0.N (N its place in the fleet, from 1).
+func (f *gossipFleet) start(name string) *Node {
+	f.tb.Helper()
+	host := len(f.nodes) + 1
+	opts, err := f.ca.NodeOptions(name, netip.MustParsePrefix(fmt.Sprintf("100.64.%d.%d/10", host/250, host%250)), nil, time.Hour)
+	if err != nil {
+		f.tb.Fatal(err)
 	}
-	var ns []*Node
-	for i, name := range names {
-		var seed *Node
-		if i > 0 {
-			seed = ns[0]
-		}
-		ns = append(ns, start(name, i+1, seed))
+	opts.Gossip = &GossipOptions{Profile: f.profile}
+	if len(f.nodes) > 0 {
+		opts.Peers = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), f.nodes[0].UnderlayPort())}
 	}
-	seed := ns[0]
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		ready := seed.gossip.aliveOthers() == len(ns)-1
-		for _, n := range ns[1:] {
+	if f.mod != nil {
+		f.mod(host-1, &opts)
+	}
+	n, err := Start(f.tb.Context(), opts)
+	if err != nil {
+		f.tb.Fatal(err)
+	}
+	f.tb.Cleanup(func() { n.Close() })
+	f.nodes = append(f.nodes, n)
+	return n
+}
+
+// waitSeedSeesAll waits until the seed has admitted every other node and
+// sees it alive.
+func (f *gossipFleet) waitSeedSeesAll(timeout time.Duration) {
+	f.tb.Helper()
+	seed := f.nodes[0]
+	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+		ready := seed.gossip.aliveOthers() == len(f.nodes)-1
+		for _, n := range f.nodes[1:] {
 			ready = ready && admitted(seed, n.Identity().Name)
 		}
 		if ready {
-			return ns
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never admitted all of %v and saw them alive", names[0], names[1:])
+			f.tb.Fatalf("%s never admitted all %d others and saw them alive", seed.Identity().Name, len(f.nodes)-1)
 		}
 	}
 }
@@ -402,7 +435,7 @@ func TestOneAdmissionPerNodeAtATime(t *testing.T) {
 
 // newInsider makes node n (an admitted member with a valid certificate)
 // the malicious member: it sends forgeries from its own overlay address.
-func newInsider(t *testing.T, n *Node) *insider.Member {
+func newInsider(t testing.TB, n *Node) *insider.Member {
 	t.Helper()
 	pc, err := n.ListenUDP(40000)
 	if err != nil {

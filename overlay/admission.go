@@ -16,12 +16,104 @@ type inboundPacket struct {
 	from netip.AddrPort
 }
 
+// maxRepeatAnswers bounds how often a responder sends the msg2 of one
+// handshake again, answering its msg1 sent again: as often as one attempt
+// of an initiator sends it again (maxResends, and once after a cookie
+// reply). Only whoever sent the msg1 (or sees it on the path) can repeat
+// it, and each answer goes to the address the handshake is held for.
+const maxRepeatAnswers = maxResends + 1
+
+// msg1Key names a msg1 by what its initiator chose: its source, its
+// sender index and its ephemeral key. A msg1 sent again (with or without
+// a cookie MAC) has the same key.
+type msg1Key struct {
+	from   netip.AddrPort
+	sender uint32
+	e      [32]byte
+}
+
+// keyOf returns the key of msg1 m from from.
+func keyOf(m handshake.Message, from netip.AddrPort) msg1Key {
+	k := msg1Key{from: from, sender: m.Sender}
+	copy(k.e[:], m.Noise)
+	return k
+}
+
+// rawKeyOf returns the key of the msg1 frame pkt from from (pkt passed
+// handshake.CheckSize as a msg1, so it holds the header and e).
+func rawKeyOf(pkt []byte, from netip.AddrPort) msg1Key {
+	k := msg1Key{from: from, sender: binary.LittleEndian.Uint32(pkt[2:6])}
+	copy(k.e[:], pkt[handshake.HeaderSize:])
+	return k
+}
+
+// queuedMsg1 is the halfOpenByInit value of a msg1 that waits in the
+// handshake queue (no session index is 0): the same msg1 sent again
+// meanwhile is dropped rather than queued twice.
+const queuedMsg1 uint32 = 0
+
+// heldLocked reports whether this node holds the msg1 named mk: queued
+// for a worker, or half-open and not expired (an expired entry goes).
+// For a half-open one whose msg2 is made, again is that msg2, to be sent
+// once more (at most maxRepeatAnswers times; counted here).
+func (o *Overlay) heldLocked(mk msg1Key, now time.Time) (again []byte, held bool) {
+	idx, ok := o.halfOpenByInit[mk]
+	if !ok {
+		return nil, false
+	}
+	if idx == queuedMsg1 {
+		return nil, true
+	}
+	h := o.halfOpen[idx]
+	if h == nil || !now.Before(h.expires) {
+		o.deleteHalfOpenLocked(idx)
+		delete(o.halfOpenByInit, mk)
+		return nil, false
+	}
+	if h.msg2 != nil && h.repeats < maxRepeatAnswers {
+		h.repeats++
+		return h.msg2, true
+	}
+	return nil, true
+}
+
+// heldRepeat reports whether this node holds the msg1 named mk (see
+// heldLocked), and if so answers it as a repeat; if not and mark is set,
+// it marks the msg1 as queued.
+func (o *Overlay) heldRepeat(mk msg1Key, from netip.AddrPort, mark bool) bool {
+	o.hsMu.Lock()
+	again, held := o.heldLocked(mk, time.Now())
+	if !held && mark {
+		o.halfOpenByInit[mk] = queuedMsg1
+	}
+	o.hsMu.Unlock()
+	if held {
+		o.repeated(again, from)
+	}
+	return held
+}
+
+// repeated answers a msg1 this node held when it came again: with the
+// msg2 made for it, if there is one to send (see heldLocked).
+func (o *Overlay) repeated(again []byte, from netip.AddrPort) {
+	o.stats.repeats.Add(1)
+	if again == nil {
+		return
+	}
+	if err := o.bind.SendTo(again, from); err != nil {
+		o.logSend(err)
+	}
+}
+
 // halfOpenState is a responder waiting for msg3.
 type halfOpenState struct {
 	resp     *handshake.Responder
 	from     netip.AddrPort
 	expires  time.Time
 	answered time.Time // when msg2 went out
+	key      msg1Key   // the msg1 that made it
+	msg2     []byte    // the answer, sent again if the msg1 comes again
+	repeats  int       // how often msg2 was sent again (maxRepeatAnswers)
 }
 
 // onGridnet is the bind's divert function. It runs on WireGuard's receive
@@ -67,6 +159,13 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 			o.queueCookie(pkt, from)
 			return
 		}
+		// A msg1 sent again (Msg1Resend) while this node holds it costs
+		// no budget, no queue slot and no work: it is answered from its
+		// handshake, or dropped while it waits for a worker.
+		mk := rawKeyOf(pkt, from)
+		if o.heldRepeat(mk, from, false) {
+			return
+		}
 		// Only a first message costs work without state of ours behind
 		// it: it alone counts against the per-source limit. Answers (msg2,
 		// msg3) must name a handshake this node holds, from the address
@@ -83,6 +182,19 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 			o.refuseBusy(pkt, from)
 			return
 		}
+		// Marked as queued, unless a copy got here first meanwhile.
+		if o.heldRepeat(mk, from, true) {
+			return
+		}
+		in.pkt = bytes.Clone(pkt)
+		select {
+		case o.queue <- in:
+		default:
+			o.unqueue(mk)
+			o.stats.queueFull.Add(1)
+			o.refuseBusy(pkt, from)
+		}
+		return
 	case handshake.KindFinal:
 		o.hsMu.Lock()
 		h, ok := o.halfOpen[receiver]
@@ -97,10 +209,16 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 	case o.queue <- in:
 	default:
 		o.stats.queueFull.Add(1)
-		if pkt[1] == handshake.KindInit {
-			o.refuseBusy(pkt, from)
-		}
 	}
+}
+
+// unqueue drops the queued mark of the msg1 named mk, if it has one.
+func (o *Overlay) unqueue(mk msg1Key) {
+	o.hsMu.Lock()
+	if idx, ok := o.halfOpenByInit[mk]; ok && idx == queuedMsg1 {
+		delete(o.halfOpenByInit, mk)
+	}
+	o.hsMu.Unlock()
 }
 
 // halfOpenFull reports whether the half-open table is at capacity after
@@ -146,6 +264,9 @@ func (o *Overlay) deleteHalfOpenLocked(idx uint32) {
 		return
 	}
 	delete(o.halfOpen, idx)
+	if o.halfOpenByInit[h.key] == idx {
+		delete(o.halfOpenByInit, h.key)
+	}
 	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	key := rateKey(h.from.Addr())
 	if o.halfOpenBySrc[key]--; o.halfOpenBySrc[key] <= 0 {
@@ -192,6 +313,9 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 	m, err := handshake.ParseMessage(in.pkt)
 	if err != nil {
 		o.stats.junk.Add(1)
+		if len(in.pkt) > handshake.HeaderSize+32 && in.pkt[1] == handshake.KindInit {
+			o.unqueue(rawKeyOf(in.pkt, in.from))
+		}
 		return
 	}
 	switch m.Kind {
@@ -206,9 +330,21 @@ func (o *Overlay) handleInbound(in inboundPacket) {
 	}
 }
 
-// respond answers msg1 with msg2 and records the half-open state.
+// respond answers msg1 with msg2 and records the half-open state. A msg1
+// this node already holds a live handshake for (its initiator sent it
+// again, see Msg1Resend) is answered with that handshake's msg2, or
+// dropped while msg2 is still being made: no second slot, no second
+// Noise work.
 func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
+	mk := keyOf(m, from)
 	o.hsMu.Lock()
+	if idx, ok := o.halfOpenByInit[mk]; ok && idx == queuedMsg1 {
+		delete(o.halfOpenByInit, mk) // this is the queued msg1: taken
+	} else if again, held := o.heldLocked(mk, time.Now()); held {
+		o.hsMu.Unlock()
+		o.repeated(again, from)
+		return
+	}
 	if len(o.halfOpen) >= HalfOpenCap {
 		o.sweepHalfOpenLocked(time.Now())
 		if len(o.halfOpen) >= HalfOpenCap {
@@ -227,7 +363,8 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	}
 	idx := o.newIndexLocked()
 	// Reserve the index before the (unlocked) crypto.
-	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL)}
+	o.halfOpen[idx] = &halfOpenState{from: from, expires: time.Now().Add(o.halfOpenTTL), key: mk}
+	o.halfOpenByInit[mk] = idx
 	o.halfOpenN.Store(int32(len(o.halfOpen)))
 	o.halfOpenBySrc[key]++
 	o.hsMu.Unlock()
@@ -250,6 +387,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	}
 	o.hsMu.Lock()
 	h.answered = time.Now()
+	h.msg2 = msg2
 	o.hsMu.Unlock()
 	if err := o.bind.SendTo(msg2, from); err != nil {
 		o.logSend(err)

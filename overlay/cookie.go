@@ -47,9 +47,11 @@ import (
 //     If an attempt that carried a cookie gets no answer at all, the
 //     cookie is dropped: the responder may have restarted as a version
 //     without cookies, which drops a msg1 with a MAC as malformed.
-//   - A cookie reply makes an attempt send its msg1 again at most once:
-//     a forged or repeated reply cannot turn the initiator into an
-//     amplifier (66 bytes in, 1216 out).
+//   - A cookie reply makes an attempt send its msg1 again at once, and
+//     at most once: a forged or repeated reply cannot turn the initiator
+//     into an amplifier (66 bytes in, 1216 out). The attempt's own resends
+//     (Msg1Resend) carry the cookie from then on; they follow the
+//     initiator's clock, not what it receives.
 //   - Versions: a node without cookies drops a cookie reply as junk (an
 //     unknown kind), so a node under load admits only initiators that
 //     know cookies; not under load, old and new nodes admit each other

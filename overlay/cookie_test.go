@@ -315,6 +315,12 @@ func TestUnderLoadCookieDecision(t *testing.T) {
 	if !bytes.Equal(in.pkt, withCookie) || in.from != spoofedSource(17) {
 		t.Fatal("queued something else")
 	}
+	// While it waits for a worker, the same msg1 again is not queued twice.
+	o.onGridnet(withCookie, spoofedSource(17))
+	if len(o.queue) != 0 || o.Stats().RepeatsAnswered != 1 {
+		t.Fatal("a repeat of a queued msg1 was queued again")
+	}
+	o.unqueue(rawKeyOf(in.pkt, in.from)) // a worker took it (and lost it)
 
 	// Past the cookie queue's bound, msg1s without a cookie are dropped
 	// unanswered (and cost nothing else); one with a cookie still passes.
@@ -467,10 +473,12 @@ func msg1Raw(m handshake.Message) []byte {
 }
 
 // TestInitiatorCookieHandling: an initiator repeats msg1 with the cookie
-// once per attempt, however many replies come; its next attempt to that
-// endpoint carries the cookie from the start; an attempt that carried a
-// cookie and got no answer at all drops it (the responder may not know
-// cookies), so the one after goes without.
+// at once, and its resends carry the cookie too; however many replies
+// come, one attempt sends at most 2+maxResends msg1s (no reply makes it
+// an amplifier). Its next attempt to that endpoint carries the cookie from
+// the start; an attempt that carried a cookie and got no answer at all
+// drops it (the responder may not know cookies), so the one after goes
+// without.
 func TestInitiatorCookieHandling(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "alpha")
@@ -498,13 +506,29 @@ func TestInitiatorCookieHandling(t *testing.T) {
 			}
 		}
 	}
+	// rest returns the msg1s of first's attempt that follow it, and the
+	// first msg1 of the next attempt.
+	rest := func(first handshake.Message) (same []handshake.Message, following handshake.Message) {
+		t.Helper()
+		for {
+			m, _ := next()
+			if m.Sender != first.Sender {
+				return same, m
+			}
+			if !bytes.Equal(m.Noise, first.Noise) {
+				t.Fatal("msg1 changed within an attempt")
+			}
+			same = append(same, m)
+		}
+	}
 
 	m1, from := next()
 	if m1.MAC != nil {
 		t.Fatal("first msg1 carries a cookie MAC")
 	}
 	c := handshake.Cookie{7, 7, 7}
-	for range 3 {
+	const replies = 3 * maxResends
+	for range replies {
 		reply, err := handshake.CookieReply(m1, c, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -513,19 +537,29 @@ func TestInitiatorCookieHandling(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	again, _ := next()
 	want, err := handshake.CookieMAC(c, msg1Raw(m1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Sender != m1.Sender || !bytes.Equal(again.Noise, m1.Noise) || !bytes.Equal(again.MAC, want[:]) {
+	// Nothing answers: the attempt ends, and the next begins.
+	again, m2 := rest(m1)
+	withMAC := 0
+	for _, m := range again {
+		switch {
+		case m.MAC == nil && withMAC > 0:
+			t.Fatal("msg1 sent without the cookie after it was repeated with it")
+		case m.MAC == nil: // a resend before the replies came
+		case !bytes.Equal(m.MAC, want[:]):
+			t.Fatal("msg1 repeated with a wrong MAC")
+		default:
+			withMAC++
+		}
+	}
+	if withMAC == 0 {
 		t.Fatal("msg1 not repeated unchanged with the cookie's MAC")
 	}
-	// Nothing answers: the next msg1 is the next attempt's, with the
-	// cookie from the start (the two extra replies made no repeats).
-	m2, _ := next()
-	if m2.Sender == m1.Sender {
-		t.Fatal("one attempt repeated msg1 more than once")
+	if n := 1 + len(again); n > 2+maxResends {
+		t.Fatalf("one attempt sent %d msg1s after %d cookie replies, want at most %d", n, replies, 2+maxResends)
 	}
 	want, _ = handshake.CookieMAC(c, msg1Raw(m2))
 	if !bytes.Equal(m2.MAC, want[:]) {
@@ -535,8 +569,8 @@ func TestInitiatorCookieHandling(t *testing.T) {
 		t.Fatal("no cookie reply counted")
 	}
 	// That attempt got no answer: the cookie goes.
-	m3, _ := next()
-	if m3.Sender == m2.Sender || m3.MAC != nil {
+	_, m3 := rest(m2)
+	if m3.MAC != nil {
 		t.Fatal("an attempt after an unanswered cookie still carried it")
 	}
 }

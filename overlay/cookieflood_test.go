@@ -119,7 +119,9 @@ func drainHalfOpen(tb testing.TB, o *Overlay, want uint64) {
 // admitted (admit-s on average, max-admit-s the longest; from its first
 // message to a confirmed WireGuard session) while first messages from 5,000 sources flood the node as fast
 // as one goroutine of this process sends them (flood-msg1/s is the rate
-// reached). Each newcomer is a new node, holding no cookie. no-cookies is
+// reached; cookie-drop-share is the share of msg1s without a cookie the
+// node left unanswered because its cookie reply queue was full). Each
+// newcomer is a new node, holding no cookie. no-cookies is
 // the node as it was before cookies; its attempts give up after
 // floodAdmitLimit (admitted reports the share admitted).
 func BenchmarkAdmitDuringFlood(b *testing.B) {
@@ -158,6 +160,9 @@ func BenchmarkAdmitDuringFlood(b *testing.B) {
 			}
 			sent, dur := fl.sent.Load(), time.Since(floodStart)
 			fl.halt()
+			if st := y.Stats(); st.CookiesSent+st.CookiesDropped > 0 {
+				b.ReportMetric(float64(st.CookiesDropped)/float64(st.CookiesSent+st.CookiesDropped), "cookie-drop-share")
+			}
 			b.ReportMetric(total.Seconds()/float64(i), "admit-s")
 			b.ReportMetric(longest.Seconds(), "max-admit-s")
 			b.ReportMetric(float64(admitted)/float64(i), "admitted")

@@ -38,6 +38,23 @@ const (
 	// sessionSlack allows for the second granularity of clocks around
 	// WireGuard's last handshake time.
 	sessionSlack = time.Second
+	// Msg1Resend is how often an attempt sends its msg1 again while it has
+	// no answer (jittered to between three quarters and five quarters of
+	// it), at most maxResends times, so over about the attempt's first
+	// second. A responder under a spoofed flood answers only some of the
+	// msg1s without a cookie (the cookie replies it cannot send in time
+	// are dropped, cookieQueueLen), and the kernel may drop others; each
+	// resend is another draw, where waiting out AttemptTimeout made one
+	// lost msg1 cost a second and two of them three. The responder
+	// answers a resend of a msg1 it already holds with the msg2 it made
+	// (no new slot, no new Noise work; see respond), so resends cost a
+	// responder that is merely slow nothing but the datagrams.
+	Msg1Resend = 125 * time.Millisecond
+	// maxResends bounds the resends of one attempt: with the msg1 itself
+	// and the repeat a cookie reply triggers, at most 10 msg1s per
+	// attempt, within the per-source limit (DefaultHandshakeRate and
+	// DefaultHandshakeBurst) of a responder.
+	maxResends = 8
 )
 
 var (
@@ -64,6 +81,13 @@ func (b *backoff) reset() { b.cur = 0 }
 
 // atLeast makes the next delay at least about d (d to 2d).
 func (b *backoff) atLeast(d time.Duration) { b.cur = max(b.cur, d) }
+
+// resendDelay is the wait before an attempt's next resend of msg1:
+// Msg1Resend, jittered to [3/4, 5/4) of it so that many initiators
+// started at once (a mesh coming up) do not resend in step.
+func resendDelay() time.Duration {
+	return Msg1Resend*3/4 + rand.N(Msg1Resend/2)
+}
 
 // sleep waits d or until ctx ends; it reports whether d elapsed.
 func sleep(ctx context.Context, d time.Duration) bool {
@@ -165,11 +189,27 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 	sent := time.Now()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	resend := time.NewTimer(resendDelay())
+	defer resend.Stop()
+	resends := 0
 	repeated := false // msg1 went again with a cookie
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-resend.C:
+			// Still no msg2 nor refusal: the same msg1 again (with the
+			// latest cookie, if one came), driven by this clock alone, so
+			// that nobody can make the initiator send more of them.
+			if resends >= maxResends {
+				continue
+			}
+			resends++
+			if err := o.bind.SendTo(msg1, endpoint); err != nil {
+				return nil, err
+			}
+			o.stats.resent.Add(1)
+			resend.Reset(resendDelay())
 		case <-timer.C:
 			o.stats.timeouts.Add(1)
 			if carried && !repeated {
@@ -200,6 +240,7 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 				if err := o.bind.SendTo(again, endpoint); err != nil {
 					return nil, err
 				}
+				msg1 = again      // resends carry the cookie too
 				sent = time.Now() // msg2 answers the repeat
 				continue
 			}

@@ -204,6 +204,11 @@ type Overlay struct {
 	// at halfOpenPerSrc (HalfOpenPerSource; tests may raise it).
 	halfOpenBySrc  map[netip.Addr]int
 	halfOpenPerSrc int
+	// halfOpenByInit finds the halfOpen entry a msg1 made (or
+	// queuedMsg1 while it waits in the queue), so that the same msg1
+	// sent again is answered from it (see heldLocked). Queued marks are
+	// bounded by the queue, the rest by the half-open table.
+	halfOpenByInit map[msg1Key]uint32
 	// halfOpenN mirrors len(halfOpen) for the load check without the
 	// lock; halfOpenSwept is when that check last swept the table (Unix
 	// nanoseconds).
@@ -267,6 +272,7 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		queue:          make(chan inboundPacket, handshakeQueueLen),
 		halfOpen:       make(map[uint32]*halfOpenState),
 		halfOpenBySrc:  make(map[netip.Addr]int),
+		halfOpenByInit: make(map[msg1Key]uint32),
 		halfOpenPerSrc: cmp.Or(cfg.HalfOpenPerSource, HalfOpenPerSource),
 		halfOpenTTL:    HalfOpenTimeout,
 		timers:         defaultSessionTimers(),

@@ -116,6 +116,13 @@ func classify(err error) Reason {
 type Stats struct {
 	// Initiated counts msg1 sent (every attempt, including retries).
 	Initiated uint64
+	// Resent counts msg1s an attempt sent again while it had no answer
+	// (see Msg1Resend); they are not in Initiated.
+	Resent uint64
+	// RepeatsAnswered counts msg1s this node received again while it held
+	// their handshake, answered with the msg2 it had made (or dropped
+	// while msg2 was being made) rather than with a new handshake.
+	RepeatsAnswered uint64
 	// Responded counts msg2 sent.
 	Responded uint64
 	// Completed counts successful admissions (either role).
@@ -173,6 +180,7 @@ type counters struct {
 	refusedBy                         [numRefusalCodes]atomic.Uint64
 	cookiesSent, cookiesTaken         atomic.Uint64
 	cookiesDropped                    atomic.Uint64
+	resent, repeats                   atomic.Uint64
 }
 
 // Stats returns a snapshot of the handshake counters.
@@ -180,6 +188,8 @@ func (o *Overlay) Stats() Stats {
 	c := &o.stats
 	s := Stats{
 		Initiated:       c.initiated.Load(),
+		Resent:          c.resent.Load(),
+		RepeatsAnswered: c.repeats.Load(),
 		Responded:       c.responded.Load(),
 		Completed:       c.completed.Load(),
 		RateLimited:     c.rateLimited.Load(),
