@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/stack"
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/tun"
-	"golang.zx2c4.com/wireguard/tun/netstack"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
@@ -122,12 +122,15 @@ func (f *fixture) issue(name string, k keys, addr string, validity time.Duration
 	return c
 }
 
-// node is a running overlay with a netstack inner network.
+// node is a running overlay with a userspace inner network (gridnet's own
+// stack: wireguard-go's netstack device can panic with "send on closed
+// channel" when closed while TCP timers still write, see
+// stack/shutdown_test.go).
 type node struct {
 	*Overlay
 	name string
 	addr netip.Addr
-	net  *netstack.Net
+	net  *stack.Stack // nil when the test gave its own TUN
 	keys keys
 	der  []byte
 	ep   netip.AddrPort
@@ -188,10 +191,15 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 	td := o.tun
 	if td == nil {
 		var err error
-		td, n.net, err = netstack.CreateNetTUN([]netip.Addr{n.addr}, nil, 1420)
+		n.net, err = stack.New(stack.Config{
+			Addresses: []netip.Prefix{netip.PrefixFrom(n.addr, 10)}, // the overlay 100.64.0.0/10
+			MTU:       1420,
+			Logger:    slog.New(slog.DiscardHandler),
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
+		td = n.net.Device()
 	}
 	logger := o.logger
 	if logger == nil {
@@ -223,7 +231,12 @@ func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 	}
 	n.Overlay = ov
 	n.ep = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ov.Port())
-	t.Cleanup(func() { ov.Close() })
+	t.Cleanup(func() {
+		ov.Close()
+		if n.net != nil {
+			n.net.Close()
+		}
+	})
 	return n
 }
 
@@ -259,7 +272,7 @@ func admit(t testing.TB, a, b *node) {
 // the echo.
 func exchange(t testing.TB, a, b *node, port uint16, payload []byte, timeout time.Duration) error {
 	t.Helper()
-	ln, err := b.net.ListenTCPAddrPort(netip.AddrPortFrom(b.addr, port))
+	ln, err := b.net.ListenTCP(port)
 	if err != nil {
 		return err
 	}
@@ -280,7 +293,7 @@ func exchange(t testing.TB, a, b *node, port uint16, payload []byte, timeout tim
 	defer ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c, err := a.net.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(b.addr, port))
+	c, err := a.net.DialContext(ctx, "tcp", netip.AddrPortFrom(b.addr, port).String())
 	if err != nil {
 		return fmt.Errorf("dial %s->%s: %w", a.name, b.name, err)
 	}
@@ -306,23 +319,10 @@ func exchange(t testing.TB, a, b *node, port uint16, payload []byte, timeout tim
 
 // ping sends one ICMP echo from a to b across the tunnel.
 func ping(a, b *node, timeout time.Duration) error {
-	pc, err := a.net.DialPingAddr(a.addr, b.addr)
-	if err != nil {
-		return err
-	}
-	defer pc.Close()
-	pc.SetDeadline(time.Now().Add(timeout))
-	req := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1, 'g', 'r', 'i', 'd'}
-	if _, err := pc.Write(req); err != nil {
-		return err
-	}
-	buf := make([]byte, 1500)
-	n, err := pc.Read(buf)
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if _, err := a.net.Ping(ctx, b.addr, 4); err != nil {
 		return fmt.Errorf("ping %s->%s: %w", a.name, b.name, err)
-	}
-	if n < 8 || buf[0] != 0 {
-		return fmt.Errorf("ping %s->%s: not an echo reply", a.name, b.name)
 	}
 	return nil
 }

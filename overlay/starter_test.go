@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -93,7 +94,7 @@ func TestGraceStartsDespiteFailedTry(t *testing.T) {
 // one back for its 5 s retry.
 func failedTry(t *testing.T, a, b *node) {
 	t.Helper()
-	c, err := a.net.DialUDPAddrPort(netip.AddrPort{}, netip.AddrPortFrom(b.addr, 7002))
+	c, err := a.net.DialContext(context.Background(), "udp", netip.AddrPortFrom(b.addr, 7002).String())
 	if err != nil {
 		t.Fatal(err)
 	}
