@@ -198,6 +198,11 @@ type Stats struct {
 // Stats returns the counters. It takes each peer's lock briefly.
 func (f *Firewall) Stats() Stats {
 	s := Stats{Drops: map[string]uint64{}, PeerDrops: map[string]map[string]uint64{}}
+	// RemovePeer moves a peer's counts into the gone totals after it took
+	// the peer out of the table; under adminMu this sees either both
+	// before or both after, never a dip.
+	f.adminMu.Lock()
+	defer f.adminMu.Unlock()
 	var drops [numReasons]uint64
 	s.Accepted = f.goneAccepted.Load()
 	s.FlowsCut = f.goneCut.Load()

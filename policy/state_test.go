@@ -401,3 +401,41 @@ func TestDropReasonsListsEveryReason(t *testing.T) {
 		seen[r] = true
 	}
 }
+
+// TestStatsNeverDipWhenPeersGo: while peers are removed and added again,
+// the firewall-wide accepted total a concurrent Stats reports never goes
+// down (a removed peer's counts move into the totals of gone peers).
+func TestStatsNeverDipWhenPeersGo(t *testing.T) {
+	f, _ := testFW(t, "inbound:\n  - {proto: tcp, port: 443, host: any}\n", peerInfo("a", 2))
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if f.Inbound(tcpIn(v4(2), uint16(1000+i%20000), 443)) != Accept {
+				t.Error("the allowed packet was dropped")
+				return
+			}
+			f.RemovePeer(localDomain, "a")
+			f.SetPeer(peerInfo("a", 2))
+		}
+	}()
+	var last uint64
+	for range 20000 {
+		got := f.Stats().Accepted
+		if got < last {
+			t.Fatalf("accepted total went down from %d to %d", last, got)
+		}
+		last = got
+	}
+	close(stop)
+	<-done
+	if last == 0 {
+		t.Fatal("no packet was counted")
+	}
+}
