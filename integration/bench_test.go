@@ -172,7 +172,7 @@ func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	}
 	return pair{
 		dial:   func(ctx context.Context, addr string) (net.Conn, error) { return a.Dial(ctx, "tcp", addr) },
-		listen: func(port uint16) (net.Listener, error) { return c.ListenTCP(port) },
+		listen: func(port uint16) (net.Listener, error) { return c.Listen("tcp", fmt.Sprintf(":%d", port)) },
 		host:   "100.64.0.2",
 		close:  func() { a.Close(); c.Close() },
 	}

@@ -172,7 +172,7 @@ func checkGoroutines(t testing.TB) {
 // vanished never sends its FIN).
 func tcpEcho(t testing.TB, n *node.Node, port uint16) {
 	t.Helper()
-	ln, err := n.ListenTCP(port)
+	ln, err := n.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestTwoNodesTCPUDPPing(t *testing.T) {
 	bulkEcho(t, a, b, 8000, 16<<20)
 
 	// UDP: a datagram to beta comes back from beta's overlay address.
-	pc, err := b.ListenUDP(8001)
+	pc, err := b.ListenPacket("udp", ":8001")
 	if err != nil {
 		t.Fatal(err)
 	}

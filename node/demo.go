@@ -299,7 +299,7 @@ func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) err
 // demoEcho runs an echo server on b and streams demoTransferSize random
 // bytes from a through it, comparing checksums. It returns Mbit/s.
 func demoEcho(ctx context.Context, a, b *Node) (float64, error) {
-	ln, err := b.ListenTCP(demoEchoPort)
+	ln, err := b.Listen("tcp", fmt.Sprintf(":%d", demoEchoPort))
 	if err != nil {
 		return 0, err
 	}

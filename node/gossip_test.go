@@ -404,7 +404,7 @@ func TestOneAdmissionPerNodeAtATime(t *testing.T) {
 // the malicious member: it sends forgeries from its own overlay address.
 func newInsider(t *testing.T, n *Node) *insider.Member {
 	t.Helper()
-	pc, err := n.ListenUDP(40000)
+	pc, err := n.ListenPacket("udp", ":40000")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,10 @@ type Options struct {
 	// not verify or is not for its keys. Only tests set it, to play a node
 	// that an honest peer must refuse.
 	SkipSelfCheckForTest bool
+
+	// vaultOpen is how long opening the node's vault took, set by
+	// OptionsFromConfig and OptionsFromVault for the metrics.
+	vaultOpen time.Duration
 }
 
 // Node is a running gridnet node: its virtual interface, its WireGuard
@@ -139,6 +143,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{opts: opts, log: opts.Logger.With("node", id.Name), pool: pool}
+	n.setVaultOpenDuration(opts.vaultOpen)
 
 	mode := stack.Userspace
 	if opts.TunMode == TunKernel {
@@ -328,12 +333,6 @@ func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, err
 	}
 	return n.stack.DialContext(ctx, network, net.JoinHostPort(addr.String(), port))
 }
-
-// ListenTCP accepts TCP connections on the node's overlay address.
-func (n *Node) ListenTCP(port uint16) (net.Listener, error) { return n.stack.ListenTCP(port) }
-
-// ListenUDP receives UDP datagrams on the node's overlay address.
-func (n *Node) ListenUDP(port uint16) (net.PacketConn, error) { return n.stack.ListenUDP(port) }
 
 // Resolve turns a node name or an overlay address into an overlay address.
 // Names resolve as the proxies and the DNS responder resolve them: this
