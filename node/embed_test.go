@@ -197,7 +197,7 @@ func TestListenTLS(t *testing.T) {
 	<-serverErrs // the server sees the client's alert
 
 	// Clients with the wrong certificate, over an admitted node's tunnel.
-	rogue, err := NewLocalCA("rogue", "corp.example")
+	rogue, err := newLocalCA("rogue", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/policy"
 )
 
@@ -21,7 +22,7 @@ import (
 // "node.yaml") instead.
 func Example() {
 	ctx := context.Background()
-	ca, err := node.NewLocalCA("example-ca", "example.gridnet")
+	ca, err := nodetest.NewLocalCA("example-ca", "example.gridnet")
 	if err != nil {
 		log.Fatal(err)
 	}

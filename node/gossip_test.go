@@ -117,7 +117,7 @@ func TestFalseDeathKeepsTunnel(t *testing.T) {
 		t.Fatal("a member that answers through its tunnel was removed on a false death")
 	}
 
-	b.CrashForTest()
+	b.shutdown(false) // a crash: no leave notice
 	a.gossip.onLeave("beta", true)
 	for deadline := time.Now().Add(30 * time.Second); admitted(a, "beta"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -295,7 +295,7 @@ func gossipNodes(t *testing.T, names ...string) []*Node {
 // each node (i counts from 0, the seed) before it starts.
 func gossipNodesWith(t *testing.T, mod func(i int, o *Options), names ...string) []*Node {
 	t.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}

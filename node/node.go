@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
@@ -78,14 +79,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// UnfilteredForTest leaves the packet hook a pass-through (counters
-	// only): benchmarks compare it with the firewall. gridnet up never sets
-	// it.
-	UnfilteredForTest bool
-	// SkipSelfCheckForTest starts the node even if its own certificate does
-	// not verify or is not for its keys. Only tests set it, to play a node
-	// that an honest peer must refuse.
-	SkipSelfCheckForTest bool
+	// TestHooks is test support: package node/nodetest sets it (its type
+	// is internal to this module, so other programs leave it nil).
+	TestHooks *testhooks.Hooks
 
 	// vaultOpen is how long opening the node's vault took, set by
 	// OptionsFromConfig and OptionsFromVault for the metrics.
@@ -179,7 +175,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("firewall: %w", err)
 	}
 	n.events = newEventLog(n.fw)
-	if !opts.UnfilteredForTest {
+	if !opts.unfiltered() {
 		n.stack.SetHooks(stack.Hooks{
 			Inbound:  stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Inbound(pkt)) }),
 			Outbound: stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Outbound(pkt)) }),
@@ -209,7 +205,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	for _, p := range opts.Peers {
 		n.ov.AddStaticPeer(p)
 	}
-	if !opts.UnfilteredForTest {
+	if !opts.unfiltered() {
 		pctx, cancel := context.WithCancel(context.Background())
 		n.cancel = cancel
 		n.wg.Add(1)
@@ -235,6 +231,11 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
+	if h := opts.TestHooks; h != nil {
+		h.Crash = func() error { return n.shutdown(false) }
+		h.OverlayStats = n.ov.Stats
+		h.WireGuardConfig = n.ov.WireGuardConfig
+	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
 }
@@ -244,7 +245,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 // will refuse.
 func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) {
 	id, err := pool.VerifyDER(opts.Certificate, opts.Now())
-	if err != nil && opts.SkipSelfCheckForTest {
+	if err != nil && opts.skipSelfCheck() {
 		c, perr := x509.ParseCertificate(opts.Certificate)
 		if perr != nil {
 			return nil, fmt.Errorf("own certificate: %w", perr)
@@ -254,7 +255,7 @@ func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) 
 	if err != nil {
 		return nil, fmt.Errorf("own certificate: %w", err)
 	}
-	if opts.SkipSelfCheckForTest {
+	if opts.skipSelfCheck() {
 		return id, nil
 	}
 	if !opts.IdentityKey.Public().(ed25519.PublicKey).Equal(id.IdentityKey) {
@@ -414,17 +415,16 @@ func verdict(v policy.Verdict) stack.Verdict {
 // Counters are the virtual interface's packet counters.
 func (n *Node) Counters() stack.Counters { return n.stack.Counters() }
 
-// Overlay exposes the WireGuard and admission layer (for tests and status).
-func (n *Node) Overlay() *overlay.Overlay { return n.ov }
+// unfiltered reports whether the Unfiltered test hook is on.
+func (o *Options) unfiltered() bool { return o.TestHooks != nil && o.TestHooks.Unfiltered }
+
+// skipSelfCheck reports whether the SkipSelfCheck test hook is on.
+func (o *Options) skipSelfCheck() bool { return o.TestHooks != nil && o.TestHooks.SkipSelfCheck }
 
 // Close shuts the node down: peers, WireGuard device, virtual interface.
 func (n *Node) Close() error {
 	return n.shutdown(true)
 }
-
-// CrashForTest stops the node without leaving the gossip fabric, as a
-// killed process would: the others must notice by failure detection.
-func (n *Node) CrashForTest() error { return n.shutdown(false) }
 
 func (n *Node) shutdown(graceful bool) error {
 	n.closeOnce.Do(func() {
@@ -448,11 +448,11 @@ func (n *Node) shutdown(graceful bool) error {
 }
 
 // verifierFor is the pool, except for a node started with
-// SkipSelfCheckForTest: that node believes its own certificate names its
+// the SkipSelfCheck test hook: that node believes its own certificate names its
 // actual keys, so that tests can play a node with a forged or replayed
 // certificate and watch the honest side refuse it.
 func verifierFor(pool *cert.Pool, opts Options, own *cert.Identity) overlay.Verifier {
-	if !opts.SkipSelfCheckForTest {
+	if !opts.skipSelfCheck() {
 		return pool
 	}
 	believed := *own

@@ -28,7 +28,7 @@ const benchRules = "inbound:\n  - {proto: tcp, port: 5201-5202, host: any}\nfloo
 // and beta (SOCKS5 proxy and a forward to alpha:5201 on loopback).
 func benchPair(b *testing.B) (alpha, beta *Node) {
 	b.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		b.Fatal(err)
 	}

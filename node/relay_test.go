@@ -34,12 +34,12 @@ const relayDeadline = 60 * time.Second
 // fabricCA is one throwaway CA for the nodes of a test.
 type fabricCA struct {
 	t  *testing.T
-	ca *LocalCA
+	ca *localCA
 }
 
 func newFabricCA(t *testing.T) *fabricCA {
 	t.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}
