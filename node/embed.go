@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -126,8 +125,8 @@ func (n *Node) tlsServerConfig() *tls.Config {
 		}
 		c := base.Clone()
 		c.GetConfigForClient = nil
-		c.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return n.verifyTLSPeer(raw, func(id *cert.Identity) error {
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			return n.verifyTLSPeer(cs, func(id *cert.Identity) error {
 				if !holdsAddr(id, from.Addr()) {
 					return fmt.Errorf("client certificate of %s.%s does not hold the address %v it connects from", id.Name, id.Domain, from.Addr())
 				}
@@ -150,12 +149,13 @@ func (n *Node) TLSClientConfig(serverName string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: serverName,
-		// The standard verification is replaced by VerifyPeerCertificate,
-		// which checks the chain against the node's trust pool and CRL.
+		// The standard verification is replaced by VerifyConnection,
+		// which checks the certificate against the node's trust pool and
+		// CRL.
 		InsecureSkipVerify:   true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return n.tlsCertificate(), nil },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return n.verifyTLSPeer(raw, func(id *cert.Identity) error {
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return n.verifyTLSPeer(cs, func(id *cert.Identity) error {
 				if !n.isNamed(id, serverName) {
 					return fmt.Errorf("server certificate is for %s.%s at %v, not %q", id.Name, id.Domain, id.Addresses, serverName)
 				}
@@ -206,13 +206,17 @@ func (n *Node) tlsCertificate() *tls.Certificate {
 	return &tls.Certificate{Certificate: [][]byte{n.Identity().Raw}, PrivateKey: n.opts.IdentityKey}
 }
 
-// verifyTLSPeer verifies the leaf of a TLS peer's chain with the node's
-// trust pool, then runs check on the identity.
-func (n *Node) verifyTLSPeer(raw [][]byte, check func(*cert.Identity) error) error {
-	if len(raw) == 0 {
+// verifyTLSPeer verifies the TLS peer's certificate with the node's trust
+// pool, then runs check on the identity. It runs as VerifyConnection,
+// which TLS calls on every handshake, resumed ones included
+// (VerifyPeerCertificate is skipped on resumption): a session ticket
+// does not outlive a revocation or carry a certificate to another
+// address.
+func (n *Node) verifyTLSPeer(cs tls.ConnectionState, check func(*cert.Identity) error) error {
+	if len(cs.PeerCertificates) == 0 {
 		return errors.New("tls: no peer certificate")
 	}
-	id, err := n.pool.VerifyDER(raw[0], n.opts.Now())
+	id, err := n.pool.VerifyDER(cs.PeerCertificates[0].Raw, n.opts.Now())
 	if err != nil {
 		return fmt.Errorf("tls: peer certificate: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -110,6 +111,17 @@ func TestListenPacketEcho(t *testing.T) {
 // sends the handshake error on errs.
 func tlsServer(t *testing.T, n *Node, ln net.Listener) <-chan error {
 	t.Helper()
+	return tlsServerNamer(ln, func(cs *tls.ConnectionState) (string, error) {
+		id, err := n.PeerIdentity(cs)
+		if err != nil {
+			return "", err
+		}
+		return id.Name, nil
+	})
+}
+
+// tlsServerNamer is tlsServer with the client's name from name.
+func tlsServerNamer(ln net.Listener, name func(*tls.ConnectionState) (string, error)) <-chan error {
 	errs := make(chan error, 16)
 	go func() {
 		for {
@@ -127,13 +139,13 @@ func tlsServer(t *testing.T, n *Node, ln net.Listener) <-chan error {
 					return
 				}
 				cs := tc.ConnectionState()
-				id, err := n.PeerIdentity(&cs)
+				who, err := name(&cs)
 				if err != nil {
 					errs <- err
 					return
 				}
 				errs <- nil
-				fmt.Fprintf(tc, "hello %s", id.Name)
+				fmt.Fprintf(tc, "hello %s", who)
 			}()
 		}
 	}()
@@ -351,4 +363,91 @@ func TestStartFromConfig(t *testing.T) {
 	if _, err := StartFromConfig(t.Context(), p("missing.yaml")); err == nil {
 		t.Error("StartFromConfig of a missing file succeeded")
 	}
+}
+
+// TestListenTLSResumptionChecksRevocation: a client that resumes a TLS
+// session with a ticket is checked again: once its certificate is
+// revoked, the ticket does not let it in.
+func TestListenTLSResumptionChecksRevocation(t *testing.T) {
+	f := newFabricCA(t)
+	alpha := f.node("alpha", 1, "inbound:\n  - {proto: tcp, port: 8443, host: any}\n", nil)
+	beta := f.node("beta", 2, "", nil, alpha)
+	ln, err := alpha.ListenTLS("tcp", ":8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The server takes the name from the certificate the handshake
+	// accepted, without checking it again: the handshake alone must
+	// refuse.
+	serverErrs := tlsServerNamer(ln, func(cs *tls.ConnectionState) (string, error) {
+		return cs.PeerCertificates[0].Subject.CommonName, nil
+	})
+	waitSession(t, beta, "alpha")
+	ctx, cancel := context.WithTimeout(context.Background(), relayDeadline)
+	defer cancel()
+
+	// A second certificate for beta's address, used only for TLS, so that
+	// revoking it leaves beta's tunnel up.
+	tlsOpts, err := f.ca.NodeOptions("beta-tls", netip.MustParsePrefix("100.64.0.2/10"), nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := tls.NewLRUClientSessionCache(4)
+	connect := func() (resumed bool, err error) {
+		c, err := beta.Dial(ctx, "tcp", "alpha:8443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := beta.TLSClientConfig("alpha")
+		cfg.GetClientCertificate = nil
+		cfg.Certificates = []tls.Certificate{{Certificate: [][]byte{tlsOpts.Certificate}, PrivateKey: tlsOpts.IdentityKey}}
+		cfg.ClientSessionCache = cache
+		tc := tls.Client(c, cfg)
+		defer tc.Close()
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return false, err
+		}
+		tc.SetReadDeadline(time.Now().Add(relayDeadline))
+		got, err := io.ReadAll(tc) // also takes in the session ticket
+		if err == nil && string(got) != "hello beta-tls" {
+			err = fmt.Errorf("server said %q", got)
+		}
+		return tc.ConnectionState().DidResume, err
+	}
+	for i := range 2 {
+		resumed, err := connect()
+		if err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+		if serr := <-serverErrs; serr != nil {
+			t.Fatalf("connection %d, server side: %v", i+1, serr)
+		}
+		if i == 1 && !resumed {
+			t.Fatal("the second connection did not resume the session: the test needs it to")
+		}
+	}
+
+	crl, err := f.ca.CA.Revoke(nil, []*big.Int{mustCert(t, tlsOpts.Certificate).SerialNumber}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := alpha.ApplyCRL(crl); err != nil || !applied {
+		t.Fatalf("apply CRL: %v, %v", applied, err)
+	}
+	if _, err := connect(); err == nil {
+		t.Error("a revoked client certificate got in with its session ticket")
+	}
+	if serr := <-serverErrs; serr == nil || !strings.Contains(serr.Error(), "revoked") {
+		t.Errorf("server error %v, want a revocation", serr)
+	}
+}
+
+func mustCert(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
