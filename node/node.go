@@ -23,9 +23,10 @@ import (
 	"github.com/aigrid/gridnet/stack"
 )
 
-// Options configure one node. `gridnet up` fills them from a Config and the
-// node's vault; Go programs that embed gridnet (like tsnet) and the
-// in-process tests fill them directly.
+// Options configure one node. OptionsFromConfig fills them from a Config
+// and the node's vault, as `gridnet up` does; OptionsFromVault fills the
+// identity from a vault; Go programs that embed gridnet (like tsnet) and
+// the in-process tests may also fill them directly.
 type Options struct {
 	// IdentityKey is the node's Ed25519 identity private key.
 	IdentityKey ed25519.PrivateKey
