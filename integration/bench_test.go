@@ -25,6 +25,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack"
 )
@@ -143,19 +144,18 @@ func realisticRules() string {
 // pass-through hook (no firewall).
 func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	b.Helper()
-	ca, err := node.NewLocalCA("bench-ca", "bench.gridnet")
+	ca, err := nodetest.NewLocalCA("bench-ca", "bench.gridnet")
 	if err != nil {
 		b.Fatal(err)
 	}
-	start := func(name string, host int, peers ...netip.AddrPort) *node.Node {
+	start := func(name string, host int, peers ...netip.AddrPort) *nodetest.Node {
 		opts, err := ca.NodeOptions(name, overlayPrefix(host), nil, time.Hour)
 		if err != nil {
 			b.Fatal(err)
 		}
 		opts.Peers = peers
 		opts.Firewall = rules
-		opts.UnfilteredForTest = rules == nil
-		n, err := node.Start(context.Background(), opts)
+		n, err := nodetest.Start(context.Background(), opts, nodetest.Switches{Unfiltered: rules == nil})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -164,7 +164,7 @@ func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	a := start("alpha", 1)
 	c := start("beta", 2, netip.AddrPortFrom(loopback, a.UnderlayPort()))
 	deadline := time.Now().Add(admitTimeout)
-	for !hasPeer(a, "beta") || !hasPeer(c, "alpha") {
+	for !hasPeer(a.Node, "beta") || !hasPeer(c.Node, "alpha") {
 		if time.Now().After(deadline) {
 			b.Fatal("gridnet pair not admitted")
 		}
@@ -172,7 +172,7 @@ func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	}
 	return pair{
 		dial:   func(ctx context.Context, addr string) (net.Conn, error) { return a.Dial(ctx, "tcp", addr) },
-		listen: func(port uint16) (net.Listener, error) { return c.ListenTCP(port) },
+		listen: func(port uint16) (net.Listener, error) { return c.Listen("tcp", fmt.Sprintf(":%d", port)) },
 		host:   "100.64.0.2",
 		close:  func() { a.Close(); c.Close() },
 	}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/policy"
 )
@@ -41,20 +42,22 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // fabric is a set of in-process nodes on 127.0.0.1 under one throwaway CA.
 type fabric struct {
 	t     testing.TB
-	ca    *node.LocalCA
+	ca    *nodetest.LocalCA
 	nodes []*node.Node
+	// test holds each node's test-only controls (crash, counters).
+	test map[*node.Node]*nodetest.Node
 }
 
 func newFabric(t testing.TB) *fabric {
 	t.Helper()
-	ca, err := node.NewLocalCA("test-ca", "test.gridnet")
+	ca, err := nodetest.NewLocalCA("test-ca", "test.gridnet")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Honest certificates are issued as if two hours ago and valid for
 	// four, so that a node whose clock is behind still accepts them.
 	ca.Now = func() time.Time { return time.Now().Add(-2 * time.Hour) }
-	return &fabric{t: t, ca: ca}
+	return &fabric{t: t, ca: ca, test: map[*node.Node]*nodetest.Node{}}
 }
 
 // add starts node name at overlay address 100.64.0.<host>/10 with the
@@ -91,6 +94,12 @@ func parseRules(yaml string) (*policy.Config, error) {
 
 func (f *fabric) start(opts node.Options, peers ...*node.Node) *node.Node {
 	f.t.Helper()
+	return f.startWith(opts, nodetest.Switches{}, peers...)
+}
+
+// startWith is start with test switches.
+func (f *fabric) startWith(opts node.Options, sw nodetest.Switches, peers ...*node.Node) *node.Node {
+	f.t.Helper()
 	if opts.Firewall == nil {
 		opts.Firewall = mustRules(f.t, allowAll)
 	}
@@ -100,13 +109,25 @@ func (f *fabric) start(opts node.Options, peers ...*node.Node) *node.Node {
 	if os.Getenv("GRIDNET_TEST_LOG") != "" {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	n, err := node.Start(context.Background(), opts)
+	tn, err := nodetest.Start(context.Background(), opts, sw)
 	if err != nil {
 		f.t.Fatalf("start: %v", err)
 	}
+	n := tn.Node
 	f.t.Cleanup(func() { n.Close() })
 	f.nodes = append(f.nodes, n)
+	f.test[n] = tn
 	return n
+}
+
+// testOf is the test-only controls of a node the fabric started.
+func (f *fabric) testOf(n *node.Node) *nodetest.Node {
+	f.t.Helper()
+	tn, ok := f.test[n]
+	if !ok {
+		f.t.Fatalf("node %s was not started by this fabric", n.Identity().Name)
+	}
+	return tn
 }
 
 func overlayPrefix(host int) netip.Prefix {
@@ -172,7 +193,7 @@ func checkGoroutines(t testing.TB) {
 // vanished never sends its FIN).
 func tcpEcho(t testing.TB, n *node.Node, port uint16) {
 	t.Helper()
-	ln, err := n.ListenTCP(port)
+	ln, err := n.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +272,7 @@ func TestTwoNodesTCPUDPPing(t *testing.T) {
 	bulkEcho(t, a, b, 8000, 16<<20)
 
 	// UDP: a datagram to beta comes back from beta's overlay address.
-	pc, err := b.ListenUDP(8001)
+	pc, err := b.ListenPacket("udp", ":8001")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +359,7 @@ func TestRefusedNodes(t *testing.T) {
 	victim := f.add("victim", 2, honest)
 	waitPeers(t, honest, victim)
 
-	rogueCA, err := node.NewLocalCA("rogue", "test.gridnet")
+	rogueCA, err := nodetest.NewLocalCA("rogue", "test.gridnet")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +416,6 @@ func TestRefusedNodes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := tt.opts(t)
-			opts.SkipSelfCheckForTest = true
 			if tt.revoke {
 				crl, err := f.ca.CA.Revoke(nil, []*big.Int{mustParse(t, opts.Certificate).SerialNumber}, time.Now())
 				if err != nil {
@@ -405,11 +425,11 @@ func TestRefusedNodes(t *testing.T) {
 					t.Fatalf("apply CRL: %v %v", applied, err)
 				}
 			}
-			bad := f.start(opts)
+			bad := f.startWith(opts, nodetest.Switches{SkipSelfCheck: true})
 			defer bad.Close()
 
 			// The bad node knocks: the honest node refuses it for the reason.
-			before := honest.Overlay().Stats().Rejected[tt.want]
+			before := f.testOf(honest).OverlayStats().Rejected[tt.want]
 			ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
 			_, err := bad.Admit(ctx, underlay(honest))
 			cancel()
@@ -419,7 +439,7 @@ func TestRefusedNodes(t *testing.T) {
 			// The untrusted-CA node refuses the honest node itself (it does
 			// not trust our CA either) before the honest node can judge it.
 			if tt.want != overlay.ReasonUnknownCA {
-				if after := honest.Overlay().Stats().Rejected[tt.want]; after <= before {
+				if after := f.testOf(honest).OverlayStats().Rejected[tt.want]; after <= before {
 					t.Errorf("honest node's %s counter did not grow (%d -> %d); bad node saw %v", tt.want, before, after, err)
 				}
 			}
@@ -437,7 +457,7 @@ func TestRefusedNodes(t *testing.T) {
 					t.Errorf("honest node lists %q as a peer", p.Name)
 				}
 			}
-			if strings.Contains(ipcPeers(t, honest), hexKey(bad.Overlay().PublicKey())) {
+			if strings.Contains(ipcPeers(t, f.testOf(honest)), hexKey(wireGuardPublic(t, opts.WireGuardKey))) {
 				t.Error("bad node's key is a WireGuard peer of the honest node")
 			}
 		})
@@ -460,13 +480,23 @@ func must(t *testing.T) func(node.Options, error) node.Options {
 
 // ipcPeers is the honest node's WireGuard configuration as wireguard-go
 // reports it.
-func ipcPeers(t *testing.T, n *node.Node) string {
+func ipcPeers(t *testing.T, n *nodetest.Node) string {
 	t.Helper()
-	s, err := n.Overlay().Device().IpcGet()
+	s, err := n.WireGuardConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// wireGuardPublic is the public key of a WireGuard private key.
+func wireGuardPublic(t *testing.T, private [32]byte) [32]byte {
+	t.Helper()
+	pub, err := nodetest.WireGuardPublicKey(private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }
 
 func hexKey(k [32]byte) string { return "public_key=" + hex.EncodeToString(k[:]) }
@@ -501,7 +531,7 @@ func TestMutualStaticPeers(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		if removed := a.Overlay().Stats().Removed + b.Overlay().Stats().Removed; removed != 0 {
+		if removed := f.testOf(a).OverlayStats().Removed + f.testOf(b).OverlayStats().Removed; removed != 0 {
 			t.Errorf("round %d: %d peers removed while both sides admitted each other", round, removed)
 		}
 	}

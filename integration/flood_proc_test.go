@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 )
 
 // The process-isolated flood test runs the victim (with the honest peer)
@@ -425,10 +426,11 @@ func runVictim(spec *floodSpec) error {
 		return err
 	}
 	vo.Firewall = rules
-	victim, err := node.Start(context.Background(), vo)
+	victimT, err := nodetest.Start(context.Background(), vo, nodetest.Switches{})
 	if err != nil {
 		return fmt.Errorf("start victim: %w", err)
 	}
+	victim := victimT.Node
 	defer victim.Close()
 	gopt, err := spec.options(1)
 	if err != nil {
@@ -489,7 +491,7 @@ func runVictim(spec *floodSpec) error {
 			res.Loaded, err = transferMbps(good, victim)
 			// Keep flooding until the victim drops something, within a bound.
 			for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-				if len(victim.Firewall().Stats().PeerDrops["attacker"]) > 0 || victim.Overlay().Stats().Throttled > 0 {
+				if len(victim.Firewall().Stats().PeerDrops["attacker"]) > 0 || victimT.OverlayStats().Throttled > 0 {
 					break
 				}
 			}
@@ -505,7 +507,7 @@ func runVictim(spec *floodSpec) error {
 			res.AttackerDrops = st.PeerDrops["attacker"]
 			res.GoodDrops = st.PeerDrops["good"]
 			res.Flows = st.Flows
-			res.UnderlayDrops = victim.Overlay().Stats().Throttled
+			res.UnderlayDrops = victimT.OverlayStats().Throttled
 			for len(sub.C) > 0 {
 				if e := <-sub.C; e.Peer == "attacker" {
 					res.SawEvent = true
@@ -534,10 +536,11 @@ func runAttacker(spec *floodSpec) error {
 	ao.Firewall, _ = parseRules(allowAll)
 	victimEndpoint := netip.AddrPortFrom(loopback, spec.VictimPort)
 	ao.Peers = []netip.AddrPort{victimEndpoint}
-	attacker, err := node.Start(context.Background(), ao)
+	attackerT, err := nodetest.Start(context.Background(), ao, nodetest.Switches{})
 	if err != nil {
 		return fmt.Errorf("start attacker: %w", err)
 	}
+	attacker := attackerT.Node
 	defer attacker.Close()
 	if err := waitSession(attacker, "victim"); err != nil {
 		return err
@@ -561,7 +564,9 @@ func runAttacker(spec *floodSpec) error {
 	if cmd, ok := <-lines; !ok || cmd != "flood" {
 		return fmt.Errorf("expected flood, got %q", cmd)
 	}
-	attacker.CrashForTest()
+	if err := attackerT.Crash(); err != nil {
+		return fmt.Errorf("crash attacker: %w", err)
+	}
 	rf, err := startRawFlooder(ao.WireGuardKey, victimKey, port, victimEndpoint, self, spec.VictimAddr)
 	if err != nil {
 		return err

@@ -103,7 +103,7 @@ func sink(t testing.TB, victim *node.Node) {
 // serveSink accepts transfers on victim:9100 and acknowledges each with the
 // byte count and CRC-32C of what it read, until stop is called.
 func serveSink(victim *node.Node) (stop func(), err error) {
-	ln, err := victim.ListenTCP(9100)
+	ln, err := victim.Listen("tcp", ":9100")
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}

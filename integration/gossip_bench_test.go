@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/overlay"
 )
 
@@ -139,11 +140,12 @@ func init() {
 }
 
 func benchGossipOnce(b *testing.B, n int) fabricTimes {
-	ca, err := node.NewLocalCA("bench-ca", "bench.gridnet")
+	ca, err := nodetest.NewLocalCA("bench-ca", "bench.gridnet")
 	if err != nil {
 		b.Fatal(err)
 	}
 	var nodes []*node.Node
+	crash := map[*node.Node]func() error{} // each node's crash (no leave notice)
 	defer func() { closeAll(nodes) }()
 	start := time.Now()
 	for i := 1; i <= n; i++ {
@@ -160,11 +162,12 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 		if len(nodes) > 0 {
 			opts.Peers = append(opts.Peers, underlay(nodes[0]))
 		}
-		x, err := node.Start(b.Context(), opts)
+		x, err := nodetest.Start(b.Context(), opts, nodetest.Switches{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		nodes = append(nodes, x)
+		nodes = append(nodes, x.Node)
+		crash[x.Node] = x.Crash
 	}
 	bound := 120 * time.Second
 	benchDiag = func() string {
@@ -208,7 +211,7 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	mesh := time.Since(start)
 
 	crashed := nodes[n-1]
-	crashed.CrashForTest()
+	crash[crashed]()
 	rest := nodes[:n-1]
 	removal := benchWait(b, bound, func() string { return anyHas(rest, crashed.Identity().Name) })
 

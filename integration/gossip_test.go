@@ -11,6 +11,7 @@ import (
 
 	"github.com/aigrid/gridnet/discovery"
 	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/overlay"
 )
 
@@ -128,7 +129,7 @@ func testGossipFabric(t *testing.T, n int) {
 
 	// Crash (no graceful leave): removed everywhere by failure detection.
 	victim := nodes[n-1]
-	victim.CrashForTest()
+	f.testOf(victim).Crash()
 	rest := nodes[:n-1]
 	took = waitFor(t, 90*time.Second, "crashed node removed everywhere", func() string {
 		for _, x := range rest {
@@ -170,12 +171,12 @@ func testGossipFabric(t *testing.T, n int) {
 	})
 	t.Logf("revocation effective everywhere after %v", took)
 	// It knocks again: refused for the revocation, not admitted.
-	before := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]
+	before := f.testOf(seed).OverlayStats().Rejected[overlay.ReasonRevoked]
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	revoked.Admit(ctx, underlay(seed))
 	cancel()
 	waitFor(t, 30*time.Second, "seed refuses the revoked node as revoked", func() string {
-		if after := seed.Overlay().Stats().Rejected[overlay.ReasonRevoked]; after <= before {
+		if after := f.testOf(seed).OverlayStats().Rejected[overlay.ReasonRevoked]; after <= before {
 			return fmt.Sprintf("revoked refusals %d -> %d", before, after)
 		}
 		return ""
@@ -186,7 +187,7 @@ func testGossipFabric(t *testing.T, n int) {
 
 	// A node with a certificate from an untrusted CA, pointed at the seed,
 	// joins nothing.
-	rogue, err := node.NewLocalCA("rogue", "test.gridnet")
+	rogue, err := nodetest.NewLocalCA("rogue", "test.gridnet")
 	if err != nil {
 		t.Fatal(err)
 	}

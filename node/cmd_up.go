@@ -102,58 +102,6 @@ func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, hopts))
 }
 
-// loadedIdentity is what `up` reads from the vault and the files.
-type loadedIdentity struct {
-	keys nodeKeys
-	cert []byte
-	cas  []*x509.Certificate
-	crls []*x509.RevocationList
-	// vaultOpen is how long opening the vault took (key derivation
-	// included), for the metrics.
-	vaultOpen time.Duration
-}
-
-func loadIdentity(cfg *Config, env Env) (*loadedIdentity, error) {
-	start := time.Now()
-	v, err := openVault(cfg.Vault.Path, vaultKeyFlags{keyFile: cfg.Vault.KeyFile}, env)
-	if err != nil {
-		return nil, err
-	}
-	opened := time.Since(start)
-	defer v.Close()
-	keys, _, err := loadNodeKeys(v)
-	if err != nil {
-		return nil, err
-	}
-	li := &loadedIdentity{keys: keys, vaultOpen: opened}
-	certPEM, err := readFileOrItem(cfg.Cert, func() ([]byte, error) { b, _, err := v.Get(itemNodeCert); return b, err })
-	if err != nil {
-		return nil, fmt.Errorf("node certificate: %w", err)
-	}
-	c, err := cert.ParseCertPEM(certPEM)
-	if err != nil {
-		return nil, fmt.Errorf("node certificate: %w", err)
-	}
-	li.cert = c.Raw
-	caPEM, err := readFileOrItem(cfg.CA, func() ([]byte, error) { b, _, err := v.Get(itemCACert); return b, err })
-	if err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
-	}
-	if li.cas, err = cert.ParseCertsPEM(caPEM); err != nil {
-		return nil, fmt.Errorf("CA bundle: %w", err)
-	}
-	if cfg.CRL != "" {
-		crl, err := readCRL(cfg.CRL)
-		if err != nil {
-			return nil, err
-		}
-		if crl != nil {
-			li.crls = append(li.crls, crl)
-		}
-	}
-	return li, nil
-}
-
 // readCRL reads a CRL file; a missing file is no CRL yet.
 func readCRL(path string) (*x509.RevocationList, error) {
 	b, err := os.ReadFile(path)
@@ -183,7 +131,6 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log := newLogger(env.Stderr, cfg.Log)
 	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
 	}
@@ -196,46 +143,23 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		return err
 	}
 	defer claim.Release()
-	li, err := loadIdentity(cfg, env)
+	opts, err := optionsFromConfig(cfg, env)
 	if err != nil {
 		return err
 	}
-	proxyOpts, serve, forward, err := relayOptions(cfg)
-	if err != nil {
-		return err
-	}
+	log := opts.Logger
 	// The control socket first: a second instance with the same socket
 	// stops here, before it joins the fabric.
 	ln, err := listenControl(cfg.Control.Socket)
 	if err != nil {
 		return err
 	}
-	n, err := Start(ctx, Options{
-		IdentityKey:  li.keys.identity,
-		WireGuardKey: li.keys.wireGuard,
-		Certificate:  li.cert,
-		CAs:          li.cas,
-		CRLs:         li.crls,
-		Listen:       cfg.Listen.AddrPort.AddrPort,
-		Peers:        addrPorts(cfg.Peers),
-		TunMode:      cfg.Tun.Mode,
-		TunName:      cfg.Tun.Name,
-		MTU:          int(cfg.Tun.MTU),
-		Firewall:     cfg.FirewallRules,
-		Gossip:       gossipOptions(cfg.Gossip),
-		Proxy:        proxyOpts,
-		Serve:        serve,
-		Forward:      forward,
-		DNS:          dnsOptions(cfg.DNS),
-		Metrics:      metricsOptions(cfg.Metrics),
-		Logger:       log,
-	})
+	n, err := Start(ctx, opts)
 	if err != nil {
 		ln.Close() // removes the socket
 		return err
 	}
 	defer n.Close()
-	n.setVaultOpenDuration(li.vaultOpen)
 	// SIGHUP and the control API may ask at once; one reload at a time.
 	var reloadMu sync.Mutex
 	reload := func() error {

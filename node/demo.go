@@ -72,27 +72,28 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
 }
 
-// LocalCA is a throwaway CA that makes ready-to-start node options on
-// 127.0.0.1. The demo and the in-process tests use it.
-type LocalCA struct {
+// localCA is a throwaway CA that makes ready-to-start node options on
+// 127.0.0.1. The demo and this package's tests use it; node/nodetest
+// has the same for the tests of other packages.
+type localCA struct {
 	CA  *cert.CA
 	Now func() time.Time
 }
 
-// NewLocalCA makes a CA for domain, valid from a day ago until a day from
+// newLocalCA makes a CA for domain, valid from a day ago until a day from
 // now, so that tests can also issue back-dated (expired) certificates.
-func NewLocalCA(name, domain string) (*LocalCA, error) {
+func newLocalCA(name, domain string) (*localCA, error) {
 	ca, err := cert.NewCA(name, domain, 48*time.Hour, time.Now().Add(-24*time.Hour))
 	if err != nil {
 		return nil, err
 	}
-	return &LocalCA{CA: ca, Now: time.Now}, nil
+	return &localCA{CA: ca, Now: time.Now}, nil
 }
 
 // NodeOptions makes keys for a node called name at overlay address addr
 // (with prefix, e.g. 100.64.0.1/10), signs its certificate and returns
 // options that listen on 127.0.0.1 with a random port and trust this CA.
-func (l *LocalCA) NodeOptions(name string, addr netip.Prefix, groups []string, validity time.Duration) (Options, error) {
+func (l *localCA) NodeOptions(name string, addr netip.Prefix, groups []string, validity time.Duration) (Options, error) {
 	keys, err := generateNodeKeys()
 	if err != nil {
 		return Options{}, err
@@ -122,7 +123,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	start := time.Now()
 
 	step("creating a throwaway CA for domain demo.gridnet")
-	lca, err := NewLocalCA("demo-ca", "demo.gridnet")
+	lca, err := newLocalCA("demo-ca", "demo.gridnet")
 	if err != nil {
 		return err
 	}
@@ -210,7 +211,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	fmt.Fprintf(out, "    beta's firewall: %d packets accepted, %d dropped\n", nodes[1].fw.Stats().Accepted, nodes[1].fw.Stats().Dropped)
 
 	step("intruder: mallory holds a valid certificate from a foreign CA and tries to join alpha")
-	rogue, err := NewLocalCA("rogue-ca", "demo.gridnet")
+	rogue, err := newLocalCA("rogue-ca", "demo.gridnet")
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	}
 	fmt.Fprintf(out, "    alpha's peers are still: %s\n", peerNames(nodes[0]))
 	var refusals []string
-	for r, v := range nodes[0].Overlay().Stats().Rejected {
+	for r, v := range nodes[0].ov.Stats().Rejected {
 		refusals = append(refusals, fmt.Sprintf("%s=%d", r, v))
 	}
 	fmt.Fprintf(out, "    alpha's refusal counters: %s\n", strings.Join(refusals, " "))
@@ -299,7 +300,7 @@ func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) err
 // demoEcho runs an echo server on b and streams demoTransferSize random
 // bytes from a through it, comparing checksums. It returns Mbit/s.
 func demoEcho(ctx context.Context, a, b *Node) (float64, error) {
-	ln, err := b.ListenTCP(demoEchoPort)
+	ln, err := b.Listen("tcp", fmt.Sprintf(":%d", demoEchoPort))
 	if err != nil {
 		return 0, err
 	}

@@ -145,7 +145,7 @@ func TestFwCheckFederatedDomain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A node config whose cert: file says this node's domain.
-	lca, err := NewLocalCA("corp-ca", "corp.example")
+	lca, err := newLocalCA("corp-ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}

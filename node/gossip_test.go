@@ -117,7 +117,7 @@ func TestFalseDeathKeepsTunnel(t *testing.T) {
 		t.Fatal("a member that answers through its tunnel was removed on a false death")
 	}
 
-	b.CrashForTest()
+	b.shutdown(false) // a crash: no leave notice
 	a.gossip.onLeave("beta", true)
 	for deadline := time.Now().Add(30 * time.Second); admitted(a, "beta"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -313,7 +313,7 @@ func gossipNodesWith(t *testing.T, mod func(i int, o *Options), names ...string)
 // first with the first as its seed.
 type gossipFleet struct {
 	tb      testing.TB
-	ca      *LocalCA
+	ca      *localCA
 	profile discovery.Profile
 	nodes   []*Node
 	// mod, when set, changes the options of node i (from 0, the seed)
@@ -323,7 +323,7 @@ type gossipFleet struct {
 
 func newGossipFleet(tb testing.TB, profile discovery.Profile) *gossipFleet {
 	tb.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -437,7 +437,7 @@ func TestOneAdmissionPerNodeAtATime(t *testing.T) {
 // the malicious member: it sends forgeries from its own overlay address.
 func newInsider(t testing.TB, n *Node) *insider.Member {
 	t.Helper()
-	pc, err := n.ListenUDP(40000)
+	pc, err := n.ListenPacket("udp", ":40000")
 	if err != nil {
 		t.Fatal(err)
 	}

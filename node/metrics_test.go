@@ -75,7 +75,7 @@ next:
 // drop counters grow when its firewall drops alpha's pings.
 func TestMetricsCountTrafficAndDrops(t *testing.T) {
 	var crlNumber *big.Int
-	alpha, beta := startPair(t, func(ca *LocalCA, o *Options) {
+	alpha, beta := startPair(t, func(ca *localCA, o *Options) {
 		o.Metrics = &MetricsOptions{Listen: "127.0.0.1:0"}
 		crl, err := ca.CA.Revoke(nil, []*big.Int{big.NewInt(4242)}, time.Now())
 		if err != nil {
@@ -184,7 +184,7 @@ func TestMetricsListenInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}

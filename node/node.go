@@ -16,15 +16,17 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack"
 )
 
-// Options configure one node. `gridnet up` fills them from a Config and the
-// node's vault; Go programs that embed gridnet (like tsnet) and the
-// in-process tests fill them directly.
+// Options configure one node. OptionsFromConfig fills them from a Config
+// and the node's vault, as `gridnet up` does; OptionsFromVault fills the
+// identity from a vault; Go programs that embed gridnet (like tsnet) and
+// the in-process tests may also fill them directly.
 type Options struct {
 	// IdentityKey is the node's Ed25519 identity private key.
 	IdentityKey ed25519.PrivateKey
@@ -78,14 +80,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// UnfilteredForTest leaves the packet hook a pass-through (counters
-	// only): benchmarks compare it with the firewall. gridnet up never sets
-	// it.
-	UnfilteredForTest bool
-	// SkipSelfCheckForTest starts the node even if its own certificate does
-	// not verify or is not for its keys. Only tests set it, to play a node
-	// that an honest peer must refuse.
-	SkipSelfCheckForTest bool
+	// TestHooks is test support: package node/nodetest sets it (its type
+	// is internal to this module, so other programs leave it nil).
+	TestHooks *testhooks.Hooks
+
+	// vaultOpen is how long opening the node's vault took, set by
+	// OptionsFromConfig and OptionsFromVault for the metrics.
+	vaultOpen time.Duration
 }
 
 // Node is a running gridnet node: its virtual interface, its WireGuard
@@ -139,6 +140,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{opts: opts, log: opts.Logger.With("node", id.Name), pool: pool}
+	n.setVaultOpenDuration(opts.vaultOpen)
 
 	mode := stack.Userspace
 	if opts.TunMode == TunKernel {
@@ -174,7 +176,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("firewall: %w", err)
 	}
 	n.events = newEventLog(n.fw)
-	if !opts.UnfilteredForTest {
+	if !opts.unfiltered() {
 		n.stack.SetHooks(stack.Hooks{
 			Inbound:  stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Inbound(pkt)) }),
 			Outbound: stack.FilterFunc(func(pkt []byte) stack.Verdict { return verdict(n.fw.Outbound(pkt)) }),
@@ -204,7 +206,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	for _, p := range opts.Peers {
 		n.ov.AddStaticPeer(p)
 	}
-	if !opts.UnfilteredForTest {
+	if !opts.unfiltered() {
 		pctx, cancel := context.WithCancel(context.Background())
 		n.cancel = cancel
 		n.wg.Add(1)
@@ -230,6 +232,11 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
+	if h := opts.TestHooks; h != nil {
+		h.Crash = func() error { return n.shutdown(false) }
+		h.OverlayStats = n.ov.Stats
+		h.WireGuardConfig = n.ov.WireGuardConfig
+	}
 	n.log.Info("node up", "domain", id.Domain, "addresses", id.Addresses, "underlay_port", n.ov.Port(), "tun", opts.TunMode)
 	return n, nil
 }
@@ -239,7 +246,7 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 // will refuse.
 func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) {
 	id, err := pool.VerifyDER(opts.Certificate, opts.Now())
-	if err != nil && opts.SkipSelfCheckForTest {
+	if err != nil && opts.skipSelfCheck() {
 		c, perr := x509.ParseCertificate(opts.Certificate)
 		if perr != nil {
 			return nil, fmt.Errorf("own certificate: %w", perr)
@@ -249,7 +256,7 @@ func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) 
 	if err != nil {
 		return nil, fmt.Errorf("own certificate: %w", err)
 	}
-	if opts.SkipSelfCheckForTest {
+	if opts.skipSelfCheck() {
 		return id, nil
 	}
 	if !opts.IdentityKey.Public().(ed25519.PublicKey).Equal(id.IdentityKey) {
@@ -328,12 +335,6 @@ func (n *Node) Dial(ctx context.Context, network, address string) (net.Conn, err
 	}
 	return n.stack.DialContext(ctx, network, net.JoinHostPort(addr.String(), port))
 }
-
-// ListenTCP accepts TCP connections on the node's overlay address.
-func (n *Node) ListenTCP(port uint16) (net.Listener, error) { return n.stack.ListenTCP(port) }
-
-// ListenUDP receives UDP datagrams on the node's overlay address.
-func (n *Node) ListenUDP(port uint16) (net.PacketConn, error) { return n.stack.ListenUDP(port) }
 
 // Resolve turns a node name or an overlay address into an overlay address.
 // Names resolve as the proxies and the DNS responder resolve them: this
@@ -415,17 +416,16 @@ func verdict(v policy.Verdict) stack.Verdict {
 // Counters are the virtual interface's packet counters.
 func (n *Node) Counters() stack.Counters { return n.stack.Counters() }
 
-// Overlay exposes the WireGuard and admission layer (for tests and status).
-func (n *Node) Overlay() *overlay.Overlay { return n.ov }
+// unfiltered reports whether the Unfiltered test hook is on.
+func (o *Options) unfiltered() bool { return o.TestHooks != nil && o.TestHooks.Unfiltered }
+
+// skipSelfCheck reports whether the SkipSelfCheck test hook is on.
+func (o *Options) skipSelfCheck() bool { return o.TestHooks != nil && o.TestHooks.SkipSelfCheck }
 
 // Close shuts the node down: peers, WireGuard device, virtual interface.
 func (n *Node) Close() error {
 	return n.shutdown(true)
 }
-
-// CrashForTest stops the node without leaving the gossip fabric, as a
-// killed process would: the others must notice by failure detection.
-func (n *Node) CrashForTest() error { return n.shutdown(false) }
 
 func (n *Node) shutdown(graceful bool) error {
 	n.closeOnce.Do(func() {
@@ -449,11 +449,11 @@ func (n *Node) shutdown(graceful bool) error {
 }
 
 // verifierFor is the pool, except for a node started with
-// SkipSelfCheckForTest: that node believes its own certificate names its
+// the SkipSelfCheck test hook: that node believes its own certificate names its
 // actual keys, so that tests can play a node with a forged or replayed
 // certificate and watch the honest side refuse it.
 func verifierFor(pool *cert.Pool, opts Options, own *cert.Identity) overlay.Verifier {
-	if !opts.SkipSelfCheckForTest {
+	if !opts.skipSelfCheck() {
 		return pool
 	}
 	believed := *own

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/handshake"
 	"github.com/aigrid/gridnet/policy"
@@ -72,13 +73,13 @@ func TestExplainNoReply(t *testing.T) {
 
 // startPair starts alpha and a second node (beta by default) in-process;
 // the second one's static peer is alpha. mod adjusts beta's options.
-func startPair(t *testing.T, mod func(*LocalCA, *Options)) (alpha, beta *Node) {
+func startPair(t *testing.T, mod func(*localCA, *Options)) (alpha, beta *Node) {
 	t.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := func(name string, host int, mod func(*LocalCA, *Options)) *Node {
+	start := func(name string, host int, mod func(*localCA, *Options)) *Node {
 		opts, err := ca.NodeOptions(name, netip.MustParsePrefix(fmt.Sprintf("100.64.0.%d/10", host)), nil, time.Hour)
 		if err != nil {
 			t.Fatal(err)
@@ -94,7 +95,7 @@ func startPair(t *testing.T, mod func(*LocalCA, *Options)) (alpha, beta *Node) {
 		return n
 	}
 	alpha = start("alpha", 1, nil)
-	beta = start("beta", 2, func(ca *LocalCA, o *Options) {
+	beta = start("beta", 2, func(ca *localCA, o *Options) {
 		o.Peers = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), alpha.UnderlayPort())}
 		if mod != nil {
 			mod(ca, o)
@@ -178,7 +179,7 @@ func TestPingExplainsTimeout(t *testing.T) {
 // the node it tries to join; its status (text and JSON) shows who refused
 // it and why, and its ping of that node says so.
 func TestStatusShowsRefusal(t *testing.T) {
-	_, beta := startPair(t, func(ca *LocalCA, o *Options) {
+	_, beta := startPair(t, func(ca *localCA, o *Options) {
 		back := time.Now().Add(-3 * time.Hour)
 		prev := ca.Now
 		ca.Now = func() time.Time { return back }
@@ -188,7 +189,7 @@ func TestStatusShowsRefusal(t *testing.T) {
 			t.Fatal(err)
 		}
 		expired.Peers = o.Peers
-		expired.SkipSelfCheckForTest = true // it would not start otherwise
+		expired.TestHooks = &testhooks.Hooks{SkipSelfCheck: true} // it would not start otherwise
 		*o = expired
 	})
 	var st Status

@@ -28,7 +28,7 @@ const benchRules = "inbound:\n  - {proto: tcp, port: 5201-5202, host: any}\nfloo
 // and beta (SOCKS5 proxy and a forward to alpha:5201 on loopback).
 func benchPair(b *testing.B) (alpha, beta *Node) {
 	b.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,13 +53,13 @@ func benchPair(b *testing.B) (alpha, beta *Node) {
 		return n
 	}
 	alpha = start("alpha", 1, benchRules, nil)
-	sink, err := alpha.ListenTCP(5201)
+	sink, err := alpha.Listen("tcp", ":5201")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { sink.Close() })
 	go serveSink(sink)
-	echo, err := alpha.ListenTCP(5202)
+	echo, err := alpha.Listen("tcp", ":5202")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -34,12 +34,12 @@ const relayDeadline = 60 * time.Second
 // fabricCA is one throwaway CA for the nodes of a test.
 type fabricCA struct {
 	t  *testing.T
-	ca *LocalCA
+	ca *localCA
 }
 
 func newFabricCA(t *testing.T) *fabricCA {
 	t.Helper()
-	ca, err := NewLocalCA("ca", "corp.example")
+	ca, err := newLocalCA("ca", "corp.example")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func waitSession(t *testing.T, a *Node, name string) {
 // overlayHTTP serves HTTP on n's overlay port: "hello from NAME PATH".
 func overlayHTTP(t *testing.T, n *Node, port uint16) {
 	t.Helper()
-	ln, err := n.ListenTCP(port)
+	ln, err := n.Listen("tcp", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func TestProxiesRefuseWhatIsNotOverlay(t *testing.T) {
 func TestProxiesRefuseFirewallDeniedFlows(t *testing.T) {
 	betaRules := "outbound:\n  - {proto: tcp, port: 80-82, host: any}\n  - {action: deny, proto: tcp, port: 81, host: alpha}\n"
 	alpha, beta := proxyPair(t, allowWeb, betaRules, nil)
-	ln, err := alpha.ListenTCP(82) // listening, but alpha's firewall drops it
+	ln, err := alpha.Listen("tcp", ":82") // listening, but alpha's firewall drops it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +439,7 @@ func TestForwardCarriesLargeTransferIntact(t *testing.T) {
 func TestProxyManyConcurrentConnections(t *testing.T) {
 	f := newFabricCA(t)
 	alpha := f.node("alpha", 1, "inbound:\n  - {proto: tcp, port: 7, host: any}\nflood: {new_flows_per_sec: 100000}\n", nil)
-	ln, err := alpha.ListenTCP(7)
+	ln, err := alpha.Listen("tcp", ":7")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -361,9 +361,17 @@ func (o *Overlay) Port() uint16 { return o.bind.Port() }
 // PublicKey returns this node's WireGuard public key.
 func (o *Overlay) PublicKey() [32]byte { return o.wgPub }
 
-// Device exposes the WireGuard device for read-only inspection (IpcGet).
-// Callers must not add peers to it: that would bypass admission.
-func (o *Overlay) Device() *device.Device { return o.dev }
+// WireGuardConfig is the WireGuard device's configuration and state as
+// wireguard-go reports it (its UAPI "get": keys, peers, endpoints,
+// allowed IPs, counters), for diagnostics and tests. The device itself
+// stays inside the overlay: a peer added to it would bypass admission.
+func (o *Overlay) WireGuardConfig() (string, error) {
+	s, err := o.dev.IpcGet()
+	if err != nil {
+		return "", fmt.Errorf("wireguard config: %w", err)
+	}
+	return s, nil
+}
 
 // Close stops all goroutines, removes all peers and closes the device, the
 // UDP port and the TUN. It is idempotent.

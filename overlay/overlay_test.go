@@ -26,7 +26,7 @@ func TestTwoNodes(t *testing.T) {
 	waitFor(t, sessionTimeout, "b admits a", func() bool { return b.hasPeer(a.keys.wgPub) })
 	// Both sides hold each other with host routes only.
 	for _, pair := range [][2]*node{{a, b}, {b, a}} {
-		dump, err := pair[0].Device().IpcGet()
+		dump, err := pair[0].WireGuardConfig()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +101,7 @@ func TestThreeNodeMesh(t *testing.T) {
 			port++
 			if err := exchange(t, x, y, port, []byte(x.name+" to "+y.name), exchangeTimeout); err != nil {
 				for _, n := range nodes {
-					d, _ := n.Device().IpcGet()
+					d, _ := n.WireGuardConfig()
 					t.Logf("%s %s\n%s", n.name, n.ep, d)
 				}
 				t.Fatal(err)

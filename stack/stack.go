@@ -285,21 +285,33 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 }
 
 // ListenTCP listens for TCP connections on port of every overlay address
-// (port 0 picks a port per address).
-func (s *Stack) ListenTCP(port uint16) (net.Listener, error) {
+// (port 0 picks one port, the same on every address).
+func (s *Stack) ListenTCP(port uint16) (net.Listener, error) { return s.ListenTCPOn(nil, port) }
+
+// ListenTCPOn listens for TCP connections on port of the given overlay
+// addresses, each one of the interface's own; none means every one. Port 0
+// picks a free port on the first address and uses it on the others.
+func (s *Stack) ListenTCPOn(addrs []netip.Addr, port uint16) (net.Listener, error) {
 	if s.closed() {
 		return nil, fmt.Errorf("listen tcp :%d: %w", port, ErrClosed)
 	}
-	ls := make([]net.Listener, 0, len(s.cfg.Addresses))
-	for _, p := range s.cfg.Addresses {
-		l, err := s.be.listenTCP(netip.AddrPortFrom(p.Addr(), port))
+	addrs, err := s.ownAddrs(addrs)
+	if err != nil {
+		return nil, fmt.Errorf("listen tcp: %w", err)
+	}
+	ls := make([]net.Listener, 0, len(addrs))
+	for _, a := range addrs {
+		l, err := s.be.listenTCP(netip.AddrPortFrom(a, port))
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
 			}
-			return nil, fmt.Errorf("listen tcp %v: %w", netip.AddrPortFrom(p.Addr(), port), err)
+			return nil, fmt.Errorf("listen tcp %v: %w", netip.AddrPortFrom(a, port), err)
 		}
 		ls = append(ls, l)
+		if port == 0 {
+			port = boundPort(l.Addr())
+		}
 	}
 	if len(ls) == 1 {
 		return ls[0], nil
@@ -307,27 +319,70 @@ func (s *Stack) ListenTCP(port uint16) (net.Listener, error) {
 	return newMultiListener(ls), nil
 }
 
-// ListenUDP opens a UDP socket on port of every overlay address. With two
-// addresses, replies are sent from the address of the destination's family.
-func (s *Stack) ListenUDP(port uint16) (net.PacketConn, error) {
+// ListenUDP opens a UDP socket on port of every overlay address (port 0
+// picks one port, the same on every address). With two addresses, replies
+// are sent from the address of the destination's family.
+func (s *Stack) ListenUDP(port uint16) (net.PacketConn, error) { return s.ListenUDPOn(nil, port) }
+
+// ListenUDPOn opens a UDP socket on port of the given overlay addresses,
+// each one of the interface's own; none means every one. Port 0 picks a
+// free port on the first address and uses it on the others.
+func (s *Stack) ListenUDPOn(addrs []netip.Addr, port uint16) (net.PacketConn, error) {
 	if s.closed() {
 		return nil, fmt.Errorf("listen udp :%d: %w", port, ErrClosed)
 	}
-	cs := make([]net.PacketConn, 0, len(s.cfg.Addresses))
-	for _, p := range s.cfg.Addresses {
-		c, err := s.be.listenUDP(netip.AddrPortFrom(p.Addr(), port))
+	addrs, err := s.ownAddrs(addrs)
+	if err != nil {
+		return nil, fmt.Errorf("listen udp: %w", err)
+	}
+	cs := make([]net.PacketConn, 0, len(addrs))
+	for _, a := range addrs {
+		c, err := s.be.listenUDP(netip.AddrPortFrom(a, port))
 		if err != nil {
 			for _, c := range cs {
 				c.Close()
 			}
-			return nil, fmt.Errorf("listen udp %v: %w", netip.AddrPortFrom(p.Addr(), port), err)
+			return nil, fmt.Errorf("listen udp %v: %w", netip.AddrPortFrom(a, port), err)
 		}
 		cs = append(cs, c)
+		if port == 0 {
+			port = boundPort(c.LocalAddr())
+		}
 	}
 	if len(cs) == 1 {
 		return cs[0], nil
 	}
 	return newMultiPacketConn(cs), nil
+}
+
+// ownAddrs checks that every address in addrs is one of the interface's;
+// none means all of them.
+func (s *Stack) ownAddrs(addrs []netip.Addr) ([]netip.Addr, error) {
+	if len(addrs) == 0 {
+		out := make([]netip.Addr, 0, len(s.cfg.Addresses))
+		for _, p := range s.cfg.Addresses {
+			out = append(out, p.Addr())
+		}
+		return out, nil
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !slices.ContainsFunc(s.cfg.Addresses, func(p netip.Prefix) bool { return p.Addr() == a }) {
+			return nil, fmt.Errorf("%w: %v is not an address of this interface (%v)", ErrNotOverlay, a, s.cfg.Addresses)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// boundPort is the port of a bound socket's address (0 if it has none).
+func boundPort(a net.Addr) uint16 {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return 0
+	}
+	return ap.Port()
 }
 
 // maxPingPayload is the largest echo payload that fits the MTU: the IP

@@ -376,3 +376,91 @@ func settle(want int, d time.Duration) int {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestListenOnAddresses: port 0 picks one port for every address, a
+// listener on one address does not take the other's connections, and an
+// address the interface does not hold is refused.
+func TestListenOnAddresses(t *testing.T) {
+	cfg := func(v4, v6 string) Config {
+		return Config{Addresses: []netip.Prefix{netip.MustParsePrefix(v4), netip.MustParsePrefix(v6)}, Logger: quiet}
+	}
+	a, err := New(cfg("100.64.0.1/10", "fd7a:115c:a1e0::1/48"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(cfg("100.64.0.2/10", "fd7a:115c:a1e0::2/48"))
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	p := &pair{a: a, b: b, ab: startLink(t, a.Device(), b.Device()), ba: startLink(t, b.Device(), a.Device())}
+	t.Cleanup(p.close(t))
+
+	l, err := b.ListenTCP(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ml, ok := l.(*multiListener)
+	if !ok {
+		t.Fatalf("listener on two addresses is a %T", l)
+	}
+	port := boundPort(ml.ls[0].Addr())
+	if port == 0 || boundPort(ml.ls[1].Addr()) != port {
+		t.Fatalf("port 0 bound %v and %v, want one port", ml.ls[0].Addr(), ml.ls[1].Addr())
+	}
+	u, err := b.ListenUDP(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	mu, ok := u.(*multiPacketConn)
+	if !ok {
+		t.Fatalf("UDP socket on two addresses is a %T", u)
+	}
+	if up := boundPort(mu.cs[0].LocalAddr()); up == 0 || boundPort(mu.cs[1].LocalAddr()) != up {
+		t.Fatalf("UDP port 0 bound %v and %v, want one port", mu.cs[0].LocalAddr(), mu.cs[1].LocalAddr())
+	}
+
+	v6 := netip.MustParseAddr("fd7a:115c:a1e0::2")
+	l6, err := b.ListenTCPOn([]netip.Addr{v6}, 7006)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l6.Close()
+	go func() {
+		for {
+			c, err := l6.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := a.DialContext(ctx, "tcp", netip.AddrPortFrom(v6, 7006).String())
+	if err != nil {
+		t.Fatalf("dial the IPv6 listener: %v", err)
+	}
+	c.Close()
+	if c, err := a.DialContext(ctx, "tcp", "100.64.0.2:7006"); err == nil {
+		c.Close()
+		t.Error("a listener on the IPv6 address took a connection to the IPv4 one")
+	}
+
+	for _, bad := range []string{"100.64.0.1", "127.0.0.1"} {
+		if l, err := b.ListenTCPOn([]netip.Addr{netip.MustParseAddr(bad)}, 7007); err == nil || !errors.Is(err, ErrNotOverlay) {
+			if l != nil {
+				l.Close()
+			}
+			t.Errorf("ListenTCPOn(%s) = %v, want ErrNotOverlay", bad, err)
+		}
+		if c, err := b.ListenUDPOn([]netip.Addr{netip.MustParseAddr(bad)}, 7007); err == nil || !errors.Is(err, ErrNotOverlay) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("ListenUDPOn(%s) = %v, want ErrNotOverlay", bad, err)
+		}
+	}
+}
