@@ -137,6 +137,10 @@ func (d *Discovery) leaving(n leaveNotice, sender string) bool {
 		d.mu.Unlock()
 		return false // known already (a relayed copy)
 	}
+	if n.name == d.self.Name && d.left {
+		d.mu.Unlock()
+		return false // this node's own notice, relayed back while it leaves
+	}
 	if n.name == d.self.Name || m == nil || !m.hasRec || m.rec.Version > n.version {
 		d.mu.Unlock()
 		d.stats.leavesRefused.Add(1)

@@ -592,3 +592,29 @@ func TestPullAnswersCounted(t *testing.T) {
 		t.Fatal("an answer taken after pullAnswerWait")
 	}
 }
+
+// TestOwnLeaveNoticeEchoIsQuiet: a notice about this node is refused
+// (nobody else speaks for it), except its own notice that members relay
+// back while it leaves, which is no one's bad input.
+func TestOwnLeaveNoticeEchoIsQuiet(t *testing.T) {
+	checkLeaks(t)
+	f := newFabric(t, ProfileLocal)
+	f.startConverged(2)
+	d := f.nodes[0].d
+	notice := leaveNotice{name: d.Self().Name, version: d.Self().Version}
+	if d.leaving(notice, nodeName(1)) {
+		t.Fatal("a notice about this node was taken as news")
+	}
+	if got := d.Stats().LeavesRefused; got != 1 {
+		t.Fatalf("a notice about this node from another: %d refused, want 1", got)
+	}
+	d.mu.Lock()
+	d.left = true
+	d.mu.Unlock()
+	if d.leaving(notice, nodeName(1)) {
+		t.Fatal("the node's own echoed notice was taken as news")
+	}
+	if got := d.Stats().LeavesRefused; got != 1 {
+		t.Fatalf("the node's own echoed notice was refused as bad input (%d refused)", got)
+	}
+}
