@@ -3,7 +3,9 @@ package discovery
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -180,6 +182,10 @@ func BenchmarkInsiderFlood(b *testing.B) {
 		runtime.ReadMemStats(&ms)
 		b.ReportMetric(cpu.Seconds()/per, "cpu-s/"+unit)
 		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
+		// The whole test process: the three members and the insider.
+		if rss, ok := processRSS(); ok {
+			b.ReportMetric(float64(rss)/(1<<20), "process-rss-MiB")
+		}
 		b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
 		b.ReportMetric(float64(len(f.nodes[0].d.Members())), "members")
 		st := f.nodes[0].d.Stats()
@@ -228,4 +234,23 @@ func BenchmarkInsiderFlood(b *testing.B) {
 			b.Fatalf("%d members after the pushes", k)
 		}
 	})
+}
+
+// processRSS is the resident set size of this process (VmRSS in
+// /proc/self/status), where the system has one.
+func processRSS() (uint64, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib uint64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kib); err != nil {
+				return 0, false
+			}
+			return kib << 10, true
+		}
+	}
+	return 0, false
 }
