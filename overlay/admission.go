@@ -88,16 +88,26 @@ func (o *Overlay) heldRepeat(mk msg1Key, from netip.AddrPort, mark bool) bool {
 	}
 	o.hsMu.Unlock()
 	if held {
-		o.repeated(again, from)
+		// A repeat that came before the per-source limit (mark false)
+		// pays it now, before it is answered: a spoofer repeating one
+		// msg1 must not get more msg2s sent to the address it names than
+		// the limit lets first messages have.
+		o.repeated(again, from, !mark)
 	}
 	return held
 }
 
 // repeated answers a msg1 this node held when it came again: with the
-// msg2 made for it, if there is one to send (see heldLocked).
-func (o *Overlay) repeated(again []byte, from netip.AddrPort) {
-	o.stats.repeats.Add(1)
+// msg2 made for it, if there is one to send (see heldLocked) and, when
+// charge is set, the per-source limit allows it. It counts the repeat
+// after the answer left.
+func (o *Overlay) repeated(again []byte, from netip.AddrPort, charge bool) {
+	defer o.stats.repeats.Add(1)
 	if again == nil {
+		return
+	}
+	if charge && !o.limiter.allow(from.Addr()) {
+		o.stats.rateLimited.Add(1)
 		return
 	}
 	if err := o.bind.SendTo(again, from); err != nil {
@@ -342,7 +352,7 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 		delete(o.halfOpenByInit, mk) // this is the queued msg1: taken
 	} else if again, held := o.heldLocked(mk, time.Now()); held {
 		o.hsMu.Unlock()
-		o.repeated(again, from)
+		o.repeated(again, from, false) // charged when it was queued
 		return
 	}
 	if len(o.halfOpen) >= HalfOpenCap {

@@ -111,7 +111,7 @@ func TestRepeatedMsg1AnsweredOnce(t *testing.T) {
 		waitFor(t, sessionTimeout, "the repeat counted", func() bool { return b.Stats().RepeatsAnswered == uint64(2+i) })
 	}
 	answers := 0
-	sock.SetReadDeadline(time.Now().Add(time.Second)) // the sends went before the counts
+	sock.SetReadDeadline(time.Now().Add(time.Second)) // a repeat is counted after its answer left
 	for {
 		n, _, err := sock.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -211,5 +211,41 @@ func TestLostMsg1RecoveredWithinAttempt(t *testing.T) {
 	defer mu.Unlock()
 	if len(passed) == 0 || passed[0] != dropped[0] {
 		t.Fatalf("the first msg1 to pass (index %v) is not the lost one's resend (index %d): the lost msg1 cost an attempt", passed, dropped[0])
+	}
+}
+
+// TestRepeatsPayThePerSourceLimit: answers to a repeated msg1 count
+// against the per-source limit like first messages, so one msg1 repeated
+// from a spoofed address gets no more msg2s sent there than the limit
+// lets through.
+func TestRepeatsPayThePerSourceLimit(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "alpha")
+	const burst = 3
+	b := startNode(t, f, "node-b", "100.64.0.2", nodeOpts{rate: 1e-3, burst: burst})
+	sock := udpSender(t)
+	_, msg1 := msg1With(t, 42)
+	const sends = maxRepeatAnswers + 1
+	for i := range sends {
+		if _, err := sock.WriteToUDPAddrPort(msg1, b.ep); err != nil {
+			t.Fatal(err)
+		}
+		// Each repeat is handled (counted) before the next goes.
+		waitFor(t, sessionTimeout, "the msg1 handled", func() bool {
+			st := b.Stats()
+			return st.Responded+st.RepeatsAnswered == uint64(i+1)
+		})
+	}
+	buf := make([]byte, 4096)
+	answers := 0
+	sock.SetReadDeadline(time.Now().Add(time.Second)) // every answer left before its count
+	for {
+		if _, _, err := sock.ReadFromUDPAddrPort(buf); err != nil {
+			break
+		}
+		answers++
+	}
+	if answers != burst {
+		t.Fatalf("%d msg2s for one msg1 sent %d times, want %d (the per-source burst)", answers, sends, burst)
 	}
 }
