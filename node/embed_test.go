@@ -338,6 +338,13 @@ func TestStartFromConfig(t *testing.T) {
 	if d := n.vaultOpen.Load(); d <= 0 {
 		t.Errorf("vault open duration %d not recorded", d)
 	}
+	// One node per vault, as with `gridnet up`.
+	if second, err := StartFromConfig(t.Context(), p("web.yaml")); !errors.Is(err, vault.ErrClaimed) {
+		if second != nil {
+			second.Close()
+		}
+		t.Errorf("a second StartFromConfig on the same vault: %v, want vault.ErrClaimed", err)
+	}
 	loaded, err := LoadConfig(p("web.yaml"))
 	if err != nil {
 		t.Fatal(err)

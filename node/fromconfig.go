@@ -16,17 +16,30 @@ import (
 // does, in one call: it reads the config (docs/CONFIG.md), opens the vault
 // it names and starts the node with OptionsFromConfig's options. The
 // control socket and memory_limit_mib are settings of the gridnet
-// process and are left out: an embedding program has its own.
+// process and are left out: an embedding program has its own. Like `up`,
+// it claims the vault for the node's lifetime (one node per vault): a
+// vault another node runs on is refused with an error naming it.
 func StartFromConfig(ctx context.Context, path string) (*Node, error) {
 	cfg, err := LoadConfig(path)
 	if err != nil {
 		return nil, err
 	}
-	opts, err := OptionsFromConfig(cfg)
+	claim, err := vault.ClaimVault(cfg.Vault.Path, vault.Holder{PID: os.Getpid()}, vault.DefaultLockTimeout)
 	if err != nil {
 		return nil, err
 	}
-	return Start(ctx, opts)
+	opts, err := OptionsFromConfig(cfg)
+	if err != nil {
+		claim.Release()
+		return nil, err
+	}
+	n, err := Start(ctx, opts)
+	if err != nil {
+		claim.Release()
+		return nil, err
+	}
+	n.claim = claim
+	return n, nil
 }
 
 // OptionsFromConfig returns the Options `gridnet up` starts a node with

@@ -21,6 +21,7 @@ import (
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack"
+	"github.com/aigrid/gridnet/vault"
 )
 
 // Options configure one node. OptionsFromConfig fills them from a Config
@@ -107,8 +108,11 @@ type Node struct {
 	// vaultOpen is how long opening the vault took, in nanoseconds (0:
 	// the node has no vault).
 	vaultOpen atomic.Int64
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	// claim holds the vault for a node StartFromConfig started (nil
+	// otherwise: `up` holds its own); released after the node is down.
+	claim  *vault.Claim
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -443,7 +447,11 @@ func (n *Node) shutdown(graceful bool) error {
 		n.events.close()
 		n.fw.Close()
 		n.wg.Wait()
-		n.closeErr = errors.Join(err1, err2)
+		var err3 error
+		if n.claim != nil {
+			err3 = n.claim.Release()
+		}
+		n.closeErr = errors.Join(err1, err2, err3)
 	})
 	return n.closeErr
 }
