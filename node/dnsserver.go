@@ -40,7 +40,18 @@ func (n *Node) startDNS(o DNSOptions) error {
 		port = DefaultDNSPort
 	}
 	log := n.log.With("component", "dns")
-	srv, err := dns.New(dns.Config{Resolver: dnsResolver{n}, Logger: log})
+	// Only the overlay may ask: in kernel mode the sockets are the host's,
+	// reachable on the overlay addresses from any interface.
+	overlay := n.stack.Addresses()
+	inOverlay := func(a netip.Addr) bool {
+		for _, p := range overlay {
+			if p.Masked().Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	srv, err := dns.New(dns.Config{Resolver: dnsResolver{n}, Logger: log, AllowSource: inOverlay})
 	if err != nil {
 		return fmt.Errorf("dns: %w", err)
 	}

@@ -69,13 +69,21 @@ type Config struct {
 	Resolver Resolver
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+	// AllowSource, when set, says which source addresses may ask: a query
+	// from any other address gets no answer at all (a TCP connection from
+	// it is closed). A node sets it to its overlay networks, so that a
+	// listener on a host address (kernel mode) answers no one who reaches
+	// that address from outside the overlay, and cannot be used to
+	// reflect answers to a forged source.
+	AllowSource func(netip.Addr) bool
 }
 
 // Server answers DNS queries over any number of UDP sockets and TCP
 // listeners. It is safe for concurrent use.
 type Server struct {
-	res Resolver
-	log *slog.Logger
+	res   Resolver
+	log   *slog.Logger
+	allow func(netip.Addr) bool
 
 	mu      sync.Mutex
 	closed  bool
@@ -98,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{res: cfg.Resolver, log: log}, nil
+	return &Server{res: cfg.Resolver, log: log, allow: cfg.AllowSource}, nil
 }
 
 // ServeUDP answers queries arriving on pc until Close. It closes pc.
@@ -187,6 +195,13 @@ func acceptQuery(dh mdns.Header) mdns.MsgAcceptAction {
 // ServeDNS answers one query; it implements miekg/dns's Handler.
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	udp := !strings.HasPrefix(w.LocalAddr().Network(), "tcp")
+	if s.allow != nil && !s.allow(sourceAddr(w.RemoteAddr())) {
+		s.log.Debug("dns query from outside the allowed sources dropped", "from", w.RemoteAddr())
+		if !udp {
+			w.Close()
+		}
+		return
+	}
 	resp := s.Respond(req, udp)
 	if resp == nil {
 		return
@@ -359,7 +374,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := remoteAddr(c)
+		src := sourceAddr(c.RemoteAddr())
 		l.mu.Lock()
 		if l.open >= l.maxConns || l.bySrc[src] >= l.perSource {
 			l.mu.Unlock()
@@ -382,13 +397,6 @@ func (l *limitListener) release(src netip.Addr) {
 	}
 }
 
-func remoteAddr(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
-	}
-	return netip.Addr{}
-}
-
 // limitConn gives its slot back when closed.
 type limitConn struct {
 	net.Conn
@@ -402,4 +410,16 @@ func (c *limitConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.src) })
 	return err
+}
+
+// sourceAddr is the IP address of a UDP or TCP peer (unmapped), or the
+// zero Addr for anything else.
+func sourceAddr(a net.Addr) netip.Addr {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		return v.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return v.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }

@@ -546,3 +546,47 @@ func FuzzRespond(f *testing.F) {
 		}
 	})
 }
+
+// TestAllowSourceDropsOthers: with AllowSource set, a query from another
+// address gets no answer over UDP and its TCP connection is closed, while
+// an allowed source is answered as usual.
+func TestAllowSourceDropsOthers(t *testing.T) {
+	for _, allowLoopback := range []bool{true, false} {
+		s, err := New(Config{Resolver: newFake(), AllowSource: func(a netip.Addr) bool { return allowLoopback || !a.IsLoopback() }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.ServeUDP(pc)
+		go s.ServeTCP(ln)
+		q := query("web1.corp.example.", mdns.TypeA)
+		if allowLoopback {
+			exchange(t, "udp", pc.LocalAddr().String(), q)
+			exchange(t, "tcp", ln.Addr().String(), q)
+		} else {
+			for _, network := range []string{"udp", "tcp"} {
+				addr := pc.LocalAddr().String()
+				if network == "tcp" {
+					addr = ln.Addr().String()
+				}
+				// No answer may come; waiting a second for none only
+				// lets a broken filter slip through on a slow machine,
+				// never fails a working one.
+				c := &mdns.Client{Net: network, Timeout: time.Second}
+				if r, _, err := c.Exchange(q, addr); err == nil {
+					t.Errorf("%s: a source outside AllowSource got an answer: %v", network, r)
+				}
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
