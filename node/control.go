@@ -176,6 +176,9 @@ func listenControl(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
 	}
+	if err := checkSocketDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
 			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way", path)
@@ -485,4 +488,22 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		m["refused_by_peer_"+c.String()] = v
 	}
 	return m
+}
+
+// checkSocketDir refuses a control socket directory that another user
+// could replace the socket in: one owned by someone else than this user
+// or root, or one that others may write to without the sticky bit (as
+// /tmp has it, where nobody can remove another's file).
+func checkSocketDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("control socket directory: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("control socket directory %s belongs to uid %d: another user could replace the socket; use a directory of this user (control.socket)", dir, st.Uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("control socket directory %s is writable by other users (mode %v) without the sticky bit: they could replace the socket; use a directory only this user writes (control.socket)", dir, fi.Mode().Perm())
+	}
+	return nil
 }
