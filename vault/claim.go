@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -85,7 +86,7 @@ type Claim struct {
 // and then fails with a *ClaimError naming the holder. The vault file
 // itself is not opened.
 func ClaimVault(path string, holder Holder, timeout time.Duration) (*Claim, error) {
-	name := path + ClaimSuffix
+	name := claimFile(path)
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("vault %s: claim file: %w", path, err)
@@ -120,7 +121,7 @@ func ClaimVault(path string, holder Holder, timeout time.Duration) (*Claim, erro
 // at path, without claiming it or creating anything: nil when nobody does
 // (or there is no claim file), a *ClaimError naming the holder otherwise.
 func CheckClaim(path string) error {
-	f, err := os.OpenFile(path+ClaimSuffix, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(claimFile(path), os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -230,4 +231,14 @@ func parseHolder(b []byte) (Holder, error) {
 		}
 	}
 	return h, sc.Err()
+}
+
+// claimFile is the claim file of the vault at path: beside the vault's
+// real file, so that every path to one vault (through a symlink, or
+// another spelling) meets the same claim.
+func claimFile(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	return path + ClaimSuffix
 }

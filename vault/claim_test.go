@@ -3,6 +3,7 @@ package vault
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -145,4 +146,30 @@ func FuzzParseHolder(f *testing.F) {
 			t.Fatalf("parseHolder(%q) = %+v", b, h)
 		}
 	})
+}
+
+// TestClaimFollowsSymlinks: a vault reached through a symlink meets the
+// claim made through its real path (flock conflicts between two open
+// files even in one process).
+func TestClaimFollowsSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	path := newHelperVault(t, dir)
+	link := filepath.Join(dir, "link.vault")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ClaimVault(path, Holder{PID: os.Getpid()}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	if c2, err := ClaimVault(link, Holder{PID: os.Getpid()}, -1); !errors.Is(err, ErrClaimed) {
+		if c2 != nil {
+			c2.Release()
+		}
+		t.Fatalf("a claim through a symlink to a claimed vault: %v, want ErrClaimed", err)
+	}
+	if err := CheckClaim(link); !errors.Is(err, ErrClaimed) {
+		t.Fatalf("CheckClaim through the symlink: %v, want ErrClaimed", err)
+	}
 }
