@@ -103,10 +103,7 @@ func start(n int) ([]*memberlist.Memberlist, []*countingTransport, error) {
 	counters := make([]*countingTransport, 0, n)
 	for i := range n {
 		quiet := log.New(io.Discard, "", 0)
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{"127.0.0.1"},
-			Logger:    quiet,
-		})
+		nt, err := newNetTransport(quiet)
 		if err != nil {
 			return mls, counters, fmt.Errorf("baseline: member %d transport: %w", i, err)
 		}
@@ -156,4 +153,30 @@ func waitAllKnowAll(mls []*memberlist.Memberlist, since time.Time, limit time.Du
 		k = behind()
 	}
 	return time.Since(since), k
+}
+
+// bindTries bounds the attempts to bind a transport: port 0 picks a free
+// TCP port, and the UDP port of the same number may be taken by another
+// process meanwhile (memberlist retries the same way for its own
+// transport).
+const bindTries = 10
+
+// newNetTransport is memberlist's network transport on a free port of
+// 127.0.0.1, tried again when it fails (the UDP side of the port it
+// picked may be taken).
+func newNetTransport(logger *log.Logger) (*memberlist.NetTransport, error) {
+	var err error
+	for range bindTries {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{"127.0.0.1"},
+			Logger:    logger,
+		})
+		if err == nil {
+			return nt, nil
+		}
+		// memberlist's error carries no cause to test (it formats it
+		// with %v), so any failure is tried again, as memberlist does.
+	}
+	return nil, fmt.Errorf("%d tries: %w", bindTries, err)
 }
