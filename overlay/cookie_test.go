@@ -452,7 +452,7 @@ func TestAdmitThroughCookie(t *testing.T) {
 	}
 	sock.SetReadDeadline(time.Now().Add(sessionTimeout))
 	buf := make([]byte, 4096)
-	n, _, err := sock.ReadFromUDPAddrPort(buf)
+	n, err := readFromPeer(sock, b.ep, buf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -352,3 +352,19 @@ func tuntestTUN() tun.Device { return tuntest.NewChannelTUN().TUN() }
 // needs milliseconds, so only a tunnel that does not carry traffic misses
 // it, on any machine.
 const exchangeTimeout = 60 * time.Second
+
+// readFromPeer reads the next datagram that sock gets from peer before
+// its read deadline, skipping any from elsewhere: other test processes
+// on this machine use loopback ports too, and a node of theirs may still
+// send to a port this socket now holds.
+func readFromPeer(sock *net.UDPConn, peer netip.AddrPort, buf []byte) (int, error) {
+	for {
+		n, from, err := sock.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return 0, err
+		}
+		if from.Addr().Unmap() == peer.Addr().Unmap() && from.Port() == peer.Port() {
+			return n, nil
+		}
+	}
+}

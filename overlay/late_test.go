@@ -42,18 +42,26 @@ func newDelayRelay(t *testing.T, target netip.AddrPort, delay time.Duration) *de
 				return
 			}
 			r.mu.Lock()
-			r.client = from
+			if !r.client.IsValid() {
+				r.client = from // the relay's one client: the first to send
+			}
+			ours := r.client == from
 			r.mu.Unlock()
-			_, _ = back.WriteToUDPAddrPort(buf[:n], target)
+			if ours {
+				_, _ = back.WriteToUDPAddrPort(buf[:n], target)
+			}
 		}
 	}()
 	go func() { // target → client, late
 		defer r.wg.Done()
 		buf := make([]byte, 65535)
 		for {
-			n, _, err := back.ReadFromUDPAddrPort(buf)
+			n, from, err := back.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
+			}
+			if from != target {
+				continue // not from the target: another process's leftover
 			}
 			pkt := append([]byte(nil), buf[:n]...)
 			r.mu.Lock()
