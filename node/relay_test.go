@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 	xproxy "golang.org/x/net/proxy"
 
 	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack/relay"
 )
@@ -679,7 +681,15 @@ func TestNamesFromGossipRecords(t *testing.T) {
 	if err := alpha.ReloadFirewall(mustParseRules(t, allowWeb)); err != nil {
 		t.Fatal(err)
 	}
-	// beta drops its tunnel to alpha; gossip still holds alpha's record.
+	// beta drops its tunnel to alpha once gossip holds alpha's record
+	// (gossipPair waits for the seed's view only).
+	deadline := time.Now().Add(relayDeadline)
+	for !slices.ContainsFunc(beta.gossipIdentities(), func(id *cert.Identity) bool { return id.Name == "alpha" }) {
+		if time.Now().After(deadline) {
+			t.Fatal("beta's gossip never held alpha's record")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	var key [32]byte
 	for _, p := range beta.Peers() {
 		if p.Name == "alpha" {

@@ -16,8 +16,8 @@ const burstSize = 2 * loadQueueMark
 
 // honestBurst starts burstSize initiators and a responder and has them all
 // admit it at once; it returns each admission's time (or error) and the
-// responder.
-func honestBurst(tb testing.TB, f *fixture, limit time.Duration) ([]time.Duration, []error, *node) {
+// responder. setup, when set, prepares the responder before the burst.
+func honestBurst(tb testing.TB, f *fixture, limit time.Duration, setup func(*node)) ([]time.Duration, []error, *node) {
 	tb.Helper()
 	// All nodes here send from 127.0.0.1: the per-source limits would
 	// refuse most of them (as the fabric tests do, they are raised), and
@@ -26,6 +26,9 @@ func honestBurst(tb testing.TB, f *fixture, limit time.Duration) ([]time.Duratio
 	b.hsMu.Lock()
 	b.halfOpenPerSrc = HalfOpenCap
 	b.hsMu.Unlock()
+	if setup != nil {
+		setup(b)
+	}
 	xs := make([]*node, burstSize)
 	for i := range xs {
 		xs[i] = startNode(tb, f, fmt.Sprintf("node-%d", i), fmt.Sprintf("100.64.1.%d", i+1), nodeOpts{})
@@ -52,21 +55,23 @@ func honestBurst(tb testing.TB, f *fixture, limit time.Duration) ([]time.Duratio
 }
 
 // TestHonestBurstAboveLoadMark: twice the load mark of honest initiators
-// admit one node at once. Their first messages pass the mark, so the node
-// asks for cookies; each initiator repeats its msg1 with the cookie at
-// once and every one is admitted. (BenchmarkHonestBurst gives the times.)
+// admit one node at once while it asks every first message for a cookie
+// (as it does above its load mark); each initiator repeats its msg1 with
+// the cookie and every one is admitted. Whether a burst passes the mark
+// by itself depends on how fast the machine schedules the initiators:
+// BenchmarkHonestBurst lets it, and reports the cookie replies and times.
 func TestHonestBurstAboveLoadMark(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t, "alpha")
-	took, errs, b := honestBurst(t, f, time.Minute)
+	took, errs, b := honestBurst(t, f, time.Minute, func(b *node) { b.loadMode.Store(int32(loadAlways)) })
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("initiator %d not admitted: %v; responder %+v", i, err, b.Stats())
 		}
 	}
 	st := b.Stats()
-	if st.CookiesSent == 0 {
-		t.Fatalf("the burst of %d did not pass the load mark (%+v): nothing tested", burstSize, st)
+	if st.CookiesSent < burstSize {
+		t.Fatalf("%d cookie replies to a burst of %d under load (%+v)", st.CookiesSent, burstSize, st)
 	}
 	if got := len(b.Peers()); got != burstSize {
 		t.Fatalf("responder has %d peers, want %d", got, burstSize)
@@ -86,7 +91,7 @@ func BenchmarkHonestBurst(b *testing.B) {
 	var cookies uint64
 	n := 0
 	for b.Loop() {
-		took, errs, y := honestBurst(b, f, time.Minute)
+		took, errs, y := honestBurst(b, f, time.Minute, nil)
 		for _, err := range errs {
 			if err != nil {
 				b.Fatal(err)
