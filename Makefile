@@ -30,6 +30,9 @@ test: vet
 	# Allocation guards: the race detector changes allocation counts, so the
 	# per-packet zero-allocation tests run once more without it.
 	$(GO) test -count=1 -run 'ZeroAlloc|Alloc' ./stack ./policy
+	# Without -race: 1 GiB through forward, and 1,000 concurrent
+	# connections through the SOCKS5 proxy (200 under -race).
+	$(GO) test -count=1 -run 'ForwardCarriesLargeTransferIntact|ProxyManyConcurrentConnections' ./node
 	# Without -race: the flood tests (pushback before decryption needs a
 	# normal build's speed to engage) and the 50-node gossip fabric, which
 	# -race makes too slow. They assert behaviour, not speed: the figures

@@ -604,31 +604,31 @@ func (d *Discovery) BroadcastCRL(der []byte) error {
 const directSendWorkers = 8
 
 // sendToMembers sends msg to every live, reachable member over a stream,
-// a few at a time; each send is bounded by memberlist's TCP timeout.
+// a few at a time; each send is bounded by memberlist's TCP timeout. The
+// targets come from this node's own member table: memberlist's Members
+// returns its live node structs, which its packet handler rewrites in
+// place, so reading them here would race.
 func (d *Discovery) sendToMembers(msg []byte) {
 	sem := make(chan struct{}, directSendWorkers)
 	var wg sync.WaitGroup
 	sent, failed := 0, 0
 	var mu sync.Mutex
-	for _, n := range d.ml.Members() {
-		if n.Name == d.cfg.Self.Name || d.ctx.Err() != nil {
-			continue
-		}
-		d.mu.Lock()
-		ok := d.reachableLocked(nodeAddr(n))
-		d.mu.Unlock()
-		if !ok {
-			continue
+	d.mu.Lock()
+	targets := d.reachableAliveLocked()
+	d.mu.Unlock()
+	for _, addr := range targets {
+		if d.ctx.Err() != nil {
+			break
 		}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			err := d.ml.SendReliable(n, msg)
+			err := d.ml.SendReliable(addrNode(addr), msg)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
 				failed++
-				d.log.Debug("discovery: direct send failed", "member", n.Name, "err", err)
+				d.log.Debug("discovery: direct send failed", "member", addr, "err", err)
 				return
 			}
 			sent++

@@ -386,11 +386,11 @@ func TestCurlThroughProxies(t *testing.T) {
 	}
 }
 
-// TestForwardCarriesLargeTransferIntact: 64 MiB from a server on alpha's
-// host through serve, the overlay and beta's forward arrive unchanged
+// TestForwardCarriesLargeTransferIntact: largeTransferSize bytes (1 GiB
+// without the race detector) from a server on alpha's host through serve, the overlay and beta's forward arrive unchanged
 // (hash compared), and the server's end of stream arrives as EOF.
 func TestForwardCarriesLargeTransferIntact(t *testing.T) {
-	const size = 64 << 20
+	const size = largeTransferSize
 	seed := [32]byte{1, 2, 3}
 	src, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
