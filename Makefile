@@ -10,7 +10,7 @@ FUZZTIME  ?= 20s
 # Test timeout: the integration fabrics and namespace tests are the slowest.
 TESTTIMEOUT ?= 30m
 
-.PHONY: bench-flood bench-gossip bench-proxy all build test test-short vet bench fuzz demo clean
+.PHONY: bench-netns bench-flood bench-gossip bench-proxy all build test test-short vet bench fuzz demo clean
 
 all: build
 
@@ -56,6 +56,13 @@ bench:
 # connection setup through the proxy (rate, added p50/p99 latency).
 bench-proxy:
 	$(GO) test -run '^$$' -bench 'RelayBulk|ProxyConnect' -benchtime 1x -count 1 -timeout 30m ./node
+
+# Kernel TUN mode against raw wireguard-go on the same topology: two
+# network namespaces on a veth, iperf3 with one and four streams, MTU 1420,
+# rounds alternating (GRIDNET_BENCH_SECONDS per round, default 8;
+# GRIDNET_BENCH_ROUNDS per tunnel, default 3). Needs root, iproute2, iperf3.
+bench-netns:
+	$(GO) test -run '^$$' -bench NetnsKernelThroughput -benchtime 1x -count 1 -timeout 30m -v ./integration
 
 # The flood benchmarks alone: the share of throughput an honest peer keeps
 # while another peer floods the victim (in one process, and with the

@@ -280,18 +280,10 @@ func measureRR(b *testing.B, p pair) (time.Duration, time.Duration) {
 	return rtts[len(rtts)/2], rtts[len(rtts)*99/100]
 }
 
+// rssMiB is this process's resident set in MiB (0 if unreadable).
 func rssMiB() float64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	v, _ := procRSSMiB("self")
+	return v
 }
 
 // BenchmarkTunnel compares two gridnet nodes with raw wireguard-go +

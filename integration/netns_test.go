@@ -38,7 +38,7 @@ var (
 )
 
 // gridnetBinary builds the gridnet command once per test run.
-func gridnetBinary(t *testing.T) string {
+func gridnetBinary(t testing.TB) string {
 	t.Helper()
 	binaryOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "gridnet-bin-")
@@ -59,7 +59,7 @@ func gridnetBinary(t *testing.T) string {
 }
 
 // requireNetns skips unless the test can make network namespaces.
-func requireNetns(t *testing.T) {
+func requireNetns(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces, veth pairs and TUN devices (CI runs as root)")
@@ -69,7 +69,7 @@ func requireNetns(t *testing.T) {
 	}
 }
 
-func runCmd(t *testing.T, name string, args ...string) string {
+func runCmd(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), netnsDeadline)
 	defer cancel()
@@ -82,7 +82,7 @@ func runCmd(t *testing.T, name string, args ...string) string {
 
 // netnsPair makes two namespaces joined by veth with the underlay
 // addresses, and removes them when the test ends.
-func netnsPair(t *testing.T) (string, string) {
+func netnsPair(t testing.TB) (string, string) {
 	t.Helper()
 	var b [4]byte
 	rand.Read(b[:])
@@ -111,7 +111,7 @@ type nsNode struct {
 
 // fabricFiles makes a CA and one node vault per name with the real CLI
 // (key files, one-step issue) and writes a config for each.
-func fabricFiles(t *testing.T, bin, dir, tunMode string, names, addrs, underlays []string) []*nsNode {
+func fabricFiles(t testing.TB, bin, dir, tunMode string, names, addrs, underlays []string) []*nsNode {
 	t.Helper()
 	key := filepath.Join(dir, "vault.key")
 	runCmd(t, bin, "vault", "keyfile", key)
@@ -156,7 +156,7 @@ firewall:
 
 // start runs `gridnet up` in the node's namespace; the test's cleanup
 // stops it with SIGTERM and checks that it exits cleanly.
-func (n *nsNode) start(t *testing.T, bin string) {
+func (n *nsNode) start(t testing.TB, bin string) {
 	t.Helper()
 	n.logs = &bytes.Buffer{}
 	n.cmd = exec.Command("ip", "netns", "exec", n.ns, bin, "up", "--config", n.config)
@@ -187,7 +187,7 @@ func (n *nsNode) start(t *testing.T, bin string) {
 
 // waitPeer polls `gridnet status --json` until peer is listed with a
 // WireGuard session.
-func (n *nsNode) waitPeer(t *testing.T, bin, peer string) node.Status {
+func (n *nsNode) waitPeer(t testing.TB, bin, peer string) node.Status {
 	t.Helper()
 	deadline := time.Now().Add(netnsDeadline)
 	var last string
