@@ -130,7 +130,7 @@ func (d *Discovery) acceptCRL(der []byte) bool {
 // member still alive is marked, so that memberlist's coming NotifyLeave
 // is a leave; one already reported dead is corrected to left (OnLeave
 // again, dead=false). Notices for an older record than held are stale.
-func (d *Discovery) leaving(n leaveNotice, sender string) bool {
+func (d *Discovery) leaving(n leaveNotice, raw []byte, sender string) bool {
 	d.mu.Lock()
 	m := d.members[n.name]
 	if m != nil && m.leaving {
@@ -165,6 +165,7 @@ func (d *Discovery) leaving(n leaveNotice, sender string) bool {
 		return false
 	}
 	m.leaving = true
+	m.leaveRaw = bytes.Clone(raw)
 	if m.state == StateDead {
 		m.state, m.stateChange = StateLeft, time.Now()
 		if d.cfg.OnLeave != nil {

@@ -195,6 +195,7 @@ type member struct {
 	leaveNotified bool      // OnLeave called since the last OnRecord
 	unseenCheck   time.Time // last OnLeave for a member memberlist never reported
 	leaving       bool      // a leave notice arrived (graceful, not dead)
+	leaveRaw      []byte    // that notice as its leaver signed it (for push/pull)
 }
 
 // Stats counts what this node refused of what members sent it, since

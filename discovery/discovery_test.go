@@ -154,9 +154,9 @@ func TestGracefulLeaveSeenAtOnce(t *testing.T) {
 	if err := leaver.d.Leave(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// The leaver keeps answering probes, so only the gossiped leave can
-	// make the others see it as left (not dead): no other path meets the
-	// condition, and the bound only catches its absence.
+	// The leaver keeps answering probes, so only its signed leave notice
+	// (gossiped, or carried by a push/pull) can make the others see it as
+	// left (not dead); the bound only catches its absence.
 	took := waitFor(t, convergeTimeout, "leave seen everywhere", func() error {
 		for _, nd := range f.nodes {
 			if nd == leaver {
@@ -177,6 +177,56 @@ func TestGracefulLeaveSeenAtOnce(t *testing.T) {
 		return nil
 	})
 	t.Logf("leave seen everywhere after %v", took)
+}
+
+// TestMissedLeaveNoticeArrivesBySync: a member that missed a leave
+// notice (here it is cut off while the leaver leaves, so the notice and
+// every relay of it are lost) first sees the leaver gone as dead; after
+// the partition heals, the notice reaches it in a push/pull state and
+// corrects "dead" to "left". Gossip alone never resends the notice.
+func TestMissedLeaveNoticeArrivesBySync(t *testing.T) {
+	checkLeaks(t)
+	const n = 3
+	f := newFabric(t, ProfileLocal)
+	f.startConverged(n)
+	cut, witness, leaver := f.nodes[0], f.nodes[1], f.nodes[2]
+	name := leaver.d.Self().Name
+
+	f.hub.Partition(overlayAddr(cut.i))
+	if err := leaver.d.Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*ProfileLocal.SuspicionWindow(n)+convergeTimeout, "witness sees the leave, the cut member a death", func() error {
+		witness.mu.Lock()
+		wDead, wOK := witness.leaves[name]
+		witness.mu.Unlock()
+		cut.mu.Lock()
+		cDead, cOK := cut.leaves[name]
+		cut.mu.Unlock()
+		if !wOK || wDead {
+			return fmt.Errorf("witness: OnLeave(%s) seen=%v dead=%v", name, wOK, wDead)
+		}
+		if !cOK || !cDead {
+			return fmt.Errorf("cut member: OnLeave(%s) seen=%v dead=%v", name, cOK, cDead)
+		}
+		return nil
+	})
+	f.hub.Heal()
+	took := waitFor(t, convergeTimeout, "the cut member sees the leave", func() error {
+		cut.mu.Lock()
+		dead, ok := cut.leaves[name]
+		cut.mu.Unlock()
+		if !ok || dead {
+			return fmt.Errorf("cut member: OnLeave(%s) seen=%v dead=%v", name, ok, dead)
+		}
+		for _, m := range cut.d.Members() {
+			if m.Name == name && m.State != StateLeft {
+				return fmt.Errorf("cut member sees %s %v", name, m.State)
+			}
+		}
+		return nil
+	})
+	t.Logf("leave corrected from dead to left %v after the heal", took)
 }
 
 func crlEverywhere(f *fabric, num int) func() error {

@@ -47,14 +47,22 @@ func FuzzDecodeState(f *testing.F) {
 		s.entries = append(s.entries, signedEntry(i, uint64(i+1)))
 	}
 	f.Add(encodeState(s))
+	s.leaves = [][]byte{encodeLeave(testKey(nodeName(2)), nodeName(2), 3, time.Unix(1e9, 0))}
+	f.Add(encodeState(s))
 	f.Add([]byte{stateFormat})
 	f.Add([]byte{stateFormat, stateRecord, 3, recordFormat, fieldVersion, 0})
+	f.Add([]byte{stateFormat, stateLeave, 2, msgLeave, 0})
 	f.Add(encodeAnnounce(announce{kind: kindCRL, digest: make([]byte, digestLen), holder: "x",
 		holderAddr: netip.MustParseAddrPort("100.64.0.2:7946")}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		st, err := decodeState(b)
-		if err == nil && (len(st.entries) > MaxStateRecords || len(st.crl) > MaxCRLSize) {
-			t.Fatalf("limits not enforced: %d entries, CRL %d bytes", len(st.entries), len(st.crl))
+		if err == nil && (len(st.entries) > MaxStateRecords || len(st.crl) > MaxCRLSize || len(st.leaves) > maxStateLeaves) {
+			t.Fatalf("limits not enforced: %d entries, CRL %d bytes, %d leave notices", len(st.entries), len(st.crl), len(st.leaves))
+		}
+		for _, l := range st.leaves {
+			if len(l) > maxLeaveSize {
+				t.Fatalf("leave notice of %d bytes taken", len(l))
+			}
 		}
 		if len(b) > 0 {
 			decodeAnnounce(b[1:])
@@ -406,6 +414,7 @@ func FuzzStreamState(f *testing.F) {
 	f.Add(encodeState(state{from: nodeName(2), crl: testCRL(1, 40), entries: []entry{signedEntry(2, 7), signedEntry(3, 1)}}))
 	f.Add([]byte{stateFormat, stateCRL, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{stateFormat, 9, 3, 1, 2, 3, stateFrom, 1, 'x'})
+	f.Add(encodeState(state{from: nodeName(2), leaves: [][]byte{encodeLeave(testKey(nodeName(3)), nodeName(3), 1, time.Unix(1e9, 0))}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		want, err := decodeState(b)
 		got, serr := streamState(bufio.NewReader(bytes.NewReader(b)), func(raw []byte) (entry, bool) {
@@ -418,13 +427,18 @@ func FuzzStreamState(f *testing.F) {
 		if serr != nil {
 			t.Fatalf("decodeState took what streamState refused: %v", serr)
 		}
-		if got.from != want.from || !bytes.Equal(got.crl, want.crl) || got.truncated != want.truncated || len(got.entries) != len(want.entries) {
+		if got.from != want.from || !bytes.Equal(got.crl, want.crl) || got.truncated != want.truncated || len(got.entries) != len(want.entries) || len(got.leaves) != len(want.leaves) {
 			t.Fatalf("streamed %q %d entries, crl %d, truncated %v; decoded %q %d, %d, %v",
 				got.from, len(got.entries), len(got.crl), got.truncated, want.from, len(want.entries), len(want.crl), want.truncated)
 		}
 		for i := range got.entries {
 			if !bytes.Equal(got.entries[i].raw, want.entries[i].raw) {
 				t.Fatalf("entry %d differs", i)
+			}
+		}
+		for i := range got.leaves {
+			if !bytes.Equal(got.leaves[i], want.leaves[i]) {
+				t.Fatalf("leave notice %d differs", i)
 			}
 		}
 	})

@@ -553,7 +553,8 @@ func (d *Discovery) readState(r io.Reader, n int, sender, how string, solicited 
 // streamState decodes a state from r field by field: records are handed
 // to keep one at a time (at most MaxRecordSize each, MaxStateRecords in
 // all) and only those it keeps are held. The CRL is held whole (at most
-// MaxCRLSize).
+// MaxCRLSize); leave notices are held up to maxStateLeaves (at most
+// maxLeaveSize each).
 func streamState(r *bufio.Reader, keep func(raw []byte) (entry, bool)) (state, error) {
 	var s state
 	f, err := r.ReadByte()
@@ -584,6 +585,8 @@ func streamState(r *bufio.Reader, keep func(raw []byte) (entry, bool)) (state, e
 			limit = MaxCRLSize
 		case stateRecord:
 			limit = MaxRecordSize
+		case stateLeave:
+			limit = maxLeaveSize
 		default:
 			if _, err := io.CopyN(io.Discard, r, int64(min(l, MaxStateSize))); err != nil {
 				return s, fmt.Errorf("state field %d: %w: %w", tag, ErrMalformed, err)
@@ -610,6 +613,10 @@ func streamState(r *bufio.Reader, keep func(raw []byte) (entry, bool)) (state, e
 			}
 			if e, ok := keep(v); ok {
 				s.entries = append(s.entries, e)
+			}
+		case stateLeave:
+			if len(s.leaves) < maxStateLeaves {
+				s.leaves = append(s.leaves, v)
 			}
 		}
 	}

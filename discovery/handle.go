@@ -73,7 +73,7 @@ func (d *Discovery) handleUser(sender string, from netip.AddrPort, b []byte, str
 			d.refuse(sender, "leave", err)
 			return
 		}
-		if d.leaving(n, sender) {
+		if d.leaving(n, b, sender) {
 			// Relayed unchanged: the leaver's signature goes with it.
 			d.enqueue("l/"+n.name, bytes.Clone(b))
 		}

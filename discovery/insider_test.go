@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -52,6 +53,88 @@ func memberOf(nd *tnode, name string) (member, bool) {
 		return member{}, false
 	}
 	return *m, true
+}
+
+// TestLeaveNoticesInStates: leave notices carried by a push/pull state
+// pass the same checks as gossiped ones. Forged notices in a state the
+// node asked for are refused and change nothing; the genuine notice in a
+// state nobody asked for is not taken (an unsolicited push carries only
+// its sender's own record); in an answer the node asked for it is, and
+// the node then passes it on in its own states.
+func TestLeaveNoticesInStates(t *testing.T) {
+	checkLeaks(t)
+	const n = 3
+	f := newFabric(t, ProfileLocal)
+	f.startConverged(n)
+	const victim, sender = 1, 2
+	vname := nodeName(victim)
+	vkey := testKey(vname)
+	evilKey := testKey(nodeName(sender))
+	version := f.nodes[victim].d.Self().Version
+	d := f.nodes[0].d
+	now := time.Now()
+	forged := [][]byte{
+		insider.UnsignedLeave(vname, math.MaxUint64),
+		insider.Leave(evilKey, vname, version, now),
+		insider.Leave(vkey, vname, version, now.Add(-time.Hour)),
+		{msgRecord, 1, 2, 3},
+	}
+	d.mergeState(state{from: nodeName(sender), leaves: forged}, "test", nodeName(sender), true)
+	if got := d.Stats().LeavesRefused; got != uint64(len(forged)) {
+		t.Fatalf("forged notices in a state: %d refused, want %d", got, len(forged))
+	}
+	genuine := insider.Leave(vkey, vname, version, now)
+	d.mergeState(state{from: nodeName(sender), leaves: [][]byte{genuine}}, "test", nodeName(sender), false)
+	if m, _ := memberOf(f.nodes[0], vname); m.leaving {
+		t.Fatal("a leave notice in an unsolicited state was taken")
+	}
+	d.mergeState(state{from: nodeName(sender), leaves: [][]byte{genuine}}, "test", nodeName(sender), true)
+	if m, _ := memberOf(f.nodes[0], vname); !m.leaving {
+		t.Fatal("the genuine leave notice in a solicited state was not taken")
+	}
+	st, err := decodeState((*delegate)(d).LocalState(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.leaves) != 1 || !bytes.Equal(st.leaves[0], genuine) {
+		t.Fatalf("own state carries %d leave notices, want the genuine one", len(st.leaves))
+	}
+	if got := d.Stats().LeavesRefused; got != uint64(len(forged)) {
+		t.Fatalf("after the genuine notice: %d refused, want %d", got, len(forged))
+	}
+}
+
+// TestStateLeaveNoticesBounded: a state holds at most maxStateLeaves
+// notices, each at most maxLeaveSize bytes, decoded whole or streamed.
+func TestStateLeaveNoticesBounded(t *testing.T) {
+	notice := insider.Leave(testKey(nodeName(1)), nodeName(1), 1, time.Now())
+	many := make([][]byte, 3*maxStateLeaves)
+	for i := range many {
+		many[i] = notice
+	}
+	b := []byte{stateFormat}
+	b = appendField(b, stateFrom, []byte(nodeName(2)))
+	for _, l := range many {
+		b = appendField(b, stateLeave, l)
+	}
+	st, err := decodeState(b)
+	if err != nil || len(st.leaves) != maxStateLeaves {
+		t.Fatalf("decoded %d leave notices, %v; want %d", len(st.leaves), err, maxStateLeaves)
+	}
+	streamed, err := streamState(bufio.NewReader(bytes.NewReader(b)), func([]byte) (entry, bool) { return entry{}, false })
+	if err != nil || len(streamed.leaves) != maxStateLeaves {
+		t.Fatalf("streamed %d leave notices, %v; want %d", len(streamed.leaves), err, maxStateLeaves)
+	}
+	if len(encodeState(state{from: nodeName(2), leaves: many})) > len(b) {
+		t.Fatal("encodeState wrote more than maxStateLeaves notices")
+	}
+	big := appendField([]byte{stateFormat}, stateLeave, make([]byte, maxLeaveSize+1))
+	if _, err := decodeState(big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("decodeState of an oversized notice: %v, want ErrTooLarge", err)
+	}
+	if _, err := streamState(bufio.NewReader(bytes.NewReader(big)), nil); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("streamState of an oversized notice: %v, want ErrTooLarge", err)
+	}
 }
 
 // TestForgedLeaveChangesNothing: an insider's leave notices for another
@@ -602,7 +685,7 @@ func TestOwnLeaveNoticeEchoIsQuiet(t *testing.T) {
 	f.startConverged(2)
 	d := f.nodes[0].d
 	notice := leaveNotice{name: d.Self().Name, version: d.Self().Version}
-	if d.leaving(notice, nodeName(1)) {
+	if d.leaving(notice, nil, nodeName(1)) {
 		t.Fatal("a notice about this node was taken as news")
 	}
 	if got := d.Stats().LeavesRefused; got != 1 {
@@ -611,7 +694,7 @@ func TestOwnLeaveNoticeEchoIsQuiet(t *testing.T) {
 	d.mu.Lock()
 	d.left = true
 	d.mu.Unlock()
-	if d.leaving(notice, nodeName(1)) {
+	if d.leaving(notice, nil, nodeName(1)) {
 		t.Fatal("the node's own echoed notice was taken as news")
 	}
 	if got := d.Stats().LeavesRefused; got != 1 {

@@ -19,6 +19,20 @@ const (
 	stateFrom   = 1 // the sender's node name
 	stateRecord = 2 // one record entry (repeated)
 	stateCRL    = 3 // the newest CRL the sender accepted
+	stateLeave  = 4 // a leave notice the sender holds, as its leaver signed it (repeated)
+)
+
+// Leave notices in a state: a leave notice is gossiped, and gossip can miss
+// a member (a dropped datagram, a partition); push/pull carries the notices
+// of members still in the sender's table, so that a member that saw only
+// memberlist's "gone" corrects "dead" to "left" at its next sync.
+const (
+	// maxStateLeaves caps the leave notices in one state: each costs the
+	// receiver a certificate and a signature check.
+	maxStateLeaves = 64
+	// maxLeaveSize caps one encoded leave notice (type byte included):
+	// a name, a version, a time and a signature need well under 512 bytes.
+	maxLeaveSize = 512
 )
 
 // Gossip message types: the first byte of a user message.
@@ -129,6 +143,7 @@ type entry struct {
 type state struct {
 	from      string
 	entries   []entry
+	leaves    [][]byte // encoded leave notices (msgLeave type byte included)
 	crl       []byte
 	truncated bool // more than MaxStateRecords entries were offered
 }
@@ -172,6 +187,14 @@ func encodeState(s state) []byte {
 		}
 		b = appendField(b, stateRecord, e.raw)
 	}
+	for i, l := range s.leaves {
+		if i == maxStateLeaves || len(b)+len(l)+2*binary.MaxVarintLen64 > MaxStateSize {
+			break
+		}
+		if len(l) > 0 && len(l) <= maxLeaveSize {
+			b = appendField(b, stateLeave, l)
+		}
+	}
 	return b
 }
 
@@ -209,6 +232,13 @@ func decodeState(b []byte) (state, error) {
 				return s, fmt.Errorf("state entry %d: %w", len(s.entries), err)
 			}
 			s.entries = append(s.entries, e)
+		case stateLeave:
+			if len(v) > maxLeaveSize {
+				return s, fmt.Errorf("state leave notice of %d bytes, limit %d: %w", len(v), maxLeaveSize, ErrTooLarge)
+			}
+			if len(s.leaves) < maxStateLeaves {
+				s.leaves = append(s.leaves, bytes.Clone(v))
+			}
 		}
 	}
 	if rd.err != nil {

@@ -17,8 +17,9 @@ import (
 
 // LocalState encodes the state for a push/pull: own record first, the
 // others in random order (so a state trimmed at MaxStateSize carries a
-// different subset each time), and the newest CRL. Every record goes as
-// its owner signed it.
+// different subset each time), the newest CRL, and the leave notices of
+// members that left but are still in the table. Every record and notice
+// goes as its owner signed it.
 func (g *delegate) LocalState(join bool) []byte {
 	d := (*Discovery)(g)
 	d.mu.Lock()
@@ -28,6 +29,9 @@ func (g *delegate) LocalState(join bool) []byte {
 	for _, m := range d.members {
 		if m.hasRec {
 			s.entries = append(s.entries, entry{rec: m.rec, gossip: m.recGossip, raw: m.raw})
+		}
+		if m.leaveRaw != nil && len(s.leaves) < maxStateLeaves {
+			s.leaves = append(s.leaves, m.leaveRaw)
 		}
 	}
 	d.mu.Unlock()
@@ -71,6 +75,37 @@ func (d *Discovery) mergeState(s state, how, sender string, solicited bool) {
 	}
 	if len(s.crl) > 0 && d.acceptCRL(s.crl) {
 		d.queueCRL(s.crl)
+	}
+	if solicited {
+		d.mergeLeaves(s.leaves, sender)
+	}
+}
+
+// mergeLeaves takes the leave notices of a solicited state: a notice for a
+// member this node holds and does not yet know as leaving goes through the
+// same checks as a gossiped one (see leaving); notices about members not
+// held, or known to leave already, are skipped unchecked. They are not
+// re-broadcast: anti-entropy spreads them.
+func (d *Discovery) mergeLeaves(leaves [][]byte, sender string) {
+	for _, raw := range leaves {
+		if len(raw) < 1 || raw[0] != msgLeave {
+			d.stats.leavesRefused.Add(1)
+			d.refuse(sender, "leave", fmt.Errorf("state leave notice without its type byte: %w", ErrMalformed))
+			continue
+		}
+		n, err := decodeLeave(raw[1:])
+		if err != nil {
+			d.stats.leavesRefused.Add(1)
+			d.refuse(sender, "leave", err)
+			continue
+		}
+		d.mu.Lock()
+		m := d.members[n.name]
+		known := m == nil || m.leaving || n.name == d.self.Name
+		d.mu.Unlock()
+		if !known {
+			d.leaving(n, raw, sender)
+		}
 	}
 }
 

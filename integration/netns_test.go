@@ -282,6 +282,28 @@ func TestNetnsUserspace(t *testing.T) {
 	}
 }
 
+// waitMember polls `gridnet peers --json` until peer is an alive member
+// of the node's gossip fabric.
+func (n *nsNode) waitMember(t testing.TB, bin, peer string) {
+	t.Helper()
+	deadline := time.Now().Add(netnsDeadline)
+	var last string
+	for time.Now().Before(deadline) {
+		out, err := exec.Command(bin, "peers", "--json", "--socket", n.socket).CombinedOutput()
+		last = string(out)
+		var members []node.MemberView
+		if err == nil && json.Unmarshal(out, &members) == nil {
+			for _, m := range members {
+				if m.Name == peer && m.State == "alive" {
+					return
+				}
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s is not an alive gossip member after %v: %s", n.name, peer, netnsDeadline, last)
+}
+
 func statusOf(t *testing.T, bin, socket string) node.Status {
 	t.Helper()
 	var st node.Status
@@ -374,6 +396,10 @@ func TestNetnsPartitionHeals(t *testing.T) {
 	}
 	nodes[0].waitPeer(t, bin, "beta")
 	nodes[1].waitPeer(t, bin, "alpha")
+	// A session comes before the gossip join through it: cutting the link
+	// earlier would leave nothing to declare the other dead.
+	nodes[0].waitMember(t, bin, "beta")
+	nodes[1].waitMember(t, bin, "alpha")
 
 	runCmd(t, "ip", "-n", nsA, "link", "set", "veth-a", "down")
 	deadline := time.Now().Add(60 * time.Second)
