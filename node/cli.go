@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/buildinfo"
 	"golang.org/x/term"
 )
 
@@ -286,36 +287,11 @@ func versionString() string {
 	if info.GoVersion != "" {
 		extra = append(extra, info.GoVersion)
 	}
-	if rev := vcsRevision(info); rev != "" {
+	if rev := buildinfo.Revision(info); rev != "" {
 		extra = append(extra, "commit "+rev)
 	}
 	if len(extra) > 0 {
 		s += " (" + strings.Join(extra, ", ") + ")"
 	}
 	return s
-}
-
-// vcsRevision is the commit the binary was built from (12 hex digits,
-// "+dirty" for a modified checkout), or "" when the build did not record
-// one.
-func vcsRevision(info *debug.BuildInfo) string {
-	var rev, modified string
-	for _, kv := range info.Settings {
-		switch kv.Key {
-		case "vcs.revision":
-			rev = kv.Value
-		case "vcs.modified":
-			modified = kv.Value
-		}
-	}
-	if rev == "" {
-		return ""
-	}
-	if len(rev) > 12 {
-		rev = rev[:12]
-	}
-	if modified == "true" {
-		rev += "+dirty"
-	}
-	return rev
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 )
 
@@ -120,7 +121,7 @@ func TestIdentityWorkflow(t *testing.T) {
 
 	// The vault now holds the node's keys, certificate and CA bundle.
 	ls := mustGridnet(t, nil, "vault", "ls", "--vault", p("node.vault"), "--vault-key-file", p("node.key"))
-	for _, item := range []string{itemIdentityKey, itemWireGuardKey, itemNodeCert, itemCACert} {
+	for _, item := range []string{identity.ItemIdentityKey, identity.ItemWireGuardKey, identity.ItemNodeCert, identity.ItemCACert} {
 		if !strings.Contains(ls, item) {
 			t.Errorf("vault ls lacks %s:\n%s", item, ls)
 		}
@@ -148,7 +149,7 @@ func TestIdentityWorkflow(t *testing.T) {
 
 	// The one-step vault holds everything a node needs.
 	ls = mustGridnet(t, nil, "vault", "ls", "--vault", p("db1.vault"), "--vault-key-file", p("node.key"))
-	for _, item := range []string{itemIdentityKey, itemWireGuardKey, itemNodeCert, itemCACert, itemNodeName} {
+	for _, item := range []string{identity.ItemIdentityKey, identity.ItemWireGuardKey, identity.ItemNodeCert, identity.ItemCACert, identity.ItemNodeName} {
 		if !strings.Contains(ls, item) {
 			t.Errorf("one-step vault lacks %s:\n%s", item, ls)
 		}
@@ -170,7 +171,7 @@ func TestCertImportRefusesForeignCertificate(t *testing.T) {
 		t.Errorf("import of a foreign certificate: exit %d, stderr %q", code, errOut)
 	}
 	ls := mustGridnet(t, nil, "vault", "ls", "--vault", p("a.vault"), "--vault-key-file", p("k"))
-	if strings.Contains(ls, itemNodeCert) {
+	if strings.Contains(ls, identity.ItemNodeCert) {
 		t.Errorf("refused import still stored a certificate:\n%s", ls)
 	}
 }

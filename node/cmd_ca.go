@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
 )
@@ -90,16 +91,16 @@ permits any address.`,
 				return err
 			}
 			defer v.Close()
-			if _, _, err := v.Get(itemCAKey); err == nil {
+			if _, _, err := v.Get(identity.ItemCAKey); err == nil {
 				return fmt.Errorf("vault %s already holds a CA key; use a new vault", o.vaultPath)
 			} else if !errors.Is(err, vault.ErrNotFound) {
 				return fmt.Errorf("check existing CA key: %w", err)
 			}
 			pemBytes := cert.EncodeCertPEM(ca.Cert)
-			if err := v.Put(itemCAKey, vault.ClassKey, ca.Key); err != nil {
+			if err := v.Put(identity.ItemCAKey, vault.ClassKey, ca.Key); err != nil {
 				return fmt.Errorf("store CA key: %w", err)
 			}
-			if err := v.Put(itemCACert, vault.ClassCert, pemBytes); err != nil {
+			if err := v.Put(identity.ItemCACert, vault.ClassCert, pemBytes); err != nil {
 				return fmt.Errorf("store CA certificate: %w", err)
 			}
 			if err := writeFileNew(o.out, pemBytes, 0o644, o.force); err != nil {

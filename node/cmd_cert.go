@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
 )
@@ -61,15 +62,15 @@ for 'gridnet cert issue --csr'.`,
 			if o.vaultPath == "" || o.name == "" {
 				return usageError("--vault and --name are required")
 			}
-			keys, err := generateNodeKeys()
+			keys, err := identity.GenerateKeys()
 			if err != nil {
 				return err
 			}
-			wgPub, err := keys.wireGuardPublic()
+			wgPub, err := keys.WireGuardPublic()
 			if err != nil {
 				return err
 			}
-			der, err := cert.CreateCSR(o.name, keys.identity, wgPub)
+			der, err := cert.CreateCSR(o.name, keys.Identity, wgPub)
 			if err != nil {
 				return fmt.Errorf("create request: %w", err)
 			}
@@ -83,7 +84,7 @@ for 'gridnet cert issue --csr'.`,
 				return err
 			}
 			defer v.Close()
-			if err := storeNodeKeys(v, o.name, keys); err != nil {
+			if err := identity.StoreKeys(v, o.name, keys); err != nil {
 				return err
 			}
 			if err := writeFileNew(o.csr, cert.EncodeCSRPEM(der), 0o644, o.force); err != nil {
@@ -185,7 +186,7 @@ func runCertIssue(_ context.Context, env Env, a any, args []string) error {
 
 	var (
 		req     *cert.CSR
-		newKeys *nodeKeys
+		newKeys *identity.Keys
 	)
 	if o.csr != "" {
 		b, err := os.ReadFile(o.csr)
@@ -200,16 +201,16 @@ func runCertIssue(_ context.Context, env Env, a any, args []string) error {
 		if _, err := os.Stat(o.outVault); err == nil {
 			return fmt.Errorf("%s exists: --out-vault makes a new vault", o.outVault)
 		}
-		k, err := generateNodeKeys()
+		k, err := identity.GenerateKeys()
 		if err != nil {
 			return err
 		}
-		pub, err := k.wireGuardPublic()
+		pub, err := k.WireGuardPublic()
 		if err != nil {
 			return err
 		}
 		newKeys = &k
-		req = &cert.CSR{Name: o.name, IdentityKey: k.identity.Public().(ed25519.PublicKey), WireGuardKey: pub}
+		req = &cert.CSR{Name: o.name, IdentityKey: k.Identity.Public().(ed25519.PublicKey), WireGuardKey: pub}
 	}
 
 	caVault, err := openVault(o.caVault, o.caKeys, env)
@@ -239,7 +240,7 @@ func runCertIssue(_ context.Context, env Env, a any, args []string) error {
 		if err != nil {
 			return err
 		}
-		err = storeNodeKeys(nv, req.Name, *newKeys)
+		err = identity.StoreKeys(nv, req.Name, *newKeys)
 		if err == nil {
 			err = storeCerts(nv, certPEM, cert.EncodeCertPEM(ca.Cert))
 		}
@@ -260,10 +261,10 @@ func runCertIssue(_ context.Context, env Env, a any, args []string) error {
 
 // storeCerts keeps the node certificate and the trusted CA bundle in v.
 func storeCerts(v *vault.Vault, nodePEM, caPEM []byte) error {
-	if err := v.Put(itemNodeCert, vault.ClassCert, nodePEM); err != nil {
+	if err := v.Put(identity.ItemNodeCert, vault.ClassCert, nodePEM); err != nil {
 		return fmt.Errorf("store node certificate: %w", err)
 	}
-	if err := v.Put(itemCACert, vault.ClassCert, caPEM); err != nil {
+	if err := v.Put(identity.ItemCACert, vault.ClassCert, caPEM); err != nil {
 		return fmt.Errorf("store CA certificate: %w", err)
 	}
 	return nil
@@ -301,15 +302,15 @@ reload' without a restart.`,
 				return err
 			}
 			defer v.Close()
-			keys, name, err := loadNodeKeys(v)
+			keys, name, err := identity.LoadKeys(v)
 			if err != nil {
 				return err
 			}
-			pub, err := keys.wireGuardPublic()
+			pub, err := keys.WireGuardPublic()
 			if err != nil {
 				return err
 			}
-			der, err := cert.CreateCSR(name, keys.identity, pub)
+			der, err := cert.CreateCSR(name, keys.Identity, pub)
 			if err != nil {
 				return fmt.Errorf("create request: %w", err)
 			}
@@ -380,15 +381,15 @@ stored.`,
 				return err
 			}
 			defer v.Close()
-			keys, name, err := loadNodeKeys(v)
+			keys, name, err := identity.LoadKeys(v)
 			if err != nil {
 				return err
 			}
-			wgPub, err := keys.wireGuardPublic()
+			wgPub, err := keys.WireGuardPublic()
 			if err != nil {
 				return err
 			}
-			if !keys.identity.Public().(ed25519.PublicKey).Equal(nodeCert.PublicKey) {
+			if !keys.Identity.Public().(ed25519.PublicKey).Equal(nodeCert.PublicKey) {
 				return fmt.Errorf("certificate %s is for another identity key than the one in %s", args[0], o.vaultPath)
 			}
 			if id.WireGuardKey != wgPub {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/aigrid/gridnet/node/internal/control"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 )
@@ -309,7 +310,7 @@ same kind were folded into one.`,
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			path := pathEvents
+			path := control.PathEvents
 			if o.follow {
 				path += "?follow=1"
 			}
@@ -317,7 +318,7 @@ same kind were folded into one.`,
 			if err != nil {
 				return err
 			}
-			body, err := cc.get(ctx, path)
+			body, err := cc.Get(ctx, path)
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"github.com/aigrid/gridnet/node/internal/control"
 )
 
 func peersCommand() *command {
@@ -40,7 +42,7 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 			if err != nil {
 				return err
 			}
-			if err := cc.getJSON(ctx, pathPeers, &members); err != nil {
+			if err := cc.GetJSON(ctx, control.PathPeers, &members); err != nil {
 				return err
 			}
 			if o.json {
@@ -82,13 +84,13 @@ cuts the revoked nodes off at once and refuses them when they come back.`,
 				if err != nil {
 					return fmt.Errorf("read CRL: %w", err)
 				}
-				ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+				ctx, cancel := context.WithTimeout(ctx, control.Timeout)
 				defer cancel()
 				cc, err := o.client(env)
 				if err != nil {
 					return err
 				}
-				body, err := cc.send(ctx, "POST", pathCRL, bytes.NewReader(b))
+				body, err := cc.Send(ctx, "POST", control.PathCRL, bytes.NewReader(b))
 				if err != nil {
 					return err
 				}

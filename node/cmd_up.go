@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -22,6 +20,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/configfile"
+	"github.com/aigrid/gridnet/node/internal/control"
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
 )
@@ -81,8 +82,8 @@ configuration as YAML (defaults filled in), which up reads back as is.`,
 // configuration as YAML.
 func testConfig(env Env, cfg *Config) error {
 	if problems := checkConfig(cfg, env); len(problems) > 0 {
-		ce := newConfigError(problems)
-		ce.path = cfg.path
+		ce := configfile.NewError(problems)
+		ce.Path = cfg.path
 		return ce
 	}
 	out, err := cfg.effectiveYAML()
@@ -92,37 +93,6 @@ func testConfig(env Env, cfg *Config) error {
 	fmt.Fprintf(env.Stdout, "# effective configuration of %s: defaults filled in, paths absolute\n", cfg.path)
 	_, err = env.Stdout.Write(out)
 	return err
-}
-
-func newLogger(w io.Writer, cfg LogConfig) *slog.Logger {
-	hopts := &slog.HandlerOptions{Level: cfg.Level.Level}
-	if cfg.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, hopts))
-	}
-	return slog.New(slog.NewTextHandler(w, hopts))
-}
-
-// readCRL reads a CRL file; a missing file is no CRL yet.
-func readCRL(path string) (*x509.RevocationList, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("CRL: %w", err)
-	}
-	crl, err := cert.ParseCRLPEM(b)
-	if err != nil {
-		return nil, fmt.Errorf("CRL %s: %w", path, err)
-	}
-	return crl, nil
-}
-
-func readFileOrItem(path string, item func() ([]byte, error)) ([]byte, error) {
-	if path != "" {
-		return os.ReadFile(path)
-	}
-	return item()
 }
 
 func runUp(ctx context.Context, env Env, cfg *Config) error {
@@ -143,14 +113,18 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		return err
 	}
 	defer claim.Release()
-	opts, err := optionsFromConfig(cfg, env)
+	opts, err := OptionsFromConfigKeys(cfg, (&vaultKeyFlags{keyFile: cfg.Vault.KeyFile}).keySource(cfg.Vault.Path, env))
 	if err != nil {
 		return err
+	}
+	if env.Stderr != nil {
+		// The node logs where the command writes its errors.
+		opts.Logger = configfile.NewLogger(env.Stderr, cfg.Log.Level.Level, cfg.Log.Format)
 	}
 	log := opts.Logger
 	// The control socket first: a second instance with the same socket
 	// stops here, before it joins the fabric.
-	ln, err := listenControl(cfg.Control.Socket)
+	ln, err := control.Listen(cfg.Control.Socket)
 	if err != nil {
 		return err
 	}
@@ -167,7 +141,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		defer reloadMu.Unlock()
 		return reloadNode(cfg, env, n, log)
 	}
-	cs := startControl(n, ln, reload, log)
+	cs := n.ServeControl(ln, reload)
 	defer cs.Close()
 
 	for {
@@ -198,7 +172,7 @@ func reloadNode(cfg *Config, env Env, n *Node, log *slog.Logger) error {
 		}
 	}
 	if cfg.CRL != "" {
-		crl, err := readCRL(cfg.CRL)
+		crl, err := identity.ReadCRL(cfg.CRL)
 		switch {
 		case err != nil:
 			errs = append(errs, err)
@@ -239,34 +213,11 @@ func readNodeCert(cfg *Config, env Env) ([]byte, error) {
 		return nil, err
 	}
 	defer v.Close()
-	b, _, err := v.Get(itemNodeCert)
+	b, _, err := v.Get(identity.ItemNodeCert)
 	if err != nil {
 		return nil, fmt.Errorf("node certificate from vault: %w", err)
 	}
 	return b, nil
-}
-
-// metricsOptions is the metrics section as Options: nil when off.
-func metricsOptions(c MetricsConfig) *MetricsOptions {
-	if !c.Listen.IsValid() {
-		return nil
-	}
-	return &MetricsOptions{Listen: c.Listen.String()}
-}
-
-func gossipOptions(c GossipConfig) *GossipOptions {
-	if !c.Enabled {
-		return nil
-	}
-	return &GossipOptions{Port: c.Port, Advertise: addrPorts(c.Advertise)}
-}
-
-func addrPorts(in []AddrPort) []netip.AddrPort {
-	out := make([]netip.AddrPort, 0, len(in))
-	for _, a := range in {
-		out = append(out, a.AddrPort)
-	}
-	return out
 }
 
 func reloadCommand() *command {
@@ -280,13 +231,13 @@ func reloadCommand() *command {
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+			ctx, cancel := context.WithTimeout(ctx, control.Timeout)
 			defer cancel()
 			cc, err := o.client(env)
 			if err != nil {
 				return err
 			}
-			body, err := cc.do(ctx, "POST", pathReload)
+			body, err := cc.Do(ctx, "POST", control.PathReload)
 			if err != nil {
 				return err
 			}
@@ -322,7 +273,7 @@ func statusCommand() *command {
 			if err != nil {
 				return err
 			}
-			if err := cc.getJSON(ctx, pathStatus, &st); err != nil {
+			if err := cc.GetJSON(ctx, control.PathStatus, &st); err != nil {
 				return err
 			}
 			if o.json {
@@ -388,7 +339,7 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 			if err != nil {
 				return err
 			}
-			body, err := cc.get(ctx, pathPing+"?"+q.Encode())
+			body, err := cc.Get(ctx, control.PathPing+"?"+q.Encode())
 			if err != nil {
 				return err
 			}
@@ -428,4 +379,23 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 			return nil
 		},
 	}
+}
+
+// printRefusals adds the refusals to the status text: who refused this
+// node, when, how often and why.
+func printRefusals(w io.Writer, rs []RefusalView, now time.Time) {
+	if len(rs) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REFUSED BY\tENDPOINT\tLAST\tCOUNT\tREASON")
+	for _, r := range rs {
+		peer := r.Peer
+		if peer == "" {
+			peer = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s ago\t%d\t%s: %s\n", peer, r.Endpoint, now.Sub(r.At).Round(time.Second), r.Count, r.Reason, r.Description)
+	}
+	tw.Flush()
 }

@@ -15,6 +15,8 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/aigrid/gridnet/node/internal/configfile"
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/vault"
@@ -55,9 +57,9 @@ type configCheck struct {
 	now      time.Time
 	problems []error
 
-	v    *vault.Vault // nil: not opened
-	keys *nodeKeys    // nil: not read
-	pool *cert.Pool   // nil: no usable CA bundle
+	v    *vault.Vault   // nil: not opened
+	keys *identity.Keys // nil: not read
+	pool *cert.Pool     // nil: no usable CA bundle
 	node *x509.Certificate
 }
 
@@ -68,7 +70,7 @@ func (ck *configCheck) fail(key string, err error) {
 	if !set {
 		key += " (default)"
 	}
-	ck.problems = append(ck.problems, &lineError{line, fmt.Errorf("%s: %w", key, err)})
+	ck.problems = append(ck.problems, &configfile.LineError{Line: line, Err: fmt.Errorf("%s: %w", key, err)})
 }
 
 // vault opens the vault (when its key is available) and reads the node's
@@ -100,7 +102,7 @@ func (ck *configCheck) vault() {
 	}
 	ck.v = v
 	defer func() { ck.v.Close(); ck.v = nil }()
-	keys, _, err := loadNodeKeys(v)
+	keys, _, err := identity.LoadKeys(v)
 	if err != nil {
 		ck.fail("vault.path", err)
 	} else {
@@ -108,8 +110,8 @@ func (ck *configCheck) vault() {
 	}
 	// The CA bundle and the certificate may live in the vault; read them
 	// while it is open.
-	ck.trustFrom(ck.readVaultItem("ca", itemCACert, "CA bundle"))
-	ck.node = ck.parseNodeCert(ck.readVaultItem("cert", itemNodeCert, "node certificate"))
+	ck.trustFrom(ck.readVaultItem("ca", identity.ItemCACert, "CA bundle"))
+	ck.node = ck.parseNodeCert(ck.readVaultItem("cert", identity.ItemNodeCert, "node certificate"))
 }
 
 // readVaultItem reads item from the open vault when key (ca or cert) does
@@ -229,7 +231,7 @@ func (ck *configCheck) certificate() {
 	c := ck.node
 	key, where := ck.source("cert", ck.cfg.Cert, "node certificate")
 	_, caWhere := ck.source("ca", ck.cfg.CA, "CA bundle")
-	_, err := ck.pool.Verify(c, ck.now)
+	id, err := ck.pool.Verify(c, ck.now)
 	switch {
 	case err == nil:
 	case errors.Is(err, cert.ErrUnknownCA):
@@ -250,8 +252,7 @@ func (ck *configCheck) certificate() {
 	if ck.keys == nil {
 		return
 	}
-	opts := Options{Certificate: c.Raw, IdentityKey: ck.keys.identity, WireGuardKey: ck.keys.wireGuard, Now: func() time.Time { return ck.now }}
-	if _, err := checkOwnCertificate(ck.pool, opts); err != nil {
+	if err := ck.keys.Match(id); err != nil {
 		ck.fail(key, fmt.Errorf("%s does not belong to the keys in the vault %s: %w", where, ck.cfg.Vault.Path, err))
 	}
 }
@@ -391,4 +392,45 @@ func mappingValue(n *yaml.Node, path ...string) *yaml.Node {
 		n = next
 	}
 	return n
+}
+
+// relays checks for `up --test` what the proxy and forward sections need
+// on this host: the users' password files are readable and the local
+// addresses can be bound (they are released at once).
+func (ck *configCheck) relays() {
+	c := ck.cfg
+	for i, u := range c.Proxy.Users {
+		if _, err := configfile.ReadPasswordFile(u.PasswordFile); err != nil {
+			ck.fail(fmt.Sprintf("proxy.users[%d].password_file", i), err)
+		}
+	}
+	bind := func(key string, proto RelayProto, a netip.AddrPort) {
+		var err error
+		if proto == RelayUDP {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket("udp", a.String()); err == nil {
+				pc.Close()
+			}
+		} else {
+			var l net.Listener
+			if l, err = net.Listen("tcp", a.String()); err == nil {
+				l.Close()
+			}
+		}
+		if err != nil {
+			ck.fail(key, fmt.Errorf("cannot listen on %s %s (in use by another program, or not an address of this host): %w", proto, a, err))
+		}
+	}
+	if c.Proxy.SOCKS5.IsValid() {
+		bind("proxy.socks5", RelayTCP, c.Proxy.SOCKS5.AddrPort)
+	}
+	if c.Proxy.HTTP.IsValid() {
+		bind("proxy.http", RelayTCP, c.Proxy.HTTP.AddrPort)
+	}
+	if c.Metrics.Listen.IsValid() {
+		bind("metrics.listen", RelayTCP, c.Metrics.Listen.AddrPort)
+	}
+	for i, f := range c.Forward {
+		bind(fmt.Sprintf("forward[%d].listen", i), f.Proto, f.Listen.AddrPort)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
 )
@@ -94,24 +95,24 @@ func newLocalCA(name, domain string) (*localCA, error) {
 // (with prefix, e.g. 100.64.0.1/10), signs its certificate and returns
 // options that listen on 127.0.0.1 with a random port and trust this CA.
 func (l *localCA) NodeOptions(name string, addr netip.Prefix, groups []string, validity time.Duration) (Options, error) {
-	keys, err := generateNodeKeys()
+	keys, err := identity.GenerateKeys()
 	if err != nil {
 		return Options{}, err
 	}
-	pub, err := keys.wireGuardPublic()
+	pub, err := keys.WireGuardPublic()
 	if err != nil {
 		return Options{}, err
 	}
 	c, err := l.CA.Issue(cert.IssueRequest{
-		Name: name, IdentityKey: keys.identity.Public().(ed25519.PublicKey), WireGuardKey: pub,
+		Name: name, IdentityKey: keys.Identity.Public().(ed25519.PublicKey), WireGuardKey: pub,
 		Addresses: []netip.Prefix{addr}, Groups: groups, Validity: validity,
 	}, l.Now())
 	if err != nil {
 		return Options{}, err
 	}
 	return Options{
-		IdentityKey:  keys.identity,
-		WireGuardKey: keys.wireGuard,
+		IdentityKey:  keys.Identity,
+		WireGuardKey: keys.WireGuard,
 		Certificate:  c.Raw,
 		CAs:          []*x509.Certificate{l.CA.Cert},
 		Listen:       netip.MustParseAddrPort("127.0.0.1:0"),
@@ -188,6 +189,8 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	}
 
 	step("firewall: alpha tries beta's port 22, which no rule allows")
+	events := nodes[1].Firewall().Events(0)
+	defer events.Close()
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	if c, err := nodes[0].Dial(dctx, "tcp", "beta:22"); err == nil {
 		c.Close()
@@ -195,20 +198,14 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		return errors.New("alpha reached beta:22 through the firewall")
 	}
 	cancel()
-	var seen *EventView
-	for deadline := time.Now().Add(2 * time.Second); seen == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		for _, e := range nodes[1].events.recent() {
-			if e.DstPort == 22 && e.Peer == "alpha" {
-				seen = &e
-			}
-		}
-	}
-	if seen == nil {
+	seen, err := awaitEvent(ctx, events, 2*time.Second, func(e policy.Event) bool { return e.DstPort == 22 && e.Peer == "alpha" })
+	if err != nil {
 		return errors.New("beta recorded no event for the blocked flow")
 	}
 	fmt.Fprintf(out, "    blocked; beta's event: %s %s from %s (%s:%d -> %s:%d): %s\n",
 		seen.Kind, seen.Direction, seen.Peer, seen.Src, seen.SrcPort, seen.Dst, seen.DstPort, seen.Reason)
-	fmt.Fprintf(out, "    beta's firewall: %d packets accepted, %d dropped\n", nodes[1].fw.Stats().Accepted, nodes[1].fw.Stats().Dropped)
+	fw := nodes[1].Firewall().Stats()
+	fmt.Fprintf(out, "    beta's firewall: %d packets accepted, %d dropped\n", fw.Accepted, fw.Dropped)
 
 	step("intruder: mallory holds a valid certificate from a foreign CA and tries to join alpha")
 	rogue, err := newLocalCA("rogue-ca", "demo.gridnet")
@@ -250,12 +247,34 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	}
 	fmt.Fprintf(out, "    alpha's peers are still: %s\n", peerNames(nodes[0]))
 	var refusals []string
-	for r, v := range nodes[0].ov.Stats().Rejected {
-		refusals = append(refusals, fmt.Sprintf("%s=%d", r, v))
+	for name, v := range nodes[0].Status().Admission {
+		if r, ok := strings.CutPrefix(name, "rejected_"); ok {
+			refusals = append(refusals, fmt.Sprintf("%s=%d", r, v))
+		}
 	}
 	fmt.Fprintf(out, "    alpha's refusal counters: %s\n", strings.Join(refusals, " "))
 	step("demo finished in %s; all nodes shut down", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// awaitEvent returns the first event from sub that match accepts, waiting
+// at most timeout.
+func awaitEvent(ctx context.Context, sub *policy.Subscription, timeout time.Duration, match func(policy.Event) bool) (policy.Event, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		select {
+		case e, ok := <-sub.C:
+			if !ok {
+				return policy.Event{}, errors.New("the firewall's events ended")
+			}
+			if match(e) {
+				return e, nil
+			}
+		case <-ctx.Done():
+			return policy.Event{}, ctx.Err()
+		}
+	}
 }
 
 func peerNames(n *Node) string {

@@ -3,13 +3,13 @@ package node
 import (
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/control"
 	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/handshake"
@@ -108,10 +108,11 @@ func startPair(t *testing.T, mod func(*localCA, *Options)) (alpha, beta *Node) {
 func controlSocket(t *testing.T, n *Node) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "gridnet.sock")
-	cs, err := serveControl(n, path, func() error { return nil }, slog.New(slog.DiscardHandler))
+	ln, err := control.Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cs := n.ServeControl(ln, func() error { return nil })
 	t.Cleanup(func() { cs.Close() })
 	return path
 }

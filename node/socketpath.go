@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/aigrid/gridnet/node/internal/control"
 )
 
 // SocketEnv is the environment variable that names the control socket
@@ -85,12 +87,12 @@ func (s *socketFlag) path(env Env) (string, error) {
 }
 
 // client returns a control API client for the socket path finds.
-func (s *socketFlag) client(env Env) (*controlClient, error) {
+func (s *socketFlag) client(env Env) (*control.Client, error) {
 	p, err := s.path(env)
 	if err != nil {
 		return nil, err
 	}
-	return newControlClient(p), nil
+	return control.NewClient(p), nil
 }
 
 // euid is the effective user id the defaults are chosen for.

@@ -292,38 +292,3 @@ func TestSecondUpOnSameVaultRefused(t *testing.T) {
 		}
 	}
 }
-
-// TestControlSocketDirectoryChecked: a control socket directory that
-// other users may write to without the sticky bit is refused (they could
-// replace the socket); one with the sticky bit, as /tmp, and one only this
-// user writes are accepted.
-func TestControlSocketDirectoryChecked(t *testing.T) {
-	for _, tc := range []struct {
-		mode os.FileMode
-		ok   bool
-	}{
-		{0o700, true},
-		{0o755, true},
-		{0o777 | os.ModeSticky, true},
-		{0o777, false},
-		{0o770, false},
-	} {
-		dir := filepath.Join(t.TempDir(), "run")
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dir, tc.mode); err != nil {
-			t.Fatal(err)
-		}
-		ln, err := listenControl(filepath.Join(dir, "gridnet.sock"))
-		if ln != nil {
-			ln.Close()
-		}
-		if (err == nil) != tc.ok {
-			t.Errorf("directory mode %v: err %v, want accepted %v", tc.mode, err, tc.ok)
-		}
-		if err != nil && !strings.Contains(err.Error(), "replace the socket") {
-			t.Errorf("directory mode %v: error %q does not say why", tc.mode, err)
-		}
-	}
-}

@@ -1,4 +1,11 @@
-package node
+// Package configfile is the machinery of gridnet's YAML config file that
+// package node (which parses the file) and the command line (whose
+// `up --test` checks what the file names) share: the keys of each section
+// checked against a Go struct, with a "did you mean" hint for unknown
+// ones and the line of every key recorded; errors that name their line;
+// the list of every problem found in one file; and reading the file and
+// the password files it names.
+package configfile
 
 import (
 	"errors"
@@ -13,35 +20,35 @@ import (
 	"github.com/aigrid/gridnet/policy/suggest"
 )
 
-// configError lists every problem found in one config file.
-type configError struct {
-	// path is the config file; empty for bytes given to ParseConfig.
-	path     string
-	problems []error
+// Error lists every problem found in one config file.
+type Error struct {
+	// Path is the config file; empty for bytes that came from no file.
+	Path     string
+	Problems []error
 }
 
-// newConfigError sorts problems by line (those without one last).
-func newConfigError(problems []error) *configError {
+// NewError sorts problems by line (those without one last).
+func NewError(problems []error) *Error {
 	sort.SliceStable(problems, func(i, j int) bool {
-		li, lj := problemLine(problems[i]), problemLine(problems[j])
+		li, lj := ProblemLine(problems[i]), ProblemLine(problems[j])
 		return li != 0 && (lj == 0 || li < lj)
 	})
-	return &configError{problems: problems}
+	return &Error{Problems: problems}
 }
 
 // Error reads "config FILE: line N: problem", or, for several problems,
 // "config FILE: N problems:" and one indented problem per line.
-func (e *configError) Error() string {
+func (e *Error) Error() string {
 	prefix := "config"
-	if e.path != "" {
-		prefix += " " + e.path
+	if e.Path != "" {
+		prefix += " " + e.Path
 	}
-	if len(e.problems) == 1 {
-		return prefix + ": " + e.problems[0].Error()
+	if len(e.Problems) == 1 {
+		return prefix + ": " + e.Problems[0].Error()
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %d problems:", prefix, len(e.problems))
-	for _, p := range e.problems {
+	fmt.Fprintf(&b, "%s: %d problems:", prefix, len(e.Problems))
+	for _, p := range e.Problems {
 		b.WriteString("\n  ")
 		b.WriteString(p.Error())
 	}
@@ -49,31 +56,31 @@ func (e *configError) Error() string {
 }
 
 // Unwrap returns the problems.
-func (e *configError) Unwrap() []error { return e.problems }
+func (e *Error) Unwrap() []error { return e.Problems }
 
-// lineError is a problem at a line of the config file; line 0 means no
+// LineError is a problem at a line of the config file; line 0 means no
 // single line is at fault (a required key that is missing).
-type lineError struct {
-	line int
-	err  error
+type LineError struct {
+	Line int
+	Err  error
 }
 
 // Error reads "line N: problem".
-func (e *lineError) Error() string {
-	if e.line > 0 {
-		return fmt.Sprintf("line %d: %v", e.line, e.err)
+func (e *LineError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("line %d: %v", e.Line, e.Err)
 	}
-	return e.err.Error()
+	return e.Err.Error()
 }
 
 // Unwrap returns the problem.
-func (e *lineError) Unwrap() error { return e.err }
+func (e *LineError) Unwrap() error { return e.Err }
 
-// problemLine returns the line a problem names, or 0.
-func problemLine(err error) int {
-	var le *lineError
+// ProblemLine returns the line a problem names, or 0.
+func ProblemLine(err error) int {
+	var le *LineError
 	if errors.As(err, &le) {
-		return le.line
+		return le.Line
 	}
 	var pe *policy.ConfigError
 	if errors.As(err, &pe) {
@@ -82,26 +89,26 @@ func problemLine(err error) int {
 	return 0
 }
 
-// valueError is a bad value at n. It is a *yaml.TypeError so that the
+// ValueError is a bad value at n. It is a *yaml.TypeError so that the
 // decoder notes it and goes on with the other fields.
-func valueError(n *yaml.Node, format string, args ...any) error {
+func ValueError(n *yaml.Node, format string, args ...any) error {
 	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
 }
 
-// hasLine reports whether one of problems is at line (> 0).
-func hasLine(problems []error, line int) bool {
+// HasLine reports whether one of problems is at line (> 0).
+func HasLine(problems []error, line int) bool {
 	for _, p := range problems {
-		if line > 0 && problemLine(p) == line {
+		if line > 0 && ProblemLine(p) == line {
 			return true
 		}
 	}
 	return false
 }
 
-// decodeProblems splits a decoding error into its problems. A type error
+// DecodeProblems splits a decoding error into its problems. A type error
 // at a line where the key check already found a problem says the same in
 // Go's words, and is left out.
-func decodeProblems(err error, known []error) []error {
+func DecodeProblems(err error, known []error) []error {
 	if err == nil {
 		return nil
 	}
@@ -114,10 +121,10 @@ func decodeProblems(err error, known []error) []error {
 		var line int
 		if _, serr := fmt.Sscanf(s, "line %d:", &line); serr == nil {
 			_, rest, _ := strings.Cut(s, ": ")
-			if strings.HasPrefix(rest, "cannot unmarshal") && hasLine(known, line) {
+			if strings.HasPrefix(rest, "cannot unmarshal") && HasLine(known, line) {
 				continue
 			}
-			out = append(out, &lineError{line, errors.New(rest)})
+			out = append(out, &LineError{line, errors.New(rest)})
 			continue
 		}
 		out = append(out, errors.New(s))
@@ -125,9 +132,9 @@ func decodeProblems(err error, known []error) []error {
 	return out
 }
 
-// firewallProblem places a firewall section error under "firewall." so
+// FirewallProblem places a firewall section error under "firewall." so
 // that its path reads as the file's.
-func firewallProblem(err error) error {
+func FirewallProblem(err error) error {
 	var pe *policy.ConfigError
 	if errors.As(err, &pe) {
 		moved := *pe
@@ -137,13 +144,13 @@ func firewallProblem(err error) error {
 	return fmt.Errorf("firewall: %w", err)
 }
 
-// checkKeys compares the keys of mapping n with the yaml fields of struct
+// CheckKeys compares the keys of mapping n with the yaml fields of struct
 // type t, recursively, and returns a problem for every unknown key, with a
 // "did you mean" hint naming the closest known key of that section. It
 // records the line of every known key in lines under its dotted path
 // ("vault.path"). Values that are not mappings are left to the decoder,
 // which reports a type error with the line.
-func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]int) []error {
+func CheckKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]int) []error {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
@@ -151,7 +158,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]in
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 			return nil // an empty section
 		}
-		return []error{&lineError{n.Line, fmt.Errorf("%s: want a mapping of %s", sectionName(section), strings.Join(yamlKeys(t), ", "))}}
+		return []error{&LineError{n.Line, fmt.Errorf("%s: want a mapping of %s", sectionName(section), strings.Join(yamlKeys(t), ", "))}}
 	}
 	known := yamlKeys(t)
 	fields := make(map[string]reflect.Type, t.NumField())
@@ -171,7 +178,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]in
 				merged = v.Content
 			}
 			for _, m := range merged {
-				problems = append(problems, checkKeys(m, t, section, lines)...)
+				problems = append(problems, CheckKeys(m, t, section, lines)...)
 			}
 			continue
 		}
@@ -181,7 +188,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]in
 			if section != "" {
 				where = " in " + section
 			}
-			problems = append(problems, &lineError{k.Line, fmt.Errorf("unknown key %q%s%s", k.Value, where, suggest.Hint(k.Value, known...))})
+			problems = append(problems, &LineError{k.Line, fmt.Errorf("unknown key %q%s%s", k.Value, where, suggest.Hint(k.Value, known...))})
 			continue
 		}
 		path := k.Value
@@ -191,21 +198,21 @@ func checkKeys(n *yaml.Node, t reflect.Type, section string, lines map[string]in
 		lines[path] = k.Line
 		switch {
 		case isSection(ft):
-			problems = append(problems, checkKeys(v, ft, path, lines)...)
+			problems = append(problems, CheckKeys(v, ft, path, lines)...)
 		case ft.Kind() == reflect.Slice && isSection(ft.Elem()) && v.Kind == yaml.SequenceNode:
 			// A list of sections (serve, forward, proxy.users): each
 			// entry's keys are checked, its lines kept as "serve[0].to".
 			for j, item := range v.Content {
 				ipath := fmt.Sprintf("%s[%d]", path, j)
 				lines[ipath] = item.Line
-				problems = append(problems, checkKeys(item, ft.Elem(), ipath, lines)...)
+				problems = append(problems, CheckKeys(item, ft.Elem(), ipath, lines)...)
 			}
 		}
 	}
 	return problems
 }
 
-// isSection reports whether t is a struct whose keys checkKeys checks
+// isSection reports whether t is a struct whose keys CheckKeys checks
 // (not a value type that reads itself from YAML).
 func isSection(t reflect.Type) bool {
 	return t.Kind() == reflect.Struct && t != reflect.TypeFor[yaml.Node]() && !reflect.PointerTo(t).Implements(reflect.TypeFor[yaml.Unmarshaler]())
