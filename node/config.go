@@ -124,11 +124,12 @@ type DNSConfig struct {
 	Port uint16 `yaml:"port"`
 }
 
-// ControlConfig places the control API socket.
+// ControlConfig places the control API socket of `gridnet up`
+// (StartFromConfig and OptionsFromConfig leave it out).
 type ControlConfig struct {
 	// Socket is the unix socket path; created 0600. Empty in the file:
-	// $GRIDNET_SOCKET or the default for the user (DefaultControlSocket
-	// for root), filled in when `up` loads the config.
+	// $GRIDNET_SOCKET or the default for the user (/run/gridnet/gridnet.sock
+	// for root; docs/CONFIG.md), filled in when `up` loads the config.
 	Socket string `yaml:"socket"`
 }
 
@@ -151,12 +152,6 @@ type LogConfig struct {
 // DefaultListen is the underlay address used when the config names none:
 // all interfaces, the port Nebula users know.
 var defaultListen = netip.MustParseAddrPort("0.0.0.0:4242")
-
-// DefaultControlSocket is where the control API listens when the config
-// and $GRIDNET_SOCKET name no socket and the node runs as root; other
-// users get $XDG_RUNTIME_DIR/gridnet/gridnet.sock, or gridnet.sock in the
-// config's folder when XDG_RUNTIME_DIR is not set.
-const DefaultControlSocket = "/run/gridnet/gridnet.sock"
 
 // LoadConfig reads and validates the YAML config at path. Relative paths in
 // it are resolved against the config file's directory. Errors name the line.

@@ -325,8 +325,8 @@ func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// admissionCounters flattens the handshake counters for the control API and
-// the demo: one name per counter, "rejected_REASON" per refusal reason.
+// admissionCounters flattens the handshake counters for Status (the control
+// API, the demo): one name per counter, "rejected_REASON" per refusal reason.
 func admissionCounters(s overlay.Stats) map[string]uint64 {
 	m := map[string]uint64{
 		"initiated":        s.Initiated,

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/configfile"
 	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
@@ -28,9 +30,13 @@ import (
 // valid, revoked) and matched with the keys in the vault; the listen port
 // is bound and released at once; the control socket's place is checked,
 // and that no running node holds the vault. Nothing is created or changed. It returns every problem found, each
-// naming the line of the key at fault.
-func checkConfig(cfg *Config, env Env) []error {
-	ck := &configCheck{cfg: cfg, env: env, now: time.Now()}
+// naming the line of the key at fault in the file at path, which cfg was
+// loaded from.
+func checkConfig(cfg *node.Config, path string, env Env) []error {
+	ck := &configCheck{cfg: cfg, env: env, now: time.Now(), lines: map[string]int{}}
+	if data, err := configfile.Read(path); err == nil {
+		ck.lines = configfile.Lines(data, reflect.TypeFor[node.Config]())
+	}
 	if env.Now != nil {
 		ck.now = env.Now()
 	}
@@ -52,7 +58,10 @@ func checkConfig(cfg *Config, env Env) []error {
 
 // configCheck carries what one run of checkConfig found so far.
 type configCheck struct {
-	cfg      *Config
+	cfg *node.Config
+	// lines maps the dotted path of every key in the config file
+	// ("vault.path") to its line.
+	lines    map[string]int
 	env      Env
 	now      time.Time
 	problems []error
@@ -66,7 +75,7 @@ type configCheck struct {
 // fail records a problem with the value of key (a dotted path): at its
 // line if the file sets it, else as a default.
 func (ck *configCheck) fail(key string, err error) {
-	line, set := ck.cfg.lines[key]
+	line, set := ck.lines[key]
 	if !set {
 		key += " (default)"
 	}
@@ -327,7 +336,7 @@ func checkControlSocket(path string) error {
 // every trust and flood setting, paths absolute when the config was
 // loaded from a file. `up` reads the output back into the same
 // configuration.
-func (c *Config) effectiveYAML() ([]byte, error) {
+func effectiveYAML(c *node.Config) ([]byte, error) {
 	e := *c
 	rules := c.FirewallRules
 	if rules == nil {
@@ -404,9 +413,9 @@ func (ck *configCheck) relays() {
 			ck.fail(fmt.Sprintf("proxy.users[%d].password_file", i), err)
 		}
 	}
-	bind := func(key string, proto RelayProto, a netip.AddrPort) {
+	bind := func(key string, proto node.RelayProto, a netip.AddrPort) {
 		var err error
-		if proto == RelayUDP {
+		if proto == node.RelayUDP {
 			var pc net.PacketConn
 			if pc, err = net.ListenPacket("udp", a.String()); err == nil {
 				pc.Close()
@@ -422,13 +431,13 @@ func (ck *configCheck) relays() {
 		}
 	}
 	if c.Proxy.SOCKS5.IsValid() {
-		bind("proxy.socks5", RelayTCP, c.Proxy.SOCKS5.AddrPort)
+		bind("proxy.socks5", node.RelayTCP, c.Proxy.SOCKS5.AddrPort)
 	}
 	if c.Proxy.HTTP.IsValid() {
-		bind("proxy.http", RelayTCP, c.Proxy.HTTP.AddrPort)
+		bind("proxy.http", node.RelayTCP, c.Proxy.HTTP.AddrPort)
 	}
 	if c.Metrics.Listen.IsValid() {
-		bind("metrics.listen", RelayTCP, c.Metrics.Listen.AddrPort)
+		bind("metrics.listen", node.RelayTCP, c.Metrics.Listen.AddrPort)
 	}
 	for i, f := range c.Forward {
 		bind(fmt.Sprintf("forward[%d].listen", i), f.Proto, f.Listen.AddrPort)

@@ -1,7 +1,12 @@
-// Package node wires gridnet together: configuration, the node lifecycle,
-// the control API and every `gridnet` command. Nothing imports node; the
-// root main.go only calls Main.
-package node
+// Package cli is the gridnet command line: every `gridnet` command, its
+// flags and help, and what they print. The root main.go only calls Main.
+// It runs nodes through package node's exported API (`up` starts one from
+// its config and serves its control API on a socket; `demo` runs three in
+// this process), talks to a running node over that socket (status, peers,
+// ping, events, crl push, reload), and makes and checks identities in
+// vaults (ca, keygen, cert, vault, `up --test`). Nothing imports cli but
+// main.
+package cli
 
 import (
 	"context"
@@ -17,8 +22,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aigrid/gridnet/node/internal/buildinfo"
 	"golang.org/x/term"
+
+	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/internal/buildinfo"
 )
 
 // Env is everything a command touches outside its arguments, so that tests
@@ -271,14 +278,11 @@ func versionCommand() *command {
 	}
 }
 
-// Version is the gridnet release this binary was built from.
-const Version = "0.1.0-dev"
-
 // versionString is what `gridnet version` and `gridnet --version` print:
 // the release, the Go version and, when the binary was built from a git
 // checkout, the commit.
 func versionString() string {
-	s := "gridnet " + Version
+	s := "gridnet " + node.Version
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return s

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
@@ -94,23 +95,23 @@ func newLocalCA(name, domain string) (*localCA, error) {
 // NodeOptions makes keys for a node called name at overlay address addr
 // (with prefix, e.g. 100.64.0.1/10), signs its certificate and returns
 // options that listen on 127.0.0.1 with a random port and trust this CA.
-func (l *localCA) NodeOptions(name string, addr netip.Prefix, groups []string, validity time.Duration) (Options, error) {
+func (l *localCA) NodeOptions(name string, addr netip.Prefix, groups []string, validity time.Duration) (node.Options, error) {
 	keys, err := identity.GenerateKeys()
 	if err != nil {
-		return Options{}, err
+		return node.Options{}, err
 	}
 	pub, err := keys.WireGuardPublic()
 	if err != nil {
-		return Options{}, err
+		return node.Options{}, err
 	}
 	c, err := l.CA.Issue(cert.IssueRequest{
 		Name: name, IdentityKey: keys.Identity.Public().(ed25519.PublicKey), WireGuardKey: pub,
 		Addresses: []netip.Prefix{addr}, Groups: groups, Validity: validity,
 	}, l.Now())
 	if err != nil {
-		return Options{}, err
+		return node.Options{}, err
 	}
-	return Options{
+	return node.Options{
 		IdentityKey:  keys.Identity,
 		WireGuardKey: keys.WireGuard,
 		Certificate:  c.Raw,
@@ -134,7 +135,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	}
 	step("firewall on every node (inbound default deny):\n%s", indent(demoFirewall))
 	names := []string{"alpha", "beta", "gamma"}
-	nodes := make([]*Node, 0, len(names))
+	nodes := make([]*node.Node, 0, len(names))
 	defer func() {
 		for _, n := range nodes {
 			n.Close()
@@ -150,7 +151,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 		for _, prev := range nodes {
 			opts.Peers = append(opts.Peers, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), prev.UnderlayPort()))
 		}
-		n, err := Start(ctx, opts)
+		n, err := node.Start(ctx, opts)
 		if err != nil {
 			return fmt.Errorf("start %s: %w", name, err)
 		}
@@ -221,7 +222,7 @@ func runDemo(ctx context.Context, out io.Writer, logger *slog.Logger) error {
 	// The CA certificate is public: mallory trusts it, so the decision is
 	// alpha's alone.
 	mopts.CAs = append(mopts.CAs, lca.CA.Cert)
-	mallory, err := Start(ctx, mopts)
+	mallory, err := node.Start(ctx, mopts)
 	if err != nil {
 		return fmt.Errorf("start mallory: %w", err)
 	}
@@ -277,7 +278,7 @@ func awaitEvent(ctx context.Context, sub *policy.Subscription, timeout time.Dura
 	}
 }
 
-func peerNames(n *Node) string {
+func peerNames(n *node.Node) string {
 	var names []string
 	for _, p := range n.Peers() {
 		names = append(names, p.Name)
@@ -287,7 +288,7 @@ func peerNames(n *Node) string {
 
 // waitFullMesh waits until every node lists every other as a peer with a
 // WireGuard session.
-func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) error {
+func waitFullMesh(ctx context.Context, nodes []*node.Node, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		missing := ""
@@ -318,7 +319,7 @@ func waitFullMesh(ctx context.Context, nodes []*Node, timeout time.Duration) err
 
 // demoEcho runs an echo server on b and streams demoTransferSize random
 // bytes from a through it, comparing checksums. It returns Mbit/s.
-func demoEcho(ctx context.Context, a, b *Node) (float64, error) {
+func demoEcho(ctx context.Context, a, b *node.Node) (float64, error) {
 	ln, err := b.Listen("tcp", fmt.Sprintf(":%d", demoEchoPort))
 	if err != nil {
 		return 0, err

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"flag"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/aigrid/gridnet/node"
 )
 
 // walkCommands calls fn for every runnable command (not the groups) with
@@ -204,7 +206,7 @@ func TestFlagErrorsSpellFlagsLikeHelp(t *testing.T) {
 func TestVersion(t *testing.T) {
 	for _, args := range [][]string{{"version"}, {"--version"}, {"-v"}} {
 		out, errOut, code := gridnet(t, nil, "", args...)
-		if code != 0 || !strings.HasPrefix(out, "gridnet "+Version) || strings.Count(out, "\n") != 1 {
+		if code != 0 || !strings.HasPrefix(out, "gridnet "+node.Version) || strings.Count(out, "\n") != 1 {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, errOut)
 		}
 	}

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/configfile"
 	"github.com/aigrid/gridnet/node/internal/control"
 	"github.com/aigrid/gridnet/node/internal/identity"
@@ -65,37 +66,38 @@ configuration as YAML (defaults filled in), which up reads back as is.`,
 			if len(args) != 0 || o.config == "" {
 				return usageError("--config is required")
 			}
-			cfg, err := LoadConfig(o.config)
+			cfg, err := node.LoadConfig(o.config)
 			if err != nil {
 				return err
 			}
-			cfg.resolveControlSocket(env)
+			resolveControlSocket(cfg, o.config, env)
 			if o.test {
-				return testConfig(env, cfg)
+				return testConfig(env, o.config, cfg)
 			}
-			return runUp(ctx, env, cfg)
+			return runUp(ctx, env, o.config, cfg)
 		},
 	}
 }
 
-// testConfig is `up --test`: every problem found, or the effective
-// configuration as YAML.
-func testConfig(env Env, cfg *Config) error {
-	if problems := checkConfig(cfg, env); len(problems) > 0 {
+// testConfig is `up --test` of cfg, loaded from path: every problem found,
+// or the effective configuration as YAML.
+func testConfig(env Env, path string, cfg *node.Config) error {
+	if problems := checkConfig(cfg, path, env); len(problems) > 0 {
 		ce := configfile.NewError(problems)
-		ce.Path = cfg.path
+		ce.Path = path
 		return ce
 	}
-	out, err := cfg.effectiveYAML()
+	out, err := effectiveYAML(cfg)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.Stdout, "# effective configuration of %s: defaults filled in, paths absolute\n", cfg.path)
+	fmt.Fprintf(env.Stdout, "# effective configuration of %s: defaults filled in, paths absolute\n", path)
 	_, err = env.Stdout.Write(out)
 	return err
 }
 
-func runUp(ctx context.Context, env Env, cfg *Config) error {
+// runUp runs a node from cfg, loaded from path, until ctx ends.
+func runUp(ctx context.Context, env Env, path string, cfg *node.Config) error {
 	// Catch SIGHUP from the start: its default action would kill a node
 	// that is still starting.
 	hup := make(chan os.Signal, 1)
@@ -113,7 +115,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 		return err
 	}
 	defer claim.Release()
-	opts, err := OptionsFromConfigKeys(cfg, (&vaultKeyFlags{keyFile: cfg.Vault.KeyFile}).keySource(cfg.Vault.Path, env))
+	opts, err := node.OptionsFromConfigKeys(cfg, (&vaultKeyFlags{keyFile: cfg.Vault.KeyFile}).keySource(cfg.Vault.Path, env))
 	if err != nil {
 		return err
 	}
@@ -128,7 +130,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	n, err := Start(ctx, opts)
+	n, err := node.Start(ctx, opts)
 	if err != nil {
 		ln.Close() // removes the socket
 		return err
@@ -139,7 +141,7 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 	reload := func() error {
 		reloadMu.Lock()
 		defer reloadMu.Unlock()
-		return reloadNode(cfg, env, n, log)
+		return reloadNode(path, cfg, env, n, log)
 	}
 	cs := n.ServeControl(ln, reload)
 	defer cs.Close()
@@ -158,13 +160,13 @@ func runUp(ctx context.Context, env Env, cfg *Config) error {
 }
 
 // reloadNode re-reads what can change without a restart: the firewall
-// rules in the config file, the CRL file and the node certificate (renewal
-// for the same keys). Each part is applied
+// rules in the config file at path, the CRL file and the node certificate
+// (renewal for the same keys). Each part is applied
 // only if it verifies; a failure keeps the old state and is returned.
-func reloadNode(cfg *Config, env Env, n *Node, log *slog.Logger) error {
+func reloadNode(path string, cfg *node.Config, env Env, n *node.Node, log *slog.Logger) error {
 	var errs []error
-	if cfg.path != "" {
-		next, err := LoadConfig(cfg.path)
+	if path != "" {
+		next, err := node.LoadConfig(path)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("firewall rules not reloaded: %w", err))
 		} else if err := n.ReloadFirewall(next.FirewallRules); err != nil {
@@ -200,7 +202,7 @@ func reloadNode(cfg *Config, env Env, n *Node, log *slog.Logger) error {
 
 // readNodeCert reads the node certificate from the configured file or the
 // vault.
-func readNodeCert(cfg *Config, env Env) ([]byte, error) {
+func readNodeCert(cfg *node.Config, env Env) ([]byte, error) {
 	if cfg.Cert != "" {
 		b, err := os.ReadFile(cfg.Cert)
 		if err != nil {
@@ -268,7 +270,7 @@ func statusCommand() *command {
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			var st Status
+			var st node.Status
 			cc, err := o.client(env)
 			if err != nil {
 				return err
@@ -287,7 +289,7 @@ func statusCommand() *command {
 	}
 }
 
-func printStatus(w io.Writer, st Status, now time.Time) {
+func printStatus(w io.Writer, st node.Status, now time.Time) {
 	fmt.Fprintf(w, "%s (%s) %s  underlay port %d  certificate valid until %s\n",
 		st.Name, st.Domain, strings.Join(st.Addresses, ", "), st.UnderlayPort, st.CertExpiry.UTC().Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -348,7 +350,7 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 			hint := ""
 			dec := json.NewDecoder(body)
 			for {
-				var r PingReply
+				var r node.PingReply
 				if err := dec.Decode(&r); errors.Is(err, io.EOF) {
 					break
 				} else if err != nil {
@@ -383,7 +385,7 @@ firewall probably does not allow ICMP). Exit status 1 when no reply came.`,
 
 // printRefusals adds the refusals to the status text: who refused this
 // node, when, how often and why.
-func printRefusals(w io.Writer, rs []RefusalView, now time.Time) {
+func printRefusals(w io.Writer, rs []node.RefusalView, now time.Time) {
 	if len(rs) == 0 {
 		return
 	}

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/control"
 )
 
@@ -37,7 +38,7 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 			if len(args) != 0 {
 				return usageError("unexpected arguments %q", args)
 			}
-			var members []MemberView
+			var members []node.MemberView
 			cc, err := o.client(env)
 			if err != nil {
 				return err
@@ -95,7 +96,7 @@ cuts the revoked nodes off at once and refuses them when they come back.`,
 					return err
 				}
 				defer body.Close()
-				var res CRLResult
+				var res node.CRLResult
 				if err := json.NewDecoder(body).Decode(&res); err != nil {
 					return fmt.Errorf("decode the node's answer: %w", err)
 				}

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aigrid/gridnet/node"
 )
 
 // freeUDPPort returns a UDP port that was free a moment ago.
@@ -91,7 +93,7 @@ func TestUpControlAPI(t *testing.T) {
 		t.Fatalf("control socket: %v", fi)
 	}
 
-	var st Status
+	var st node.Status
 	for {
 		out, _, code := gridnet(t, nil, "", "status", "--json", "--socket", p("alpha.sock"))
 		if code == 0 && json.Unmarshal([]byte(out), &st) == nil && len(st.Peers) == 1 && !st.Peers[0].LastHandshake.IsZero() {

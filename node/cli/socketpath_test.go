@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aigrid/gridnet/node"
 )
 
 // userEnv is a command Env for a process with effective user id euid and
@@ -50,11 +52,11 @@ func TestDefaultControlSocket(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cfg, err := LoadConfig(c.config)
+			cfg, err := node.LoadConfig(c.config)
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfg.resolveControlSocket(c.env)
+			resolveControlSocket(cfg, c.config, c.env)
 			if cfg.Control.Socket != c.want {
 				t.Errorf("up's socket = %q, want %q", cfg.Control.Socket, c.want)
 			}

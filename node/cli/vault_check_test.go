@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -170,7 +170,7 @@ func TestVaultCheckTamperedItem(t *testing.T) {
 // code: the first command upgrades it and says so on stderr.
 func TestVaultUpgradeFromCommandLine(t *testing.T) {
 	dir := t.TempDir()
-	data, err := os.ReadFile(filepath.Join("..", "vault", "testdata", "format1", "rawkey.vault"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "vault", "testdata", "format1", "rawkey.vault"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/control"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/policy"
@@ -95,7 +96,7 @@ func loadRules(config, rules string, readCert bool) (*policy.Config, string, err
 	case (config == "") == (rules == ""):
 		return nil, "", usageError("give one of --config and --rules")
 	case config != "":
-		cfg, err := LoadConfig(config)
+		cfg, err := node.LoadConfig(config)
 		if err != nil {
 			return nil, "", err
 		}
@@ -325,7 +326,7 @@ same kind were folded into one.`,
 			defer body.Close()
 			dec := json.NewDecoder(body)
 			for {
-				var e EventView
+				var e node.EventView
 				if err := dec.Decode(&e); errors.Is(err, io.EOF) || ctx.Err() != nil {
 					return nil
 				} else if err != nil {
@@ -342,7 +343,7 @@ same kind were folded into one.`,
 	}
 }
 
-func printEvent(w io.Writer, e EventView) {
+func printEvent(w io.Writer, e node.EventView) {
 	flow := e.Src
 	if e.SrcPort != 0 {
 		flow += ":" + strconv.Itoa(int(e.SrcPort))

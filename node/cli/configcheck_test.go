@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/aigrid/gridnet/node"
 )
 
 // checkSetup is a CA, a node vault with keys and certificate, and a config
@@ -229,24 +231,24 @@ func TestUpTestPrintsEffectiveYAML(t *testing.T) {
 
 	// Round trip: load, print, load gives the same configuration, and
 	// prints the same again.
-	first, err := LoadConfig(path)
+	first, err := node.LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	again := filepath.Join(t.TempDir(), "printed.yaml")
 	writeFile(t, again, out)
-	second, err := LoadConfig(again)
+	second, err := node.LoadConfig(again)
 	if err != nil {
 		t.Fatalf("printed config does not load: %v\n%s", err, out)
 	}
 	if a, b := comparable(first), comparable(second); !reflect.DeepEqual(a, b) {
 		t.Errorf("round trip changed the config:\n%+v\n%+v", a, b)
 	}
-	p1, err := first.effectiveYAML()
+	p1, err := effectiveYAML(first)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, err := second.effectiveYAML()
+	p2, err := effectiveYAML(second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,11 +258,18 @@ func TestUpTestPrintsEffectiveYAML(t *testing.T) {
 }
 
 // comparable is c without what a round trip may change: where it was
-// read from, its lines, empty lists, and the firewall section's YAML (its
-// rules are compared as printed).
-func comparable(c *Config) Config {
-	out := *c
-	out.path, out.lines, out.Firewall, out.FirewallRules = "", nil, yaml.Node{}, nil
+// read from and its lines (the unexported fields: only the exported ones
+// are copied), empty lists, and the firewall section's YAML (its rules
+// are compared as printed).
+func comparable(c *node.Config) node.Config {
+	var out node.Config
+	src, dst := reflect.ValueOf(c).Elem(), reflect.ValueOf(&out).Elem()
+	for i := 0; i < src.NumField(); i++ {
+		if src.Type().Field(i).IsExported() {
+			dst.Field(i).Set(src.Field(i))
+		}
+	}
+	out.Firewall, out.FirewallRules = yaml.Node{}, nil
 	// "peers: []" and no peers key are the same.
 	if len(out.Peers) == 0 {
 		out.Peers = nil
@@ -321,27 +330,27 @@ func FuzzConfigRoundTrip(f *testing.F) {
 	f.Add([]byte("vault: {path: v, key_file: k}\nca: c\ncert: n\ncrl: r\nlisten: \"[::]:1\"\npeers: [\"127.0.0.1:2\"]\ntun: {mode: kernel, name: t0, mtu: 9000}\ncontrol: {socket: s}\nlog: {level: debug+2, format: json}\ngossip: {enabled: true, port: 1, advertise: [\"[::1]:3\"]}\nmemory_limit_mib: -1\nfirewall:\n  inbound:\n    - {proto: tcp, port: 22, host: \"yes\"}\n"))
 	f.Add([]byte("vault:\n  <<: {path: v}\n  key_file: k\nlog: &l {level: warn}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := ParseConfig(data)
+		cfg, err := node.ParseConfig(data)
 		if err != nil {
 			return
 		}
 		dec := yaml.NewDecoder(strings.NewReader(string(data)))
 		dec.KnownFields(true)
-		if err := dec.Decode(&Config{}); err != nil && err.Error() != "EOF" {
+		if err := dec.Decode(&node.Config{}); err != nil && err.Error() != "EOF" {
 			t.Fatalf("accepted a config a strict decoder refuses: %v", err)
 		}
-		out, err := cfg.effectiveYAML()
+		out, err := effectiveYAML(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := ParseConfig(out)
+		back, err := node.ParseConfig(out)
 		if err != nil {
 			t.Fatalf("printed config does not parse: %v\n%s", err, out)
 		}
 		if a, b := comparable(cfg), comparable(back); !reflect.DeepEqual(a, b) {
 			t.Fatalf("round trip changed the config:\n%+v\n%+v\nprinted:\n%s", a, b, out)
 		}
-		again, err := back.effectiveYAML()
+		again, err := effectiveYAML(back)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aigrid/gridnet/node"
 )
 
 func TestHumanBytes(t *testing.T) {
@@ -33,9 +35,9 @@ func TestHumanBytes(t *testing.T) {
 // TestStatusSizes: `gridnet status` shows a peer's traffic in binary
 // units; `status --json` keeps the exact byte counts.
 func TestStatusSizes(t *testing.T) {
-	st := Status{
+	st := node.Status{
 		Name: "alpha", Domain: "corp.example", Addresses: []string{"100.64.0.1/10"},
-		Peers: []PeerView{{Name: "beta", Addresses: []string{"100.64.0.2/10"}, Endpoint: "127.0.0.1:4242",
+		Peers: []node.PeerView{{Name: "beta", Addresses: []string{"100.64.0.2/10"}, Endpoint: "127.0.0.1:4242",
 			RxBytes: 1258291, TxBytes: 812, State: "up"}},
 	}
 	var text bytes.Buffer

@@ -1,4 +1,4 @@
-package node
+package cli
 
 import (
 	"flag"
@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/internal/control"
 )
 
@@ -13,6 +14,12 @@ import (
 // when neither --socket nor the config names one; `up` honours it too,
 // so one setting makes the node and its client commands agree.
 const SocketEnv = "GRIDNET_SOCKET"
+
+// DefaultControlSocket is where the control API listens when the config
+// and $GRIDNET_SOCKET name no socket and the node runs as root; other
+// users get $XDG_RUNTIME_DIR/gridnet/gridnet.sock, or gridnet.sock in the
+// config's folder when XDG_RUNTIME_DIR is not set.
+const DefaultControlSocket = "/run/gridnet/gridnet.sock"
 
 // defaultControlSocket is where the control socket lives when neither the
 // config nor SocketEnv names one: DefaultControlSocket for root; for any
@@ -33,10 +40,11 @@ func defaultControlSocket(env Env, configDir string) string {
 	return DefaultControlSocket
 }
 
-// resolveControlSocket fills in control.socket when the config file has
-// none: $GRIDNET_SOCKET, else the default for this user and config
-// folder. The result is absolute, as every path of a loaded config.
-func (c *Config) resolveControlSocket(env Env) {
+// resolveControlSocket fills in control.socket of c, loaded from path,
+// when the config file has none: $GRIDNET_SOCKET, else the default for
+// this user and config folder. The result is absolute, as every path of
+// a loaded config.
+func resolveControlSocket(c *node.Config, path string, env Env) {
 	if c.Control.Socket != "" {
 		return
 	}
@@ -44,8 +52,8 @@ func (c *Config) resolveControlSocket(env Env) {
 		c.Control.Socket = s
 	} else {
 		dir := ""
-		if c.path != "" {
-			dir = filepath.Dir(c.path)
+		if path != "" {
+			dir = filepath.Dir(path)
 		}
 		c.Control.Socket = defaultControlSocket(env, dir)
 	}
@@ -73,11 +81,11 @@ func (s *socketFlag) path(env Env) (string, error) {
 	case s.socket != "":
 		return s.socket, nil
 	case s.config != "":
-		cfg, err := LoadConfig(s.config)
+		cfg, err := node.LoadConfig(s.config)
 		if err != nil {
 			return "", fmt.Errorf("control socket from --config: %w", err)
 		}
-		cfg.resolveControlSocket(env)
+		resolveControlSocket(cfg, s.config, env)
 		return cfg.Control.Socket, nil
 	}
 	if p, ok := env.lookup(SocketEnv); ok && p != "" {
