@@ -361,6 +361,20 @@ func TestStartFromConfig(t *testing.T) {
 		t.Errorf("OptionsFromConfig: firewall %+v, listen %v, logger %v", fromCfg.Firewall, fromCfg.Listen, fromCfg.Logger)
 	}
 
+	// The config's key file unless the source names one; a source
+	// without any key fails.
+	if _, err := OptionsFromConfigKeys(loaded, vault.KeySource{}); err != nil {
+		t.Errorf("OptionsFromConfigKeys with the config's key file: %v", err)
+	}
+	noKey := *loaded
+	noKey.Vault.KeyFile = ""
+	if _, err := OptionsFromConfigKeys(&noKey, vault.KeySource{}); !errors.Is(err, vault.ErrNoKeySource) {
+		t.Errorf("OptionsFromConfigKeys without a key: %v, want ErrNoKeySource", err)
+	}
+	if _, err := OptionsFromConfigKeys(&noKey, vault.KeySource{KeyFile: p("k")}); err != nil {
+		t.Errorf("OptionsFromConfigKeys with the source's key file: %v", err)
+	}
+
 	opts, err := OptionsFromVault(p("web.vault"), vault.KeySource{KeyFile: p("k")})
 	if err != nil {
 		t.Fatal(err)
