@@ -1,14 +1,15 @@
 // Command gridnet is a zero-trust overlay network node: it joins hosts into
-// one fabric over mutually authenticated WireGuard tunnels. All of its logic
-// lives in package node; see README.md.
+// one fabric over mutually authenticated WireGuard tunnels. Its commands
+// live in package node/cli, the node itself in package node; see
+// README.md.
 package main
 
 import (
 	"os"
 
-	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/cli"
 )
 
 func main() {
-	os.Exit(node.Main(os.Args[1:], node.StdEnv()))
+	os.Exit(cli.Main(os.Args[1:], cli.StdEnv()))
 }

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aigrid/gridnet/node"
+	"github.com/aigrid/gridnet/node/cli"
 	"github.com/aigrid/gridnet/vault"
 )
 
@@ -109,7 +109,7 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("LoadCredential=%s, want %s:/PATH", cred, vault.CredentialName)
 	}
 	// Clients on the host find the socket the service uses.
-	if env := base.one(t, "Service", "Environment"); env != node.SocketEnv+"=/run/gridnet/gridnet.sock" {
+	if env := base.one(t, "Service", "Environment"); env != cli.SocketEnv+"=/run/gridnet/gridnet.sock" {
 		t.Errorf("Environment=%s, want the control socket in the RuntimeDirectory", env)
 	}
 
@@ -241,7 +241,7 @@ func TestContainerImage(t *testing.T) {
 		t.Errorf("CMD %q: want up --config", cmd)
 	}
 	env := strings.Join(get("ENV"), " ")
-	if !strings.Contains(env, node.SocketEnv+"=/run/gridnet/") || !strings.Contains(env, vault.CredentialsDirEnv+"=") {
+	if !strings.Contains(env, cli.SocketEnv+"=/run/gridnet/") || !strings.Contains(env, vault.CredentialsDirEnv+"=") {
 		t.Errorf("ENV %q: want the control socket and the credentials folder set", env)
 	}
 	if slices.ContainsFunc(final, func(l dockerfileLine) bool {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/node/internal/configfile"
 	"github.com/aigrid/gridnet/policy"
 	"github.com/aigrid/gridnet/stack"
 )
@@ -124,11 +124,12 @@ type DNSConfig struct {
 	Port uint16 `yaml:"port"`
 }
 
-// ControlConfig places the control API socket.
+// ControlConfig places the control API socket of `gridnet up`
+// (StartFromConfig and OptionsFromConfig leave it out).
 type ControlConfig struct {
 	// Socket is the unix socket path; created 0600. Empty in the file:
-	// $GRIDNET_SOCKET or the default for the user (DefaultControlSocket
-	// for root), filled in when `up` loads the config.
+	// $GRIDNET_SOCKET or the default for the user (/run/gridnet/gridnet.sock
+	// for root; docs/CONFIG.md), filled in when `up` loads the config.
 	Socket string `yaml:"socket"`
 }
 
@@ -152,35 +153,18 @@ type LogConfig struct {
 // all interfaces, the port Nebula users know.
 var defaultListen = netip.MustParseAddrPort("0.0.0.0:4242")
 
-// DefaultControlSocket is where the control API listens when the config
-// and $GRIDNET_SOCKET name no socket and the node runs as root; other
-// users get $XDG_RUNTIME_DIR/gridnet/gridnet.sock, or gridnet.sock in the
-// config's folder when XDG_RUNTIME_DIR is not set.
-const DefaultControlSocket = "/run/gridnet/gridnet.sock"
-
-// maxConfigSize bounds a config file: a real one is a few kilobytes.
-const maxConfigSize = 1 << 20
-
 // LoadConfig reads and validates the YAML config at path. Relative paths in
 // it are resolved against the config file's directory. Errors name the line.
 func LoadConfig(path string) (*Config, error) {
-	f, err := os.Open(path)
+	data, err := configfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
-	}
-	if len(data) > maxConfigSize {
-		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxConfigSize)
+		return nil, err
 	}
 	cfg, err := ParseConfig(data)
 	if err != nil {
-		var ce *configError
+		var ce *configfile.Error
 		if errors.As(err, &ce) {
-			ce.path = path
+			ce.Path = path
 			return nil, ce
 		}
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -203,22 +187,22 @@ func ParseConfig(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		return nil, &configError{problems: []error{errors.New(strings.TrimPrefix(err.Error(), "yaml: "))}}
+		return nil, &configfile.Error{Problems: []error{errors.New(strings.TrimPrefix(err.Error(), "yaml: "))}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, &configError{problems: []error{&lineError{extra.Line, errors.New("only one YAML document is allowed")}}}
+		return nil, &configfile.Error{Problems: []error{&configfile.LineError{Line: extra.Line, Err: errors.New("only one YAML document is allowed")}}}
 	}
 	var problems []error
 	if len(doc.Content) > 0 {
-		problems = checkKeys(doc.Content[0], reflect.TypeFor[Config](), "", cfg.lines)
-		problems = append(problems, decodeProblems(doc.Decode(cfg), problems)...)
+		problems = configfile.CheckKeys(doc.Content[0], reflect.TypeFor[Config](), "", cfg.lines)
+		problems = append(problems, configfile.DecodeProblems(doc.Decode(cfg), problems)...)
 	}
 	cfg.applyDefaults()
 	for _, p := range cfg.validate() {
 		// A section that did not decode is empty: no need to also say that
 		// its keys are missing.
-		if errors.Is(p, errVaultPathRequired) && hasLine(problems, cfg.lines["vault"]) {
+		if errors.Is(p, errVaultPathRequired) && configfile.HasLine(problems, cfg.lines["vault"]) {
 			continue
 		}
 		problems = append(problems, p)
@@ -229,10 +213,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	rules, err := policy.ConfigFromYAML(fwNode)
 	if err != nil {
-		problems = append(problems, firewallProblem(err))
+		problems = append(problems, configfile.FirewallProblem(err))
 	}
 	if len(problems) > 0 {
-		return nil, newConfigError(problems)
+		return nil, configfile.NewError(problems)
 	}
 	cfg.FirewallRules = rules
 	return cfg, nil
@@ -274,13 +258,13 @@ var errVaultPathRequired = errors.New("vault.path is required")
 func (c *Config) validate() []error {
 	var problems []error
 	if c.Vault.Path == "" {
-		problems = append(problems, &lineError{c.lines["vault"], errVaultPathRequired})
+		problems = append(problems, &configfile.LineError{Line: c.lines["vault"], Err: errVaultPathRequired})
 	}
 	if c.MemoryLimitMiB < -1 || (c.MemoryLimitMiB > 0 && c.MemoryLimitMiB < 32) {
-		problems = append(problems, &lineError{c.lines["memory_limit_mib"], fmt.Errorf("memory_limit_mib %d: want -1 (none), 0 (default %d) or at least 32", c.MemoryLimitMiB, DefaultMemoryLimitMiB)})
+		problems = append(problems, &configfile.LineError{Line: c.lines["memory_limit_mib"], Err: fmt.Errorf("memory_limit_mib %d: want -1 (none), 0 (default %d) or at least 32", c.MemoryLimitMiB, DefaultMemoryLimitMiB)})
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
-		problems = append(problems, &lineError{c.lines["log.format"], fmt.Errorf("log.format %q: want text or json", c.Log.Format)})
+		problems = append(problems, &configfile.LineError{Line: c.lines["log.format"], Err: fmt.Errorf("log.format %q: want text or json", c.Log.Format)})
 	}
 	problems = append(problems, c.validateRelays()...)
 	return append(problems, c.validateDNS()...)
@@ -311,11 +295,11 @@ type AddrPort struct{ netip.AddrPort }
 func (a *AddrPort) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil {
-		return valueError(n, "want an address like 192.0.2.1:4242")
+		return configfile.ValueError(n, "want an address like 192.0.2.1:4242")
 	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
-		return valueError(n, "%q is not an IP address with port (like 192.0.2.1:4242 or [2001:db8::1]:4242)", s)
+		return configfile.ValueError(n, "%q is not an IP address with port (like 192.0.2.1:4242 or [2001:db8::1]:4242)", s)
 	}
 	a.AddrPort = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	return nil
@@ -330,7 +314,7 @@ func (l *ListenAddr) UnmarshalYAML(n *yaml.Node) error {
 		return err
 	}
 	if !l.Addr().IsUnspecified() {
-		return valueError(n, "listen %s: gridnet listens on every address; write 0.0.0.0:%d", l.AddrPort, l.Port())
+		return configfile.ValueError(n, "listen %s: gridnet listens on every address; write 0.0.0.0:%d", l.AddrPort, l.Port())
 	}
 	return nil
 }
@@ -348,7 +332,7 @@ const (
 func (m *TunMode) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil || (s != string(TunUserspace) && s != string(TunKernel)) {
-		return valueError(n, "tun mode %q: want userspace or kernel", n.Value)
+		return configfile.ValueError(n, "tun mode %q: want userspace or kernel", n.Value)
 	}
 	*m = TunMode(s)
 	return nil
@@ -360,7 +344,7 @@ type LogLevel struct{ slog.Level }
 // UnmarshalYAML accepts debug, info, warn or error.
 func (l *LogLevel) UnmarshalYAML(n *yaml.Node) error {
 	if err := l.Level.UnmarshalText([]byte(n.Value)); err != nil || n.Kind != yaml.ScalarNode {
-		return valueError(n, "log level %q: want debug, info, warn or error", n.Value)
+		return configfile.ValueError(n, "log level %q: want debug, info, warn or error", n.Value)
 	}
 	return nil
 }
@@ -383,7 +367,7 @@ const (
 func (m *MTU) UnmarshalYAML(n *yaml.Node) error {
 	var v int
 	if err := n.Decode(&v); err != nil || v < minMTU || v > maxMTU {
-		return valueError(n, "mtu %q: want an integer from %d to %d", n.Value, minMTU, maxMTU)
+		return configfile.ValueError(n, "mtu %q: want an integer from %d to %d", n.Value, minMTU, maxMTU)
 	}
 	*m = MTU(v)
 	return nil

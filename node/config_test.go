@@ -81,10 +81,6 @@ log:
 	if cfg.Log.Level.String() != "DEBUG" || cfg.Log.Format != "json" {
 		t.Errorf("log: %+v", cfg.Log)
 	}
-	root := Env{Geteuid: func() int { return 0 }, LookupEnv: func(string) (string, bool) { return "", false }}
-	if cfg.resolveControlSocket(root); cfg.Control.Socket != DefaultControlSocket {
-		t.Errorf("control socket %q", cfg.Control.Socket)
-	}
 
 	// Minimal config: defaults fill the rest.
 	min, err := ParseConfig([]byte("vault:\n  path: v\n"))

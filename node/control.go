@@ -2,39 +2,21 @@ package node
 
 import (
 	"context"
-
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/aigrid/gridnet/overlay"
-	"github.com/aigrid/gridnet/overlay/cert"
-	"github.com/aigrid/gridnet/policy"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
-)
 
-// The control API is HTTP with JSON bodies on a unix socket that only the
-// node's user can open (0600). The CLI commands status and ping use it.
-const (
-	pathStatus = "/v1/status"
-	pathPing   = "/v1/ping"
-	pathReload = "/v1/reload"
-	pathEvents = "/v1/events"
-	pathPeers  = "/v1/members"
-	pathCRL    = "/v1/crl"
-	// maxCRLBody bounds a pushed CRL (discovery refuses larger ones too).
-	maxCRLBody = 1 << 20
-	// maxPingCount bounds one ping request.
-	maxPingCount = 1000
-	// controlTimeout bounds a control request that is not a stream.
-	controlTimeout = 10 * time.Second
+	"github.com/aigrid/gridnet/node/internal/control"
+	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/policy"
 )
 
 // Status is the control API's view of a node.
@@ -146,6 +128,35 @@ func (n *Node) Status() Status {
 	return st
 }
 
+// ServeControl serves the node's control API on ln until the returned
+// Closer is closed (the node's Close does not stop it): the HTTP API with
+// JSON bodies that `gridnet status`, `peers`, `ping`, `events`,
+// `crl push` and `reload` use (--socket names ln's unix socket). reload
+// answers a reload request (`gridnet reload`); nil refuses them. Whoever
+// can connect to ln can push CRLs to the node and reload it: listen on a
+// unix socket that only the node's user can open, as `gridnet up` does.
+func (n *Node) ServeControl(ln net.Listener, reload func() error) io.Closer {
+	if reload == nil {
+		reload = func() error { return errors.New("this node does not reload") }
+	}
+	cs := &controlServer{node: n, log: n.log, reload: reload, ln: ln, done: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+control.PathStatus, cs.handleStatus)
+	mux.HandleFunc("GET "+control.PathPing, cs.handlePing)
+	mux.HandleFunc("POST "+control.PathReload, cs.handleReload)
+	mux.HandleFunc("GET "+control.PathEvents, cs.handleEvents)
+	mux.HandleFunc("GET "+control.PathPeers, cs.handleMembers)
+	mux.HandleFunc("POST "+control.PathCRL, cs.handleCRL)
+	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: control.Timeout}
+	go func() {
+		defer close(cs.done)
+		if err := cs.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			cs.log.Error("control API stopped", "err", err)
+		}
+	}()
+	return cs
+}
+
 // controlServer serves the control API for one node.
 type controlServer struct {
 	node   *Node
@@ -156,73 +167,8 @@ type controlServer struct {
 	done   chan struct{}
 }
 
-// serveControl listens on the unix socket at path (replacing a stale one)
-// and serves the control API until Close. reload is called by
-// POST /v1/reload.
-func serveControl(n *Node, path string, reload func() error, log *slog.Logger) (*controlServer, error) {
-	ln, err := listenControl(path)
-	if err != nil {
-		return nil, err
-	}
-	return startControl(n, ln, reload, log), nil
-}
-
-// listenControl creates the control socket at path, 0600, replacing only
-// a stale socket: a running node's socket (one that accepts a connection)
-// and any file that is not a socket are refused. `up` calls it before the
-// node starts, so a second instance on the same socket fails before it
-// joins the fabric. Closing the listener removes the socket.
-func listenControl(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("control socket directory: %w", err)
-	}
-	if err := checkSocketDir(filepath.Dir(path)); err != nil {
-		return nil, err
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("control socket %s is in use by another gridnet (a node runs with it; stop it, or give this one another control.socket)", path)
-		}
-		// A stale socket from a node that did not shut down cleanly.
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("control socket: %w", err)
-		}
-	}
-	// Create the socket 0600 from the start: no moment where others could
-	// connect.
-	oldMask := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(oldMask)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	return ln, nil
-}
-
-// startControl serves the control API for n on ln until Close.
-func startControl(n *Node, ln net.Listener, reload func() error, log *slog.Logger) *controlServer {
-	cs := &controlServer{node: n, log: log, reload: reload, ln: ln, done: make(chan struct{})}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+pathStatus, cs.handleStatus)
-	mux.HandleFunc("GET "+pathPing, cs.handlePing)
-	mux.HandleFunc("POST "+pathReload, cs.handleReload)
-	mux.HandleFunc("GET "+pathEvents, cs.handleEvents)
-	mux.HandleFunc("GET "+pathPeers, cs.handleMembers)
-	mux.HandleFunc("POST "+pathCRL, cs.handleCRL)
-	cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: controlTimeout}
-	go func() {
-		defer close(cs.done)
-		if err := cs.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("control API stopped", "err", err)
-		}
-	}()
-	return cs
-}
-
+// Close stops the server, cutting a long ping or events stream rather
+// than outliving the node, and removes a unix socket.
 func (cs *controlServer) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -232,7 +178,9 @@ func (cs *controlServer) Close() error {
 		err = cs.srv.Close()
 	}
 	<-cs.done
-	_ = os.Remove(cs.ln.Addr().String())
+	if _, ok := cs.ln.Addr().(*net.UnixAddr); ok {
+		_ = os.Remove(cs.ln.Addr().String())
+	}
 	return err
 }
 
@@ -242,17 +190,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-type apiError struct {
-	Error string `json:"error"`
-}
-
 func (cs *controlServer) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, cs.node.Status())
 }
 
 func (cs *controlServer) handleReload(w http.ResponseWriter, _ *http.Request) {
 	if err := cs.reload(); err != nil {
-		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		writeJSON(w, http.StatusBadRequest, control.APIError{Error: err.Error()})
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
@@ -283,19 +227,19 @@ type CRLResult struct {
 
 // handleCRL applies a pushed CRL (PEM or DER) and spreads it by gossip.
 func (cs *controlServer) handleCRL(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxCRLBody+1))
-	if err != nil || len(body) > maxCRLBody {
-		writeJSON(w, http.StatusBadRequest, apiError{"CRL missing or larger than 1 MiB"})
+	body, err := io.ReadAll(io.LimitReader(r.Body, control.MaxCRLBody+1))
+	if err != nil || len(body) > control.MaxCRLBody {
+		writeJSON(w, http.StatusBadRequest, control.APIError{Error: "CRL missing or larger than 1 MiB"})
 		return
 	}
 	crl, err := cert.ParseCRLPEM(body)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		writeJSON(w, http.StatusBadRequest, control.APIError{Error: err.Error()})
 		return
 	}
 	applied, err := cs.node.PushCRL(crl)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		writeJSON(w, http.StatusBadRequest, control.APIError{Error: err.Error()})
 		return
 	}
 	writeJSON(w, http.StatusOK, CRLResult{Applied: applied, Number: crl.Number.String(), Removed: len(crl.RevokedCertificateEntries)})
@@ -347,8 +291,8 @@ func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	target := q.Get("target")
 	count, err := strconv.Atoi(q.Get("count"))
-	if err != nil || count < 1 || count > maxPingCount {
-		writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf("count must be 1..%d", maxPingCount)})
+	if err != nil || count < 1 || count > control.MaxPingCount {
+		writeJSON(w, http.StatusBadRequest, control.APIError{Error: fmt.Sprintf("count must be 1..%d", control.MaxPingCount)})
 		return
 	}
 	interval, err := time.ParseDuration(q.Get("interval"))
@@ -357,7 +301,7 @@ func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
 	}
 	addr, err := cs.node.Resolve(target)
 	if err != nil {
-		writeJSON(w, http.StatusNotFound, apiError{cs.node.explainUnresolved(target)})
+		writeJSON(w, http.StatusNotFound, control.APIError{Error: cs.node.explainUnresolved(target)})
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -381,84 +325,8 @@ func (cs *controlServer) handlePing(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// controlClient talks to a node's control API.
-type controlClient struct {
-	http *http.Client
-}
-
-func newControlClient(socket string) *controlClient {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "unix", socket)
-			if err != nil {
-				// The *net.OpError repeats the socket path ("dial unix
-				// PATH: connect: ..."); keep only its cause.
-				var op *net.OpError
-				if errors.As(err, &op) {
-					err = op.Err
-				}
-				return nil, fmt.Errorf("control socket %s (is 'gridnet up' running?): %w", socket, err)
-			}
-			return c, nil
-		},
-	}
-	return &controlClient{http: &http.Client{Transport: tr}}
-}
-
-// get fetches path and returns the body, or the API's error.
-func (c *controlClient) get(ctx context.Context, path string) (io.ReadCloser, error) {
-	return c.do(ctx, http.MethodGet, path)
-}
-
-// getJSON fetches path within controlTimeout and decodes its one JSON
-// value into v.
-func (c *controlClient) getJSON(ctx context.Context, path string, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
-	defer cancel()
-	body, err := c.get(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	if err := json.NewDecoder(body).Decode(v); err != nil {
-		return fmt.Errorf("decode %s: %w", path, err)
-	}
-	return nil
-}
-
-func (c *controlClient) do(ctx context.Context, method, path string) (io.ReadCloser, error) {
-	return c.send(ctx, method, path, nil)
-}
-
-func (c *controlClient) send(ctx context.Context, method, path string, body io.Reader) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://gridnet"+path, body)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		// Do wraps every error in a *url.Error, which only adds the method
-		// and the internal URL ("Get "http://gridnet/v1/status": ..."):
-		// nothing for the user. The cause names the socket.
-		if cause := errors.Unwrap(err); cause != nil {
-			err = cause
-		}
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		var e apiError
-		if json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e) == nil && e.Error != "" {
-			return nil, errors.New(e.Error)
-		}
-		return nil, fmt.Errorf("control API: %s", resp.Status)
-	}
-	return resp.Body, nil
-}
-
-// admissionCounters flattens the handshake counters for the control API and
-// the demo: one name per counter, "rejected_REASON" per refusal reason.
+// admissionCounters flattens the handshake counters for Status (the control
+// API, the demo): one name per counter, "rejected_REASON" per refusal reason.
 func admissionCounters(s overlay.Stats) map[string]uint64 {
 	m := map[string]uint64{
 		"initiated":        s.Initiated,
@@ -488,22 +356,4 @@ func admissionCounters(s overlay.Stats) map[string]uint64 {
 		m["refused_by_peer_"+c.String()] = v
 	}
 	return m
-}
-
-// checkSocketDir refuses a control socket directory that another user
-// could replace the socket in: one owned by someone else than this user
-// or root, or one that others may write to without the sticky bit (as
-// /tmp has it, where nobody can remove another's file).
-func checkSocketDir(dir string) error {
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("control socket directory: %w", err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-		return fmt.Errorf("control socket directory %s belongs to uid %d: another user could replace the socket; use a directory of this user (control.socket)", dir, st.Uid)
-	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-		return fmt.Errorf("control socket directory %s is writable by other users (mode %v) without the sticky bit: they could replace the socket; use a directory only this user writes (control.socket)", dir, fi.Mode().Perm())
-	}
-	return nil
 }

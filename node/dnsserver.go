@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/aigrid/gridnet/node/dns"
+	"github.com/aigrid/gridnet/node/internal/configfile"
 )
 
 // DefaultDNSPort is the port of the DNS responder on the overlay
@@ -136,11 +137,11 @@ func (c *Config) validateDNS() []error {
 	}
 	var problems []error
 	if c.Gossip.Enabled && c.DNS.Port == c.Gossip.Port {
-		problems = append(problems, &lineError{line, fmt.Errorf("dns.port: %d is the gossip port", c.DNS.Port)})
+		problems = append(problems, &configfile.LineError{Line: line, Err: fmt.Errorf("dns.port: %d is the gossip port", c.DNS.Port)})
 	}
 	for i, s := range c.Serve {
 		if s.Port == c.DNS.Port {
-			problems = append(problems, &lineError{line, fmt.Errorf("dns.port: %s %d is serve[%d] too", s.Proto, s.Port, i)})
+			problems = append(problems, &configfile.LineError{Line: line, Err: fmt.Errorf("dns.port: %s %d is serve[%d] too", s.Proto, s.Port, i)})
 		}
 	}
 	return problems

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/identity"
+	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
 )
 
@@ -318,10 +321,11 @@ func TestStartFromConfig(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	dir := t.TempDir()
 	p := func(name string) string { return filepath.Join(dir, name) }
-	mustGridnet(t, nil, "vault", "keyfile", p("k"))
-	mustGridnet(t, nil, "ca", "init", "--name", "ca", "--domain", "corp.example", "--vault", p("ca.vault"), "--vault-key-file", p("k"), "--out", p("ca.crt"))
-	mustGridnet(t, nil, "cert", "issue", "--ca-vault", p("ca.vault"), "--ca-vault-key-file", p("k"), "--ca-cert", p("ca.crt"),
-		"--name", "web", "--out-vault", p("web.vault"), "--out-vault-key-file", p("k"), "--ip", "100.64.0.9/10", "--out", p("web.crt"))
+	ca, err := newLocalCA("ca", "corp.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeNodeVault(t, ca, p("web.vault"), p("k"), "web", netip.MustParsePrefix("100.64.0.9/10"))
 	port := freeUDPPort(t)
 	cfg := fmt.Sprintf("vault: {path: web.vault, key_file: k}\nlisten: 0.0.0.0:%d\nfirewall:\n  inbound:\n    - {proto: tcp, port: 80, host: any}\n", port)
 	if err := os.WriteFile(p("web.yaml"), []byte(cfg), 0o600); err != nil {
@@ -357,6 +361,20 @@ func TestStartFromConfig(t *testing.T) {
 		t.Errorf("OptionsFromConfig: firewall %+v, listen %v, logger %v", fromCfg.Firewall, fromCfg.Listen, fromCfg.Logger)
 	}
 
+	// The config's key file unless the source names one; a source
+	// without any key fails.
+	if _, err := OptionsFromConfigKeys(loaded, vault.KeySource{}); err != nil {
+		t.Errorf("OptionsFromConfigKeys with the config's key file: %v", err)
+	}
+	noKey := *loaded
+	noKey.Vault.KeyFile = ""
+	if _, err := OptionsFromConfigKeys(&noKey, vault.KeySource{}); !errors.Is(err, vault.ErrNoKeySource) {
+		t.Errorf("OptionsFromConfigKeys without a key: %v, want ErrNoKeySource", err)
+	}
+	if _, err := OptionsFromConfigKeys(&noKey, vault.KeySource{KeyFile: p("k")}); err != nil {
+		t.Errorf("OptionsFromConfigKeys with the source's key file: %v", err)
+	}
+
 	opts, err := OptionsFromVault(p("web.vault"), vault.KeySource{KeyFile: p("k")})
 	if err != nil {
 		t.Fatal(err)
@@ -370,6 +388,61 @@ func TestStartFromConfig(t *testing.T) {
 	if _, err := StartFromConfig(t.Context(), p("missing.yaml")); err == nil {
 		t.Error("StartFromConfig of a missing file succeeded")
 	}
+}
+
+// writeNodeVault leaves at path what `gridnet cert issue --out-vault`
+// does: a vault, opened with a new key file at keyFile, that holds the
+// keys and name of a node called name, its certificate from ca for addr
+// and ca's certificate as the CA bundle.
+func writeNodeVault(t *testing.T, ca *localCA, path, keyFile, name string, addr netip.Prefix) {
+	t.Helper()
+	if err := vault.GenerateKeyFile(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	key, err := vault.ReadKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := identity.GenerateKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := keys.WireGuardPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.CA.Issue(cert.IssueRequest{
+		Name: name, IdentityKey: keys.Identity.Public().(ed25519.PublicKey), WireGuardKey: pub,
+		Addresses: []netip.Prefix{addr}, Validity: time.Hour,
+	}, ca.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Create(path, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := identity.StoreKeys(v, name, keys); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Put(identity.ItemNodeCert, vault.ClassCert, cert.EncodeCertPEM(c)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Put(identity.ItemCACert, vault.ClassCert, cert.EncodeCertPEM(ca.CA.Cert)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freeUDPPort returns a UDP port that was free a moment ago.
+func freeUDPPort(t *testing.T) int {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // TestListenTLSResumptionChecksRevocation: a client that resumes a TLS

@@ -3,11 +3,15 @@ package node
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
-	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/configfile"
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
 )
@@ -50,37 +54,22 @@ func StartFromConfig(ctx context.Context, path string) (*Node, error) {
 // cfg's key file, else $GRIDNET_VAULT_PASSPHRASE or
 // $CREDENTIALS_DIRECTORY/gridnet-vault-key; it never prompts.
 func OptionsFromConfig(cfg *Config) (Options, error) {
-	return optionsFromConfig(cfg, processEnv())
+	return OptionsFromConfigKeys(cfg, vault.KeySource{LookupEnv: os.LookupEnv})
 }
 
-// OptionsFromVault returns Options for the node whose keys, certificate
-// and CA bundle are in the vault at path (as `gridnet cert import` or
-// `gridnet cert issue --out-vault` leave them), with the key from keys
-// (keys.Vault defaults to path). The options listen on a random UDP port
-// of every address and have no static peers; set Listen, Peers and the
-// rest before Start.
-func OptionsFromVault(path string, keys vault.KeySource) (Options, error) {
+// OptionsFromConfigKeys is OptionsFromConfig with the vault key from keys,
+// as OptionsFromVault takes it: a program that may ask its user for the
+// passphrase sets keys.Prompt and keys.IsTerminal (as `gridnet up` does),
+// and keys.LookupEnv reads the environment (nil: none is read). keys.Vault
+// and keys.KeyFile default to cfg's vault path and key file.
+func OptionsFromConfigKeys(cfg *Config, keys vault.KeySource) (Options, error) {
 	if keys.Vault == "" {
-		keys.Vault = path
+		keys.Vault = cfg.Vault.Path
 	}
-	li, err := loadIdentityFrom(path, keys, "", "", "", processEnv())
-	if err != nil {
-		return Options{}, err
+	if keys.KeyFile == "" {
+		keys.KeyFile = cfg.Vault.KeyFile
 	}
-	return li.options(), nil
-}
-
-// processEnv is the Env of an embedding program: the process's
-// environment and standard error, no prompt.
-func processEnv() Env {
-	return Env{Stderr: os.Stderr, LookupEnv: os.LookupEnv, Now: time.Now}
-}
-
-// optionsFromConfig is OptionsFromConfig with the key sources and the
-// standard error of env.
-func optionsFromConfig(cfg *Config, env Env) (Options, error) {
-	keys := vaultKeyFlags{keyFile: cfg.Vault.KeyFile}
-	li, err := loadIdentityFrom(cfg.Vault.Path, keys.keySource(cfg.Vault.Path, env), cfg.Cert, cfg.CA, cfg.CRL, env)
+	li, err := loadIdentityFrom(cfg.Vault.Path, keys, cfg.Cert, cfg.CA, cfg.CRL, stderrLog())
 	if err != nil {
 		return Options{}, err
 	}
@@ -101,17 +90,59 @@ func optionsFromConfig(cfg *Config, env Env) (Options, error) {
 	opts.Forward = forward
 	opts.DNS = dnsOptions(cfg.DNS)
 	opts.Metrics = metricsOptions(cfg.Metrics)
-	var w io.Writer = os.Stderr
-	if env.Stderr != nil {
-		w = env.Stderr
-	}
-	opts.Logger = newLogger(w, cfg.Log)
+	opts.Logger = configfile.NewLogger(os.Stderr, cfg.Log.Level.Level, cfg.Log.Format)
 	return opts, nil
+}
+
+// OptionsFromVault returns Options for the node whose keys, certificate
+// and CA bundle are in the vault at path (as `gridnet cert import` or
+// `gridnet cert issue --out-vault` leave them), with the key from keys
+// (keys.Vault defaults to path). The options listen on a random UDP port
+// of every address and have no static peers; set Listen, Peers and the
+// rest before Start.
+func OptionsFromVault(path string, keys vault.KeySource) (Options, error) {
+	if keys.Vault == "" {
+		keys.Vault = path
+	}
+	li, err := loadIdentityFrom(path, keys, "", "", "", stderrLog())
+	if err != nil {
+		return Options{}, err
+	}
+	return li.options(), nil
+}
+
+// stderrLog gets the vault's notices (the upgrade of a format 1 vault) in
+// slog's text format on standard error.
+func stderrLog() *slog.Logger { return slog.New(slog.NewTextHandler(os.Stderr, nil)) }
+
+// metricsOptions is the metrics section as Options: nil when off.
+func metricsOptions(c MetricsConfig) *MetricsOptions {
+	if !c.Listen.IsValid() {
+		return nil
+	}
+	return &MetricsOptions{Listen: c.Listen.String()}
+}
+
+// gossipOptions is the gossip section as Options: nil when off.
+func gossipOptions(c GossipConfig) *GossipOptions {
+	if !c.Enabled {
+		return nil
+	}
+	return &GossipOptions{Port: c.Port, Advertise: addrPorts(c.Advertise)}
+}
+
+// addrPorts unwraps the config's addresses.
+func addrPorts(in []AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(in))
+	for _, a := range in {
+		out = append(out, a.AddrPort)
+	}
+	return out
 }
 
 // loadedIdentity is what a node reads from its vault and files.
 type loadedIdentity struct {
-	keys nodeKeys
+	keys identity.Keys
 	cert []byte
 	cas  []*x509.Certificate
 	crls []*x509.RevocationList
@@ -123,8 +154,8 @@ type loadedIdentity struct {
 // options are the identity part of a node's Options.
 func (li *loadedIdentity) options() Options {
 	return Options{
-		IdentityKey:  li.keys.identity,
-		WireGuardKey: li.keys.wireGuard,
+		IdentityKey:  li.keys.Identity,
+		WireGuardKey: li.keys.WireGuard,
 		Certificate:  li.cert,
 		CAs:          li.cas,
 		CRLs:         li.crls,
@@ -135,28 +166,28 @@ func (li *loadedIdentity) options() Options {
 // loadIdentityFrom opens the vault at path with the key from keys and
 // reads the node's keys, its certificate (from certPath, else the vault),
 // the CA bundle (from caPath, else the vault) and the CRL at crlPath (none
-// if it is "" or does not exist).
-func loadIdentityFrom(path string, keys vault.KeySource, certPath, caPath, crlPath string, env Env) (*loadedIdentity, error) {
+// if it is "" or does not exist). log gets the vault's notices.
+func loadIdentityFrom(path string, keys vault.KeySource, certPath, caPath, crlPath string, log *slog.Logger) (*loadedIdentity, error) {
 	if path == "" {
-		return nil, usageError("a vault path is required")
+		return nil, errors.New("a vault path is required")
 	}
 	start := time.Now()
 	key, _, err := keys.Resolve(false)
 	if err != nil {
 		return nil, err
 	}
-	v, err := openWithKey(path, key, env)
+	v, err := identity.OpenVault(path, key, log)
 	if err != nil {
 		return nil, err
 	}
 	opened := time.Since(start)
 	defer v.Close()
-	nk, _, err := loadNodeKeys(v)
+	nk, _, err := identity.LoadKeys(v)
 	if err != nil {
 		return nil, err
 	}
 	li := &loadedIdentity{keys: nk, vaultOpen: opened}
-	certPEM, err := readFileOrItem(certPath, func() ([]byte, error) { b, _, err := v.Get(itemNodeCert); return b, err })
+	certPEM, err := identity.ReadFileOrItem(certPath, func() ([]byte, error) { b, _, err := v.Get(identity.ItemNodeCert); return b, err })
 	if err != nil {
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
@@ -165,7 +196,7 @@ func loadIdentityFrom(path string, keys vault.KeySource, certPath, caPath, crlPa
 		return nil, fmt.Errorf("node certificate: %w", err)
 	}
 	li.cert = c.Raw
-	caPEM, err := readFileOrItem(caPath, func() ([]byte, error) { b, _, err := v.Get(itemCACert); return b, err })
+	caPEM, err := identity.ReadFileOrItem(caPath, func() ([]byte, error) { b, _, err := v.Get(identity.ItemCACert); return b, err })
 	if err != nil {
 		return nil, fmt.Errorf("CA bundle: %w", err)
 	}
@@ -173,7 +204,7 @@ func loadIdentityFrom(path string, keys vault.KeySource, certPath, caPath, crlPa
 		return nil, fmt.Errorf("CA bundle: %w", err)
 	}
 	if crlPath != "" {
-		crl, err := readCRL(crlPath)
+		crl, err := identity.ReadCRL(crlPath)
 		if err != nil {
 			return nil, err
 		}

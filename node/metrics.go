@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/aigrid/gridnet/node/internal/buildinfo"
 	"github.com/aigrid/gridnet/node/metrics"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
@@ -194,6 +195,6 @@ func buildInfo() metrics.BuildInfo {
 		return b
 	}
 	b.GoVersion = info.GoVersion
-	b.Revision = vcsRevision(info)
+	b.Revision = buildinfo.Revision(info)
 	return b
 }

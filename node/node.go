@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/discovery"
+	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
@@ -263,15 +264,8 @@ func checkOwnCertificate(pool *cert.Pool, opts Options) (*cert.Identity, error) 
 	if opts.skipSelfCheck() {
 		return id, nil
 	}
-	if !opts.IdentityKey.Public().(ed25519.PublicKey).Equal(id.IdentityKey) {
-		return nil, errors.New("own certificate is for another identity key")
-	}
-	pub, err := nodeKeys{wireGuard: opts.WireGuardKey}.wireGuardPublic()
-	if err != nil {
+	if err := (identity.Keys{Identity: opts.IdentityKey, WireGuard: opts.WireGuardKey}).Match(id); err != nil {
 		return nil, err
-	}
-	if pub != id.WireGuardKey {
-		return nil, errors.New("own certificate carries another WireGuard key")
 	}
 	return id, nil
 }
@@ -466,7 +460,7 @@ func verifierFor(pool *cert.Pool, opts Options, own *cert.Identity) overlay.Veri
 	}
 	believed := *own
 	believed.IdentityKey = opts.IdentityKey.Public().(ed25519.PublicKey)
-	if pub, err := (nodeKeys{wireGuard: opts.WireGuardKey}).wireGuardPublic(); err == nil {
+	if pub, err := (identity.Keys{WireGuard: opts.WireGuardKey}).WireGuardPublic(); err == nil {
 		believed.WireGuardKey = pub
 	}
 	return selfTrustingVerifier{Pool: pool, own: opts.Certificate, believed: &believed}

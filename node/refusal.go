@@ -2,8 +2,6 @@ package node
 
 import (
 	"fmt"
-	"io"
-	"text/tabwriter"
 	"time"
 
 	"github.com/aigrid/gridnet/overlay"
@@ -40,23 +38,4 @@ func describeRefusal(r overlay.Refusal, now time.Time) string {
 		who = fmt.Sprintf("%s at %s", r.Name, r.Endpoint)
 	}
 	return fmt.Sprintf("%s refused this node %s ago (%s): %s", who, now.Sub(r.At).Round(time.Second), r.Code, r.Code.Description())
-}
-
-// printRefusals adds the refusals to the status text: who refused this
-// node, when, how often and why.
-func printRefusals(w io.Writer, rs []RefusalView, now time.Time) {
-	if len(rs) == 0 {
-		return
-	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REFUSED BY\tENDPOINT\tLAST\tCOUNT\tREASON")
-	for _, r := range rs {
-		peer := r.Peer
-		if peer == "" {
-			peer = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s ago\t%d\t%s: %s\n", peer, r.Endpoint, now.Sub(r.At).Round(time.Second), r.Count, r.Reason, r.Description)
-	}
-	tw.Flush()
 }

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/aigrid/gridnet/node/internal/configfile"
 	"github.com/aigrid/gridnet/stack/proxy"
 	"github.com/aigrid/gridnet/stack/relay"
 )
@@ -147,7 +147,7 @@ func (c *Config) validateRelays() []error {
 			k = k[:strings.LastIndex(k, ".")]
 			line = c.lines[k]
 		}
-		problems = append(problems, &lineError{line, fmt.Errorf("%s: "+format, append([]any{key}, args...)...)})
+		problems = append(problems, &configfile.LineError{Line: line, Err: fmt.Errorf("%s: "+format, append([]any{key}, args...)...)})
 	}
 	nonNegative := func(key string, v int) {
 		if v < 0 {
@@ -239,7 +239,7 @@ func relayOptions(c *Config) (*ProxyOptions, []ServeOptions, []ForwardOptions, e
 			MaxConns: c.Proxy.MaxConns, IdleTimeout: time.Duration(c.Proxy.IdleTimeout), ConnectTimeout: time.Duration(c.Proxy.ConnectTimeout),
 		}}
 		for _, u := range c.Proxy.Users {
-			pass, err := readPasswordFile(u.PasswordFile)
+			pass, err := configfile.ReadPasswordFile(u.PasswordFile)
 			if err != nil {
 				return nil, nil, nil, fmt.Errorf("proxy user %s: %w", u.Name, err)
 			}
@@ -261,20 +261,6 @@ func relayOptions(c *Config) (*ProxyOptions, []ServeOptions, []ForwardOptions, e
 	return p, serve, forward, nil
 }
 
-// readPasswordFile reads a password: the file's first line.
-func readPasswordFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("password file: %w", err)
-	}
-	pass, _, _ := strings.Cut(string(b), "\n")
-	pass = strings.TrimSuffix(pass, "\r")
-	if pass == "" || len(pass) > 255 {
-		return "", fmt.Errorf("password file %s: want a password of 1 to 255 bytes on its first line", path)
-	}
-	return pass, nil
-}
-
 // RelayProto is tcp or udp.
 type RelayProto string
 
@@ -287,7 +273,7 @@ const (
 // UnmarshalYAML accepts tcp or udp.
 func (p *RelayProto) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || (n.Value != string(RelayTCP) && n.Value != string(RelayUDP)) {
-		return valueError(n, "proto %q: want tcp or udp", n.Value)
+		return configfile.ValueError(n, "proto %q: want tcp or udp", n.Value)
 	}
 	*p = RelayProto(n.Value)
 	return nil
@@ -334,7 +320,7 @@ type Duration time.Duration
 // default.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return valueError(n, "want a duration like 30s or 10m")
+		return configfile.ValueError(n, "want a duration like 30s or 10m")
 	}
 	if n.Value == "0" {
 		*d = 0
@@ -342,7 +328,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil || v < 0 {
-		return valueError(n, "duration %q: want a duration like 30s or 10m", n.Value)
+		return configfile.ValueError(n, "duration %q: want a duration like 30s or 10m", n.Value)
 	}
 	*d = Duration(v)
 	return nil
@@ -361,45 +347,4 @@ func (d Duration) String() string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
-}
-
-// relays checks for `up --test` what the proxy and forward sections need
-// on this host: the users' password files are readable and the local
-// addresses can be bound (they are released at once).
-func (ck *configCheck) relays() {
-	c := ck.cfg
-	for i, u := range c.Proxy.Users {
-		if _, err := readPasswordFile(u.PasswordFile); err != nil {
-			ck.fail(fmt.Sprintf("proxy.users[%d].password_file", i), err)
-		}
-	}
-	bind := func(key string, proto RelayProto, a netip.AddrPort) {
-		var err error
-		if proto == RelayUDP {
-			var pc net.PacketConn
-			if pc, err = net.ListenPacket("udp", a.String()); err == nil {
-				pc.Close()
-			}
-		} else {
-			var l net.Listener
-			if l, err = net.Listen("tcp", a.String()); err == nil {
-				l.Close()
-			}
-		}
-		if err != nil {
-			ck.fail(key, fmt.Errorf("cannot listen on %s %s (in use by another program, or not an address of this host): %w", proto, a, err))
-		}
-	}
-	if c.Proxy.SOCKS5.IsValid() {
-		bind("proxy.socks5", RelayTCP, c.Proxy.SOCKS5.AddrPort)
-	}
-	if c.Proxy.HTTP.IsValid() {
-		bind("proxy.http", RelayTCP, c.Proxy.HTTP.AddrPort)
-	}
-	if c.Metrics.Listen.IsValid() {
-		bind("metrics.listen", RelayTCP, c.Metrics.Listen.AddrPort)
-	}
-	for i, f := range c.Forward {
-		bind(fmt.Sprintf("forward[%d].listen", i), f.Proto, f.Listen.AddrPort)
-	}
 }
