@@ -4,14 +4,20 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"debug/elf"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/aigrid/gridnet/node/cli"
 	"github.com/aigrid/gridnet/vault"
@@ -258,6 +264,17 @@ func TestContainerImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: not running the image's go build")
 	}
+	bin := buildImageBinary(t, buildCmd)
+	if out, err := exec.Command(bin, "version").CombinedOutput(); err != nil {
+		t.Fatalf("built binary: %v\n%s", err, out)
+	}
+}
+
+// buildImageBinary runs the Dockerfile's go build command (buildCmd, its
+// RUN line) with the output in a temporary folder, and checks that the
+// binary is static: a base without libc runs nothing else.
+func buildImageBinary(t *testing.T, buildCmd string) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "gridnet")
 	script := strings.Replace(buildCmd, "-o /out/gridnet", "-o "+bin, 1)
 	if script == buildCmd {
@@ -276,7 +293,167 @@ func TestContainerImage(t *testing.T) {
 			t.Fatal("the image's binary is dynamically linked: a distroless/static base cannot run it")
 		}
 	}
-	if out, err := exec.Command(bin, "version").CombinedOutput(); err != nil {
-		t.Fatalf("built binary: %v\n%s", err, out)
+	return bin
+}
+
+// TestContainerImageRuntime runs the image's runtime stage without a
+// container engine: a root folder holding only what the Dockerfile puts
+// there (the static binary, the state and socket folders owned by its
+// user) and what distroless/static brings (/etc/passwd with the nonroot
+// user, /tmp), entered with chroot as the Dockerfile's USER, with its ENV
+// and its ENTRYPOINT and CMD. No shell, no iproute2, no capability: the
+// node comes up in userspace mode, opens its vault with the key mounted as
+// a credential under /run/secrets, and `gridnet status` run the way
+// `docker exec` would finds it through GRIDNET_SOCKET.
+func TestContainerImageRuntime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: not building and running the image's binary")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chroot into the emulated image and switch to its user (CI runs as root)")
+	}
+	chroot, err := exec.LookPath("chroot")
+	if err != nil {
+		t.Skip("needs coreutils' chroot")
+	}
+	var buildCmd, user string
+	var env, entrypoint, command []string
+	for _, l := range parseDockerfile(t, filepath.Join("docs", "packaging", "Dockerfile")) {
+		switch {
+		case l.instr == "FROM":
+			env, user, entrypoint, command = nil, "", nil, nil
+		case l.instr == "RUN" && strings.Contains(l.args, "go build"):
+			buildCmd = l.args
+		case l.instr == "ENV":
+			env = append(env, strings.Fields(l.args)...)
+		case l.instr == "USER":
+			user = l.args
+		case l.instr == "ENTRYPOINT":
+			if err := json.Unmarshal([]byte(l.args), &entrypoint); err != nil {
+				t.Fatalf("ENTRYPOINT %q: %v", l.args, err)
+			}
+		case l.instr == "CMD":
+			if err := json.Unmarshal([]byte(l.args), &command); err != nil {
+				t.Fatalf("CMD %q: %v", l.args, err)
+			}
+		}
+	}
+	uid, gid, ok := strings.Cut(user, ":")
+	if !ok || len(entrypoint) == 0 || len(command) < 3 || command[len(command)-2] != "--config" {
+		t.Fatalf("runtime stage: USER %q ENTRYPOINT %q CMD %q", user, entrypoint, command)
+	}
+	uidN, err1 := strconv.Atoi(uid)
+	gidN, err2 := strconv.Atoi(gid)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("USER %q: want numeric uid:gid", user)
+	}
+	bin := buildImageBinary(t, buildCmd)
+
+	// The root folder as the image lays it out.
+	root := t.TempDir()
+	state, run := filepath.Join(root, "var/lib/gridnet"), filepath.Join(root, "run/gridnet")
+	secrets := filepath.Join(root, "run/secrets")
+	for _, d := range []string{"usr/local/bin", "etc/gridnet", "tmp", "var/lib/gridnet", "run/gridnet", "run/secrets"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Chmod(root, 0o755))
+	must(os.Chmod(filepath.Join(root, "tmp"), 0o1777))
+	for _, d := range []string{state, run} {
+		must(os.Chown(d, uidN, gidN))
+		must(os.Chmod(d, 0o700))
+	}
+	exe := filepath.Join(root, strings.TrimPrefix(entrypoint[0], "/"))
+	raw, err := os.ReadFile(bin)
+	must(err)
+	must(os.WriteFile(exe, raw, 0o755))
+	must(os.WriteFile(filepath.Join(root, "etc/passwd"), []byte(fmt.Sprintf(
+		"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", uidN, gidN)), 0o644))
+
+	// A CA and the node's vault, made outside; the vault goes into the
+	// state volume and its key is mounted as the credential.
+	work := t.TempDir()
+	key := filepath.Join(work, "vault.key")
+	run1 := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("gridnet %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	run1("vault", "keyfile", key)
+	run1("ca", "init", "--name", "image-ca", "--domain", "image.gridnet", "--vault", filepath.Join(work, "ca.vault"),
+		"--vault-key-file", key, "--out", filepath.Join(work, "ca.crt"))
+	run1("cert", "issue", "--ca-vault", filepath.Join(work, "ca.vault"), "--ca-vault-key-file", key,
+		"--ca-cert", filepath.Join(work, "ca.crt"), "--name", "box", "--ip", "100.64.0.9/10",
+		"--out-vault", filepath.Join(state, "node.vault"), "--out-vault-key-file", key, "--out", filepath.Join(work, "box.crt"))
+	credential := filepath.Join(secrets, "gridnet-vault-key")
+	raw, err = os.ReadFile(key)
+	must(err)
+	must(os.WriteFile(credential, raw, 0o600))
+	for _, f := range []string{credential, filepath.Join(state, "node.vault")} {
+		must(os.Chown(f, uidN, gidN))
+	}
+	config := command[len(command)-1]
+	must(os.WriteFile(filepath.Join(root, strings.TrimPrefix(config, "/")),
+		[]byte("vault: {path: /var/lib/gridnet/node.vault}\nlisten: 0.0.0.0:0\n"), 0o644))
+
+	// PATH as container engines set it; nothing on it but gridnet.
+	imageEnv := append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
+	inImage := func(args ...string) *exec.Cmd {
+		c := exec.Command(chroot, append([]string{"--userspec=" + user, root}, args...)...)
+		c.Env = imageEnv
+		return c
+	}
+	var logs bytes.Buffer
+	up := inImage(append(entrypoint, command...)...)
+	up.Stdout, up.Stderr = &logs, &logs
+	must(up.Start())
+	done := make(chan error, 1)
+	go func() { done <- up.Wait() }()
+	defer func() {
+		up.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("node in the image did not exit cleanly on SIGTERM: %v\n%s", err, logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			up.Process.Kill()
+			<-done
+			t.Errorf("node in the image did not stop within 30 s of SIGTERM\n%s", logs.String())
+		}
+	}()
+
+	deadline := time.Now().Add(60 * time.Second)
+	var last string
+	for {
+		out, err := inImage(entrypoint[0], "status", "--json").CombinedOutput()
+		last = string(out)
+		var st struct {
+			Name string `json:"name"`
+		}
+		if err == nil && json.Unmarshal(out, &st) == nil && st.Name == "box" {
+			break
+		}
+		select {
+		case err := <-done:
+			done <- nil // for the deferred stop: the exit is reported here
+			t.Fatalf("node in the image exited: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gridnet status in the image: %s\nnode logs:\n%s", last, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "tun=userspace") {
+		t.Errorf("node in the image did not come up in userspace mode:\n%s", logs.String())
 	}
 }
