@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -411,7 +412,7 @@ func TestContainerImageRuntime(t *testing.T) {
 		c.Env = imageEnv
 		return c
 	}
-	var logs bytes.Buffer
+	var logs lockedBuffer // written by exec's copier while the test reads it
 	up := inImage(append(entrypoint, command...)...)
 	up.Stdout, up.Stderr = &logs, &logs
 	must(up.Start())
@@ -456,4 +457,24 @@ func TestContainerImageRuntime(t *testing.T) {
 	if !strings.Contains(logs.String(), "tun=userspace") {
 		t.Errorf("node in the image did not come up in userspace mode:\n%s", logs.String())
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

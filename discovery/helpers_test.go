@@ -311,7 +311,10 @@ func (f *fabric) startConverged(n int) {
 // joinAll makes nodes [from, to) join node 0 at the same moment.
 func (f *fabric) joinAll(from, to int) {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Joins retry with backoff; 50 members joining one seed at once under
+	// -race on loaded cores took over 30 s: the deadline only catches a
+	// join that never succeeds.
+	ctx, cancel := context.WithTimeout(context.Background(), convergeTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, to-from)
