@@ -33,6 +33,8 @@ test: vet
 	# Without -race: 1 GiB through forward, and 1,000 concurrent
 	# connections through the SOCKS5 proxy (200 under -race).
 	$(GO) test -count=1 -run 'ForwardCarriesLargeTransferIntact|ProxyManyConcurrentConnections' ./node
+	# Without -race: 50 members joining one gossip seed at once.
+	$(GO) test -count=1 -run 'JoinOneSeedConverges' ./discovery
 	# Without -race: the flood tests (pushback before decryption needs a
 	# normal build's speed to engage) and the 50-node gossip fabric, which
 	# -race makes too slow. They assert behaviour, not speed: the figures
