@@ -165,7 +165,7 @@ func (d *Discovery) leaving(n leaveNotice, raw []byte, sender string) bool {
 		return false
 	}
 	m.leaving = true
-	m.leaveRaw = bytes.Clone(raw)
+	m.leaveRaw, m.leaveAt = bytes.Clone(raw), time.Unix(0, n.at)
 	if m.state == StateDead {
 		m.state, m.stateChange = StateLeft, time.Now()
 		if d.cfg.OnLeave != nil {

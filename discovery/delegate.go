@@ -105,7 +105,7 @@ func (d *Discovery) alive(n *memberlist.Node) {
 	now := time.Now()
 	if m.state != StateAlive {
 		d.numAlive.Add(1)
-		m.state, m.stateChange, m.leaving = StateAlive, now, false
+		m.state, m.stateChange, m.leaving, m.leaveRaw = StateAlive, now, false, nil
 	}
 	m.inML = true
 	if a := nodeAddr(n); a.IsValid() {

@@ -196,6 +196,7 @@ type member struct {
 	unseenCheck   time.Time // last OnLeave for a member memberlist never reported
 	leaving       bool      // a leave notice arrived (graceful, not dead)
 	leaveRaw      []byte    // that notice as its leaver signed it (for push/pull)
+	leaveAt       time.Time // when the leaver signed it
 }
 
 // Stats counts what this node refused of what members sent it, since

@@ -102,6 +102,22 @@ func TestLeaveNoticesInStates(t *testing.T) {
 	if got := d.Stats().LeavesRefused; got != uint64(len(forged)) {
 		t.Fatalf("after the genuine notice: %d refused, want %d", got, len(forged))
 	}
+	// A notice too old for every receiver to take is no longer passed on,
+	// nor is one of a member that came back.
+	d.mu.Lock()
+	d.members[vname].leaveAt = time.Now().Add(-maxLeaveAge)
+	d.mu.Unlock()
+	if st, _ := decodeState((*delegate)(d).LocalState(false)); len(st.leaves) != 0 {
+		t.Fatalf("own state carries a notice older than maxLeaveAge/2")
+	}
+	d.mu.Lock()
+	d.members[vname].leaveAt = time.Now()
+	d.members[vname].state = StateLeft
+	d.mu.Unlock()
+	d.alive(&memberlist.Node{Name: vname})
+	if st, _ := decodeState((*delegate)(d).LocalState(false)); len(st.leaves) != 0 {
+		t.Fatalf("own state carries the notice of a member that is alive again")
+	}
 }
 
 // TestStateLeaveNoticesBounded: a state holds at most maxStateLeaves

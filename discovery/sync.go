@@ -22,6 +22,7 @@ import (
 // goes as its owner signed it.
 func (g *delegate) LocalState(join bool) []byte {
 	d := (*Discovery)(g)
+	now := time.Now()
 	d.mu.Lock()
 	s := state{from: d.self.Name, crl: d.crl}
 	s.entries = make([]entry, 0, len(d.members)+1)
@@ -30,7 +31,9 @@ func (g *delegate) LocalState(join bool) []byte {
 		if m.hasRec {
 			s.entries = append(s.entries, entry{rec: m.rec, gossip: m.recGossip, raw: m.raw})
 		}
-		if m.leaveRaw != nil && len(s.leaves) < maxStateLeaves {
+		// Only notices young enough that every receiver still takes them
+		// (maxLeaveAge): an older one would be refused as a replay.
+		if m.leaving && m.leaveRaw != nil && now.Sub(m.leaveAt) < maxLeaveAge/2 && len(s.leaves) < maxStateLeaves {
 			s.leaves = append(s.leaves, m.leaveRaw)
 		}
 	}
