@@ -1,10 +1,8 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -14,60 +12,11 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/aigrid/gridnet/node/metrics/metricstest"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/policy"
 )
-
-// scrape fetches url and parses it with the Prometheus text parser.
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s\n%s", resp.Status, body)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		t.Fatalf("the exposition does not parse: %v\n%s", err, body)
-	}
-	return fams
-}
-
-// sample returns the value of family name's sample whose labels include
-// the given pairs, and whether there is one.
-func sample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-next:
-	for _, m := range fams[name].GetMetric() {
-		have := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		}
-	}
-	return 0, false
-}
 
 // TestMetricsCountTrafficAndDrops: two userspace nodes; beta serves
 // metrics. The exposition parses and follows the naming conventions;
@@ -96,7 +45,7 @@ func TestMetricsCountTrafficAndDrops(t *testing.T) {
 		return false
 	})
 
-	before := scrape(t, url)
+	before := metricstest.Scrape(t, url)
 	for name, mf := range before {
 		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
 			continue
@@ -108,16 +57,16 @@ func TestMetricsCountTrafficAndDrops(t *testing.T) {
 			t.Errorf("%s: type %s; counters and only counters end in _total", name, mf.GetType())
 		}
 	}
-	if v, ok := sample(before, "gridnet_build_info", "version", Version); !ok || v != 1 {
+	if v, ok := metricstest.Value(before, "gridnet_build_info", "version", Version); !ok || v != 1 {
 		t.Errorf("gridnet_build_info{version=%q} = %v, %v", Version, v, ok)
 	}
-	if v, _ := sample(before, "gridnet_admissions_total", "result", "admitted"); v < 1 {
+	if v, _ := metricstest.Value(before, "gridnet_admissions_total", "result", "admitted"); v < 1 {
 		t.Errorf("admissions: %v, want at least 1", v)
 	}
-	if v, ok := sample(before, "gridnet_crl_number", "ca", "ca"); !ok || v != float64(crlNumber.Int64()) {
+	if v, ok := metricstest.Value(before, "gridnet_crl_number", "ca", "ca"); !ok || v != float64(crlNumber.Int64()) {
 		t.Errorf("gridnet_crl_number = %v (%v), want %v", v, ok, crlNumber)
 	}
-	if v, ok := sample(before, "gridnet_peer_trust_score", "peer", "alpha", "domain", "corp.example"); !ok || v != 1 {
+	if v, ok := metricstest.Value(before, "gridnet_peer_trust_score", "peer", "alpha", "domain", "corp.example"); !ok || v != 1 {
 		t.Errorf("alpha's trust: %v (%v)", v, ok)
 	}
 	if _, ok := before["gridnet_gossip_members"]; ok {
@@ -150,12 +99,12 @@ func TestMetricsCountTrafficAndDrops(t *testing.T) {
 		cancel()
 	}
 
-	after := scrape(t, url)
+	after := metricstest.Scrape(t, url)
 	peer := []string{"peer", "alpha", "domain", "corp.example"}
 	grew := func(name string, by float64, labels ...string) {
 		t.Helper()
-		b, _ := sample(before, name, labels...)
-		a, ok := sample(after, name, labels...)
+		b, _ := metricstest.Value(before, name, labels...)
+		a, ok := metricstest.Value(after, name, labels...)
 		if !ok || a-b < by {
 			t.Errorf("%s%v: %v before, %v after (present %v); want it up by %v at least", name, labels, b, a, ok, by)
 		}

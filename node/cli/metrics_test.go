@@ -1,67 +1,15 @@
 package cli
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/aigrid/gridnet/node/metrics/metricstest"
 )
-
-// scrape fetches url and parses it with the Prometheus text parser.
-func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
-	t.Helper()
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s\n%s", resp.Status, body)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		t.Fatalf("the exposition does not parse: %v\n%s", err, body)
-	}
-	return fams
-}
-
-// sample returns the value of family name's sample whose labels include
-// the given pairs, and whether there is one.
-func sample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-next:
-	for _, m := range fams[name].GetMetric() {
-		have := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		}
-	}
-	return 0, false
-}
 
 // TestUpServesMetrics: `gridnet up` with a metrics section serves them,
 // the vault's opening time included; up --test checks the address and
@@ -95,11 +43,11 @@ func TestUpServesMetrics(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
-	fams := scrape(t, url)
-	if v, ok := sample(fams, "gridnet_vault_open_duration_seconds"); !ok || v <= 0 {
+	fams := metricstest.Scrape(t, url)
+	if v, ok := metricstest.Value(fams, "gridnet_vault_open_duration_seconds"); !ok || v <= 0 {
 		t.Errorf("gridnet_vault_open_duration_seconds = %v (present %v), want > 0", v, ok)
 	}
-	if v, ok := sample(fams, "gridnet_certificate_expiry_timestamp_seconds"); !ok || v < float64(time.Now().Unix()) {
+	if v, ok := metricstest.Value(fams, "gridnet_certificate_expiry_timestamp_seconds"); !ok || v < float64(time.Now().Unix()) {
 		t.Errorf("gridnet_certificate_expiry_timestamp_seconds = %v (present %v)", v, ok)
 	}
 }

@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigrid/gridnet/node/metrics/metricstest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // fakeSource is a Source whose snapshot a test changes between scrapes.
@@ -63,47 +63,6 @@ func sampleSnapshot() Snapshot {
 	}
 }
 
-// parse reads a text exposition with the Prometheus text parser.
-func parse(t *testing.T, text []byte) map[string]*dto.MetricFamily {
-	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(text))
-	if err != nil {
-		t.Fatalf("the exposition does not parse: %v\n%s", err, text)
-	}
-	return fams
-}
-
-// value returns the value of the sample of family name with the given
-// labels (name=value pairs); ok is false if there is none.
-func value(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	mf := fams[name]
-	if mf == nil {
-		return 0, false
-	}
-next:
-	for _, m := range mf.Metric {
-		got := map[string]string{}
-		for _, lp := range m.Label {
-			got[lp.GetName()] = lp.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if got[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Untyped != nil:
-			return m.Untyped.GetValue(), true
-		}
-	}
-	return 0, false
-}
-
 func gatherText(t *testing.T, src Source) []byte {
 	t.Helper()
 	return encode(t, NewRegistry(src, BuildInfo{Version: "1.2.3", Revision: "abc", GoVersion: "go1.26"}))
@@ -131,7 +90,7 @@ func encode(t *testing.T, g prometheus.Gatherer) []byte {
 // the gridnet_ prefix, and counters end in _total.
 func TestExpositionParsesAndFollowsConventions(t *testing.T) {
 	src := &fakeSource{s: sampleSnapshot()}
-	fams := parse(t, gatherText(t, src))
+	fams := metricstest.Parse(t, gatherText(t, src))
 
 	problems, err := testutil.CollectAndLint(NewCollector(src))
 	if err != nil {
@@ -217,7 +176,7 @@ func TestExpositionParsesAndFollowsConventions(t *testing.T) {
 		{"gridnet_crl_next_update_timestamp_seconds", []string{"ca", "corp-ca"}, 1_800_086_400},
 		{"gridnet_vault_open_duration_seconds", nil, 1.5},
 	} {
-		got, ok := value(fams, c.name, c.labels...)
+		got, ok := metricstest.Value(fams, c.name, c.labels...)
 		if !ok || got != c.want {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
@@ -232,7 +191,7 @@ func TestOptionalMetricsLeftOut(t *testing.T) {
 	s.Gossip, s.VaultOpen, s.CRLs = nil, 0, nil
 	s.Peers[0].LastHandshake = time.Time{}
 	s.Peers = append(s.Peers, s.Peers[0])
-	fams := parse(t, gatherText(t, &fakeSource{s: s}))
+	fams := metricstest.Parse(t, gatherText(t, &fakeSource{s: s}))
 	for _, name := range []string{"gridnet_gossip_members", "gridnet_vault_open_duration_seconds", "gridnet_crl_number", "gridnet_peer_last_handshake_timestamp_seconds"} {
 		if _, ok := fams[name]; ok {
 			t.Errorf("%s present", name)
@@ -252,7 +211,7 @@ func TestFirewallTotalsNeverGoDown(t *testing.T) {
 	reg.MustRegister(NewCollector(src))
 	text := func() map[string]*dto.MetricFamily {
 		t.Helper()
-		return parse(t, encode(t, reg))
+		return metricstest.Parse(t, encode(t, reg))
 	}
 	text()
 	src.set(func(s *Snapshot) {
@@ -270,12 +229,12 @@ func TestFirewallTotalsNeverGoDown(t *testing.T) {
 		{"gridnet_firewall_flows_cut_total", nil, 1},
 		{"gridnet_peer_receive_packets_total", []string{"peer", "beta"}, 1},
 	} {
-		if got, _ := value(fams, c.name, c.labels...); got != c.want {
+		if got, _ := metricstest.Value(fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 	src.set(func(s *Snapshot) { s.Firewall.Accepted = 150 })
-	if got, _ := value(text(), "gridnet_firewall_accepted_packets_total"); got != 150 {
+	if got, _ := metricstest.Value(text(), "gridnet_firewall_accepted_packets_total"); got != 150 {
 		t.Errorf("accepted = %v after the source passed the old high, want 150", got)
 	}
 }
@@ -314,12 +273,12 @@ func TestServerServesMetricsOnly(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("GET /metrics: %d\n%s", code, body)
 	}
-	if v, ok := value(parse(t, body), "gridnet_peer_receive_bytes_total", "peer", "beta"); !ok || v != 1000 {
+	if v, ok := metricstest.Value(metricstest.Parse(t, body), "gridnet_peer_receive_bytes_total", "peer", "beta"); !ok || v != 1000 {
 		t.Errorf("receive bytes %v %v", v, ok)
 	}
 	src.set(func(s *Snapshot) { s.Peers[0].RxBytes = 5000 })
 	_, body = get("GET", Path)
-	if v, _ := value(parse(t, body), "gridnet_peer_receive_bytes_total", "peer", "beta"); v != 5000 {
+	if v, _ := metricstest.Value(metricstest.Parse(t, body), "gridnet_peer_receive_bytes_total", "peer", "beta"); v != 5000 {
 		t.Errorf("after the source changed: receive bytes %v, want 5000", v)
 	}
 	for _, c := range []struct {
