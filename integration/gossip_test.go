@@ -95,19 +95,36 @@ func TestGossipFabric(t *testing.T) {
 func testGossipFabric(t *testing.T, n int) {
 	checkGoroutines(t)
 	f := newFabric(t)
-	seed := f.start(f.gossipOptions(t, "seed", 1))
+	// Large fabrics run the default profile. Fifty nodes share this
+	// process's cores: under the local profile (gossip every 50 ms, probe
+	// timeouts of 300 ms) they need most of a core at rest, and on a
+	// loaded machine they got less than that (0.65 of a core against
+	// four busy loops). Failure detection then declared live members dead
+	// around the clock, and the mesh took up to five minutes or did not
+	// form in that time: an overloaded test, not a test of the product.
+	// The default profile gossips four times less often and meshed the
+	// same fifty nodes in 49 s under the same load. bench-gossip runs the
+	// default profile too.
+	profile := discovery.ProfileLocal
+	if n > 10 {
+		profile = discovery.ProfileLAN
+	}
+	so := f.gossipOptions(t, "seed", 1)
+	so.Gossip.Profile = profile
+	seed := f.start(so)
 	nodes := []*node.Node{seed}
 	opts := map[string]node.Options{}
 	for i := 2; i <= n; i++ {
 		name := fmt.Sprintf("node-%d", i)
 		o := f.gossipOptions(t, name, i)
+		o.Gossip.Profile = profile
 		opts[name] = o
 		nodes = append(nodes, f.start(o, seed))
 	}
 	// Deadlines that only a bug misses: the benchmark (make bench-gossip)
-	// reports how long each step takes; measured 2-3 s for 50 nodes on a
-	// quiet machine, 107 s with the machine's two cores loaded several
-	// times over.
+	// reports how long each step takes. Fifty nodes meshed in 2-3 s on a
+	// quiet machine (local profile) and in 49 s (default profile) with
+	// the process held to 0.65 of a core.
 	bound := 300 * time.Second
 	took := waitFor(t, bound, "full mesh through one seed", func() string { return meshProblem(nodes) })
 	t.Logf("%d nodes in a full mesh %v after start", n, took)
