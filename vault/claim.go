@@ -89,7 +89,7 @@ func ClaimVault(path string, holder Holder, timeout time.Duration) (*Claim, erro
 	name := claimFile(path)
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("vault %s: claim file: %w", path, err)
+		return nil, claimOpenError(path, name, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -126,7 +126,7 @@ func CheckClaim(path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("vault %s: claim file: %w", path, err)
+		return claimOpenError(path, claimFile(path), err)
 	}
 	defer f.Close()
 	// A shared lock conflicts only with a claimant's exclusive one.
@@ -143,6 +143,30 @@ func CheckClaim(path string) error {
 		return claimHolder(f, path)
 	default:
 		return fmt.Errorf("vault %s: checking its claim: %w", path, err)
+	}
+}
+
+// claimOpenError is the error for a claim file name (of the vault at
+// path) that could not be opened. A permission error most often means
+// that a run as another user (root, say) made the file: it names the
+// owner and what to do, since the claim file itself holds nothing.
+func claimOpenError(path, name string, err error) error {
+	if !errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("vault %s: claim file: %w", path, err)
+	}
+	me := os.Geteuid()
+	var st unix.Stat_t
+	switch {
+	case unix.Lstat(name, &st) == nil && int(st.Uid) != me:
+		return fmt.Errorf("vault %s: claim file %s belongs to uid %d and this process (uid %d) may not open it; "+
+			"a gridnet run as that user made it: with no node running on this vault, remove the file "+
+			"or give it to uid %d (chown %d %s): %w", path, name, st.Uid, me, me, me, name, err)
+	case unix.Lstat(name, &st) == nil:
+		return fmt.Errorf("vault %s: claim file %s has mode %04o, which does not let its owner read and write it "+
+			"(chmod 600 %s): %w", path, name, st.Mode&0o7777, name, err)
+	default:
+		return fmt.Errorf("vault %s: claim file %s cannot be created: uid %d may not write in %s, "+
+			"where the claim file goes beside the vault: %w", path, name, me, filepath.Dir(name), err)
 	}
 }
 

@@ -3,9 +3,11 @@ package vault
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -172,4 +174,71 @@ func TestClaimFollowsSymlinks(t *testing.T) {
 	if err := CheckClaim(link); !errors.Is(err, ErrClaimed) {
 		t.Fatalf("CheckClaim through the symlink: %v, want ErrClaimed", err)
 	}
+}
+
+// TestClaimFileOfAnotherUser: a claim file this process may not open (one
+// a run as root made, for a node that now runs as a service user) fails
+// the claim with an error that names the file, its owner and the fix, and
+// CheckClaim says the same. As root the claim runs in a helper process as
+// uid 65534 (root opens any file); otherwise the file's mode denies it.
+func TestClaimFileOfAnotherUser(t *testing.T) {
+	// A directory every user may enter, with a copy of the test binary
+	// that every user may run (go test's own directories are private).
+	dir, err := os.MkdirTemp("", "claim-owner-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "vault.db")
+	c, err := ClaimVault(path, Holder{PID: os.Getpid()}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Release() // the claim file stays, owned by this process's user
+
+	if os.Geteuid() != 0 {
+		if err := os.Chmod(path+ClaimSuffix, 0); err != nil {
+			t.Fatal(err)
+		}
+		for what, err := range map[string]error{"ClaimVault": claimErr(path), "CheckClaim": CheckClaim(path)} {
+			if err == nil || !errors.Is(err, os.ErrPermission) || !strings.Contains(err.Error(), path+ClaimSuffix) ||
+				!strings.Contains(err.Error(), "chmod 600") {
+				t.Errorf("%s of a claim file with mode 0 = %v, want the file named and chmod 600 suggested", what, err)
+			}
+		}
+		return
+	}
+	bin := filepath.Join(dir, "vault.test")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"claim", "check-claim"} {
+		cmd := exec.Command(bin, "-test.run=^$")
+		cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperPathEnv+"="+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, _ := cmd.CombinedOutput()
+		msg := string(out)
+		for _, want := range []string{path + ClaimSuffix, "belongs to uid 0", "this process (uid 65534)", "chown 65534", "permission denied"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s as uid 65534 of a claim file root made: %q lacks %q", mode, msg, want)
+			}
+		}
+	}
+}
+
+// claimErr is ClaimVault's error for path (nil if the claim succeeded,
+// which it then releases).
+func claimErr(path string) error {
+	c, err := ClaimVault(path, Holder{PID: os.Getpid()}, -1)
+	if err == nil {
+		c.Release()
+	}
+	return err
 }

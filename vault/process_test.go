@@ -66,6 +66,13 @@ func runHelper(mode, path string) int {
 		io.Copy(io.Discard, os.Stdin) // hold the claim until the parent closes stdin
 		c.Release()
 		return 0
+	case "check-claim":
+		if err := CheckClaim(path); err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		fmt.Println("free")
+		return 0
 	case "crash", "fsize":
 		if mode == "fsize" {
 			signal.Ignore(syscall.SIGXFSZ) // get EFBIG from write instead of dying
