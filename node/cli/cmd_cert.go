@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -478,9 +477,7 @@ func certShowCommand() *command {
 				view.WireGuardKey = base64.StdEncoding.EncodeToString(id.WireGuardKey[:])
 			}
 			if o.json {
-				enc := json.NewEncoder(env.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(view)
+				return printJSON(env.Stdout, view)
 			}
 			printCertView(env, view)
 			return nil

@@ -39,17 +39,11 @@ arrived (join, gossip, push-pull). Without gossip, the admitted static peers.`,
 				return usageError("unexpected arguments %q", args)
 			}
 			var members []node.MemberView
-			cc, err := o.client(env)
-			if err != nil {
-				return err
-			}
-			if err := cc.GetJSON(ctx, control.PathPeers, &members); err != nil {
+			if err := o.getJSON(ctx, env, control.PathPeers, &members); err != nil {
 				return err
 			}
 			if o.json {
-				enc := json.NewEncoder(env.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(members)
+				return printJSON(env.Stdout, members)
 			}
 			tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tADMITTED\tCERT EXPIRES\tLEARNED FROM")

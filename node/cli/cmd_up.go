@@ -271,17 +271,11 @@ func statusCommand() *command {
 				return usageError("unexpected arguments %q", args)
 			}
 			var st node.Status
-			cc, err := o.client(env)
-			if err != nil {
-				return err
-			}
-			if err := cc.GetJSON(ctx, control.PathStatus, &st); err != nil {
+			if err := o.getJSON(ctx, env, control.PathStatus, &st); err != nil {
 				return err
 			}
 			if o.json {
-				enc := json.NewEncoder(env.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(env.Stdout, st)
 			}
 			printStatus(env.Stdout, st, time.Now())
 			return nil

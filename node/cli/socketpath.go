@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -101,6 +104,22 @@ func (s *socketFlag) client(env Env) (*control.Client, error) {
 		return nil, err
 	}
 	return control.NewClient(p), nil
+}
+
+// getJSON fetches the control API's path from the running node into v.
+func (s *socketFlag) getJSON(ctx context.Context, env Env, path string, v any) error {
+	cc, err := s.client(env)
+	if err != nil {
+		return err
+	}
+	return cc.GetJSON(ctx, path, v)
+}
+
+// printJSON writes v to w as indented JSON, as the --json flags print.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // euid is the effective user id the defaults are chosen for.

@@ -64,11 +64,14 @@ const (
 
 var stateNames = [...]string{"gone", "wanted", "admitting", "awaiting-session", "up", "suspect"}
 
-func (s State) String() string {
-	if int(s) < len(stateNames) {
-		return stateNames[s]
+func (s State) String() string { return enumName(stateNames[:], uint8(s), "state") }
+
+// enumName is names[v], or kind(v) for a value without a name.
+func enumName(names []string, v uint8, kind string) string {
+	if int(v) < len(names) && names[v] != "" {
+		return names[v]
 	}
-	return fmt.Sprintf("state(%d)", uint8(s))
+	return fmt.Sprintf("%s(%d)", kind, v)
 }
 
 // EventKind says what happened to a session.
@@ -105,12 +108,7 @@ const (
 
 var eventNames = [...]string{"", "want", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "tick"}
 
-func (k EventKind) String() string {
-	if int(k) < len(eventNames) && k != 0 {
-		return eventNames[k]
-	}
-	return fmt.Sprintf("event(%d)", uint8(k))
-}
+func (k EventKind) String() string { return enumName(eventNames[:], uint8(k), "event") }
 
 // Event is something that happened to the session's peer.
 type Event struct {
@@ -157,12 +155,7 @@ const (
 
 var actionNames = [...]string{"", "admit", "cancel-admit", "configure", "start-session", "resend-initiation", "enable-keepalive", "probe", "remove"}
 
-func (k ActionKind) String() string {
-	if int(k) < len(actionNames) && k != 0 {
-		return actionNames[k]
-	}
-	return fmt.Sprintf("action(%d)", uint8(k))
-}
+func (k ActionKind) String() string { return enumName(actionNames[:], uint8(k), "action") }
 
 // Action is one thing the owner of a session must do, in order.
 type Action struct {

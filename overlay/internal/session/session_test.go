@@ -389,3 +389,26 @@ func TestNoActionOutsideItsState(t *testing.T) {
 		}
 	}
 }
+
+// TestNames: every state, event and action has its own name, and a value
+// without one (from a newer peer of the code, say) prints as kind(n).
+func TestNames(t *testing.T) {
+	seen := map[string]bool{}
+	for s := Gone; s <= Suspect; s++ {
+		seen[s.String()] = true
+	}
+	for k := Want; k <= Tick; k++ {
+		seen[k.String()] = true
+	}
+	for k := Admit; k <= Remove; k++ {
+		seen[k.String()] = true
+	}
+	if want := int(Suspect-Gone+1) + int(Tick-Want+1) + int(Remove-Admit+1); len(seen) != want {
+		t.Errorf("%d distinct names for %d values", len(seen), want)
+	}
+	for got, want := range map[string]string{State(99).String(): "state(99)", EventKind(0).String(): "event(0)", ActionKind(42).String(): "action(42)"} {
+		if got != want {
+			t.Errorf("got %q, want %q", got, want)
+		}
+	}
+}
