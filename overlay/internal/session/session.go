@@ -1,35 +1,50 @@
 // Package session is the life of one peer's session as a state machine:
 // from wanting a peer, through its admission and its WireGuard session,
 // to removing it. A Session is a value; Next maps (session, event, now) to
-// the next session and the actions its owner must run (send, configure
-// WireGuard, remove, probe, join). Next has no clock, timer, lock or I/O
-// of its own: the owner feeds it events as they come and a Tick whenever
-// Session.Deadline has passed, so that every timing rule can be tested on
-// a stepped clock.
+// the next session and the actions its owner must run (admit, configure
+// WireGuard, send an initiation, probe, remove). Next has no clock, timer,
+// lock or I/O of its own: the owner feeds it events as they come and a
+// Tick whenever Session.Deadline has passed, so that every timing rule can
+// be tested on a stepped clock (with Timers.Jitter set, Next is
+// deterministic).
 //
-// The rules that hold for every pair of nodes a and b:
+// The rules for every pair of nodes a and b:
 //
-//   - Who initiates is decided before anything is sent. When both keys
-//     are known, the side with the lower WireGuard key runs the admission
-//     (Initiates); the other side waits Timers.Yield for it, and only then
-//     runs the admission itself (the other side may be down, or may not
-//     know this node yet).
-//   - The side that answered the admission (the responder) starts the
-//     WireGuard session: it learns last that both sides hold each other's
-//     keys. The initiator configures the peer without an endpoint, so no
-//     packet of its own can start a second, crossing WireGuard handshake.
+//   - Who admits is decided by key order when both keys are known: the
+//     side with the lower WireGuard key runs the admission; the other side
+//     waits Timers.Yield for it, and only then runs it itself (the other
+//     side may be down, or may not know this node yet). A side that is
+//     answering the other's admission (Answering) starts none of its own.
+//     Static peers, whose keys are unknown until their admission, may both
+//     admit at once; that costs a second admission, not a second session.
+//   - Who starts WireGuard is decided by key order too, once the admission
+//     made both keys known: the higher key starts it. In the usual case
+//     that is the admission's responder, the side that learns last that
+//     both sides hold each other's keys. The other side configures the
+//     peer without an endpoint, so no packet of its own can start a
+//     crossing WireGuard handshake. Two admissions that crossed therefore
+//     still give one starter.
+//   - The owner reports Admitted before it sends the admission's last
+//     message, so the WireGuard traffic the admission leads to always
+//     comes after it.
 //   - A starter whose session is not up after Timers.KickDelay(rtt) sends
-//     its initiation again (byte for byte, so that a copy still queued at
-//     the peer is answered once); a side that does not start takes the
-//     start over after Timers.Grace; a session still not up after
-//     Timers.SessionSetup is given up: the peer is removed and wanted
-//     again after a backoff.
-//   - Liveness is decided here, from what the tunnel carried: a suspicion
+//     its initiation again, first byte for byte (a copy still queued at a
+//     loaded peer is then answered once, not refused as a flood), then as
+//     new initiations (a copy the peer consumed is a replay to it). A side
+//     that does not start takes the start over after Timers.Grace. A
+//     session still not up Timers.SessionSetup after the admission is
+//     given up: the peer is removed and wanted again after a backoff.
+//   - A new admission of a peer with a session keeps the session if it is
+//     newer than the admission (the two sides admitted each other at
+//     once), and starts a fresh one otherwise (the peer restarted or lost
+//     it).
+//   - Liveness is decided from what the tunnel carried: a suspicion
 //     (failure detection's verdict, which a starved node or an insider's
 //     word can cause) removes the peer only if nothing came from it during
-//     Timers.SuspectWindow after the suspicion and its probes.
+//     Timers.SuspectWindow, in which it is probed twice.
 //   - A signed leave, a revocation or a superseded record removes the peer
-//     at once, whatever its state.
+//     at once, whatever its state; after a revocation only a new Want (a
+//     new certificate) lets the peer in again.
 package session
 
 import (
@@ -80,12 +95,16 @@ type EventKind uint8
 // Events.
 const (
 	// Want: the peer should be connected (a record learned by gossip, a
-	// static peer). Event.Initiates says whether this side runs the
-	// admission (see Initiates).
+	// static peer). Event.Initiates says whether this side admits it
+	// first (see Initiates; true for a static peer whose key is unknown);
+	// Event.Persistent that it is never given up (a static peer).
 	Want EventKind = iota + 1
+	// Answering: this side answered the peer's first admission message
+	// and waits for its last: the peer is admitting this node.
+	Answering
 	// Admitted: an admission completed. Event.Responder says whether this
-	// side answered it (the other side initiated); Event.RTT is its round
-	// trip.
+	// side answered it (the other side initiated), Event.Initiates is the
+	// key order (known now), Event.RTT its round trip.
 	Admitted
 	// AdmitFailed: this side's admission failed (no answer, refused).
 	AdmitFailed
@@ -106,15 +125,18 @@ const (
 	Tick
 )
 
-var eventNames = [...]string{"", "want", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "tick"}
+var eventNames = [...]string{"", "want", "answering", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "tick"}
 
 func (k EventKind) String() string { return enumName(eventNames[:], uint8(k), "event") }
 
 // Event is something that happened to the session's peer.
 type Event struct {
 	Kind EventKind
-	// Initiates (Want): this side runs the admission.
+	// Initiates (Want, Admitted): this side's key is the lower one, or
+	// (Want for a static peer) it admits without knowing.
 	Initiates bool
+	// Persistent (Want): never give the peer up.
+	Persistent bool
 	// Responder (Admitted): this side answered the admission.
 	Responder bool
 	// RTT (Admitted): the admission's round trip, 0 if unknown.
@@ -129,22 +151,23 @@ const (
 	// Admit: run an admission handshake with the peer as initiator, and
 	// report Admitted or AdmitFailed.
 	Admit ActionKind = iota + 1
-	// CancelAdmit: stop this side's admission if one runs (the other
-	// side's completed first, or it ran out of time).
+	// CancelAdmit: stop this side's admission if one runs.
 	CancelAdmit
-	// Configure: put the peer in WireGuard. Action.Start: with its
-	// endpoint and a keepalive, which starts the session at once;
-	// otherwise without an endpoint, so that this side cannot start one.
+	// Configure: put the peer in WireGuard (or update it). Action.Start:
+	// with its endpoint and a keepalive, which starts the session if none
+	// is pending; otherwise without an endpoint, so that this side cannot
+	// start one. Action.Fresh: first drop the session and handshake
+	// WireGuard has with the peer (it restarted or lost them).
 	Configure
-	// StartSession: give WireGuard the peer's endpoint and a keepalive
-	// and send a new handshake initiation (a side that was not to start
-	// takes the start over).
-	StartSession
+	// NewInitiation: give WireGuard the peer's endpoint and a keepalive if
+	// it lacks them, drop its pending handshake, and send a new
+	// handshake initiation at once.
+	NewInitiation
 	// ResendInitiation: send the pending WireGuard initiation again, byte
 	// for byte.
 	ResendInitiation
 	// EnableKeepalive: turn on the peer's persistent keepalive (the
-	// initiator's, once the session is up).
+	// non-starter's, once the session is up).
 	EnableKeepalive
 	// Probe: send the peer a probe through its tunnel; whatever comes
 	// back is reported as Heard.
@@ -153,7 +176,7 @@ const (
 	Remove
 )
 
-var actionNames = [...]string{"", "admit", "cancel-admit", "configure", "start-session", "resend-initiation", "enable-keepalive", "probe", "remove"}
+var actionNames = [...]string{"", "admit", "cancel-admit", "configure", "new-initiation", "resend-initiation", "enable-keepalive", "probe", "remove"}
 
 func (k ActionKind) String() string { return enumName(actionNames[:], uint8(k), "action") }
 
@@ -162,6 +185,8 @@ type Action struct {
 	Kind ActionKind
 	// Start (Configure): this side starts the WireGuard session.
 	Start bool
+	// Fresh (Configure): drop what WireGuard has with the peer first.
+	Fresh bool
 	// Reason (Remove): why the peer goes, for logs and status.
 	Reason string
 }
@@ -174,25 +199,30 @@ type Session struct {
 	Since time.Time
 	// Deadline is when a Tick is due; zero if none.
 	Deadline time.Time
-	// Initiates: this side runs the admission (from the last Want).
+	// Initiates: this side admits first (from the last Want or Admitted).
 	Initiates bool
+	// Persistent: the peer is never given up (a static peer).
+	Persistent bool
+	// Barred: revoked; an admission is ignored until a new Want.
+	Barred bool
 	// Starts: this side starts the WireGuard session.
 	Starts bool
 	// Failures counts failed admissions and sessions in a row (the
 	// backoff grows with it).
 	Failures int
-	// Kicks counts the initiations resent for the pending session.
-	Kicks int
+	// Kicks counts the initiations sent again for the pending session;
+	// Probes the probes of a suspicion.
+	Kicks, Probes int
 	// RTT is the last admission's round trip.
 	RTT time.Duration
-	// AdmittedAt is when the peer was last admitted.
-	AdmittedAt time.Time
+	// AdmittedAt is when the peer was last admitted; UpAt when its
+	// session last came up.
+	AdmittedAt, UpAt time.Time
 }
 
-// Initiates reports whether the side with WireGuard key self runs the
-// admission with the side with key peer: the lower key does. Both sides
-// compute the same answer, so two nodes that learn each other at the
-// same moment do not cross.
+// Initiates reports whether the side with WireGuard key self admits the
+// side with key peer first: the lower key does. Both sides compute the
+// same answer.
 func Initiates(self, peer [32]byte) bool {
 	for i := range self {
 		if self[i] != peer[i] {
@@ -207,13 +237,15 @@ func Initiates(self, peer [32]byte) bool {
 func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 	switch ev.Kind {
 	case Left:
-		return s.gone(now, "left the fabric")
+		return s.gone(now, "left the fabric", false)
 	case Revoked:
-		return s.gone(now, "certificate revoked or expired")
+		return s.gone(now, "certificate revoked or expired", true)
 	case Forgotten:
-		return s.gone(now, "record superseded")
+		return s.gone(now, "record superseded", false)
 	case Want:
-		return s.want(ev, now, t)
+		return s.want(ev, now, t), nil
+	case Answering:
+		return s.answering(now, t)
 	case Admitted:
 		return s.admitted(ev, now, t)
 	case AdmitFailed:
@@ -228,7 +260,9 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 		}
 		return s, nil
 	case Heard:
-		if s.State == Suspect {
+		switch s.State {
+		case Awaiting, Suspect:
+			// Transport data from the peer: the session works.
 			return s.up(now)
 		}
 		return s, nil
@@ -239,7 +273,8 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 			return s, nil
 		}
 		s = s.enter(Suspect, now)
-		s.Deadline = now.Add(t.SuspectWindow)
+		s.Probes = 1
+		s.Deadline = now.Add(t.SuspectWindow / 2)
 		return s, []Action{{Kind: Probe}}
 	case Tick:
 		if s.Deadline.IsZero() || now.Before(s.Deadline) {
@@ -256,57 +291,102 @@ func (s Session) enter(state State, now time.Time) Session {
 	return s
 }
 
-func (s Session) gone(now time.Time, why string) (Session, []Action) {
+func (s Session) gone(now time.Time, why string, bar bool) (Session, []Action) {
 	var acts []Action
 	switch s.State {
-	case Gone:
-		return s, nil
 	case Admitting:
 		acts = append(acts, Action{Kind: CancelAdmit})
 	case Awaiting, Up, Suspect:
 		acts = append(acts, Action{Kind: Remove, Reason: why})
 	}
-	return Session{State: Gone, Since: now}, acts
+	return Session{State: Gone, Since: now, Barred: bar || (s.State == Gone && s.Barred)}, acts
 }
 
-func (s Session) want(ev Event, now time.Time, t Timers) (Session, []Action) {
-	if s.State != Gone {
-		s.Initiates = ev.Initiates
-		return s, nil // already wanted, admitting or admitted
+func (s Session) want(ev Event, now time.Time, t Timers) Session {
+	first := now
+	if !ev.Initiates {
+		first = now.Add(t.Yield)
 	}
-	s = Session{Initiates: ev.Initiates}.enter(Wanted, now)
-	s.Deadline = now
-	if !s.Initiates {
-		s.Deadline = now.Add(t.Yield)
+	switch s.State {
+	case Gone:
+		s = Session{Initiates: ev.Initiates, Persistent: ev.Persistent}.enter(Wanted, now)
+		s.Deadline = first
+		return s
+	case Wanted:
+		// A new record during a backoff: the peer may be back; try soon.
+		if s.Failures > 0 && first.Before(s.Deadline) {
+			s.Deadline = first
+		}
+	}
+	s.Initiates, s.Persistent = ev.Initiates, s.Persistent || ev.Persistent
+	return s
+}
+
+// answering: the peer is admitting this node; this side waits for the
+// end of it instead of admitting too.
+func (s Session) answering(now time.Time, t Timers) (Session, []Action) {
+	wait := now.Add(t.AnswerWait)
+	switch {
+	case s.State == Wanted:
+		if s.Deadline.Before(wait) {
+			s.Deadline = wait
+		}
+		return s, nil
+	case s.State == Admitting && !s.Initiates:
+		s = s.enter(Wanted, now)
+		s.Deadline = wait
+		return s, []Action{{Kind: CancelAdmit}}
 	}
 	return s, nil
 }
 
 func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action) {
+	if s.State == Gone && s.Barred {
+		return s, nil // a revoked peer's admission that was under way
+	}
 	var acts []Action
 	if s.State == Admitting && ev.Responder {
 		// The other side's admission completed while ours ran.
 		acts = append(acts, Action{Kind: CancelAdmit})
 	}
-	if (s.State == Up || s.State == Suspect) && !ev.Responder {
-		// This side admitted a peer it had a session with: nothing new.
-		return s, nil
+	began := now.Add(-ev.RTT - t.Slack)
+	fresh := false
+	switch s.State {
+	case Awaiting:
+		if now.Sub(s.AdmittedAt) < t.Kick {
+			// The second admission of two nodes admitting each other at
+			// once: the first one's session is on its way.
+			return s, acts
+		}
+		fresh = true // the other side admitted anew: it lost the pending session
+	case Up, Suspect:
+		if !s.UpAt.Before(began) {
+			// The session came during this admission: a second admission
+			// of the same two nodes. Keep it (the admission also proves a
+			// suspect alive).
+			if s.State == Suspect {
+				s = s.enter(Up, now)
+				s.Probes = 0
+			}
+			return s, acts
+		}
+		fresh = true // the peer restarted or removed this node
 	}
-	if s.State == Awaiting && !ev.Responder {
-		return s, nil // a second, crossed admission: the first one's session comes
-	}
-	// A new admission: a first one, the other side's after this side's
-	// failed, or the other side's while a session is up or pending (it
-	// restarted, or removed this node and lost the session): the
-	// responder starts a new session.
 	s = s.enter(Awaiting, now)
+	s.Initiates = ev.Initiates
+	s.Starts = !ev.Initiates
 	s.AdmittedAt, s.RTT, s.Kicks = now, ev.RTT, 0
-	s.Starts = ev.Responder
-	acts = append(acts, Action{Kind: Configure, Start: s.Starts})
+	acts = append(acts, Action{Kind: Configure, Start: s.Starts, Fresh: fresh})
+	kick := t.KickDelay(s.RTT)
 	if s.Starts {
-		s.Deadline = now.Add(t.KickDelay(s.RTT))
+		s.Deadline = now.Add(kick + t.jitter(kick/3))
 	} else {
-		s.Deadline = now.Add(t.Grace + t.KickDelay(s.RTT))
+		s.Deadline = now.Add(t.Grace + kick - t.Kick + t.jitter(t.Grace/2))
+		// Leave the take-over at least one kick before the session is
+		// given up.
+		if last := now.Add(t.SessionSetup - kick); s.Deadline.After(last) {
+			s.Deadline = last
+		}
 	}
 	return s, acts
 }
@@ -316,18 +396,22 @@ func (s Session) up(now time.Time) (Session, []Action) {
 	if s.State == Awaiting && !s.Starts {
 		acts = append(acts, Action{Kind: EnableKeepalive})
 	}
+	if s.State == Awaiting {
+		s.UpAt = now
+	}
 	s = s.enter(Up, now)
-	s.Failures, s.Kicks = 0, 0
+	s.Failures, s.Kicks, s.Probes = 0, 0, 0
 	return s, acts
 }
 
 // retry gives up the current try: the peer is wanted again after a
 // backoff that grows with the failures in a row, or, after MaxFailures
-// of them, no longer (only a new Want brings it back).
+// of them, no longer (only a new Want brings it back) unless it is
+// persistent.
 func (s Session) retry(now time.Time, t Timers) Session {
 	s.Failures++
-	if t.MaxFailures > 0 && s.Failures >= t.MaxFailures {
-		return s.enter(Gone, now)
+	if !s.Persistent && t.MaxFailures > 0 && s.Failures >= t.MaxFailures {
+		return Session{State: Gone, Since: now}
 	}
 	s = s.enter(Wanted, now)
 	s.Deadline = now.Add(t.Backoff(s.Failures))
@@ -345,21 +429,30 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 	case Admitting:
 		return s.retry(now, t), []Action{{Kind: CancelAdmit}}
 	case Awaiting:
-		if !now.Before(s.AdmittedAt.Add(t.SessionSetup)) {
+		end := s.AdmittedAt.Add(t.SessionSetup)
+		if !now.Before(end) {
 			return s.retry(now, t), []Action{{Kind: Remove, Reason: "no WireGuard session after admission"}}
 		}
-		next := now.Add(t.KickDelay(s.RTT))
-		if end := s.AdmittedAt.Add(t.SessionSetup); next.After(end) {
-			next = end
+		kick := t.KickDelay(s.RTT)
+		s.Deadline = now.Add(kick + t.jitter(kick/3))
+		if s.Deadline.After(end) {
+			s.Deadline = end
 		}
-		s.Deadline = next
 		if !s.Starts {
-			s.Starts = true
-			return s, []Action{{Kind: StartSession}}
+			s.Starts = true // the other side did not start it: take over
+			return s, []Action{{Kind: NewInitiation}}
 		}
 		s.Kicks++
-		return s, []Action{{Kind: ResendInitiation}}
+		if s.Kicks == 1 {
+			return s, []Action{{Kind: ResendInitiation}}
+		}
+		return s, []Action{{Kind: NewInitiation}}
 	case Suspect:
+		if s.Probes < 2 {
+			s.Probes++
+			s.Deadline = s.Since.Add(t.SuspectWindow)
+			return s, []Action{{Kind: Probe}}
+		}
 		return s.retry(now, t), []Action{{Kind: Remove, Reason: "declared dead; nothing heard through its tunnel"}}
 	}
 	s.Deadline = time.Time{}
@@ -368,9 +461,12 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 
 // Timers are the deadlines of the session rules (see the package doc).
 type Timers struct {
-	// Yield is how long a side that does not initiate waits for the other
-	// side's admission before it runs its own.
+	// Yield is how long a side that does not admit first waits for the
+	// other side's admission before it runs its own.
 	Yield time.Duration
+	// AnswerWait is how long a side that is answering the other side's
+	// admission waits for its end before admitting itself.
+	AnswerWait time.Duration
 	// AdmitTimeout bounds one admission (with its own retries).
 	AdmitTimeout time.Duration
 	// Kick is how long a session the starter started may take before the
@@ -382,17 +478,20 @@ type Timers struct {
 	// it (beyond the starter's kick) before it starts it itself.
 	Grace time.Duration
 	// SessionSetup is how long after an admission the session may take
-	// before the peer is removed and wanted again: longer than
-	// WireGuard's 5 s retry, so that its own retry gets a chance.
+	// before the peer is removed and wanted again.
 	SessionSetup time.Duration
 	// SuspectWindow is how long a suspected peer has to be heard from
 	// through its tunnel before it is removed.
 	SuspectWindow time.Duration
+	// Slack allows for the granularity of the clocks that time sessions
+	// and admissions.
+	Slack time.Duration
 	// BackoffMin and BackoffMax bound the wait before a failed peer is
 	// tried again; it doubles with each failure in a row, with jitter.
 	BackoffMin, BackoffMax time.Duration
-	// MaxFailures is how many failures in a row end the wanting (0: no
-	// end): about 20 minutes of tries at BackoffMax by default.
+	// MaxFailures is how many failures in a row end the wanting of a peer
+	// that is not persistent (0: no end): about 20 minutes of tries at
+	// BackoffMax by default.
 	MaxFailures int
 	// Jitter, if set, returns a random duration in [0, d) (tests make it
 	// deterministic); nil uses math/rand/v2.
@@ -403,6 +502,7 @@ type Timers struct {
 func DefaultTimers() Timers {
 	return Timers{
 		Yield:         1500 * time.Millisecond,
+		AnswerWait:    300 * time.Millisecond,
 		AdmitTimeout:  8 * time.Second,
 		Kick:          1500 * time.Millisecond,
 		KickMax:       3500 * time.Millisecond,
@@ -410,6 +510,7 @@ func DefaultTimers() Timers {
 		Grace:         3 * time.Second,
 		SessionSetup:  6 * time.Second,
 		SuspectWindow: 2 * time.Second,
+		Slack:         time.Second,
 		BackoffMin:    500 * time.Millisecond,
 		BackoffMax:    30 * time.Second,
 		MaxFailures:   45,

@@ -21,28 +21,39 @@ func testTimers() Timers {
 // fixtures are sessions in every state (both roles where the role
 // changes a rule), as they are just after entering it at t0.
 func fixtures(tm Timers) map[string]Session {
+	long := t0.Add(-time.Hour)
 	return map[string]Session{
-		"gone":                 {},
-		"wanted-initiates":     {State: Wanted, Since: t0, Deadline: t0.Add(time.Second), Initiates: true},
-		"wanted-yields":        {State: Wanted, Since: t0, Deadline: t0.Add(tm.Yield)},
-		"admitting":            {State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout), Initiates: true},
-		"awaiting-starter":     {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Kick), Starts: true, AdmittedAt: t0},
-		"awaiting-non-starter": {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Grace + tm.Kick), AdmittedAt: t0, Initiates: true},
-		"up":                   {State: Up, Since: t0, AdmittedAt: t0, Starts: true},
-		"suspect":              {State: Suspect, Since: t0, Deadline: t0.Add(tm.SuspectWindow), AdmittedAt: t0},
+		"gone":                  {},
+		"gone-revoked":          {Barred: true},
+		"wanted-initiates":      {State: Wanted, Since: t0, Deadline: t0.Add(time.Second), Initiates: true},
+		"wanted-yields":         {State: Wanted, Since: t0, Deadline: t0.Add(tm.Yield)},
+		"admitting":             {State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout), Initiates: true},
+		"admitting-after-yield": {State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout)},
+		"awaiting-starter":      {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Kick), Starts: true, AdmittedAt: t0},
+		"awaiting-non-starter":  {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Grace), AdmittedAt: t0, Initiates: true},
+		"up":                    {State: Up, Since: t0, AdmittedAt: t0, UpAt: t0, Starts: true},
+		"suspect":               {State: Suspect, Since: t0, Deadline: t0.Add(tm.SuspectWindow / 2), Probes: 1, AdmittedAt: long, UpAt: long},
+		"suspect-probed-twice":  {State: Suspect, Since: t0, Deadline: t0.Add(tm.SuspectWindow), Probes: 2, AdmittedAt: long, UpAt: long},
 	}
 }
 
-// acts renders actions as "kind kind(start) kind(reason)" for tables.
+// acts renders actions as "kind kind(start,fresh) kind(reason)" for tables.
 func acts(as []Action) string {
 	var out []string
 	for _, a := range as {
 		s := a.Kind.String()
-		switch {
-		case a.Kind == Configure && a.Start:
-			s += "(start)"
-		case a.Kind == Remove:
-			s += "(" + a.Reason + ")"
+		var opts []string
+		if a.Start {
+			opts = append(opts, "start")
+		}
+		if a.Fresh {
+			opts = append(opts, "fresh")
+		}
+		if a.Reason != "" {
+			opts = append(opts, a.Reason)
+		}
+		if len(opts) > 0 {
+			s += "(" + strings.Join(opts, ",") + ")"
 		}
 		out = append(out, s)
 	}
@@ -50,7 +61,8 @@ func acts(as []Action) string {
 }
 
 // TestTransitions is every state × event, each event 10 ms after the
-// state was entered (before any deadline), and Tick at the deadline.
+// state was entered (before any deadline; an admission by the other side,
+// this node having the higher key), and Tick at the deadline.
 func TestTransitions(t *testing.T) {
 	tm := testTimers()
 	const (
@@ -62,51 +74,66 @@ func TestTransitions(t *testing.T) {
 		suspect   = "suspect"
 	)
 	type want struct{ state, acts string }
+	removed := func() map[EventKind]want {
+		return map[EventKind]want{
+			Left: {gone, "remove(left the fabric)"}, Revoked: {gone, "remove(certificate revoked or expired)"},
+			Forgotten: {gone, "remove(record superseded)"},
+		}
+	}
+	merge := func(a, b map[EventKind]want) map[EventKind]want {
+		for k, v := range b {
+			a[k] = v
+		}
+		return a
+	}
+	outOfAdmission := map[EventKind]want{Left: {gone, ""}, Revoked: {gone, ""}, Forgotten: {gone, ""}}
 	table := map[string]map[EventKind]want{
-		"gone": {
-			Want: {wanted, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {gone, ""},
-			SessionUp: {gone, ""}, Heard: {gone, ""}, Suspected: {gone, ""}, Left: {gone, ""},
-			Revoked: {gone, ""}, Forgotten: {gone, ""}, Tick: {gone, ""},
-		},
-		"wanted-initiates": {
-			Want: {wanted, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {wanted, ""},
-			SessionUp: {wanted, ""}, Heard: {wanted, ""}, Suspected: {wanted, ""}, Left: {gone, ""},
-			Revoked: {gone, ""}, Forgotten: {gone, ""}, Tick: {admitting, "admit"},
-		},
-		"wanted-yields": {
-			Want: {wanted, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {wanted, ""},
-			SessionUp: {wanted, ""}, Heard: {wanted, ""}, Suspected: {wanted, ""}, Left: {gone, ""},
-			Revoked: {gone, ""}, Forgotten: {gone, ""}, Tick: {admitting, "admit"},
-		},
+		"gone": merge(map[EventKind]want{
+			Want: {wanted, ""}, Answering: {gone, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {gone, ""},
+			SessionUp: {gone, ""}, Heard: {gone, ""}, Suspected: {gone, ""}, Tick: {gone, ""},
+		}, outOfAdmission),
+		"gone-revoked": merge(map[EventKind]want{
+			Want: {wanted, ""}, Answering: {gone, ""}, Admitted: {gone, ""}, AdmitFailed: {gone, ""},
+			SessionUp: {gone, ""}, Heard: {gone, ""}, Suspected: {gone, ""}, Tick: {gone, ""},
+		}, outOfAdmission),
+		"wanted-initiates": merge(map[EventKind]want{
+			Want: {wanted, ""}, Answering: {wanted, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {wanted, ""},
+			SessionUp: {wanted, ""}, Heard: {wanted, ""}, Suspected: {wanted, ""}, Tick: {admitting, "admit"},
+		}, outOfAdmission),
+		"wanted-yields": merge(map[EventKind]want{
+			Want: {wanted, ""}, Answering: {wanted, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {wanted, ""},
+			SessionUp: {wanted, ""}, Heard: {wanted, ""}, Suspected: {wanted, ""}, Tick: {admitting, "admit"},
+		}, outOfAdmission),
 		"admitting": {
-			Want: {admitting, ""}, Admitted: {awaiting, "cancel-admit configure(start)"}, AdmitFailed: {wanted, ""},
+			Want: {admitting, ""}, Answering: {admitting, ""}, Admitted: {awaiting, "cancel-admit configure(start)"}, AdmitFailed: {wanted, ""},
 			SessionUp: {admitting, ""}, Heard: {admitting, ""}, Suspected: {admitting, ""}, Left: {gone, "cancel-admit"},
 			Revoked: {gone, "cancel-admit"}, Forgotten: {gone, "cancel-admit"}, Tick: {wanted, "cancel-admit"},
 		},
-		"awaiting-starter": {
-			Want: {awaiting, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {awaiting, ""},
-			SessionUp: {up, ""}, Heard: {awaiting, ""}, Suspected: {awaiting, ""},
-			Left: {gone, "remove(left the fabric)"}, Revoked: {gone, "remove(certificate revoked or expired)"},
-			Forgotten: {gone, "remove(record superseded)"}, Tick: {awaiting, "resend-initiation"},
+		"admitting-after-yield": {
+			Want: {admitting, ""}, Answering: {wanted, "cancel-admit"}, Admitted: {awaiting, "cancel-admit configure(start)"}, AdmitFailed: {wanted, ""},
+			SessionUp: {admitting, ""}, Heard: {admitting, ""}, Suspected: {admitting, ""}, Left: {gone, "cancel-admit"},
+			Revoked: {gone, "cancel-admit"}, Forgotten: {gone, "cancel-admit"}, Tick: {wanted, "cancel-admit"},
 		},
-		"awaiting-non-starter": {
-			Want: {awaiting, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {awaiting, ""},
-			SessionUp: {up, "enable-keepalive"}, Heard: {awaiting, ""}, Suspected: {awaiting, ""},
-			Left: {gone, "remove(left the fabric)"}, Revoked: {gone, "remove(certificate revoked or expired)"},
-			Forgotten: {gone, "remove(record superseded)"}, Tick: {awaiting, "start-session"},
-		},
-		"up": {
-			Want: {up, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {up, ""},
-			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {suspect, "probe"},
-			Left: {gone, "remove(left the fabric)"}, Revoked: {gone, "remove(certificate revoked or expired)"},
-			Forgotten: {gone, "remove(record superseded)"}, Tick: {up, ""},
-		},
-		"suspect": {
-			Want: {suspect, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {suspect, ""},
-			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {suspect, ""},
-			Left: {gone, "remove(left the fabric)"}, Revoked: {gone, "remove(certificate revoked or expired)"},
-			Forgotten: {gone, "remove(record superseded)"}, Tick: {wanted, "remove(declared dead; nothing heard through its tunnel)"},
-		},
+		"awaiting-starter": merge(map[EventKind]want{
+			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, ""}, AdmitFailed: {awaiting, ""},
+			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {awaiting, ""}, Tick: {awaiting, "resend-initiation"},
+		}, removed()),
+		"awaiting-non-starter": merge(map[EventKind]want{
+			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, ""}, AdmitFailed: {awaiting, ""},
+			SessionUp: {up, "enable-keepalive"}, Heard: {up, "enable-keepalive"}, Suspected: {awaiting, ""}, Tick: {awaiting, "new-initiation"},
+		}, removed()),
+		"up": merge(map[EventKind]want{
+			Want: {up, ""}, Answering: {up, ""}, Admitted: {up, ""}, AdmitFailed: {up, ""},
+			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {suspect, "probe"}, Tick: {up, ""},
+		}, removed()),
+		"suspect": merge(map[EventKind]want{
+			Want: {suspect, ""}, Answering: {suspect, ""}, Admitted: {awaiting, "configure(start,fresh)"}, AdmitFailed: {suspect, ""},
+			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {suspect, ""}, Tick: {suspect, "probe"},
+		}, removed()),
+		"suspect-probed-twice": merge(map[EventKind]want{
+			Want: {suspect, ""}, Answering: {suspect, ""}, Admitted: {awaiting, "configure(start,fresh)"}, AdmitFailed: {suspect, ""},
+			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {suspect, ""}, Tick: {wanted, "remove(declared dead; nothing heard through its tunnel)"},
+		}, removed()),
 	}
 	fx := fixtures(tm)
 	if len(table) != len(fx) {
@@ -121,7 +148,7 @@ func TestTransitions(t *testing.T) {
 			}
 			s := fx[name]
 			now := t0.Add(10 * time.Millisecond)
-			ev := Event{Kind: kind, Responder: true, Initiates: true, RTT: time.Millisecond}
+			ev := Event{Kind: kind, Responder: true, RTT: time.Millisecond}
 			if kind == Tick {
 				if s.Deadline.IsZero() {
 					now = t0.Add(time.Hour)
@@ -138,6 +165,11 @@ func TestTransitions(t *testing.T) {
 			}
 			if got.State != s.State && got.Since != now {
 				t.Errorf("%s + %v: entered %v at %v, not at the event (%v)", name, kind, got.State, got.Since, now)
+			}
+			if got.State == Wanted || got.State == Admitting || got.State == Awaiting || got.State == Suspect {
+				if got.Deadline.IsZero() {
+					t.Errorf("%s + %v: %v without a deadline", name, kind, got.State)
+				}
 			}
 		}
 	}
@@ -205,37 +237,37 @@ func TestYieldThenAdmit(t *testing.T) {
 	}
 }
 
-// TestStarterKicksThenGivesUp: the starter resends its initiation every
-// KickDelay(rtt) until SessionSetup after the admission, then removes the
-// peer and wants it again after the backoff; the non-starter takes the
-// start over after Grace and follows the same rules.
+// TestStarterKicksThenGivesUp: the starter sends its initiation again
+// after KickDelay(rtt), first byte for byte and then as new initiations,
+// until SessionSetup after the admission; then it removes the peer and
+// wants it again after the backoff. The non-starter takes the start over
+// (a new initiation) no later than one kick before SessionSetup, and then
+// follows the same rules.
 func TestStarterKicksThenGivesUp(t *testing.T) {
 	tm := testTimers()
 	for _, c := range []struct {
 		name      string
-		responder bool
+		initiates bool // this side has the lower key: it does not start
 		rtt       time.Duration
-		first     string // the first tick's action
 	}{
-		{"starter", true, 0, "resend-initiation"},
-		{"starter after a slow admission", true, time.Second, "resend-initiation"},
-		{"non-starter", false, 0, "start-session"},
+		{"starter", false, 0},
+		{"starter after a slow admission", false, time.Second},
+		{"non-starter", true, 0},
+		{"non-starter after a slow admission", true, time.Second},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			from := Session{State: Admitting, Initiates: true} // this side's admission completes
-			if c.responder {
-				from = Session{State: Wanted, Deadline: t0.Add(tm.Yield)} // the other side's does, during the yield
+			from := Session{State: Wanted, Deadline: t0.Add(tm.Yield)}
+			if c.initiates {
+				from = Session{State: Admitting, Initiates: true, Deadline: t0.Add(tm.AdmitTimeout)}
 			}
-			s, as := from.Next(Event{Kind: Admitted, Responder: c.responder, RTT: c.rtt}, t0, tm)
-			if s.Starts != c.responder || acts(as) != map[bool]string{true: "configure(start)", false: "configure"}[c.responder] {
-				t.Fatalf("admitted: starts=%v [%s]", s.Starts, acts(as))
+			s, as := from.Next(Event{Kind: Admitted, Responder: !c.initiates, Initiates: c.initiates, RTT: c.rtt}, t0, tm)
+			wantConf := map[bool]string{false: "configure(start)", true: "configure"}[c.initiates]
+			if s.Starts == c.initiates || acts(as) != wantConf {
+				t.Fatalf("admitted: starts=%v [%s], want [%s]", s.Starts, acts(as), wantConf)
 			}
-			wantFirst := t0.Add(tm.KickDelay(c.rtt))
-			if !c.responder {
-				wantFirst = t0.Add(tm.Grace + tm.KickDelay(c.rtt))
-			}
-			if !s.Deadline.Equal(wantFirst) {
-				t.Fatalf("first deadline %v after admission, want %v", s.Deadline.Sub(t0), wantFirst.Sub(t0))
+			kick := tm.KickDelay(c.rtt)
+			if c.initiates && s.Deadline.After(t0.Add(tm.SessionSetup-kick)) {
+				t.Fatalf("take-over at %v, after the last kick before SessionSetup (%v)", s.Deadline.Sub(t0), tm.SessionSetup-kick)
 			}
 			var log []string
 			for step := 0; s.State == Awaiting; step++ {
@@ -246,8 +278,14 @@ func TestStarterKicksThenGivesUp(t *testing.T) {
 				s, as = s.Next(Event{Kind: Tick}, now, tm)
 				log = append(log, fmt.Sprintf("%v:%s", now.Sub(t0), acts(as)))
 			}
-			if log[0] != fmt.Sprintf("%v:%s", wantFirst.Sub(t0), c.first) {
-				t.Errorf("first tick %s, want %s at %v", log[0], c.first, wantFirst.Sub(t0))
+			first := map[bool]string{false: "resend-initiation", true: "new-initiation"}[c.initiates]
+			if !strings.HasSuffix(log[0], ":"+first) {
+				t.Errorf("first tick %s, want %s", log[0], first)
+			}
+			for _, l := range log[1 : len(log)-1] {
+				if !strings.HasSuffix(l, ":new-initiation") && !(c.initiates && strings.HasSuffix(l, ":resend-initiation")) {
+					t.Errorf("later kick %s, want a new initiation; ticks %v", l, log)
+				}
 			}
 			last := log[len(log)-1]
 			if last != fmt.Sprintf("%v:remove(no WireGuard session after admission)", tm.SessionSetup) {
@@ -260,32 +298,41 @@ func TestStarterKicksThenGivesUp(t *testing.T) {
 	}
 }
 
-// TestSessionUpEndsTheWait: a session that comes stops the kicks and
-// resets the failures; the initiator then turns its keepalive on.
+// TestSessionUpEndsTheWait: a session that comes (a handshake, or
+// transport data from the peer) stops the kicks and resets the failures;
+// the non-starter then turns its keepalive on.
 func TestSessionUpEndsTheWait(t *testing.T) {
 	tm := testTimers()
-	s := Session{State: Awaiting, Since: t0, AdmittedAt: t0, Deadline: t0.Add(tm.Grace), Failures: 3, Kicks: 2}
-	got, as := s.Next(Event{Kind: SessionUp}, t0.Add(time.Second), tm)
-	if got.State != Up || !got.Deadline.IsZero() || got.Failures != 0 || got.Kicks != 0 || acts(as) != "enable-keepalive" {
-		t.Fatalf("session up: %+v [%s]", got, acts(as))
-	}
-	if again, as := got.Next(Event{Kind: Tick}, t0.Add(time.Hour), tm); again != got || len(as) != 0 {
-		t.Fatalf("a session that is up has no deadline: %+v [%s]", again, acts(as))
+	for _, kind := range []EventKind{SessionUp, Heard} {
+		s := Session{State: Awaiting, Since: t0, AdmittedAt: t0, Deadline: t0.Add(tm.Grace), Failures: 3, Kicks: 2}
+		got, as := s.Next(Event{Kind: kind}, t0.Add(time.Second), tm)
+		if got.State != Up || !got.Deadline.IsZero() || got.Failures != 0 || got.Kicks != 0 || acts(as) != "enable-keepalive" ||
+			!got.UpAt.Equal(t0.Add(time.Second)) {
+			t.Fatalf("%v: %+v [%s]", kind, got, acts(as))
+		}
+		if again, as := got.Next(Event{Kind: Tick}, t0.Add(time.Hour), tm); again != got || len(as) != 0 {
+			t.Fatalf("a session that is up has no deadline: %+v [%s]", again, acts(as))
+		}
 	}
 }
 
-// TestSuspicionNeedsSilence: a suspected peer heard from within the
-// window stays; one that stays silent through it is removed and wanted
-// again.
+// TestSuspicionNeedsSilence: a suspected peer is probed at once and again
+// halfway through the window; heard from within it, it stays; silent
+// through it, it is removed and wanted again.
 func TestSuspicionNeedsSilence(t *testing.T) {
 	tm := testTimers()
-	up := Session{State: Up, Since: t0, AdmittedAt: t0}
-	s, as := up.Next(Event{Kind: Suspected}, t0.Add(time.Minute), tm)
-	if s.State != Suspect || acts(as) != "probe" || !s.Deadline.Equal(t0.Add(time.Minute+tm.SuspectWindow)) {
+	up := Session{State: Up, Since: t0, AdmittedAt: t0, UpAt: t0}
+	at := t0.Add(time.Minute)
+	s, as := up.Next(Event{Kind: Suspected}, at, tm)
+	if s.State != Suspect || acts(as) != "probe" || !s.Deadline.Equal(at.Add(tm.SuspectWindow/2)) {
 		t.Fatalf("suspected: %+v [%s]", s, acts(as))
 	}
-	if got, as := s.Next(Event{Kind: Heard}, s.Deadline.Add(-time.Millisecond), tm); got.State != Up || len(as) != 0 {
-		t.Fatalf("heard just before the deadline: %v [%s]", got.State, acts(as))
+	s, as = s.Next(Event{Kind: Tick}, s.Deadline, tm)
+	if s.State != Suspect || acts(as) != "probe" || !s.Deadline.Equal(at.Add(tm.SuspectWindow)) {
+		t.Fatalf("halfway: %+v [%s]", s, acts(as))
+	}
+	if got, as := s.Next(Event{Kind: Heard}, s.Deadline.Add(-time.Millisecond), tm); got.State != Up || len(as) != 0 || !got.UpAt.Equal(t0) {
+		t.Fatalf("heard just before the deadline: %+v [%s]", got, acts(as))
 	}
 	got, as := s.Next(Event{Kind: Tick}, s.Deadline, tm)
 	if got.State != Wanted || !strings.HasPrefix(acts(as), "remove(") {
@@ -300,11 +347,11 @@ func TestSuspicionNeedsSilence(t *testing.T) {
 }
 
 // TestBackoffGrowsAndEnds: failures in a row double the wait up to
-// BackoffMax, with jitter between half and all of it, and after
-// MaxFailures the peer is no longer wanted.
+// BackoffMax, with jitter between half and all of it; after MaxFailures a
+// peer is no longer wanted, unless it is persistent (a static peer); a
+// new Want during a backoff brings the next try forward.
 func TestBackoffGrowsAndEnds(t *testing.T) {
 	tm := DefaultTimers()
-	prevMax := time.Duration(0)
 	for f := 1; f <= 10; f++ {
 		want := min(tm.BackoffMin<<(f-1), tm.BackoffMax)
 		lo, hi := tm, tm
@@ -321,50 +368,135 @@ func TestBackoffGrowsAndEnds(t *testing.T) {
 				t.Fatalf("failure %d: backoff %v outside [%v, %v]", f, got, want/2, want)
 			}
 		}
-		if want < prevMax {
-			t.Errorf("failure %d: backoff shrank", f)
-		}
-		prevMax = want
 	}
 	tm = testTimers()
-	s := Session{State: Wanted, Initiates: true, Deadline: t0}
-	now := t0
-	for i := 0; ; i++ {
-		if i > tm.MaxFailures+1 {
-			t.Fatalf("still %v after %d failures", s.State, s.Failures)
+	for _, persistent := range []bool{false, true} {
+		s, _ := Session{}.Next(Event{Kind: Want, Initiates: true, Persistent: persistent}, t0, tm)
+		now := t0
+		for i := 0; i < 2*tm.MaxFailures; i++ {
+			s, _ = s.Next(Event{Kind: Tick}, now, tm)
+			if s.State != Admitting {
+				t.Fatalf("persistent=%v try %d: %v, want admitting", persistent, i, s.State)
+			}
+			s, _ = s.Next(Event{Kind: AdmitFailed}, now, tm)
+			if s.State == Gone {
+				break
+			}
+			now = s.Deadline
 		}
-		s, _ = s.Next(Event{Kind: Tick}, now, tm)
-		if s.State != Admitting {
-			t.Fatalf("try %d: %v, want admitting", i, s.State)
+		switch {
+		case !persistent && (s.State != Gone || s.Failures != 0):
+			t.Fatalf("not persistent: %v after %d tries, want gone after %d", s.State, s.Failures, tm.MaxFailures)
+		case persistent && s.State != Wanted:
+			t.Fatalf("persistent: %v after %d failures, want still wanted", s.State, s.Failures)
 		}
-		s, _ = s.Next(Event{Kind: AdmitFailed}, now, tm)
-		if s.State == Gone {
-			break
+		if persistent {
+			at := s.Since.Add(time.Millisecond) // early in the backoff
+			if got, _ := s.Next(Event{Kind: Want, Initiates: true}, at, tm); !got.Deadline.Equal(at) {
+				t.Fatalf("a new want during a backoff: next try %v after it, want at once", got.Deadline.Sub(at))
+			}
 		}
-		now = s.Deadline
-	}
-	if s.Failures != tm.MaxFailures {
-		t.Fatalf("gone after %d failures, want %d", s.Failures, tm.MaxFailures)
-	}
-	if got, _ := s.Next(Event{Kind: Want, Initiates: true}, now, tm); got.State != Wanted || got.Failures != 0 {
-		t.Fatalf("a new want after giving up: %v with %d failures", got.State, got.Failures)
 	}
 }
 
-// TestCrossedAdmissions: when both sides admit at once (a static peer
-// each way, keys unknown before), the responder's admission wins: this
-// side cancels its own and starts the session; the initiator's late
-// completion of a crossed admission does not restart anything.
-func TestCrossedAdmissions(t *testing.T) {
+// TestCrossedAdmissionsOneStarter: when both sides admit at once (static
+// peers, keys unknown before), each side completes one admission as
+// initiator and one as responder, in either order; the higher key starts
+// WireGuard and the lower does not, whatever the order.
+func TestCrossedAdmissionsOneStarter(t *testing.T) {
 	tm := testTimers()
-	s := Session{State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout), Initiates: true}
-	s, as := s.Next(Event{Kind: Admitted, Responder: true, RTT: 5 * time.Millisecond}, t0.Add(20*time.Millisecond), tm)
-	if s.State != Awaiting || !s.Starts || acts(as) != "cancel-admit configure(start)" {
-		t.Fatalf("the other side's admission first: %v starts=%v [%s]", s.State, s.Starts, acts(as))
+	for _, ownFirst := range []bool{true, false} {
+		for _, lower := range []bool{true, false} {
+			s := Session{State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout), Initiates: true, Persistent: true}
+			own := Event{Kind: Admitted, Initiates: lower, RTT: 5 * time.Millisecond}
+			theirs := Event{Kind: Admitted, Responder: true, Initiates: lower, RTT: 5 * time.Millisecond}
+			first, second := own, theirs
+			if !ownFirst {
+				first, second = theirs, own
+			}
+			s, _ = s.Next(first, t0.Add(20*time.Millisecond), tm)
+			after, as := s.Next(second, t0.Add(30*time.Millisecond), tm)
+			if after != s || len(as) != 0 {
+				t.Errorf("own first=%v lower=%v: the second admission changed %+v into %+v [%s]", ownFirst, lower, s, after, acts(as))
+			}
+			if s.State != Awaiting || s.Starts == lower {
+				t.Errorf("own first=%v lower=%v: %v starts=%v, want the higher key to start", ownFirst, lower, s.State, s.Starts)
+			}
+		}
 	}
-	got, as := s.Next(Event{Kind: Admitted, RTT: 5 * time.Millisecond}, t0.Add(30*time.Millisecond), tm)
-	if got != s || len(as) != 0 {
-		t.Fatalf("this side's crossed admission completing late changed %+v into %+v [%s]", s, got, acts(as))
+}
+
+// TestAnsweringHoldsOwnAdmission: a side answering the other's admission
+// starts none of its own meanwhile (it would cross), and stops one it ran
+// after its yield; a lower key that initiates keeps its own.
+func TestAnsweringHoldsOwnAdmission(t *testing.T) {
+	tm := testTimers()
+	s := Session{State: Wanted, Since: t0, Deadline: t0.Add(10 * time.Millisecond)}
+	s, _ = s.Next(Event{Kind: Answering}, t0, tm)
+	if want := t0.Add(tm.AnswerWait); !s.Deadline.Equal(want) {
+		t.Fatalf("answering moved the next try to %v, want %v", s.Deadline.Sub(t0), want.Sub(t0))
+	}
+	yielded := Session{State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout)}
+	if got, as := yielded.Next(Event{Kind: Answering}, t0, tm); got.State != Wanted || acts(as) != "cancel-admit" {
+		t.Fatalf("answering while admitting after a yield: %v [%s]", got.State, acts(as))
+	}
+	first := Session{State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout), Initiates: true}
+	if got, as := first.Next(Event{Kind: Answering}, t0, tm); got != first || len(as) != 0 {
+		t.Fatalf("answering while admitting first: %+v [%s]", got, acts(as))
+	}
+}
+
+// TestReadmission: a new admission of a peer with a session keeps the
+// session if it came during the admission (both sides admitted each other
+// at once) and starts a fresh one if it is older (the peer restarted or
+// removed this node): the starter with a new initiation, the other side
+// by dropping the old keys.
+func TestReadmission(t *testing.T) {
+	tm := testTimers()
+	now := t0.Add(time.Minute)
+	for _, c := range []struct {
+		name      string
+		upAt      time.Time
+		initiates bool
+		state     State
+		acts      string
+	}{
+		{"session during the admission", now.Add(-100 * time.Millisecond), false, Up, ""},
+		{"older session, starter", now.Add(-30 * time.Second), false, Awaiting, "configure(start,fresh)"},
+		{"older session, non-starter", now.Add(-30 * time.Second), true, Awaiting, "configure(fresh)"},
+	} {
+		s := Session{State: Up, Since: c.upAt, UpAt: c.upAt, AdmittedAt: c.upAt.Add(-time.Second)}
+		got, as := s.Next(Event{Kind: Admitted, Responder: true, Initiates: c.initiates, RTT: 200 * time.Millisecond}, now, tm)
+		if got.State != c.state || acts(as) != c.acts {
+			t.Errorf("%s: %v [%s], want %v [%s]", c.name, got.State, acts(as), c.state, c.acts)
+		}
+	}
+	// A pending session re-admitted moments later keeps waiting for the
+	// first one; later, it starts afresh.
+	s := Session{State: Awaiting, Since: t0, AdmittedAt: t0, Starts: true, Deadline: t0.Add(tm.Kick)}
+	if got, as := s.Next(Event{Kind: Admitted, Responder: true}, t0.Add(tm.Kick/2), tm); got != s || len(as) != 0 {
+		t.Errorf("moments later: %+v [%s]", got, acts(as))
+	}
+	if got, as := s.Next(Event{Kind: Admitted, Responder: true}, t0.Add(tm.Kick), tm); acts(as) != "configure(start,fresh)" || !got.AdmittedAt.Equal(t0.Add(tm.Kick)) {
+		t.Errorf("a kick later: %+v [%s]", got, acts(as))
+	}
+}
+
+// TestRevokedStaysOut: after a revocation, an admission that was under
+// way does not bring the peer back; a new Want (a new certificate) does.
+func TestRevokedStaysOut(t *testing.T) {
+	tm := testTimers()
+	s := Session{State: Up, Since: t0, UpAt: t0}
+	s, as := s.Next(Event{Kind: Revoked}, t0, tm)
+	if s.State != Gone || !s.Barred || !strings.HasPrefix(acts(as), "remove(") {
+		t.Fatalf("revoked: %+v [%s]", s, acts(as))
+	}
+	if got, as := s.Next(Event{Kind: Admitted, Responder: true}, t0.Add(time.Second), tm); got.State != Gone || len(as) != 0 {
+		t.Fatalf("admitted after the revocation: %v [%s]", got.State, acts(as))
+	}
+	s, _ = s.Next(Event{Kind: Want, Initiates: true}, t0.Add(time.Minute), tm)
+	if got, _ := s.Next(Event{Kind: Admitted, Responder: true}, t0.Add(time.Minute+time.Second), tm); got.State != Awaiting {
+		t.Fatalf("admitted after a new want: %v", got.State)
 	}
 }
 
@@ -380,7 +512,7 @@ func TestNoActionOutsideItsState(t *testing.T) {
 			_, as := s.Next(Event{Kind: kind, Responder: true}, now, tm)
 			for _, a := range as {
 				switch a.Kind {
-				case Remove, ResendInitiation, StartSession, EnableKeepalive, Probe:
+				case Remove, ResendInitiation, NewInitiation, EnableKeepalive, Probe:
 					if !slices.Contains(configured, s.State) {
 						t.Errorf("%s + %v: %v while the peer is not configured", name, kind, a.Kind)
 					}
