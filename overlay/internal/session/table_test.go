@@ -1,0 +1,147 @@
+package session
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// steppedClock is a Clock that moves only when the test advances it.
+type steppedClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []stepWaiter
+}
+
+type stepWaiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func (c *steppedClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *steppedClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	at := c.now.Add(d)
+	if !at.After(c.now) {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, stepWaiter{at, ch})
+	return ch
+}
+
+// advance moves the clock by d and fires the timers that came due.
+func (c *steppedClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(c.now) {
+			w.ch <- c.now
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	c.waiters = kept
+	c.mu.Unlock()
+}
+
+type recorded struct {
+	peer Key
+	a    Action
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	acts []recorded
+}
+
+func (r *recorder) Execute(peer Key, a Action, _ Session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.acts = append(r.acts, recorded{peer, a})
+}
+
+func (r *recorder) take() []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.acts
+	r.acts = nil
+	return out
+}
+
+// TestTableRunsDeadlinesOnItsClock: a Table turns posted events and the
+// deadlines they set into actions, in order, on its clock alone: a yield
+// ends in an admission only when the clock passes it, a kick only when
+// its delay has passed, and a peer that leaves is removed and forgotten.
+func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	clock := &steppedClock{now: t0}
+	rec := &recorder{}
+	tm := testTimers()
+	tab := NewTable(tm, clock, rec)
+	done := make(chan struct{})
+	go func() { tab.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	a, b := Key{1}, Key{2}
+	tab.Post(ctx, a, Event{Kind: Want})                  // a yields
+	tab.Post(ctx, b, Event{Kind: Want, Initiates: true}) // b admits at once
+	// settle waits until the loop ran everything due: a fired deadline
+	// goes before a later Sync.
+	settle := func() { tab.Sync(ctx) }
+	settle()
+	if got := rec.take(); len(got) != 1 || got[0].peer != b || got[0].a.Kind != Admit {
+		t.Fatalf("at once: %+v, want b's admission only", got)
+	}
+	clock.advance(tm.Yield - time.Millisecond)
+	settle()
+	if got := rec.take(); len(got) != 0 {
+		t.Fatalf("before the yield ended: %+v", got)
+	}
+	clock.advance(time.Millisecond)
+	settle()
+	if got := rec.take(); len(got) != 1 || got[0].peer != a || got[0].a.Kind != Admit {
+		t.Fatalf("at the end of the yield: %+v, want a's admission", got)
+	}
+
+	// b's admission completes; b is not the starter (lower key): after
+	// the grace it takes the start over.
+	tab.Post(ctx, b, Event{Kind: Admitted, Initiates: true})
+	settle()
+	if got := rec.take(); len(got) != 1 || got[0].a.Kind != Configure || got[0].a.Start {
+		t.Fatalf("admitted: %+v, want a configure without start", got)
+	}
+	deadline := tab.Get(b).Deadline
+	clock.advance(deadline.Sub(clock.Now()))
+	settle()
+	if got := rec.take(); len(got) != 1 || got[0].a.Kind != NewInitiation {
+		t.Fatalf("at the grace's end: %+v, want a new initiation", got)
+	}
+	tab.Post(ctx, b, Event{Kind: SessionUp})
+	settle()
+	if s := tab.Get(b); s.State != Up {
+		t.Fatalf("after session-up: %v", s.State)
+	}
+	rec.take()
+	tab.Post(ctx, b, Event{Kind: Left})
+	settle()
+	if got := rec.take(); len(got) != 1 || got[0].a.Kind != Remove {
+		t.Fatalf("left: %+v, want a removal", got)
+	}
+	tab.mu.Lock()
+	_, kept := tab.sessions[b]
+	tab.mu.Unlock()
+	if kept {
+		t.Fatal("a peer that left is still in the table")
+	}
+}
