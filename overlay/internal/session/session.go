@@ -31,9 +31,11 @@
 //     its initiation again, first byte for byte (a copy still queued at a
 //     loaded peer is then answered once, not refused as a flood), then as
 //     new initiations (a copy the peer consumed is a replay to it). A side
-//     that does not start takes the start over after Timers.Grace. A
-//     session still not up Timers.SessionSetup after the admission is
-//     given up: the peer is removed and wanted again after a backoff.
+//     that does not start takes the start over once the starter's first
+//     kick had time, and Timers.Grace more. A session still not up
+//     Timers.SessionSetup after the admission (or one kick after a late
+//     take-over) is given up: the peer is removed and wanted again after a
+//     backoff.
 //   - A new admission of a peer with a session keeps the session if it is
 //     newer than the admission (the two sides admitted each other at
 //     once), and starts a fresh one otherwise (the peer restarted or lost
@@ -43,8 +45,9 @@
 //     word can cause) removes the peer only if nothing came from it during
 //     Timers.SuspectWindow, in which it is probed twice.
 //   - A signed leave, a revocation or a superseded record removes the peer
-//     at once, whatever its state; after a revocation only a new Want (a
-//     new certificate) lets the peer in again.
+//     at once, whatever its state; for Timers.AdmitTimeout after a
+//     revocation, an admission that was under way does not bring the peer
+//     back (a new Want, for a new certificate, does).
 package session
 
 import (
@@ -203,7 +206,8 @@ type Session struct {
 	Initiates bool
 	// Persistent: the peer is never given up (a static peer).
 	Persistent bool
-	// Barred: revoked; an admission is ignored until a new Want.
+	// Barred: revoked; an admission is ignored until Deadline or a new
+	// Want.
 	Barred bool
 	// Starts: this side starts the WireGuard session.
 	Starts bool
@@ -215,9 +219,11 @@ type Session struct {
 	Kicks, Probes int
 	// RTT is the last admission's round trip.
 	RTT time.Duration
-	// AdmittedAt is when the peer was last admitted; UpAt when its
-	// session last came up.
-	AdmittedAt, UpAt time.Time
+	// AdmittedAt is when the peer was last admitted; StartedAt when this
+	// side started the pending session (the admission for the starter,
+	// the take-over for the other side); UpAt when its session last came
+	// up.
+	AdmittedAt, StartedAt, UpAt time.Time
 }
 
 // Initiates reports whether the side with WireGuard key self admits the
@@ -237,11 +243,11 @@ func Initiates(self, peer [32]byte) bool {
 func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 	switch ev.Kind {
 	case Left:
-		return s.gone(now, "left the fabric", false)
+		return s.gone(now, "left the fabric", false, t)
 	case Revoked:
-		return s.gone(now, "certificate revoked or expired", true)
+		return s.gone(now, "certificate revoked or expired", true, t)
 	case Forgotten:
-		return s.gone(now, "record superseded", false)
+		return s.gone(now, "record superseded", false, t)
 	case Want:
 		return s.want(ev, now, t), nil
 	case Answering:
@@ -291,7 +297,7 @@ func (s Session) enter(state State, now time.Time) Session {
 	return s
 }
 
-func (s Session) gone(now time.Time, why string, bar bool) (Session, []Action) {
+func (s Session) gone(now time.Time, why string, bar bool, t Timers) (Session, []Action) {
 	var acts []Action
 	switch s.State {
 	case Admitting:
@@ -299,7 +305,16 @@ func (s Session) gone(now time.Time, why string, bar bool) (Session, []Action) {
 	case Awaiting, Up, Suspect:
 		acts = append(acts, Action{Kind: Remove, Reason: why})
 	}
-	return Session{State: Gone, Since: now, Barred: bar || (s.State == Gone && s.Barred)}, acts
+	g := Session{State: Gone, Since: now}
+	switch {
+	case bar:
+		// An admission under way may still complete: keep it out until
+		// it would have timed out.
+		g.Barred, g.Deadline = true, now.Add(t.AdmitTimeout)
+	case s.State == Gone && s.Barred:
+		g.Barred, g.Deadline = true, s.Deadline
+	}
+	return g, acts
 }
 
 func (s Session) want(ev Event, now time.Time, t Timers) Session {
@@ -375,18 +390,15 @@ func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action)
 	s = s.enter(Awaiting, now)
 	s.Initiates = ev.Initiates
 	s.Starts = !ev.Initiates
-	s.AdmittedAt, s.RTT, s.Kicks = now, ev.RTT, 0
+	s.AdmittedAt, s.StartedAt, s.RTT, s.Kicks = now, now, ev.RTT, 0
 	acts = append(acts, Action{Kind: Configure, Start: s.Starts, Fresh: fresh})
 	kick := t.KickDelay(s.RTT)
 	if s.Starts {
 		s.Deadline = now.Add(kick + t.jitter(kick/3))
 	} else {
+		// After the starter's first kick (its initiation may wait in
+		// this side's queue that long), and Grace more.
 		s.Deadline = now.Add(t.Grace + kick - t.Kick + t.jitter(t.Grace/2))
-		// Leave the take-over at least one kick before the session is
-		// given up.
-		if last := now.Add(t.SessionSetup - kick); s.Deadline.After(last) {
-			s.Deadline = last
-		}
 	}
 	return s, acts
 }
@@ -429,24 +441,26 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 	case Admitting:
 		return s.retry(now, t), []Action{{Kind: CancelAdmit}}
 	case Awaiting:
-		end := s.AdmittedAt.Add(t.SessionSetup)
-		if !now.Before(end) {
+		if !now.Before(s.giveUp(t)) {
 			return s.retry(now, t), []Action{{Kind: Remove, Reason: "no WireGuard session after admission"}}
+		}
+		var act ActionKind
+		if !s.Starts {
+			s.Starts, s.StartedAt = true, now // the other side did not start it: take over
+			act = NewInitiation
+		} else if s.Kicks++; s.Kicks == 1 {
+			act = ResendInitiation
+		} else {
+			act = NewInitiation
 		}
 		kick := t.KickDelay(s.RTT)
 		s.Deadline = now.Add(kick + t.jitter(kick/3))
-		if s.Deadline.After(end) {
+		if end := s.giveUp(t); s.Deadline.After(end) {
 			s.Deadline = end
 		}
-		if !s.Starts {
-			s.Starts = true // the other side did not start it: take over
-			return s, []Action{{Kind: NewInitiation}}
-		}
-		s.Kicks++
-		if s.Kicks == 1 {
-			return s, []Action{{Kind: ResendInitiation}}
-		}
-		return s, []Action{{Kind: NewInitiation}}
+		return s, []Action{{Kind: act}}
+	case Gone:
+		return Session{State: Gone, Since: s.Since}, nil // the bar on a revoked peer ends
 	case Suspect:
 		if s.Probes < 2 {
 			s.Probes++
@@ -457,6 +471,17 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 	}
 	s.Deadline = time.Time{}
 	return s, nil
+}
+
+// giveUp is when a pending session is given up: SessionSetup after the
+// admission, or one kick after this side started it (a take-over late in
+// a slow admission), whichever is later.
+func (s Session) giveUp(t Timers) time.Time {
+	end := s.AdmittedAt.Add(t.SessionSetup)
+	if e := s.StartedAt.Add(t.KickDelay(s.RTT)); s.Starts && e.After(end) {
+		end = e
+	}
+	return end
 }
 
 // Timers are the deadlines of the session rules (see the package doc).

@@ -37,7 +37,8 @@ func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 type posted struct {
 	peer Key
 	ev   Event
-	done chan struct{} // closed once the event ran (Sync)
+	at   time.Time     // when it was posted: the event's time
+	done chan struct{} // closed once everything before it ran (Sync)
 }
 
 // Table owns the sessions of every peer: one goroutine takes the events
@@ -62,13 +63,14 @@ func NewTable(t Timers, c Clock, e Executor) *Table {
 // Post queues ev for peer; it blocks only while the inbox is full.
 func (t *Table) Post(ctx context.Context, peer Key, ev Event) {
 	select {
-	case t.inbox <- posted{peer: peer, ev: ev}:
+	case t.inbox <- posted{peer: peer, ev: ev, at: t.clock.Now()}:
 	case <-ctx.Done():
 	}
 }
 
-// Sync waits until every event posted before it has run (tests, and
-// callers that read a session right after an event).
+// Sync waits until every event posted before it, and every deadline
+// passed by then, has run (tests, and callers that read a session right
+// after an event).
 func (t *Table) Sync(ctx context.Context) {
 	done := make(chan struct{})
 	select {
@@ -102,24 +104,11 @@ func (t *Table) Run(ctx context.Context) {
 		} else if next.IsZero() {
 			wake = nil
 		}
-		// A deadline that has come goes before the events posted after
-		// it.
-		select {
-		case <-wake:
-			wake = nil
-			t.tick()
-			continue
-		default:
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case p := <-t.inbox:
-			if p.done != nil {
-				close(p.done)
-				continue
-			}
-			t.step(p.peer, p.ev)
+			t.take(p)
 		case <-wake:
 			wake = nil
 			t.tick()
@@ -127,20 +116,48 @@ func (t *Table) Run(ctx context.Context) {
 	}
 }
 
-// tick runs a Tick on every session whose deadline has passed.
+// take runs a posted event, or for a Sync marker the deadlines due.
+func (t *Table) take(p posted) {
+	if p.done != nil {
+		t.tick()
+		close(p.done)
+		return
+	}
+	t.step(p.peer, p.ev, p.at)
+}
+
+// tick runs a Tick on every session whose deadline has passed, after the
+// events posted before now: an event that came before a deadline is not
+// judged after it (a session that came up just in time stays up).
 func (t *Table) tick() {
 	now := t.clock.Now()
+	for {
+		select {
+		case p := <-t.inbox:
+			if p.done != nil {
+				defer close(p.done) // once the ticks below ran
+				continue
+			}
+			t.step(p.peer, p.ev, p.at)
+			continue
+		default:
+		}
+		break
+	}
 	for _, peer := range t.due(now) {
-		t.step(peer, Event{Kind: Tick})
+		t.step(peer, Event{Kind: Tick}, now)
 	}
 }
 
-// step runs ev on peer's session and executes the actions.
-func (t *Table) step(peer Key, ev Event) {
+// step runs ev, which happened at now, on peer's session and executes
+// the actions.
+func (t *Table) step(peer Key, ev Event, now time.Time) {
 	t.mu.Lock()
-	s := t.sessions[peer]
-	next, acts := s.Next(ev, t.clock.Now(), t.timers)
-	if next.State == Gone && !next.Barred {
+	s, known := t.sessions[peer]
+	next, acts := s.Next(ev, now, t.timers)
+	if next.State == Gone && (!next.Barred || !known) {
+		// Nothing to remember: a revocation of a peer never seen here
+		// has no admission under way to keep out.
 		delete(t.sessions, peer)
 	} else {
 		t.sessions[peer] = next

@@ -80,8 +80,9 @@ func (r *recorder) take() []recorded {
 
 // TestTableRunsDeadlinesOnItsClock: a Table turns posted events and the
 // deadlines they set into actions, in order, on its clock alone: a yield
-// ends in an admission only when the clock passes it, a kick only when
-// its delay has passed, and a peer that leaves is removed and forgotten.
+// ends in an admission only when the clock passes it, a take-over only
+// when the grace has passed, and a peer that leaves is removed and
+// forgotten.
 func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -96,9 +97,16 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 	a, b := Key{1}, Key{2}
 	tab.Post(ctx, a, Event{Kind: Want})                  // a yields
 	tab.Post(ctx, b, Event{Kind: Want, Initiates: true}) // b admits at once
-	// settle waits until the loop ran everything due: a fired deadline
-	// goes before a later Sync.
-	settle := func() { tab.Sync(ctx) }
+	// settle waits until the loop ran everything posted and due.
+	settle := func() {
+		t.Helper()
+		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+		defer scancel()
+		tab.Sync(sctx)
+		if sctx.Err() != nil {
+			t.Fatal("the table's loop did not take a Sync in 30 s")
+		}
+	}
 	settle()
 	if got := rec.take(); len(got) != 1 || got[0].peer != b || got[0].a.Kind != Admit {
 		t.Fatalf("at once: %+v, want b's admission only", got)
@@ -122,7 +130,12 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 		t.Fatalf("admitted: %+v, want a configure without start", got)
 	}
 	deadline := tab.Get(b).Deadline
-	clock.advance(deadline.Sub(clock.Now()))
+	clock.advance(deadline.Sub(clock.Now()) - time.Millisecond)
+	settle()
+	if got := rec.take(); len(got) != 0 {
+		t.Fatalf("before the grace ended: %+v", got)
+	}
+	clock.advance(time.Millisecond)
 	settle()
 	if got := rec.take(); len(got) != 1 || got[0].a.Kind != NewInitiation {
 		t.Fatalf("at the grace's end: %+v, want a new initiation", got)
@@ -143,5 +156,46 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 	tab.mu.Unlock()
 	if kept {
 		t.Fatal("a peer that left is still in the table")
+	}
+}
+
+// TestTableEventBeforeDeadlineGoesFirst: a session that came up just
+// before its give-up deadline, posted before the deadline fired, stays up
+// even if the loop sees the deadline first; a revocation of a peer never
+// seen leaves nothing behind.
+func TestTableEventBeforeDeadlineGoesFirst(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	clock := &steppedClock{now: t0}
+	rec := &recorder{}
+	tm := testTimers()
+	tab := NewTable(tm, clock, rec)
+	// The loop is not running yet: everything below waits in the inbox
+	// and the clock passes the deadline before the loop starts.
+	p := Key{7}
+	tab.Post(ctx, p, Event{Kind: Admitted, Responder: true})
+	clock.advance(tm.SessionSetup - time.Millisecond)
+	tab.Post(ctx, p, Event{Kind: SessionUp})
+	clock.advance(time.Hour)
+	tab.Post(ctx, Key{9}, Event{Kind: Revoked})
+	done := make(chan struct{})
+	go func() { tab.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	tab.Sync(sctx)
+	if s := tab.Get(p); s.State != Up {
+		t.Fatalf("%v, want up: the session came before the deadline", s.State)
+	}
+	for _, r := range rec.take() {
+		if r.a.Kind == Remove {
+			t.Fatalf("removed %x: %+v", r.peer[:1], r.a)
+		}
+	}
+	tab.mu.Lock()
+	n := len(tab.sessions)
+	tab.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d sessions kept, want 1 (a revocation of an unknown peer keeps none)", n)
 	}
 }
