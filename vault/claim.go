@@ -161,9 +161,11 @@ func claimOpenError(path, name string, err error) error {
 		return fmt.Errorf("vault %s: claim file %s belongs to uid %d and this process (uid %d) may not open it; "+
 			"a gridnet run as that user made it: with no node running on this vault, remove the file "+
 			"or give it to uid %d (chown %d %s): %w", path, name, st.Uid, me, me, me, name, err)
-	case unix.Lstat(name, &st) == nil:
+	case unix.Lstat(name, &st) == nil && st.Mode&0o600 != 0o600:
 		return fmt.Errorf("vault %s: claim file %s has mode %04o, which does not let its owner read and write it "+
 			"(chmod 600 %s): %w", path, name, st.Mode&0o7777, name, err)
+	case unix.Lstat(name, &st) == nil:
+		return fmt.Errorf("vault %s: claim file %s: %w", path, name, err)
 	default:
 		return fmt.Errorf("vault %s: claim file %s cannot be created: uid %d may not write in %s, "+
 			"where the claim file goes beside the vault: %w", path, name, me, filepath.Dir(name), err)
