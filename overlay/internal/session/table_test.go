@@ -78,21 +78,29 @@ func (r *recorder) take() []recorded {
 	return out
 }
 
+// newTestTable makes a Table on a stepped clock at t0 that records its
+// actions; its context ends with the test.
+func newTestTable(t *testing.T) (context.Context, *Table, *steppedClock, *recorder, Timers) {
+	clock, rec, tm := &steppedClock{now: t0}, &recorder{}, testTimers()
+	return t.Context(), NewTable(tm, clock, rec), clock, rec, tm
+}
+
+// run runs tab's loop until the test ends, and waits for it to return.
+func run(ctx context.Context, t *testing.T, tab *Table) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { tab.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 // TestTableRunsDeadlinesOnItsClock: a Table turns posted events and the
 // deadlines they set into actions, in order, on its clock alone: a yield
 // ends in an admission only when the clock passes it, a take-over only
 // when the grace has passed, and a peer that leaves is removed and
 // forgotten.
 func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	clock := &steppedClock{now: t0}
-	rec := &recorder{}
-	tm := testTimers()
-	tab := NewTable(tm, clock, rec)
-	done := make(chan struct{})
-	go func() { tab.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	ctx, tab, clock, rec, tm := newTestTable(t)
+	run(ctx, t, tab)
 
 	a, b := Key{1}, Key{2}
 	tab.Post(ctx, a, Event{Kind: Want})                  // a yields
@@ -164,12 +172,7 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 // even if the loop sees the deadline first; a revocation of a peer never
 // seen leaves nothing behind.
 func TestTableEventBeforeDeadlineGoesFirst(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	clock := &steppedClock{now: t0}
-	rec := &recorder{}
-	tm := testTimers()
-	tab := NewTable(tm, clock, rec)
+	ctx, tab, clock, rec, tm := newTestTable(t)
 	// The loop is not running yet: everything below waits in the inbox
 	// and the clock passes the deadline before the loop starts.
 	p := Key{7}
@@ -178,9 +181,7 @@ func TestTableEventBeforeDeadlineGoesFirst(t *testing.T) {
 	tab.Post(ctx, p, Event{Kind: SessionUp})
 	clock.advance(time.Hour)
 	tab.Post(ctx, Key{9}, Event{Kind: Revoked})
-	done := make(chan struct{})
-	go func() { tab.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	run(ctx, t, tab)
 	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
 	defer scancel()
 	tab.Sync(sctx)
