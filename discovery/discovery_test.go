@@ -377,18 +377,24 @@ func TestPartitionHeals(t *testing.T) {
 		return f.allKnowAll(want)
 	})
 	t.Logf("healed after %v", took)
-	// The node is handed the records of the members that came back.
-	for _, nd := range f.nodes {
-		nd.mu.Lock()
-		for name, c := range nd.onRec {
-			var j int
-			fmt.Sscanf(name, "node-%d", &j)
-			if half(j) != half(nd.i) && c < 2 {
-				t.Errorf("node %d: OnRecord(%s) %d times, want a second call after heal", nd.i, name, c)
+	// The node is handed the records of the members that came back. The
+	// callbacks run from a queue, after the membership changed: wait for
+	// them.
+	waitFor(t, convergeTimeout, "records of the members that came back handed over", func() error {
+		for _, nd := range f.nodes {
+			nd.mu.Lock()
+			for name, c := range nd.onRec {
+				var j int
+				fmt.Sscanf(name, "node-%d", &j)
+				if half(j) != half(nd.i) && c < 2 {
+					nd.mu.Unlock()
+					return fmt.Errorf("node %d: OnRecord(%s) %d times, want a second call after heal", nd.i, name, c)
+				}
 			}
+			nd.mu.Unlock()
 		}
-		nd.mu.Unlock()
-	}
+		return nil
+	})
 }
 
 func TestLimits(t *testing.T) {
