@@ -67,7 +67,8 @@ const (
 	deathCheckWorkers = 4
 	// sessionSetup is how long after an admission a member declared dead
 	// without a WireGuard session is left before it is checked: as long
-	// as an admission waits for its session (overlay's confirmWait).
+	// as an admission waits for its session (the session rules'
+	// SessionSetup).
 	sessionSetup = 6 * time.Second
 	// joinBackoffMax caps the delay between attempts to (re)join the
 	// fabric through admitted peers when no other member is alive.

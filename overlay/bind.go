@@ -47,8 +47,8 @@ type divertBind struct {
 	throttled atomic.Uint64 // transport datagrams dropped by a budget
 	epoch     time.Time
 
-	// watches: endpoints whose transport messages are being watched
-	// (see transportWatch); watchMu serializes its writers.
+	// watches: the endpoints of peers whose session the session machine
+	// waits for (see sessionWatch); watchMu serializes its writers.
 	watches atomic.Pointer[watchTable]
 	watchMu sync.Mutex
 
@@ -139,7 +139,7 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	budgets := *b.budgets.Load()
 	watches := *b.watches.Load()
 	var now int64
-	if len(budgets) > 0 || len(watches) > 0 {
+	if len(budgets) > 0 {
 		now = b.nanos()
 	}
 	var lastWatched netip.AddrPort // one watch update per endpoint run
@@ -157,9 +157,9 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 					limited++
 					continue
 				}
-			} else if pkt[0] == messageTransport && (len(budgets) > 0 || len(watches) > 0) {
+			} else if (pkt[0] == messageTransport || pkt[0] == messageResponse) && (len(budgets) > 0 || len(watches) > 0) {
 				ep := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-				if len(budgets) > 0 {
+				if len(budgets) > 0 && pkt[0] == messageTransport {
 					if bg := budgets[ep]; bg != nil && !bg.allow(now) {
 						throttled++
 						continue
@@ -168,7 +168,7 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 				if len(watches) > 0 && ep != lastWatched {
 					lastWatched = ep
 					if w := watches[ep]; w != nil {
-						w.seen(now)
+						w.seen()
 					}
 				}
 			}

@@ -381,61 +381,60 @@ func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
 	}
 }
 
-// A transport watch records WireGuard transport messages from its
-// endpoint only: not handshakes, not other endpoints, not after unwatch.
-func TestTransportWatch(t *testing.T) {
+// A session watch reports, once per arming, the first handshake response
+// or transport message from its endpoint: not initiations, not other
+// endpoints, not after unwatch.
+func TestSessionWatch(t *testing.T) {
 	watched := netip.MustParseAddrPort("127.0.0.1:1000")
 	other := netip.MustParseAddrPort("127.0.0.1:2000")
-	hs := wgPacket(0, 148)
-	hs[0] = 1
+	initiation := wgPacket(0, 148)
+	initiation[0] = 1
+	response := wgPacket(0, 92)
+	response[0] = messageResponse
 	batches := [][]fakePacket{
-		{{hs, watched}, {wgPacket(1, 64), other}},
-		{{wgPacket(2, 64), watched}},
-		{{wgPacket(3, 64), watched}},
+		{{initiation, watched}, {wgPacket(1, 64), other}},
+		{{response, watched}},
+		{{wgPacket(2, 64), watched}, {wgPacket(3, 64), watched}},
+		{{wgPacket(4, 64), watched}},
+		{{wgPacket(5, 64), watched}},
 	}
 	var junk atomic.Uint64
 	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
-	b.setKnown([]netip.Addr{watched.Addr()})
+	b.setKnown([]netip.Addr{watched.Addr(), other.Addr()})
 	fns, _, err := b.Open(0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	bufs, sizes, eps := receiveBuffers()
-	start := time.Now()
-	w := b.watch(watched)
-	arrived := w.next()
-	fns[0](bufs, sizes, eps) // a handshake from it, transport from another
-	if b.seenSince(w, start) {
-		t.Fatal("watch fired on a handshake or on another endpoint")
+	var ups []([32]byte)
+	w := &sessionWatch{key: [32]byte{7}, up: func(k [32]byte) { ups = append(ups, k) }}
+	b.watchEndpoint(watched, w)
+	fns[0](bufs, sizes, eps) // an initiation from it, transport from another
+	if len(ups) != 0 {
+		t.Fatal("watch fired on an initiation or on another endpoint")
 	}
-	select {
-	case <-arrived:
-		t.Fatal("waiter woken by a handshake or by another endpoint")
-	default:
+	fns[0](bufs, sizes, eps) // the response to this side's initiation
+	if len(ups) != 1 || ups[0] != w.key {
+		t.Fatalf("watch reported %v after a handshake response, want one report of its key", ups)
 	}
-	if w.next() != arrived {
-		t.Fatal("a second waiter got another channel while the first waits")
+	fns[0](bufs, sizes, eps) // transport, not armed
+	if len(ups) != 1 {
+		t.Fatal("watch fired again without being armed")
 	}
-	fns[0](bufs, sizes, eps) // transport from the watched endpoint
-	if !b.seenSince(w, start) {
-		t.Fatal("watch missed a transport message from its endpoint")
+	b.watchEndpoint(watched, w) // armed again (a kick)
+	fns[0](bufs, sizes, eps)
+	if len(ups) != 2 {
+		t.Fatal("armed watch missed a transport message from its endpoint")
 	}
-	select {
-	case <-arrived:
-	default:
-		t.Fatal("waiter not woken by a transport message from its endpoint")
-	}
-	if again := w.next(); again == arrived {
-		t.Fatal("a new wait got the channel already closed")
-	}
-	if b.seenSince(w, time.Now().Add(time.Second)) {
-		t.Fatal("watch reports a message from the future")
-	}
-	b.unwatch(watched)
+	b.watchEndpoint(watched, w)
+	b.unwatchEndpoint(watched, w)
 	if len(*b.watches.Load()) != 0 {
 		t.Fatal("unwatch left the endpoint watched")
 	}
-	fns[0](bufs, sizes, eps) // no watch: nothing recorded, nothing breaks
+	fns[0](bufs, sizes, eps) // no watch: nothing reported, nothing breaks
+	if len(ups) != 2 {
+		t.Fatal("watch fired after unwatch")
+	}
 }
 
 func BenchmarkBindReceive(b *testing.B) {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/overlay/internal/session"
 	"github.com/aigrid/gridnet/stack"
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/tun"
@@ -147,10 +148,10 @@ type nodeOpts struct {
 	burst    int
 	logger   *slog.Logger // default: testLogger
 	refusals float64      // refusals per second per source; 0: the default
-	// timers switch session timers off (noKick, noGrace, noWatchdog), so
-	// that a test sees one mechanism at work and can wait generously for
-	// it without another one doing the job meanwhile.
-	timers []func(*sessionTimers)
+	// timers switch session timers off (noKick, noGrace), so that a test
+	// sees one mechanism at work and can wait generously for it without
+	// another one doing the job meanwhile.
+	timers []func(*session.Timers)
 }
 
 // never is how late a switched-off session timer fires.
@@ -166,9 +167,8 @@ const beforeWireGuardRetry = 4500 * time.Millisecond
 // mechanism under test can bring.
 const sessionTimeout = 30 * time.Second
 
-func noKick(t *sessionTimers)     { t.kick, t.kickMax = never, never }
-func noGrace(t *sessionTimers)    { t.grace = never }
-func noWatchdog(t *sessionTimers) { t.watchdogInterval, t.watchdogAfter = never, never }
+func noKick(t *session.Timers)  { t.Kick, t.KickMax = never, never }
+func noGrace(t *session.Timers) { t.Grace = never }
 
 func startNode(t testing.TB, f *fixture, name, addr string, o nodeOpts) *node {
 	t.Helper()

@@ -25,19 +25,10 @@ const (
 	BackoffMax = 30 * time.Second
 	// staticCheckInterval is how often a static peer's admission is checked.
 	staticCheckInterval = 2 * time.Second
-	// confirmWait bounds how long Admit waits for the WireGuard session
-	// after msg3: longer than WireGuard's 5 s REKEY_TIMEOUT plus its jitter,
-	// so one lost WireGuard initiation is retried before we give up.
-	confirmWait = 6 * time.Second
-	// confirmPoll bounds how often a device dump is taken for session
-	// checks: all checks within one period share it (see recentStats).
-	confirmPoll = 100 * time.Millisecond
-	// confirmDumpPoll is how often confirm falls back to a device dump
-	// (the Bind wakes it at every transport message from the peer).
-	confirmDumpPoll = time.Second
-	// sessionSlack allows for the second granularity of clocks around
-	// WireGuard's last handshake time.
-	sessionSlack = time.Second
+	// statusPoll bounds how often a device dump is taken for one peer's
+	// status (Peer): all reads within one period share it (see
+	// recentStats).
+	statusPoll = 100 * time.Millisecond
 	// Msg1Resend is how often an attempt sends its msg1 again while it has
 	// no answer (jittered to between three quarters and five quarters of
 	// it), at most maxResends times, so over about the attempt's first
@@ -102,8 +93,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // Admit runs the handshake as initiator with the node at endpoint and, once
-// msg2 verified, adds it as a WireGuard peer, sends msg3 and waits (at most
-// confirmWait) for the WireGuard session the responder then starts. Lost or
+// msg2 verified, adds it as a WireGuard peer, sends msg3 and waits for the
+// WireGuard session the responder then starts (the session table gives it
+// up after session.Timers.SessionSetup, and the attempt fails). Lost or
 // unanswered attempts are retried with exponential backoff and jitter until
 // ctx ends or the overlay closes. A verification refusal (bad certificate,
 // key mismatch, bad signature, address conflict) is returned at once as a
@@ -274,12 +266,6 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		o.sendRefusal(err, endpoint, init.Refusal)
 		return nil, rej
 	}
-	// Only a WireGuard session newer than this admission confirms it: an
-	// old session the peer may already have dropped proves nothing.
-	since := time.Now().Add(-sessionSlack)
-	w := o.bind.watch(endpoint)
-	defer o.bind.unwatch(endpoint)
-	watchSince := time.Now() // the watch has no clock slack
 	if err := o.admit(peer, endpoint, false, rtt); err != nil {
 		o.sendRefusal(err, endpoint, init.Refusal)
 		return nil, o.reject(err, endpoint, "initiator")
@@ -290,8 +276,11 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 	if entry == nil { // removed again at once (revoked, say)
 		return nil, fmt.Errorf("%w with %q", errNotConfirmed, peer.Identity.Name)
 	}
+	// The peer must be in the device before msg3 goes: the responder
+	// starts the WireGuard session as soon as it has it.
+	o.sessions.Sync(ctx)
 	if err := o.bind.SendTo(msg3, endpoint); err != nil {
-		return nil, err // confirm would fail: retry the handshake
+		return nil, err // the session would not come: retry the handshake
 	}
 	refusal := func(in inboundPacket) error {
 		if code, ok := o.openRefusal(init, in, endpoint); ok {
@@ -299,7 +288,7 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		}
 		return nil
 	}
-	if err := o.confirm(ctx, entry, since, watchSince, w, ch, refusal); err != nil {
+	if err := o.awaitSession(ctx, entry, ch, refusal); err != nil {
 		return nil, err
 	}
 	o.forgetRefusal(endpoint)
@@ -337,11 +326,4 @@ func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
 		for sleep(o.ctx, staticCheckInterval) && o.hasPeer(id.WireGuardKey) {
 		}
 	}
-}
-
-// sessionSeen reports whether WireGuard completed a handshake with key
-// after since.
-func (o *Overlay) sessionSeen(key [32]byte, since time.Time) bool {
-	hs := o.lastHandshake(key)
-	return !hs.IsZero() && !hs.Before(since)
 }

@@ -76,6 +76,7 @@ import (
 
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/overlay/handshake"
+	"github.com/aigrid/gridnet/overlay/internal/session"
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -195,8 +196,8 @@ type Overlay struct {
 	queue  chan inboundPacket
 
 	hsMu              sync.Mutex
-	halfOpenTTL       time.Duration // HalfOpenTimeout; tests may raise it
-	timers            sessionTimers // defaultSessionTimers; tests may switch some off
+	halfOpenTTL       time.Duration  // HalfOpenTimeout; tests may raise it
+	timers            session.Timers // sessionTimers(); tests may switch some off
 	halfOpen          map[uint32]*halfOpenState
 	onAdmit, onRemove func(*cert.Identity)
 
@@ -222,9 +223,15 @@ type Overlay struct {
 
 	peersMu sync.Mutex
 	peers   map[[32]byte]*peerEntry
-	byAddr  atomic.Pointer[addrTable]
-	changed chan struct{} // poked when the peer table changes (revalidation timer)
-	lifeMu  sync.Mutex    // orders AddStaticPeer against Close
+	// admissions counts admissions (peerEntry.gen); guarded by peersMu.
+	admissions uint64
+	// sessions owns every admitted peer's session (see sessions.go); exec
+	// runs its actions.
+	sessions *session.Table
+	exec     *sessionExec
+	byAddr   atomic.Pointer[addrTable]
+	changed  chan struct{} // poked when the peer table changes (revalidation timer)
+	lifeMu   sync.Mutex    // orders AddStaticPeer against Close
 
 	statsFetch sync.Mutex // one device dump at a time for recentStats
 	statsMu    sync.Mutex // guards statsCache and statsAt
@@ -275,7 +282,7 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		halfOpenByInit: make(map[msg1Key]uint32),
 		halfOpenPerSrc: cmp.Or(cfg.HalfOpenPerSource, HalfOpenPerSource),
 		halfOpenTTL:    HalfOpenTimeout,
-		timers:         defaultSessionTimers(),
+		timers:         sessionTimers(),
 		pending:        make(map[uint32]chan inboundPacket),
 		attempting:     make(map[netip.AddrPort]int),
 		peers:          make(map[[32]byte]*peerEntry),
@@ -307,6 +314,8 @@ func newOverlay(cfg Config) (*Overlay, error) {
 // and starts the goroutines.
 func (o *Overlay) start(cfg Config) (*Overlay, error) {
 	o.ctx, o.cancel = context.WithCancel(context.Background())
+	o.exec = newSessionExec(o)
+	o.sessions = session.NewTable(o.timers, session.SystemClock{}, o.exec)
 	o.bind = newDivertBind(conn.NewStdNetBind(), o.onGridnet, &o.stats.junk)
 	o.dev = device.NewDevice(cfg.TUN, o.bind, o.wgLogger())
 	if err := o.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(o.wgPriv[:]), cfg.ListenPort)); err != nil {
@@ -326,7 +335,10 @@ func (o *Overlay) start(cfg Config) (*Overlay, error) {
 	o.wg.Add(3)
 	go o.cookieSender()
 	go o.revalidateLoop()
-	go o.watchdogLoop()
+	go func() {
+		defer o.wg.Done()
+		o.sessions.Run(o.ctx)
+	}()
 	return o, nil
 }
 

@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/handshake"
+	"github.com/aigrid/gridnet/overlay/internal/session"
 )
 
 // nonStarters starts two nodes that admit each other as the side that
 // does not start the session (neither gives WireGuard an endpoint), and
 // returns how to name each as a handshake peer.
-func nonStarters(t *testing.T, timers ...func(*sessionTimers)) (a, b *node, idOf func(*node) *handshake.Peer) {
+func nonStarters(t *testing.T, timers ...func(*session.Timers)) (a, b *node, idOf func(*node) *handshake.Peer) {
 	t.Helper()
 	checkLeaks(t)
 	f := newFixture(t, "corp.example")
@@ -36,17 +37,17 @@ func nonStarters(t *testing.T, timers ...func(*sessionTimers)) (a, b *node, idOf
 
 // TestNonStarterStartsAfterGrace: two nodes that both admitted each other
 // as the side that does not start the session (no endpoint given to
-// WireGuard) would never get a session; after starterGrace each starts it
-// itself, and the session forms.
+// WireGuard) would never get a session; after the grace each takes the
+// start over, and the session forms.
 func TestNonStarterStartsAfterGrace(t *testing.T) {
-	since := time.Now().Add(-sessionSlack)
+	since := time.Now().Add(-time.Second)
 	a, b, idOf := nonStarters(t)
 	bKey := idOf(b).Static
-	time.Sleep(starterGrace / 2)
+	time.Sleep(a.timers.Grace / 2)
 	if st, _ := a.wgStats(); st[bKey] != nil && !st[bKey].lastHandshake.IsZero() {
 		t.Fatal("a session formed before the grace, with no side starting it")
 	}
-	deadline := time.Now().Add(2*starterGrace + sessionTimeout)
+	deadline := time.Now().Add(2*a.timers.Grace + sessionTimeout)
 	awaitSession(t, a, bKey, since, deadline, "no session after the grace: neither non-starter started it")
 	if err := exchange(t, a, b, 7001, []byte("after grace"), exchangeTimeout); err != nil {
 		t.Fatalf("traffic after the late session: %v", err)
@@ -59,13 +60,13 @@ func TestNonStarterStartsAfterGrace(t *testing.T) {
 // WireGuard try (and fail, without an endpoint) an initiation of its own,
 // which holds back the next one for WireGuard's 5 s retry.
 func TestTakeOverStartsAtOnce(t *testing.T) {
-	a, b, idOf := nonStarters(t, noKick, noGrace, noWatchdog)
+	a, b, idOf := nonStarters(t, noKick, noGrace)
 	failedTry(t, a, b)
-	since := time.Now().Add(-sessionSlack)
+	since := time.Now().Add(-time.Second)
 	if err := a.admit(idOf(b), b.ep, true, 0); err != nil {
 		t.Fatal(err)
 	}
-	// The kick, grace and watchdog are off; before WireGuard's 5 s retry.
+	// The kick and the grace are off; before WireGuard's 5 s retry.
 	awaitSession(t, a, idOf(b).Static, since, time.Now().Add(beforeWireGuardRetry),
 		"no session soon after taking the start over")
 }
@@ -75,17 +76,13 @@ func TestTakeOverStartsAtOnce(t *testing.T) {
 // meanwhile made WireGuard try (and fail, without an endpoint) an
 // initiation, which holds back the next one for WireGuard's 5 s retry.
 func TestGraceStartsDespiteFailedTry(t *testing.T) {
-	a, b, idOf := nonStarters(t, noKick, noGrace, noWatchdog)
+	const grace = time.Second
+	a, b, idOf := nonStarters(t, noKick, func(t *session.Timers) { t.Grace = grace })
 	failedTry(t, a, b)
-	bKey := idOf(b).Static
-	a.peersMu.Lock()
-	e := a.peers[bKey]
-	a.peersMu.Unlock()
-	since := time.Now().Add(-sessionSlack)
-	a.startAfterGrace(e) // what the grace timer runs, without waiting for it
-	// The grace timers and the watchdog, which could start it another
-	// way, are off; before WireGuard's 5 s retry.
-	awaitSession(t, a, bKey, since, time.Now().Add(beforeWireGuardRetry),
+	since := time.Now().Add(-time.Second)
+	// Within the grace and its jitter (1.5 s), and before WireGuard's 5 s
+	// retry of the failed try.
+	awaitSession(t, a, idOf(b).Static, since, time.Now().Add(beforeWireGuardRetry),
 		"no session soon after the grace ran out")
 }
 

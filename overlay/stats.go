@@ -146,8 +146,9 @@ type Stats struct {
 	// admitted peer's endpoint, dropped before decryption by their
 	// per-source limit.
 	StrangerLimited uint64
-	// Restarted counts WireGuard sessions this node started that had not
-	// come up after starterKick and were started again.
+	// Restarted counts kicks: WireGuard initiations of a pending session
+	// sent again because the session had not come up in time (see the
+	// session rules, overlay/internal/session).
 	Restarted uint64
 	// Throttled counts WireGuard transport datagrams from admitted peers
 	// dropped before decryption because the peer was over its budget (see

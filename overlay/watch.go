@@ -2,94 +2,65 @@ package overlay
 
 import (
 	"net/netip"
-	"sync"
 	"sync/atomic"
-	"time"
 )
 
-// transportWatch records when a WireGuard transport message last arrived
-// from one endpoint. Confirming a new session, and the session checks after
-// an admission (starter grace and kick), read it instead of dumping the
-// whole device (IpcGet): the side that starts a session sends a keepalive
-// as soon as the handshake completes, and the fabric's own traffic
-// follows, so a transport message from the peer after the admission means
-// the session is up. It is a hint read before decryption (a forged one can
-// only end a confirmation early or skip one session restart; WireGuard
-// keeps retrying its handshake on its own and the session watchdog reads
-// the device), so the slower device read stays as the fallback.
-type transportWatch struct {
-	last atomic.Int64 // bind clock, 0: none yet
-	refs int          // guarded by divertBind.watchMu
+// messageResponse is WireGuard's handshake-response message type.
+const messageResponse = 2
 
-	// armed: someone waits on arrived (see next); the Bind closes it at
-	// the next transport message. arrived is guarded by mu.
-	armed   atomic.Bool
-	mu      sync.Mutex
-	arrived chan struct{}
+// sessionWatch tells the session machine that a peer's pending session
+// came up, without reading the device: the Bind looks at every WireGuard
+// datagram from the peer's admitted endpoint, and the first handshake
+// response or transport message after the watch was armed means the
+// session is up (the starter gets the response to its initiation, the
+// other side the keepalive the starter sends once it has its keys). It
+// is a hint read before decryption; a forged one can only end a wait for
+// a session early, and the session is then judged by its traffic like
+// any other (WireGuard keeps retrying its handshake on its own).
+type sessionWatch struct {
+	key   [32]byte
+	armed atomic.Bool
+	// up is called, from the Bind's receive path, once per arming.
+	up func(key [32]byte)
 }
 
-// next returns a channel that is closed when the next transport message
-// from the watched endpoint arrives. Take it before checking seenSince, so
-// that a message in between still closes it.
-func (w *transportWatch) next() <-chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.armed.Load() {
-		w.arrived = make(chan struct{})
-		w.armed.Store(true)
+// seen is called for a handshake response or transport message from the
+// watched endpoint. Unarmed, it is one atomic load.
+func (w *sessionWatch) seen() {
+	if w.armed.Load() && w.armed.CompareAndSwap(true, false) {
+		w.up(w.key)
 	}
-	return w.arrived
-}
-
-// seen records a transport message at bind clock now and wakes the
-// waiters. Without waiters it is one atomic store and one load.
-func (w *transportWatch) seen(now int64) {
-	w.last.Store(max(now, 1))
-	if !w.armed.Load() {
-		return
-	}
-	w.mu.Lock()
-	if w.armed.Load() {
-		close(w.arrived)
-		w.armed.Store(false)
-	}
-	w.mu.Unlock()
 }
 
 // watchTable is an immutable endpoint → watch index, swapped whole.
-type watchTable map[netip.AddrPort]*transportWatch
+type watchTable map[netip.AddrPort]*sessionWatch
 
-// watch starts recording transport messages from ep; unwatch must follow.
-func (b *divertBind) watch(ep netip.AddrPort) *transportWatch {
+// watchEndpoint makes w the watch of ep (replacing another one's) and
+// arms it.
+func (b *divertBind) watchEndpoint(ep netip.AddrPort, w *sessionWatch) {
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	w.armed.Store(true)
 	b.watchMu.Lock()
 	defer b.watchMu.Unlock()
 	old := *b.watches.Load()
-	if w := old[ep]; w != nil {
-		w.refs++
-		return w
+	if old[ep] == w {
+		return
 	}
-	w := &transportWatch{refs: 1}
 	next := make(watchTable, len(old)+1)
 	for k, v := range old {
 		next[k] = v
 	}
 	next[ep] = w
 	b.watches.Store(&next)
-	return w
 }
 
-// unwatch ends one watch of ep.
-func (b *divertBind) unwatch(ep netip.AddrPort) {
+// unwatchEndpoint ends the watch of ep if it is w.
+func (b *divertBind) unwatchEndpoint(ep netip.AddrPort, w *sessionWatch) {
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
 	b.watchMu.Lock()
 	defer b.watchMu.Unlock()
 	old := *b.watches.Load()
-	w := old[ep]
-	if w == nil {
-		return
-	}
-	if w.refs--; w.refs > 0 {
+	if old[ep] != w {
 		return
 	}
 	next := make(watchTable, len(old))
@@ -99,10 +70,4 @@ func (b *divertBind) unwatch(ep netip.AddrPort) {
 		}
 	}
 	b.watches.Store(&next)
-}
-
-// seenSince reports whether a transport message arrived at or after t.
-func (b *divertBind) seenSince(w *transportWatch, t time.Time) bool {
-	last := w.last.Load()
-	return last != 0 && last >= int64(t.Sub(b.epoch))
 }

@@ -144,6 +144,9 @@ type Event struct {
 	Responder bool
 	// RTT (Admitted): the admission's round trip, 0 if unknown.
 	RTT time.Duration
+	// Ref (Admitted): the owner's reference of the admission (opaque to
+	// the session; kept as Session.AdmitRef).
+	Ref uint64
 }
 
 // ActionKind says what the owner of a session must do.
@@ -219,6 +222,10 @@ type Session struct {
 	Kicks, Probes int
 	// RTT is the last admission's round trip.
 	RTT time.Duration
+	// AdmitRef is Event.Ref of the last admission taken, kept also when
+	// the session is given up, so that the owner knows which admission a
+	// Remove ends.
+	AdmitRef uint64
 	// AdmittedAt is when the peer was last admitted; StartedAt when this
 	// side started the pending session (the admission for the starter,
 	// the take-over for the other side); UpAt when its session last came
@@ -364,13 +371,22 @@ func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action)
 		// The other side's admission completed while ours ran.
 		acts = append(acts, Action{Kind: CancelAdmit})
 	}
+	s.AdmitRef = ev.Ref
 	began := now.Add(-ev.RTT - t.Slack)
 	fresh := false
 	switch s.State {
 	case Awaiting:
 		if now.Sub(s.AdmittedAt) < t.Kick {
 			// The second admission of two nodes admitting each other at
-			// once: the first one's session is on its way.
+			// once: the first one's session is on its way. If the second
+			// makes this side the starter (an owner that decides the
+			// start by another rule than key order), it starts now.
+			if !s.Starts && !ev.Initiates {
+				s.Starts, s.StartedAt = true, now
+				kick := t.KickDelay(s.RTT)
+				s.Deadline = now.Add(kick + t.jitter(kick/3))
+				acts = append(acts, Action{Kind: Configure, Start: true})
+			}
 			return s, acts
 		}
 		fresh = true // the other side admitted anew: it lost the pending session
@@ -423,7 +439,7 @@ func (s Session) up(now time.Time) (Session, []Action) {
 func (s Session) retry(now time.Time, t Timers) Session {
 	s.Failures++
 	if !s.Persistent && t.MaxFailures > 0 && s.Failures >= t.MaxFailures {
-		return Session{State: Gone, Since: now}
+		return Session{State: Gone, Since: now, AdmitRef: s.AdmitRef}
 	}
 	s = s.enter(Wanted, now)
 	s.Deadline = now.Add(t.Backoff(s.Failures))

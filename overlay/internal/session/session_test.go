@@ -119,7 +119,9 @@ func TestTransitions(t *testing.T) {
 			SessionUp: {up, ""}, Heard: {up, ""}, Suspected: {awaiting, ""}, Tick: {awaiting, "resend-initiation"},
 		}, removed()),
 		"awaiting-non-starter": merge(map[EventKind]want{
-			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, ""}, AdmitFailed: {awaiting, ""},
+			// A second admission that makes this side the starter: it
+			// starts now (the first one's session is not up yet).
+			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {awaiting, ""},
 			SessionUp: {up, "enable-keepalive"}, Heard: {up, "enable-keepalive"}, Suspected: {awaiting, ""}, Tick: {awaiting, "new-initiation"},
 		}, removed()),
 		"up": merge(map[EventKind]want{

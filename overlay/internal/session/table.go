@@ -13,7 +13,7 @@ type Key [32]byte
 // the Table's one goroutine, in order, never concurrently: the actions of
 // one peer keep their order, and no lock of the caller's is held. It must
 // not block for long (an admission runs in a goroutine of its own and
-// reports back through Table.Post).
+// reports back through Table.Post). s is the session after the event.
 type Executor interface {
 	Execute(peer Key, a Action, s Session)
 }
@@ -49,23 +49,48 @@ type Table struct {
 	timers Timers
 	clock  Clock
 	exec   Executor
-	inbox  chan posted
+
+	// The inbox: posted events in order. Post never blocks, so that a
+	// caller may post while holding a lock that the Executor takes.
+	inMu   sync.Mutex
+	inbox  []posted
+	wakeIn chan struct{} // has a value when inbox may be non-empty
 
 	mu       sync.Mutex
 	sessions map[Key]Session // written by the loop only; read under mu
+	changed  chan struct{}   // closed and replaced after every step
 }
 
 // NewTable makes a Table; Run starts it.
 func NewTable(t Timers, c Clock, e Executor) *Table {
-	return &Table{timers: t, clock: c, exec: e, inbox: make(chan posted, 1024), sessions: map[Key]Session{}}
+	return &Table{timers: t, clock: c, exec: e, wakeIn: make(chan struct{}, 1),
+		sessions: map[Key]Session{}, changed: make(chan struct{})}
 }
 
-// Post queues ev for peer; it blocks only while the inbox is full.
-func (t *Table) Post(ctx context.Context, peer Key, ev Event) {
+// Post queues ev for peer, stamped with the time of the call. It never
+// blocks: the events a node can cause are bounded by its peers and its
+// admissions, not by what anyone sends.
+func (t *Table) Post(peer Key, ev Event) {
+	t.enqueue(posted{peer: peer, ev: ev, at: t.clock.Now()})
+}
+
+func (t *Table) enqueue(p posted) {
+	t.inMu.Lock()
+	t.inbox = append(t.inbox, p)
+	t.inMu.Unlock()
 	select {
-	case t.inbox <- posted{peer: peer, ev: ev, at: t.clock.Now()}:
-	case <-ctx.Done():
+	case t.wakeIn <- struct{}{}:
+	default:
 	}
+}
+
+// takeAll empties the inbox.
+func (t *Table) takeAll() []posted {
+	t.inMu.Lock()
+	defer t.inMu.Unlock()
+	out := t.inbox
+	t.inbox = nil
+	return out
 }
 
 // Sync waits until every event posted before it, and every deadline
@@ -73,11 +98,7 @@ func (t *Table) Post(ctx context.Context, peer Key, ev Event) {
 // after an event).
 func (t *Table) Sync(ctx context.Context) {
 	done := make(chan struct{})
-	select {
-	case t.inbox <- posted{done: done}:
-	case <-ctx.Done():
-		return
-	}
+	t.enqueue(posted{done: done})
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -89,6 +110,14 @@ func (t *Table) Get(peer Key) Session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.sessions[peer]
+}
+
+// Changed returns a channel that is closed at the next change of any
+// session (take it before Get, so that a change in between closes it).
+func (t *Table) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
 }
 
 // Run processes events and deadlines until ctx ends.
@@ -107,8 +136,8 @@ func (t *Table) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case p := <-t.inbox:
-			t.take(p)
+		case <-t.wakeIn:
+			t.drain()
 		case <-wake:
 			wake = nil
 			t.tick()
@@ -116,14 +145,21 @@ func (t *Table) Run(ctx context.Context) {
 	}
 }
 
-// take runs a posted event, or for a Sync marker the deadlines due.
-func (t *Table) take(p posted) {
-	if p.done != nil {
-		t.tick()
-		close(p.done)
-		return
+// drain runs the posted events in order; if a Sync is among them, it
+// then runs the deadlines due and releases the Sync.
+func (t *Table) drain() {
+	var synced bool
+	for _, p := range t.takeAll() {
+		if p.done != nil {
+			defer close(p.done) // once everything below ran
+			synced = true
+			continue
+		}
+		t.step(p.peer, p.ev, p.at)
 	}
-	t.step(p.peer, p.ev, p.at)
+	if synced {
+		t.tick()
+	}
 }
 
 // tick runs a Tick on every session whose deadline has passed, after the
@@ -131,18 +167,12 @@ func (t *Table) take(p posted) {
 // judged after it (a session that came up just in time stays up).
 func (t *Table) tick() {
 	now := t.clock.Now()
-	for {
-		select {
-		case p := <-t.inbox:
-			if p.done != nil {
-				defer close(p.done) // once the ticks below ran
-				continue
-			}
-			t.step(p.peer, p.ev, p.at)
+	for _, p := range t.takeAll() {
+		if p.done != nil {
+			defer close(p.done) // once the ticks below ran
 			continue
-		default:
 		}
-		break
+		t.step(p.peer, p.ev, p.at)
 	}
 	for _, peer := range t.due(now) {
 		t.step(peer, Event{Kind: Tick}, now)
@@ -162,6 +192,8 @@ func (t *Table) step(peer Key, ev Event, now time.Time) {
 	} else {
 		t.sessions[peer] = next
 	}
+	close(t.changed)
+	t.changed = make(chan struct{})
 	t.mu.Unlock()
 	for _, a := range acts {
 		t.exec.Execute(peer, a, next)

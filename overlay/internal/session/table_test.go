@@ -103,8 +103,8 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 	run(ctx, t, tab)
 
 	a, b := Key{1}, Key{2}
-	tab.Post(ctx, a, Event{Kind: Want})                  // a yields
-	tab.Post(ctx, b, Event{Kind: Want, Initiates: true}) // b admits at once
+	tab.Post(a, Event{Kind: Want})                  // a yields
+	tab.Post(b, Event{Kind: Want, Initiates: true}) // b admits at once
 	// settle waits until the loop ran everything posted and due.
 	settle := func() {
 		t.Helper()
@@ -132,7 +132,7 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 
 	// b's admission completes; b is not the starter (lower key): after
 	// the grace it takes the start over.
-	tab.Post(ctx, b, Event{Kind: Admitted, Initiates: true})
+	tab.Post(b, Event{Kind: Admitted, Initiates: true})
 	settle()
 	if got := rec.take(); len(got) != 1 || got[0].a.Kind != Configure || got[0].a.Start {
 		t.Fatalf("admitted: %+v, want a configure without start", got)
@@ -148,13 +148,13 @@ func TestTableRunsDeadlinesOnItsClock(t *testing.T) {
 	if got := rec.take(); len(got) != 1 || got[0].a.Kind != NewInitiation {
 		t.Fatalf("at the grace's end: %+v, want a new initiation", got)
 	}
-	tab.Post(ctx, b, Event{Kind: SessionUp})
+	tab.Post(b, Event{Kind: SessionUp})
 	settle()
 	if s := tab.Get(b); s.State != Up {
 		t.Fatalf("after session-up: %v", s.State)
 	}
 	rec.take()
-	tab.Post(ctx, b, Event{Kind: Left})
+	tab.Post(b, Event{Kind: Left})
 	settle()
 	if got := rec.take(); len(got) != 1 || got[0].a.Kind != Remove {
 		t.Fatalf("left: %+v, want a removal", got)
@@ -176,11 +176,11 @@ func TestTableEventBeforeDeadlineGoesFirst(t *testing.T) {
 	// The loop is not running yet: everything below waits in the inbox
 	// and the clock passes the deadline before the loop starts.
 	p := Key{7}
-	tab.Post(ctx, p, Event{Kind: Admitted, Responder: true})
+	tab.Post(p, Event{Kind: Admitted, Responder: true})
 	clock.advance(tm.SessionSetup - time.Millisecond)
-	tab.Post(ctx, p, Event{Kind: SessionUp})
+	tab.Post(p, Event{Kind: SessionUp})
 	clock.advance(time.Hour)
-	tab.Post(ctx, Key{9}, Event{Kind: Revoked})
+	tab.Post(Key{9}, Event{Kind: Revoked})
 	run(ctx, t, tab)
 	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
 	defer scancel()

@@ -1,0 +1,272 @@
+package overlay
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/aigrid/gridnet/overlay/internal/session"
+	"golang.zx2c4.com/wireguard/device"
+)
+
+// Sessions: every admitted peer's WireGuard session is one session.Session
+// in o.sessions, a session.Table whose one goroutine runs the session
+// rules (package session) and hands their actions to sessionExec. The
+// peer table (o.peers, under peersMu) says who is admitted, for the
+// firewall and the status; the device follows it through the table's
+// actions, run in order per peer and outside peersMu:
+//
+//   - admit posts Admitted (the session decides whether this side starts
+//     WireGuard, and whether an existing session stays), and every
+//     removal posts Forgotten, both under peersMu, so that the table sees
+//     them in the order the peer table changed;
+//   - the Bind's watch of the peer's endpoint posts SessionUp at the
+//     first handshake response or transport message after a Configure or
+//     a kick (no device dump);
+//   - a session still not up SessionSetup after its admission is given up:
+//     the table removes the peer, and whoever wanted it (the node's gossip,
+//     the static peer loop, an Admit caller) admits it again.
+//
+// Until the session rules also drive the admissions (who admits, when to
+// retry, liveness), the overlay keeps the start rule of its admissions
+// (startsSession): the responder starts, and of two nodes admitting each
+// other at once the lower key. Its Admitted events say so through
+// Initiates.
+
+// sessionTimers are the session rules' timings as the overlay uses them:
+// a session that does not come up is given up once (MaxFailures 1), and
+// the peer is admitted again by whoever wanted it.
+func sessionTimers() session.Timers {
+	t := session.DefaultTimers()
+	t.MaxFailures = 1
+	return t
+}
+
+// sessionExec runs the session table's actions on the device. Its state
+// is used by the table's goroutine only.
+type sessionExec struct {
+	o *Overlay
+	// configured is the endpoint each peer in the device was given (its
+	// admitted one), and watch its session watch.
+	configured map[[32]byte]netip.AddrPort
+	watches    map[[32]byte]*sessionWatch
+}
+
+func newSessionExec(o *Overlay) *sessionExec {
+	return &sessionExec{o: o, configured: map[[32]byte]netip.AddrPort{}, watches: map[[32]byte]*sessionWatch{}}
+}
+
+// Execute runs one action of peer's session (see session.Executor).
+func (x *sessionExec) Execute(peer session.Key, a session.Action, s session.Session) {
+	key := [32]byte(peer)
+	switch a.Kind {
+	case session.Configure:
+		x.configure(key, a)
+	case session.NewInitiation:
+		x.newInitiation(key)
+	case session.ResendInitiation:
+		ep, ok := x.configured[key]
+		if !ok {
+			return
+		}
+		x.arm(key, ep)
+		if !x.o.bind.resendInitiation(ep) {
+			x.newInitiation(key)
+			return
+		}
+		x.o.stats.kicks.Add(1)
+		x.o.log.Debug("session not up in time; initiation sent again", "peer", shortKey(key))
+	case session.EnableKeepalive:
+		x.setDevice(key, fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", hex.EncodeToString(key[:]), PersistentKeepalive))
+	case session.Remove:
+		x.remove(key, a.Reason, s.AdmitRef)
+	default:
+		// Admit, CancelAdmit and Probe come only from events the overlay
+		// does not post (Want, Suspected).
+		x.o.log.Debug("session action not run by the overlay", "action", a.Kind.String(), "peer", shortKey(key))
+	}
+}
+
+// configure puts the admitted peer in the device: its host routes, and,
+// if this side starts the session, its endpoint and a keepalive (which
+// sends the initiation); a.Fresh drops what the device had of it first.
+func (x *sessionExec) configure(key [32]byte, a session.Action) {
+	o := x.o
+	o.peersMu.Lock()
+	e := o.peers[key]
+	o.peersMu.Unlock()
+	if e == nil {
+		return // removed since; its removal follows in the table
+	}
+	hk := hex.EncodeToString(key[:])
+	var b strings.Builder
+	if a.Fresh {
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hk)
+	}
+	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hk)
+	if a.Start {
+		// A peer whose session the other side starts gets no endpoint:
+		// WireGuard learns it from the other side's initiation. Until
+		// then this side cannot send an initiation of its own, which any
+		// outbound packet would otherwise trigger, and two initiations
+		// that cross invalidate each other.
+		fmt.Fprintf(&b, "endpoint=%s\npersistent_keepalive_interval=%d\n", e.endpoint, PersistentKeepalive)
+	}
+	for _, pfx := range e.id.Addresses {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", hostRoute(pfx))
+	}
+	if old, ok := x.configured[key]; ok && old != e.endpoint {
+		o.bind.forgetInitiation(old)
+	}
+	x.configured[key] = e.endpoint
+	x.arm(key, e.endpoint)
+	if a.Start && !a.Fresh {
+		// A try WireGuard made without an endpoint holds the next
+		// initiation back for its 5 s retry: clear it.
+		x.clearHandshake(key)
+	}
+	if !x.setDevice(key, b.String()) {
+		return
+	}
+	if a.Start {
+		// Turning the keepalive on sent the initiation if it was off;
+		// if not, this sends it (and never a second one).
+		x.initiate(key)
+	}
+}
+
+// newInitiation gives WireGuard the admitted endpoint and a keepalive,
+// drops its pending handshake and sends a new initiation at once
+// (WireGuard itself would wait out its 5 s retry). Exactly one goes out:
+// giving the keepalive may send one by itself, and WireGuard then skips
+// the second, which matters because a peer refuses a second initiation
+// within 20 ms as a flood.
+func (x *sessionExec) newInitiation(key [32]byte) {
+	ep, ok := x.configured[key]
+	if !ok || !x.clearHandshake(key) {
+		return
+	}
+	x.arm(key, ep)
+	if !x.setDevice(key, fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
+		hex.EncodeToString(key[:]), ep, PersistentKeepalive)) {
+		return
+	}
+	x.initiate(key)
+	x.o.stats.kicks.Add(1)
+	x.o.log.Debug("session not up in time; started again", "peer", shortKey(key))
+}
+
+// remove takes the peer out of the device. A session given up by the
+// table (ref is the admission it was built on) also takes the peer's
+// entry out of the peer table, unless a newer admission replaced it.
+func (x *sessionExec) remove(key [32]byte, why string, ref uint64) {
+	o := x.o
+	if ref != 0 {
+		o.peersMu.Lock()
+		if e := o.peers[key]; e != nil && e.gen == ref {
+			o.dropLocked(e, why)
+			o.publishLocked()
+		}
+		o.peersMu.Unlock()
+	}
+	x.setDevice(key, fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(key[:])))
+	if ep, ok := x.configured[key]; ok {
+		o.bind.forgetInitiation(ep)
+		if w := x.watches[key]; w != nil {
+			o.bind.unwatchEndpoint(ep, w)
+		}
+	}
+	delete(x.configured, key)
+	delete(x.watches, key)
+}
+
+// arm makes the Bind report the peer's next handshake response or
+// transport message from ep as its session coming up.
+func (x *sessionExec) arm(key [32]byte, ep netip.AddrPort) {
+	w := x.watches[key]
+	if w == nil {
+		w = &sessionWatch{key: key, up: x.o.sessionUp}
+		x.watches[key] = w
+	}
+	x.o.bind.watchEndpoint(ep, w)
+}
+
+// setDevice applies a UAPI configuration and reports whether it worked.
+func (x *sessionExec) setDevice(key [32]byte, cfg string) bool {
+	if err := x.o.dev.IpcSet(cfg); err != nil {
+		if x.o.ctx.Err() == nil {
+			x.o.log.Warn("configure WireGuard peer", "peer", shortKey(key), "err", err.Error())
+		}
+		return false
+	}
+	return true
+}
+
+// clearHandshake drops the peer's pending WireGuard handshake, its
+// session keys, and the hold WireGuard puts on a new initiation after one
+// was tried (also when it failed for want of an endpoint). It reports
+// whether the device has the peer.
+func (x *sessionExec) clearHandshake(key [32]byte) bool {
+	p := x.o.dev.LookupPeer(device.NoisePublicKey(key))
+	if p != nil {
+		p.ExpireCurrentKeypairs()
+	}
+	return p != nil
+}
+
+// initiate sends a WireGuard handshake initiation to the peer unless one
+// went out within WireGuard's retry time.
+func (x *sessionExec) initiate(key [32]byte) {
+	p := x.o.dev.LookupPeer(device.NoisePublicKey(key))
+	if p == nil {
+		return
+	}
+	if err := p.SendHandshakeInitiation(false); err != nil {
+		x.o.log.Debug("start session", "peer", shortKey(key), "err", err.Error())
+	}
+}
+
+// sessionUp is the Bind's report that a watched peer's session came up.
+func (o *Overlay) sessionUp(key [32]byte) {
+	o.sessions.Post(session.Key(key), session.Event{Kind: session.SessionUp})
+}
+
+// awaitSession waits until the session of the peer admitted as entry is
+// up. It fails if the session is given up or the peer removed, if ctx
+// ends, or if refusals brings a refusal of this admission (refusal returns
+// it as an error, nil for anything else): the entry then goes at once.
+func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <-chan inboundPacket, refusal func(inboundPacket) error) error {
+	key, name := session.Key(entry.key), entry.id.Name
+	for {
+		changed := o.sessions.Changed()
+		switch o.sessions.Get(key).State {
+		case session.Up, session.Suspect:
+			return nil
+		case session.Awaiting:
+		default:
+			return fmt.Errorf("%w with %q", errNotConfirmed, name)
+		}
+		select {
+		case <-changed:
+		case in := <-refusals:
+			if err := refusal(in); err != nil {
+				o.peersMu.Lock()
+				if o.peers[entry.key] == entry {
+					o.removeLocked(entry, "refused by the peer")
+					o.publishLocked()
+				}
+				o.peersMu.Unlock()
+				return err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("%w with %q: %w", errNotConfirmed, name, ctx.Err())
+		}
+	}
+}
+
+// shortKey is a WireGuard key's first bytes in hex, for logs.
+func shortKey(k [32]byte) string { return hex.EncodeToString(k[:6]) }
+
+var _ session.Executor = (*sessionExec)(nil)
