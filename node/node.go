@@ -102,8 +102,11 @@ type Node struct {
 	fw     *policy.Firewall
 	events *eventLog
 	gossip *gossip
-	relays *relays
-	dns    *dnsResponder
+	// probing is the running gossip, for the overlay's probes of
+	// suspected peers (they run on the overlay's goroutines).
+	probing atomic.Pointer[gossip]
+	relays  *relays
+	dns     *dnsResponder
 	// metrics is the Prometheus endpoint; nil when off.
 	metrics *nodeMetrics
 	// vaultOpen is how long opening the vault took, in nanoseconds (0:
@@ -188,8 +191,12 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 		})
 	}
 	n.ov, err = overlay.New(overlay.Config{
-		OnAdmit:           func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
-		OnRemove:          func(id *cert.Identity) { n.fw.RemovePeer(id.Domain, id.Name) },
+		OnAdmit:  func(id *cert.Identity) { n.fw.SetPeer(peerInfo(id)) },
+		OnRemove: func(id *cert.Identity) { n.fw.RemovePeer(id.Domain, id.Name) },
+		Probe: func(id *cert.Identity) bool {
+			g := n.probing.Load()
+			return g != nil && g.probe(id)
+		},
 		Logger:            n.log,
 		WireGuardKey:      opts.WireGuardKey,
 		IdentityKey:       opts.IdentityKey,

@@ -439,10 +439,14 @@ func TestAdmitThroughCookie(t *testing.T) {
 	if err := exchange(t, a, b, 7100, []byte("through the cookie"), exchangeTimeout); err != nil {
 		t.Fatal(err)
 	}
+	completed := b.Stats().Completed
 	admit(t, a, b) // again, with the cookie
 	if _, ok := a.jar.get(b.ep); !ok {
 		t.Fatal("a dropped b's cookie after an admission")
 	}
+	// a's Admit returns as soon as it sent msg3 when the session the
+	// first admission brought stays: b finishes its side a moment later.
+	waitFor(t, sessionTimeout, "b completed the second admission", func() bool { return b.Stats().Completed > completed })
 
 	before := b.Stats()
 	sock := udpSender(t)

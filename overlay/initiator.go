@@ -23,8 +23,6 @@ const (
 	BackoffMin = 100 * time.Millisecond
 	// BackoffMax caps the retry delay so a returning peer is found quickly.
 	BackoffMax = 30 * time.Second
-	// staticCheckInterval is how often a static peer's admission is checked.
-	staticCheckInterval = 2 * time.Second
 	// statusPoll bounds how often a device dump is taken for one peer's
 	// status (Peer): all reads within one period share it (see
 	// recentStats).
@@ -297,8 +295,10 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 }
 
 // AddStaticPeer keeps the node at endpoint admitted in the background: it
-// admits it with backoff and re-admits it whenever it is removed (expiry,
-// revocation, renewal of our side); it stops when the overlay closes.
+// admits it with backoff until it answers, and from then on the session
+// rules keep it (never given up; admitted again whenever it is removed,
+// by expiry, revocation or failure detection, at the endpoint given
+// here); it stops when the overlay closes.
 func (o *Overlay) AddStaticPeer(endpoint netip.AddrPort) {
 	o.lifeMu.Lock()
 	defer o.lifeMu.Unlock()
@@ -322,8 +322,9 @@ func (o *Overlay) staticPeer(endpoint netip.AddrPort) {
 			}
 			continue
 		}
-		bo.reset()
-		for sleep(o.ctx, staticCheckInterval) && o.hasPeer(id.WireGuardKey) {
-		}
+		// Its key is known now: the session rules keep it from here,
+		// and never give it up.
+		o.want(id, []netip.AddrPort{endpoint}, true)
+		return
 	}
 }

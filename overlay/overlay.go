@@ -154,6 +154,11 @@ type Config struct {
 	// lock: they must be quick and must not call back into the Overlay.
 	OnAdmit  func(*cert.Identity)
 	OnRemove func(*cert.Identity)
+	// Probe checks a peer that failure detection declared suspect or dead
+	// through its tunnel (a ping over the overlay) and reports whether it
+	// answered; nil probes nothing (only traffic from the peer then keeps
+	// it). It runs in a goroutine of its own, at most a few at once.
+	Probe func(*cert.Identity) bool
 }
 
 // Overlay is a running node data plane. Methods are safe for concurrent use.
@@ -225,13 +230,18 @@ type Overlay struct {
 	peers   map[[32]byte]*peerEntry
 	// admissions counts admissions (peerEntry.gen); guarded by peersMu.
 	admissions uint64
-	// sessions owns every admitted peer's session (see sessions.go); exec
-	// runs its actions.
+	// sessions owns every peer's session (see sessions.go); exec runs
+	// its actions.
 	sessions *session.Table
 	exec     *sessionExec
-	byAddr   atomic.Pointer[addrTable]
-	changed  chan struct{} // poked when the peer table changes (revalidation timer)
-	lifeMu   sync.Mutex    // orders AddStaticPeer against Close
+	// wanted holds the peers Want named and the static peers whose key
+	// is known (guarded by wantMu); probe is Config.Probe.
+	wantMu  sync.Mutex
+	wanted  map[[32]byte]wantedPeer
+	probe   func(*cert.Identity) bool
+	byAddr  atomic.Pointer[addrTable]
+	changed chan struct{} // poked when the peer table changes (revalidation timer)
+	lifeMu  sync.Mutex    // orders AddStaticPeer against Close
 
 	statsFetch sync.Mutex // one device dump at a time for recentStats
 	statsMu    sync.Mutex // guards statsCache and statsAt
@@ -265,6 +275,8 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		log:            cfg.Logger,
 		onAdmit:        cfg.OnAdmit,
 		onRemove:       cfg.OnRemove,
+		probe:          cfg.Probe,
+		wanted:         make(map[[32]byte]wantedPeer),
 		now:            cfg.Now,
 		verify:         cfg.Verifier,
 		wgPriv:         cfg.WireGuardKey,

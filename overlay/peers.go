@@ -178,6 +178,13 @@ func (o *Overlay) stillValid(id *cert.Identity, now time.Time) bool {
 func (o *Overlay) removeLocked(e *peerEntry, why string) {
 	o.dropLocked(e, why)
 	o.sessions.Post(session.Key(e.key), session.Event{Kind: session.Forgotten})
+	if w, ok := o.wantedPeerOf(e.key); ok && w.persistent {
+		// A static peer is wanted again at once: its admission checks
+		// the certificate it has now (renewed, say).
+		o.sessions.Post(session.Key(e.key), session.Event{
+			Kind: session.Want, Initiates: session.Initiates(o.wgPub, e.key), Persistent: true,
+		})
+	}
 }
 
 // dropLocked takes e out of the peer table (the device follows through

@@ -217,11 +217,11 @@ func TestGivenUpSessionOfOlderAdmissionKeepsNewer(t *testing.T) {
 	current := a.peers[bKey]
 	a.peersMu.Unlock()
 	syncSessions(t, a)
-	a.exec.remove(bKey, "test: an older admission given up", current.gen-1)
+	a.exec.remove(bKey, "test: an older admission given up", session.Session{AdmitRef: current.gen - 1})
 	if !a.hasPeer(bKey) {
 		t.Fatal("giving up an older admission removed the newer admission")
 	}
-	a.exec.remove(bKey, "test: this admission given up", current.gen)
+	a.exec.remove(bKey, "test: this admission given up", session.Session{AdmitRef: current.gen})
 	if a.hasPeer(bKey) {
 		t.Fatal("giving up the current admission left its entry")
 	}

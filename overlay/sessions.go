@@ -35,33 +35,43 @@ import (
 // other at once the lower key. Its Admitted events say so through
 // Initiates.
 
-// sessionTimers are the session rules' timings as the overlay uses them:
-// a session that does not come up is given up once (MaxFailures 1), and
-// the peer is admitted again by whoever wanted it.
-func sessionTimers() session.Timers {
-	t := session.DefaultTimers()
-	t.MaxFailures = 1
-	return t
-}
+// sessionTimers are the session rules' timings as the overlay uses them.
+func sessionTimers() session.Timers { return session.DefaultTimers() }
 
 // sessionExec runs the session table's actions on the device. Its state
 // is used by the table's goroutine only.
 type sessionExec struct {
 	o *Overlay
 	// configured is the endpoint each peer in the device was given (its
-	// admitted one), and watch its session watch.
+	// admitted one), and watches their session watches.
 	configured map[[32]byte]netip.AddrPort
 	watches    map[[32]byte]*sessionWatch
+	// lastAdmitted is where each peer with a session was last admitted
+	// from (where it is admitted again if no Want named it); tries
+	// counts its admissions (which endpoint is next), admitting cancels
+	// the one that runs.
+	lastAdmitted map[[32]byte]netip.AddrPort
+	tries        map[[32]byte]int
+	admitting    map[[32]byte]context.CancelFunc
+	probeSlots   chan struct{}
 }
 
 func newSessionExec(o *Overlay) *sessionExec {
-	return &sessionExec{o: o, configured: map[[32]byte]netip.AddrPort{}, watches: map[[32]byte]*sessionWatch{}}
+	return &sessionExec{
+		o: o, configured: map[[32]byte]netip.AddrPort{}, watches: map[[32]byte]*sessionWatch{},
+		lastAdmitted: map[[32]byte]netip.AddrPort{}, tries: map[[32]byte]int{},
+		admitting: map[[32]byte]context.CancelFunc{}, probeSlots: make(chan struct{}, maxProbes),
+	}
 }
 
 // Execute runs one action of peer's session (see session.Executor).
 func (x *sessionExec) Execute(peer session.Key, a session.Action, s session.Session) {
 	key := [32]byte(peer)
 	switch a.Kind {
+	case session.Admit:
+		x.admitAction(key, s)
+	case session.CancelAdmit:
+		x.cancelAdmit(key)
 	case session.Configure:
 		x.configure(key, a)
 	case session.NewInitiation:
@@ -80,13 +90,20 @@ func (x *sessionExec) Execute(peer session.Key, a session.Action, s session.Sess
 		x.o.log.Debug("session not up in time; initiation sent again", "peer", shortKey(key))
 	case session.EnableKeepalive:
 		x.setDevice(key, fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", hex.EncodeToString(key[:]), PersistentKeepalive))
+	case session.Probe:
+		x.probe(key)
 	case session.Remove:
-		x.remove(key, a.Reason, s.AdmitRef)
-	default:
-		// Admit, CancelAdmit and Probe come only from events the overlay
-		// does not post (Want, Suspected).
-		x.o.log.Debug("session action not run by the overlay", "action", a.Kind.String(), "peer", shortKey(key))
+		x.remove(key, a.Reason, s)
 	}
+}
+
+// Forget drops what the executor kept of a peer whose session the table
+// dropped (see session.Forgetter).
+func (x *sessionExec) Forget(peer session.Key) {
+	key := [32]byte(peer)
+	x.cancelAdmit(key)
+	delete(x.lastAdmitted, key)
+	delete(x.tries, key)
 }
 
 // configure puts the admitted peer in the device: its host routes, and,
@@ -121,6 +138,7 @@ func (x *sessionExec) configure(key [32]byte, a session.Action) {
 		o.bind.forgetInitiation(old)
 	}
 	x.configured[key] = e.endpoint
+	x.lastAdmitted[key] = e.endpoint
 	x.arm(key, e.endpoint)
 	if a.Start && !a.Fresh {
 		// A try WireGuard made without an endpoint holds the next
@@ -159,17 +177,22 @@ func (x *sessionExec) newInitiation(key [32]byte) {
 }
 
 // remove takes the peer out of the device. A session given up by the
-// table (ref is the admission it was built on) also takes the peer's
-// entry out of the peer table, unless a newer admission replaced it.
-func (x *sessionExec) remove(key [32]byte, why string, ref uint64) {
+// table (s.AdmitRef names the admission it was built on) also takes the
+// peer's entry out of the peer table, unless a newer admission replaced
+// it; and a peer nobody wants (one that admitted this node, not named by
+// Want) is not admitted again from here: it is forgotten.
+func (x *sessionExec) remove(key [32]byte, why string, s session.Session) {
 	o := x.o
-	if ref != 0 {
+	if s.AdmitRef != 0 {
 		o.peersMu.Lock()
-		if e := o.peers[key]; e != nil && e.gen == ref {
+		if e := o.peers[key]; e != nil && e.gen == s.AdmitRef {
 			o.dropLocked(e, why)
 			o.publishLocked()
 		}
 		o.peersMu.Unlock()
+		if _, wanted := o.wantedPeerOf(key); !wanted && s.State != session.Gone {
+			o.sessions.Post(session.Key(key), session.Event{Kind: session.Forgotten})
+		}
 	}
 	x.setDevice(key, fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(key[:])))
 	if ep, ok := x.configured[key]; ok {

@@ -150,6 +150,9 @@ type Stats struct {
 	// sent again because the session had not come up in time (see the
 	// session rules, overlay/internal/session).
 	Restarted uint64
+	// Probes counts probes of peers that failure detection declared
+	// suspect or dead (see Suspect).
+	Probes uint64
 	// Throttled counts WireGuard transport datagrams from admitted peers
 	// dropped before decryption because the peer was over its budget (see
 	// SetBudgets).
@@ -176,6 +179,7 @@ type counters struct {
 	rateLimited, junk, halfOpenFull   atomic.Uint64
 	queueFull, timeouts, removedPeers atomic.Uint64
 	kicks                             atomic.Uint64
+	probes                            atomic.Uint64
 	rejected                          [numReasons]atomic.Uint64
 	refusalsSent, refusalsLimited     atomic.Uint64
 	refusedBy                         [numRefusalCodes]atomic.Uint64
@@ -202,6 +206,7 @@ func (o *Overlay) Stats() Stats {
 		StrangerLimited: o.bind.limited.Load(),
 		Throttled:       o.bind.throttled.Load(),
 		Restarted:       c.kicks.Load(),
+		Probes:          c.probes.Load(),
 		Rejected:        make(map[Reason]uint64),
 		RefusalsSent:    c.refusalsSent.Load(),
 		RefusalsLimited: c.refusalsLimited.Load(),

@@ -18,6 +18,13 @@ type Executor interface {
 	Execute(peer Key, a Action, s Session)
 }
 
+// Forgetter is an Executor that keeps state of its own per peer: Forget
+// is called, like Execute, when the Table drops a peer's session (it is
+// gone and nothing about it is to be remembered).
+type Forgetter interface {
+	Forget(peer Key)
+}
+
 // Clock is the time source of a Table; tests step it by hand.
 type Clock interface {
 	Now() time.Time
@@ -185,10 +192,12 @@ func (t *Table) step(peer Key, ev Event, now time.Time) {
 	t.mu.Lock()
 	s, known := t.sessions[peer]
 	next, acts := s.Next(ev, now, t.timers)
+	dropped := false
 	if next.State == Gone && (!next.Barred || !known) {
 		// Nothing to remember: a revocation of a peer never seen here
 		// has no admission under way to keep out.
 		delete(t.sessions, peer)
+		dropped = known
 	} else {
 		t.sessions[peer] = next
 	}
@@ -197,6 +206,9 @@ func (t *Table) step(peer Key, ev Event, now time.Time) {
 	t.mu.Unlock()
 	for _, a := range acts {
 		t.exec.Execute(peer, a, next)
+	}
+	if f, ok := t.exec.(Forgetter); ok && dropped {
+		f.Forget(peer)
 	}
 }
 
