@@ -104,6 +104,15 @@ func (x *sessionExec) Forget(peer session.Key) {
 	x.cancelAdmit(key)
 	delete(x.lastAdmitted, key)
 	delete(x.tries, key)
+	// A node given up (or removed) is wanted again only if Want names it
+	// again: a live member's record does (reconcile); a node gone for good
+	// leaves nothing behind. Static peers stay wanted.
+	o := x.o
+	o.wantMu.Lock()
+	if w, ok := o.wanted[key]; ok && !w.persistent {
+		delete(o.wanted, key)
+	}
+	o.wantMu.Unlock()
 }
 
 // configure puts the admitted peer in the device: its host routes, and,
