@@ -73,13 +73,15 @@ func BenchmarkGossipFabric(b *testing.B) {
 			var worst, base fabricTimes
 			for i := range b.N {
 				ft, bt := gossipRunIsolated(b, n)
-				b.Logf("N=%d run %d: fabric: full mesh (every pair with a WireGuard session) %.1fs after the first start using %.1f CPU-s, crashed node removed everywhere %.1fs, revocation everywhere %.2fs; memberlist alone: all know all %.1fs, killed member gone everywhere %.1fs",
-					n, i+1, ft.Mesh.Seconds(), ft.MeshCPU.Seconds(), ft.Removal.Seconds(), ft.Revocation.Seconds(), bt.Mesh.Seconds(), bt.Removal.Seconds())
+				b.Logf("N=%d run %d: fabric: full mesh (every pair with a WireGuard session) %.1fs after the first start using %.1f CPU-s, %.2f WireGuard initiations and %.2f admissions per pair; crashed node removed everywhere %.1fs, revocation everywhere %.2fs; memberlist alone: all know all %.1fs, killed member gone everywhere %.1fs",
+					n, i+1, ft.Mesh.Seconds(), ft.MeshCPU.Seconds(), ft.InitiationsPerPair, ft.AdmissionsPerPair, ft.Removal.Seconds(), ft.Revocation.Seconds(), bt.Mesh.Seconds(), bt.Removal.Seconds())
 				worst = worst.max(ft)
 				base = base.max(bt)
 			}
 			b.ReportMetric(worst.Mesh.Seconds(), "mesh-s")
 			b.ReportMetric(worst.MeshCPU.Seconds(), "mesh-cpu-s")
+			b.ReportMetric(worst.InitiationsPerPair, "wg-initiations/pair")
+			b.ReportMetric(worst.AdmissionsPerPair, "admissions/pair")
 			b.ReportMetric(worst.Removal.Seconds(), "crash-removed-s")
 			b.ReportMetric(worst.Revocation.Seconds(), "revocation-s")
 			b.ReportMetric(base.Mesh.Seconds(), "memberlist-mesh-s")
@@ -125,10 +127,17 @@ func gossipRunIsolated(b *testing.B, n int) (fabric, memberlistAlone fabricTimes
 // fabricTimes are one run's figures. MeshCPU is the CPU time (user and
 // system) the whole process spent from the first start to the full mesh:
 // every node's admissions, sessions and gossip, and the watcher's reads.
-type fabricTimes struct{ Mesh, Removal, Revocation, MeshCPU time.Duration }
+// InitiationsPerPair are the WireGuard handshake initiations all nodes
+// sent until the full mesh per pair of nodes (1.0: one handshake per
+// pair, none crossing, none retried), AdmissionsPerPair the admissions.
+type fabricTimes struct {
+	Mesh, Removal, Revocation, MeshCPU    time.Duration
+	InitiationsPerPair, AdmissionsPerPair float64
+}
 
 func (a fabricTimes) max(b fabricTimes) fabricTimes {
-	return fabricTimes{max(a.Mesh, b.Mesh), max(a.Removal, b.Removal), max(a.Revocation, b.Revocation), max(a.MeshCPU, b.MeshCPU)}
+	return fabricTimes{max(a.Mesh, b.Mesh), max(a.Removal, b.Removal), max(a.Revocation, b.Revocation), max(a.MeshCPU, b.MeshCPU),
+		max(a.InitiationsPerPair, b.InitiationsPerPair), max(a.AdmissionsPerPair, b.AdmissionsPerPair)}
 }
 
 // processCPU is the CPU time this process used so far.
@@ -159,6 +168,7 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	}
 	var nodes []*node.Node
 	crash := map[*node.Node]func() error{} // each node's crash (no leave notice)
+	var stats []func() overlay.Stats       // each node's overlay counters
 	defer func() { closeAll(nodes) }()
 	start, startCPU := time.Now(), processCPU(b)
 	for i := 1; i <= n; i++ {
@@ -181,6 +191,7 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 		}
 		nodes = append(nodes, x.Node)
 		crash[x.Node] = x.Crash
+		stats = append(stats, x.OverlayStats)
 	}
 	bound := 120 * time.Second
 	benchDiag = func() string {
@@ -223,6 +234,13 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	benchDiag = func() string { return "" }
 	mesh := time.Since(start)
 	meshCPU := processCPU(b) - startCPU
+	var initiations, admissions uint64
+	for _, st := range stats {
+		s := st()
+		initiations += s.Initiations
+		admissions += s.Completed // both ends count an admission
+	}
+	pairs := float64(n * (n - 1) / 2)
 
 	crashed := nodes[n-1]
 	crash[crashed]()
@@ -240,7 +258,8 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	}
 	others := append([]*node.Node{nodes[0]}, nodes[2:n-1]...)
 	benchWait(b, bound, func() string { return anyHas(others, revoked.Identity().Name) })
-	return fabricTimes{Mesh: mesh, Removal: removal, Revocation: time.Since(t0), MeshCPU: meshCPU}
+	return fabricTimes{Mesh: mesh, Removal: removal, Revocation: time.Since(t0), MeshCPU: meshCPU,
+		InitiationsPerPair: float64(initiations) / pairs, AdmissionsPerPair: float64(admissions) / 2 / pairs}
 }
 
 // anyHas names a node among nodes that still has the peer called name,

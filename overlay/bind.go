@@ -45,7 +45,9 @@ type divertBind struct {
 	budgets   atomic.Pointer[budgetTable]
 	budgetMu  sync.Mutex
 	throttled atomic.Uint64 // transport datagrams dropped by a budget
-	epoch     time.Time
+	// initiationsSent counts WireGuard handshake initiations sent.
+	initiationsSent atomic.Uint64
+	epoch           time.Time
 
 	// watches: the endpoints of peers whose session the session machine
 	// waits for (see sessionWatch); watchMu serializes its writers.
@@ -142,7 +144,9 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	if len(budgets) > 0 {
 		now = b.nanos()
 	}
-	var lastWatched netip.AddrPort // one watch update per endpoint run
+	// One watch lookup per run of datagrams from one endpoint.
+	var lastEp netip.AddrPort
+	var lastWatch *sessionWatch
 	for i := 0; i < n; i++ {
 		size := sizes[i]
 		if size <= 0 {
@@ -165,10 +169,12 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 						continue
 					}
 				}
-				if len(watches) > 0 && ep != lastWatched {
-					lastWatched = ep
-					if w := watches[ep]; w != nil {
-						w.seen()
+				if len(watches) > 0 {
+					if ep != lastEp {
+						lastEp, lastWatch = ep, watches[ep]
+					}
+					if lastWatch != nil {
+						lastWatch.seen(pkt)
 					}
 				}
 			}
@@ -220,12 +226,29 @@ func (b *divertBind) Close() error { return b.inner.Close() }
 func (b *divertBind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
 // Send forwards WireGuard traffic to the inner bind, keeping a copy of
-// each handshake initiation (the only 148-byte message of type 1; data
-// messages are only looked at for those two bytes).
+// each handshake initiation (the only 148-byte message of type 1) and
+// telling the session watch of the endpoint the sender index of each
+// initiation and response (the only 92-byte message of type 2); data
+// messages are only looked at for their first byte.
 func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	for _, buf := range bufs {
-		if len(buf) == device.MessageInitiationSize && buf[0] == device.MessageInitiationType {
-			b.recordInitiation(endpointAddr(ep), buf)
+		if len(buf) == 0 || buf[0] == messageTransport {
+			continue
+		}
+		initiation := len(buf) == device.MessageInitiationSize && buf[0] == device.MessageInitiationType
+		response := len(buf) == device.MessageResponseSize && buf[0] == device.MessageResponseType
+		if !initiation && !response {
+			continue
+		}
+		to := endpointAddr(ep)
+		if initiation {
+			b.initiationsSent.Add(1)
+			b.recordInitiation(to, buf)
+		}
+		if watches := *b.watches.Load(); len(watches) > 0 {
+			if w := watches[netip.AddrPortFrom(to.Addr().Unmap(), to.Port())]; w != nil {
+				w.sent(buf)
+			}
 		}
 	}
 	return b.inner.Send(bufs, ep)

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/aigrid/gridnet/overlay/handshake"
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 )
 
 // fakeBind delivers scripted batches, then net.ErrClosed.
@@ -381,22 +383,39 @@ func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
 	}
 }
 
+// wgMessage is a WireGuard message of type typ and size n whose index
+// field at off (sender or receiver) is idx.
+func wgMessage(typ byte, n, off int, idx uint32) []byte {
+	p := make([]byte, n)
+	p[0] = typ
+	binary.LittleEndian.PutUint32(p[off:off+4], idx)
+	return p
+}
+
 // A session watch reports, once per arming, the first handshake response
-// or transport message from its endpoint: not initiations, not other
-// endpoints, not after unwatch.
+// or transport message from its endpoint on the session of this node's
+// latest initiation or response: not initiations, not messages on other
+// sessions, not other endpoints, not after unwatch.
 func TestSessionWatch(t *testing.T) {
 	watched := netip.MustParseAddrPort("127.0.0.1:1000")
 	other := netip.MustParseAddrPort("127.0.0.1:2000")
-	initiation := wgPacket(0, 148)
-	initiation[0] = 1
-	response := wgPacket(0, 92)
-	response[0] = messageResponse
+	const ours, theirs, stale = 11, 22, 33
+	sentInit := wgMessage(1, device.MessageInitiationSize, 4, ours)
+	sentResp := wgMessage(2, device.MessageResponseSize, 4, ours+1)
 	batches := [][]fakePacket{
-		{{initiation, watched}, {wgPacket(1, 64), other}},
-		{{response, watched}},
-		{{wgPacket(2, 64), watched}, {wgPacket(3, 64), watched}},
-		{{wgPacket(4, 64), watched}},
-		{{wgPacket(5, 64), watched}},
+		// an initiation from it, transport on our index from another
+		// endpoint, transport on a stale session and a response to
+		// another handshake from it
+		{{wgMessage(1, device.MessageInitiationSize, 4, theirs), watched}, {wgMessage(4, 64, 4, ours), other},
+			{wgMessage(4, 64, 4, stale), watched}, {wgMessage(2, device.MessageResponseSize, 8, stale), watched}},
+		// the response to our initiation
+		{{wgMessage(2, device.MessageResponseSize, 8, ours), watched}},
+		// transport on our session, not armed
+		{{wgMessage(4, 64, 4, ours), watched}},
+		// stale, then on the session of our response (armed again)
+		{{wgMessage(4, 64, 4, stale), watched}, {wgMessage(4, 64, 4, ours+1), watched}},
+		// after unwatch
+		{{wgMessage(4, 64, 4, ours), watched}},
 	}
 	var junk atomic.Uint64
 	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
@@ -409,22 +428,29 @@ func TestSessionWatch(t *testing.T) {
 	var ups []([32]byte)
 	w := &sessionWatch{key: [32]byte{7}, up: func(k [32]byte) { ups = append(ups, k) }}
 	b.watchEndpoint(watched, w)
-	fns[0](bufs, sizes, eps) // an initiation from it, transport from another
+	to := &conn.StdNetEndpoint{AddrPort: watched}
+	if err := b.Send([][]byte{sentInit}, to); err != nil {
+		t.Fatal(err)
+	}
+	fns[0](bufs, sizes, eps)
 	if len(ups) != 0 {
-		t.Fatal("watch fired on an initiation or on another endpoint")
+		t.Fatal("watch fired on an initiation, another endpoint or another session")
 	}
-	fns[0](bufs, sizes, eps) // the response to this side's initiation
+	fns[0](bufs, sizes, eps)
 	if len(ups) != 1 || ups[0] != w.key {
-		t.Fatalf("watch reported %v after a handshake response, want one report of its key", ups)
+		t.Fatalf("watch reported %v after the response to its initiation, want one report of its key", ups)
 	}
-	fns[0](bufs, sizes, eps) // transport, not armed
+	fns[0](bufs, sizes, eps)
 	if len(ups) != 1 {
 		t.Fatal("watch fired again without being armed")
 	}
-	b.watchEndpoint(watched, w) // armed again (a kick)
+	b.watchEndpoint(watched, w) // armed again
+	if err := b.Send([][]byte{sentResp}, to); err != nil {
+		t.Fatal(err)
+	}
 	fns[0](bufs, sizes, eps)
 	if len(ups) != 2 {
-		t.Fatal("armed watch missed a transport message from its endpoint")
+		t.Fatal("armed watch missed transport on the session of its response")
 	}
 	b.watchEndpoint(watched, w)
 	b.unwatchEndpoint(watched, w)

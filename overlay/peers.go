@@ -185,8 +185,30 @@ func (o *Overlay) refreshEndpoints() {
 		return
 	}
 	o.peersMu.Lock()
-	defer o.peersMu.Unlock()
 	o.publishEndpointsLocked(st)
+	o.peersMu.Unlock()
+	o.checkSessions(st, time.Now())
+}
+
+// checkSessions is the safety net under the session watch, which is a
+// hint: a peer whose session has been up for longer than SessionSetup by
+// the session rules but that has no live WireGuard session in the device
+// (no handshake, or none within WireGuard's 180 s key lifetime, although
+// keepalives keep a working session's keys fresh) is suspected, so that
+// it is probed and, if nothing comes, removed and admitted again. It
+// reads the device dump the revalidation tick takes anyway.
+func (o *Overlay) checkSessions(st map[[32]byte]*wgPeerStats, now time.Time) {
+	for key, ps := range st {
+		if !ps.lastHandshake.IsZero() && now.Sub(ps.lastHandshake) < sessionFresh {
+			continue
+		}
+		s := o.sessions.Get(session.Key(key))
+		if s.State == session.Up && now.Sub(s.UpAt) > o.timers.SessionSetup {
+			o.stats.sessionsLost.Add(1)
+			o.log.Info("session up by the rules but not in WireGuard; checking the peer", "peer", shortKey(key))
+			o.sessions.Post(session.Key(key), session.Event{Kind: session.Suspected})
+		}
+	}
 }
 
 // hasPeer reports whether key is currently admitted.

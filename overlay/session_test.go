@@ -325,3 +325,37 @@ func TestKickRepeatsInitiation(t *testing.T) {
 		t.Fatal("kicks not counted")
 	}
 }
+
+// TestLostSessionIsChecked: a session that is up by the session rules but
+// that WireGuard no longer has (here its keys vanish from the device, and
+// nothing on the session's indices comes) is found by the periodic
+// check, probed, and the peer removed; wanted again, it is back with a
+// working session.
+func TestLostSessionIsChecked(t *testing.T) {
+	f, a, b := admittedPair(t)
+	bKey := peerOf(t, f, b).Static
+	awaitSession(t, a, bKey, time.Time{}, time.Now().Add(sessionTimeout), "no session after admission")
+	syncSessions(t, a)
+	// a's device loses b's keys and endpoint; what b then sends on the
+	// session names indices a no longer holds.
+	forgetSessionEndpoint(t, a, b, bKey, false)
+	syncSessions(t, a)
+	if w := a.exec.watches[bKey]; w != nil {
+		w.sentInit.Store(0)
+		w.sentResp.Store(0)
+	}
+	st, err := a.wgStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.checkSessions(st, time.Now().Add(a.timers.SessionSetup+time.Second))
+	if a.Stats().SessionsLost != 1 {
+		t.Fatalf("SessionsLost = %d, want 1", a.Stats().SessionsLost)
+	}
+	waitFor(t, sessionTimeout, "the peer without a session removed", func() bool { return !a.HasPeer(bKey) })
+	a.Want(peerOf(t, f, b).Identity, []netip.AddrPort{b.ep})
+	waitFor(t, sessionTimeout, "admitted again", func() bool { return a.HasPeer(bKey) })
+	if err := exchange(t, a, b, 7004, []byte("after the check"), exchangeTimeout); err != nil {
+		t.Fatalf("traffic after the check: %v", err)
+	}
+}

@@ -117,7 +117,8 @@ func (x *sessionExec) Forget(peer session.Key) {
 
 // configure puts the admitted peer in the device: its host routes, and,
 // if this side starts the session, its endpoint and a keepalive (which
-// sends the initiation); a.Fresh drops what the device had of it first.
+// sends the initiation); a.Fresh with a.Start drops what the device had
+// of it first.
 func (x *sessionExec) configure(key [32]byte, a session.Action) {
 	o := x.o
 	o.peersMu.Lock()
@@ -128,7 +129,12 @@ func (x *sessionExec) configure(key [32]byte, a session.Action) {
 	}
 	hk := hex.EncodeToString(key[:])
 	var b strings.Builder
-	if a.Fresh {
+	if a.Fresh && a.Start {
+		// The peer restarted or lost the session: drop what the device
+		// holds of it, so that the keepalive below starts a new one. The
+		// side that does not start keeps its state: the starter's new
+		// initiation replaces it, and dropping it could drop the answer
+		// to that initiation after it was sent.
 		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hk)
 	}
 	fmt.Fprintf(&b, "public_key=%s\nreplace_allowed_ips=true\n", hk)
@@ -214,8 +220,8 @@ func (x *sessionExec) remove(key [32]byte, why string, s session.Session) {
 	delete(x.watches, key)
 }
 
-// arm makes the Bind report the peer's next handshake response or
-// transport message from ep as its session coming up.
+// arm makes the Bind report the peer's session up at the next handshake
+// response or transport message from ep on it (see sessionWatch).
 func (x *sessionExec) arm(key [32]byte, ep netip.AddrPort) {
 	w := x.watches[key]
 	if w == nil {

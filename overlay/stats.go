@@ -150,6 +150,14 @@ type Stats struct {
 	// sent again because the session had not come up in time (see the
 	// session rules, overlay/internal/session).
 	Restarted uint64
+	// Initiations counts the WireGuard handshake initiations this node
+	// sent: the first of each session, kicks, WireGuard's own retries and
+	// rekeys.
+	Initiations uint64
+	// SessionsLost counts sessions that were up by the session rules but
+	// not in WireGuard when the periodic check looked (see checkSessions);
+	// each is then probed like a suspected peer.
+	SessionsLost uint64
 	// Probes counts probes of peers that failure detection declared
 	// suspect or dead (see Suspect).
 	Probes uint64
@@ -180,6 +188,7 @@ type counters struct {
 	queueFull, timeouts, removedPeers atomic.Uint64
 	kicks                             atomic.Uint64
 	probes                            atomic.Uint64
+	sessionsLost                      atomic.Uint64
 	rejected                          [numReasons]atomic.Uint64
 	refusalsSent, refusalsLimited     atomic.Uint64
 	refusedBy                         [numRefusalCodes]atomic.Uint64
@@ -205,8 +214,10 @@ func (o *Overlay) Stats() Stats {
 		Removed:         c.removedPeers.Load(),
 		StrangerLimited: o.bind.limited.Load(),
 		Throttled:       o.bind.throttled.Load(),
+		Initiations:     o.bind.initiationsSent.Load(),
 		Restarted:       c.kicks.Load(),
 		Probes:          c.probes.Load(),
+		SessionsLost:    c.sessionsLost.Load(),
 		Rejected:        make(map[Reason]uint64),
 		RefusalsSent:    c.refusalsSent.Load(),
 		RefusalsLimited: c.refusalsLimited.Load(),

@@ -1,35 +1,79 @@
 package overlay
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/device"
 )
 
 // messageResponse is WireGuard's handshake-response message type.
 const messageResponse = 2
 
 // sessionWatch tells the session machine that a peer's pending session
-// came up, without reading the device: the Bind looks at every WireGuard
-// datagram from the peer's admitted endpoint, and the first handshake
-// response or transport message after the watch was armed means the
-// session is up (the starter gets the response to its initiation, the
-// other side the keepalive the starter sends once it has its keys). It
-// is a hint read before decryption; a forged one can only end a wait for
-// a session early, and the session is then judged by its traffic like
-// any other (WireGuard keeps retrying its handshake on its own).
+// came up, without reading the device. The Bind notes the sender index of
+// every WireGuard handshake initiation and response this node sends to
+// the peer's admitted endpoint (the index the peer puts in what it sends
+// back on the session they make), and reports the session up at the first
+// handshake response or transport message from that endpoint that names
+// the index of this node's latest initiation or response: the starter
+// gets the response to its initiation, the other side the keepalive the
+// starter sends once it has its keys. A message on an older session (the
+// peer sending on keys this node dropped or never had) names another
+// index and proves nothing: the peer may be alive, but the session is
+// not. A suspected peer is judged the same way, on its current session
+// (a rekey's handshake goes through here too).
+//
+// It is a hint read before decryption. Faking it takes a sender on the
+// path who sees the indices; it can only end a wait for a session early,
+// and WireGuard keeps retrying its handshake on its own.
 type sessionWatch struct {
 	key   [32]byte
 	armed atomic.Bool
+	// sentInit and sentResp are the sender indices of the last handshake
+	// initiation and response sent to the endpoint, with bit 32 set
+	// (zero: none).
+	sentInit, sentResp atomic.Uint64
 	// up is called, from the Bind's receive path, once per arming.
 	up func(key [32]byte)
 }
 
+// sent notes an outgoing handshake message to the watched endpoint.
+func (w *sessionWatch) sent(pkt []byte) {
+	switch {
+	case len(pkt) == device.MessageInitiationSize && pkt[0] == device.MessageInitiationType:
+		w.sentInit.Store(1<<32 | uint64(binary.LittleEndian.Uint32(pkt[4:8])))
+	case len(pkt) == device.MessageResponseSize && pkt[0] == device.MessageResponseType:
+		w.sentResp.Store(1<<32 | uint64(binary.LittleEndian.Uint32(pkt[4:8])))
+	}
+}
+
 // seen is called for a handshake response or transport message from the
 // watched endpoint. Unarmed, it is one atomic load.
-func (w *sessionWatch) seen() {
-	if w.armed.Load() && w.armed.CompareAndSwap(true, false) {
+func (w *sessionWatch) seen(pkt []byte) {
+	if !w.armed.Load() || !w.answers(pkt) {
+		return
+	}
+	if w.armed.CompareAndSwap(true, false) {
 		w.up(w.key)
 	}
+}
+
+// answers reports whether pkt is on the session of this node's latest
+// handshake with the peer.
+func (w *sessionWatch) answers(pkt []byte) bool {
+	var receiver uint32
+	switch {
+	case pkt[0] == messageResponse && len(pkt) == device.MessageResponseSize:
+		receiver = binary.LittleEndian.Uint32(pkt[8:12])
+		return w.sentInit.Load() == 1<<32|uint64(receiver)
+	case pkt[0] == messageTransport && len(pkt) >= device.MessageTransportHeaderSize:
+		receiver = binary.LittleEndian.Uint32(pkt[4:8])
+		r := 1<<32 | uint64(receiver)
+		return w.sentInit.Load() == r || w.sentResp.Load() == r
+	}
+	return false
 }
 
 // watchTable is an immutable endpoint → watch index, swapped whole.
