@@ -103,6 +103,19 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // side may change its mind (a renewed certificate, a rate limit that
 // passed).
 func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Identity, error) {
+	return o.admitAt(ctx, endpoint, nil)
+}
+
+// errOtherNode: the node that answered at an endpoint is not the one the
+// admission was for (see admitAt).
+var errOtherNode = errors.New("another node answers at the endpoint")
+
+// admitAt is Admit; with expect set, it admits only the node with that
+// WireGuard key: another node answering at the endpoint (an address
+// reused, or an insider's record naming another member's endpoint) gets
+// no msg3 and keeps its session here untouched, and errOtherNode is
+// returned at once.
+func (o *Overlay) admitAt(ctx context.Context, endpoint netip.AddrPort, expect *[32]byte) (*cert.Identity, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(o.ctx, cancel)
@@ -111,9 +124,12 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 	wait := AttemptTimeout
 	var refused *RefusedError // the last refusal, for the final error
 	for {
-		id, err := o.attempt(ctx, endpoint, wait)
+		id, err := o.attempt(ctx, endpoint, wait, expect)
 		if err == nil {
 			return id, nil
+		}
+		if errors.Is(err, errOtherNode) {
+			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, err)
 		}
 		if errors.Is(err, errAttemptTimeout) {
 			// A loaded responder answers late, and a late msg2 no longer
@@ -145,7 +161,7 @@ func (o *Overlay) Admit(ctx context.Context, endpoint netip.AddrPort) (*cert.Ide
 
 // attempt is one initiator handshake. Retryable failures are returned as
 // plain errors, refusals as *RejectError.
-func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait time.Duration) (*cert.Identity, error) {
+func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait time.Duration, expect *[32]byte) (*cert.Identity, error) {
 	ch := make(chan inboundPacket, 1)
 	o.hsMu.Lock()
 	idx := o.newIndexLocked()
@@ -242,14 +258,14 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 				}
 				continue
 			}
-			return o.complete(ctx, init, in, ch, endpoint, time.Since(sent))
+			return o.complete(ctx, init, in, ch, endpoint, time.Since(sent), expect)
 		}
 	}
 }
 
 // complete verifies msg2 (which took rtt to come), admits the responder and
 // sends msg3; a refusal of msg3 comes on ch.
-func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, ch <-chan inboundPacket, endpoint netip.AddrPort, rtt time.Duration) (*cert.Identity, error) {
+func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in inboundPacket, ch <-chan inboundPacket, endpoint netip.AddrPort, rtt time.Duration, expect *[32]byte) (*cert.Identity, error) {
 	m, err := handshake.ParseMessage(in.pkt)
 	if err != nil {
 		o.stats.junk.Add(1)
@@ -263,6 +279,9 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		}
 		o.sendRefusal(err, endpoint, init.Refusal)
 		return nil, rej
+	}
+	if expect != nil && peer.Static != *expect {
+		return nil, fmt.Errorf("%w (%q)", errOtherNode, peer.Identity.Name)
 	}
 	if err := o.admit(peer, endpoint, false, rtt); err != nil {
 		o.sendRefusal(err, endpoint, init.Refusal)

@@ -103,6 +103,9 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 	o.sessions.Post(session.Key(p.Static), session.Event{
 		Kind: session.Admitted, Initiates: !start, Responder: start, RTT: rtt, Ref: e.gen,
 	})
+	if w, ok := o.wantedPeerOf(p.Static); ok && w.persistent {
+		o.postWant(p.Static, true) // a session that began as Gone: keep it for ever
+	}
 	if exists && old.id.Fingerprint == id.Fingerprint && old.endpoint == endpoint && now.Sub(old.admittedAt) < o.timers.Kick {
 		// The second handshake of two nodes admitting each other at once
 		// (each has the other as a static peer): the same certificate from
@@ -131,9 +134,7 @@ func (o *Overlay) removeLocked(e *peerEntry, why string) {
 	if w, ok := o.wantedPeerOf(e.key); ok && w.persistent {
 		// A static peer is wanted again at once: its admission checks
 		// the certificate it has now (renewed, say).
-		o.sessions.Post(session.Key(e.key), session.Event{
-			Kind: session.Want, Initiates: session.Initiates(o.wgPub, e.key), Persistent: true,
-		})
+		o.postWant(e.key, true)
 	}
 }
 

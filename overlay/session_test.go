@@ -216,13 +216,10 @@ func TestGivenUpSessionOfOlderAdmissionKeepsNewer(t *testing.T) {
 	a.peersMu.Lock()
 	current := a.peers[bKey]
 	a.peersMu.Unlock()
-	syncSessions(t, a)
-	a.exec.remove(bKey, "test: an older admission given up", session.Session{AdmitRef: current.gen - 1})
-	if !a.hasPeer(bKey) {
+	if a.dropAdmission(bKey, current.gen-1, "test: an older admission given up", false) || !a.hasPeer(bKey) {
 		t.Fatal("giving up an older admission removed the newer admission")
 	}
-	a.exec.remove(bKey, "test: this admission given up", session.Session{AdmitRef: current.gen})
-	if a.hasPeer(bKey) {
+	if !a.dropAdmission(bKey, current.gen, "test: this admission given up", false) || a.hasPeer(bKey) {
 		t.Fatal("giving up the current admission left its entry")
 	}
 }

@@ -111,6 +111,8 @@ func (x *sessionExec) Forget(peer session.Key) {
 	o.wantMu.Lock()
 	if w, ok := o.wanted[key]; ok && !w.persistent {
 		delete(o.wanted, key)
+	} else if ok {
+		o.postWant(key, true) // a static peer is never given up
 	}
 	o.wantMu.Unlock()
 }
@@ -151,6 +153,9 @@ func (x *sessionExec) configure(key [32]byte, a session.Action) {
 	}
 	if old, ok := x.configured[key]; ok && old != e.endpoint {
 		o.bind.forgetInitiation(old)
+		if w := x.watches[key]; w != nil {
+			o.bind.unwatchEndpoint(old, w)
+		}
 	}
 	x.configured[key] = e.endpoint
 	x.lastAdmitted[key] = e.endpoint
@@ -199,15 +204,7 @@ func (x *sessionExec) newInitiation(key [32]byte) {
 func (x *sessionExec) remove(key [32]byte, why string, s session.Session) {
 	o := x.o
 	if s.AdmitRef != 0 {
-		o.peersMu.Lock()
-		if e := o.peers[key]; e != nil && e.gen == s.AdmitRef {
-			o.dropLocked(e, why)
-			o.publishLocked()
-		}
-		o.peersMu.Unlock()
-		if _, wanted := o.wantedPeerOf(key); !wanted && s.State != session.Gone {
-			o.sessions.Post(session.Key(key), session.Event{Kind: session.Forgotten})
-		}
+		o.dropAdmission(key, s.AdmitRef, why, s.State != session.Gone)
 	}
 	x.setDevice(key, fmt.Sprintf("public_key=%s\nremove=true\n", hex.EncodeToString(key[:])))
 	if ep, ok := x.configured[key]; ok {
@@ -218,6 +215,26 @@ func (x *sessionExec) remove(key [32]byte, why string, s session.Session) {
 	}
 	delete(x.configured, key)
 	delete(x.watches, key)
+}
+
+// dropAdmission takes the peer admitted by admission ref out of the peer
+// table, unless a newer admission replaced it, and reports whether it
+// did. forget: if nobody wants the peer (it admitted this node, no Want
+// named it), its session is forgotten too rather than retried from here;
+// posted under peersMu, so that it comes before any newer admission.
+func (o *Overlay) dropAdmission(key [32]byte, ref uint64, why string, forget bool) bool {
+	o.peersMu.Lock()
+	defer o.peersMu.Unlock()
+	e := o.peers[key]
+	if e == nil || e.gen != ref {
+		return false
+	}
+	o.dropLocked(e, why)
+	o.publishLocked()
+	if _, wanted := o.wantedPeerOf(key); forget && !wanted {
+		o.sessions.Post(session.Key(key), session.Event{Kind: session.Forgotten})
+	}
+	return true
 }
 
 // arm makes the Bind report the peer's session up at the next handshake
@@ -296,6 +313,7 @@ func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <
 					o.publishLocked()
 				}
 				o.peersMu.Unlock()
+				o.deviceCaughtUp() // gone from the device when Admit returns
 				return err
 			}
 		case <-ctx.Done():

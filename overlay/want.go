@@ -38,10 +38,8 @@ func (o *Overlay) want(id *cert.Identity, endpoints []netip.AddrPort, persistent
 	old, had := o.wanted[key]
 	persistent = persistent || (had && old.persistent)
 	o.wanted[key] = wantedPeer{id: id, endpoints: slices.Clone(endpoints), persistent: persistent}
+	o.postWant(key, persistent)
 	o.wantMu.Unlock()
-	o.sessions.Post(session.Key(key), session.Event{
-		Kind: session.Want, Initiates: session.Initiates(o.wgPub, key), Persistent: persistent,
-	})
 }
 
 // Suspect tells the overlay that failure detection declared the peer with
@@ -54,11 +52,15 @@ func (o *Overlay) Suspect(key [32]byte) {
 }
 
 // PeerLeft removes the peer with WireGuard key key, which signed its
-// leave, at once, and wants it no more (until Want names it again). The
-// device no longer has it when PeerLeft returns.
+// leave, at once, and wants it no more (until Want names it again) unless
+// it is a static peer: that one is admitted again once it is back (a
+// restart). The device no longer has it when PeerLeft returns.
 func (o *Overlay) PeerLeft(key [32]byte) {
 	o.wantMu.Lock()
-	delete(o.wanted, key)
+	w, wanted := o.wanted[key]
+	if !w.persistent {
+		delete(o.wanted, key)
+	}
 	o.wantMu.Unlock()
 	o.peersMu.Lock()
 	if e := o.peers[key]; e != nil {
@@ -66,8 +68,18 @@ func (o *Overlay) PeerLeft(key [32]byte) {
 		o.publishLocked()
 	}
 	o.sessions.Post(session.Key(key), session.Event{Kind: session.Left})
+	if wanted && w.persistent {
+		o.postWant(key, true)
+	}
 	o.peersMu.Unlock()
 	o.deviceCaughtUp()
+}
+
+// postWant posts Want for key (the caller checked it is wanted).
+func (o *Overlay) postWant(key [32]byte, persistent bool) {
+	o.sessions.Post(session.Key(key), session.Event{
+		Kind: session.Want, Initiates: session.Initiates(o.wgPub, key), Persistent: persistent,
+	})
 }
 
 // KeysNamed returns the WireGuard keys of the admitted or wanted peers
@@ -141,18 +153,19 @@ func (x *sessionExec) admitAction(key [32]byte, s session.Session) {
 	go func() {
 		defer o.wg.Done()
 		defer cancel()
-		id, err := o.Admit(ctx, ep)
+		// Only the wanted node is admitted. A static peer (persistent)
+		// is wanted by its endpoint: a node set up again there with new
+		// keys is admitted and takes the want over.
+		var expect *[32]byte
+		if w, ok := o.wantedPeerOf(key); !ok || !w.persistent {
+			expect = &key
+		}
+		id, err := o.admitAt(ctx, ep, expect)
 		if err == nil && id.WireGuardKey != key {
-			// Another node answers at this endpoint now (a static peer
-			// that was set up again with new keys): that one is admitted,
-			// and it takes over a persistent want.
-			if w, ok := o.wantedPeerOf(key); ok && w.persistent {
-				o.unwant(key)
-				o.want(id, []netip.AddrPort{ep}, true)
-				o.sessions.Post(session.Key(key), session.Event{Kind: session.Forgotten})
-				return
-			}
-			err = errors.New("another node answers at the endpoint")
+			o.unwant(key)
+			o.want(id, []netip.AddrPort{ep}, true)
+			o.sessions.Post(session.Key(key), session.Event{Kind: session.Forgotten})
+			return
 		}
 		// A cancelled try is the session rules' doing, and a session that
 		// did not come after the admission is theirs to judge: only a

@@ -120,3 +120,59 @@ func TestWantBothSides(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStaticPeerBackAfterLeave: a static peer that signed its leave (a
+// restart) is removed at once and admitted again once it answers.
+func TestStaticPeerBackAfterLeave(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	bKey := peerOf(t, f, b).Static
+	a.AddStaticPeer(b.ep)
+	waitFor(t, sessionTimeout, "the static peer admitted", func() bool { return a.HasPeer(bKey) })
+	a.PeerLeft(bKey)
+	if a.HasPeer(bKey) {
+		t.Fatal("a static peer that left is still admitted")
+	}
+	waitFor(t, sessionTimeout, "the static peer admitted again", func() bool { return a.HasPeer(bKey) })
+	if err := exchange(t, a, b, 7202, []byte("static again"), exchangeTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWantedEndpointOfAnotherNode: a record that names another node's
+// endpoint (an address reused, or an insider's lie) does not get that
+// node admitted again, nor its working session restarted.
+func TestWantedEndpointOfAnotherNode(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t, "corp.example")
+	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
+	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
+	admit(t, a, b)
+	bKey := peerOf(t, f, b).Static
+	awaitSession(t, a, bKey, time.Time{}, time.Now().Add(sessionTimeout), "no session after admission")
+	st, err := a.wgStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := st[bKey].lastHandshake
+	completed := b.Stats().Completed
+	m := newKeys(t)
+	liar, err := f.pool.VerifyDER(f.issue("m", m, "100.64.0.3", time.Hour).Raw, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Want(liar, []netip.AddrPort{b.ep})
+	// Long enough for a yield, a try, and a retry after its backoff.
+	time.Sleep(4 * time.Second)
+	if got := b.Stats().Completed; got != completed {
+		t.Fatalf("b completed %d admissions for a record naming its endpoint", got-completed)
+	}
+	if st, err = a.wgStats(); err != nil || !st[bKey].lastHandshake.Equal(first) {
+		t.Fatalf("b's session was restarted for a record naming its endpoint: %v", err)
+	}
+	if a.HasPeer(m.wgPub) {
+		t.Fatal("a node that never answered is admitted")
+	}
+}
