@@ -24,8 +24,11 @@ import (
 // bytes received; and it carries a TCP segment with payload whose flags are
 // ACK, or ACK and PSH (never SYN, FIN, RST, URG, ECE or CWR). A candidate is
 // appended to the open merge of its flow (same addresses and ports) when:
-//   - its sequence number is the next one expected (no gap, no overlap:
-//     out-of-order and retransmitted segments are never merged);
+//   - its sequence number is the next one expected (no gap, no overlap).
+//     A segment that breaks the sequence of its flow's open merge (out of
+//     order, or a retransmission) is passed on alone; it does not start a
+//     merge either. Order is judged within the batch: the first segment of
+//     a flow in a batch may start a merge whatever it follows;
 //   - its IP header matches the first segment's (IPv4: TOS, flags and
 //     fragment field, TTL; IPv6: traffic class, flow label, hop limit) and
 //     so does its TCP header apart from the sequence number and checksum:
@@ -222,14 +225,20 @@ func (g *groBatch) plan(pkts [][]byte, offset int) {
 			}
 		case groCandidate:
 			f := g.find(pkts, offset, p, s.ipLen)
-			if f >= 0 {
-				if g.add(f, pkts[g.flows[f].head][offset:], p, s, i) {
-					continue
-				}
-				g.flush(f)
+			if f < 0 {
+				g.open(i, s)
+				continue
 			}
-			g.open(i, s)
-			continue
+			if g.add(f, pkts[g.flows[f].head][offset:], p, s, i) {
+				continue
+			}
+			inOrder := s.seq == g.flows[f].nextSeq
+			g.flush(f)
+			if inOrder {
+				g.open(i, s)
+				continue
+			}
+			// Out of order or retransmitted: passed on alone.
 		}
 		g.out[g.nout] = int16(i)
 		g.nout++

@@ -243,7 +243,7 @@ func (s *tcpSplitter) next(dst []byte) int {
 // directly; this is the same code on a flat buffer.
 func splitSegment(seg []byte, mss int, out [][]byte, sizes []int, offset int) (int, bool) {
 	var s tcpSplitter
-	if !s.start(byteCursor{flat: seg}, len(seg), mss, len(seg)) {
+	if !s.start(byteCursor{flat: seg}, len(seg), mss, mss+ipv4MaxHeaderLen+tcpMaxHeaderLen) {
 		return 0, false
 	}
 	k := 0
