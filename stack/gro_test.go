@@ -32,6 +32,9 @@ func coalesce(pkts [][]byte, offset int) (out [][]byte, members [][]int) {
 
 // flowKey is a packet's addresses and ports (or "other" for non-TCP).
 func flowKey(p []byte) string {
+	if len(p) < 40 || (p[0]>>4 != 4 && p[0]>>4 != 6) {
+		return "other"
+	}
 	ipLen, v6 := refIPLen(p)
 	if len(p) < ipLen+4 || (v6 && p[6] != 6) || (!v6 && p[9] != 6) {
 		return "other"
