@@ -192,6 +192,10 @@ func (s *tcpSplitter) start(src byteCursor, size, mss, maxPkt int) bool {
 	return true
 }
 
+// packets returns the number of packets the segment started last splits
+// into.
+func (s *tcpSplitter) packets() int { return max(1, (s.left+s.mss-1)/s.mss) }
+
 // next writes the next packet into dst and returns its length. When dst is
 // too small the packet is skipped and next returns 0. Once the last packet
 // is out, busy is false.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -81,6 +82,8 @@ type netstackDev struct {
 	rmu   sync.Mutex  // serializes Read: split holds a segment across calls
 	split tcpSplitter // guarded by rmu
 
+	stats offloadStats
+
 	ctx    context.Context // done once Close starts
 	cancel context.CancelFunc
 
@@ -91,6 +94,15 @@ type netstackDev struct {
 }
 
 var _ tun.Device = (*netstackDev)(nil)
+
+// offloadStats counts the work of the offload paths, added to once per
+// Read or Write call.
+type offloadStats struct {
+	splitSegments atomic.Uint64 // segments larger than one packet, split by Read
+	splitPackets  atomic.Uint64 // packets cut from them
+	merges        atomic.Uint64 // merged segments injected by Write
+	mergedPackets atomic.Uint64 // packets that went into them
+}
 
 // newNetstackDev creates the gVisor stack, gives its NIC the node addresses
 // (as /32 and /128) and routes everything of their families to it. offload
@@ -181,12 +193,15 @@ func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 	for start := 0; start < len(bufs); start += groWindow {
 		end := min(start+groWindow, len(bufs))
 		var err error
+		empty := 0
 		for i := start; i < end; i++ {
 			if offset < 0 || offset > len(bufs[i]) {
 				end, err = i, syscall.EINVAL
 				break
 			}
-			if v := ipVersion(bufs[i][offset:]); v != 4 && v != 6 && len(bufs[i]) > offset {
+			if len(bufs[i]) == offset {
+				empty++
+			} else if v := ipVersion(bufs[i][offset:]); v != 4 && v != 6 {
 				end, err = i, syscall.EAFNOSUPPORT
 				break
 			}
@@ -198,6 +213,7 @@ func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 			}
 		} else {
 			g.plan(win, offset)
+			merges := 0
 			for j := range g.nout {
 				if !g.merged(j) {
 					d.inject(win[g.out[j]][offset:])
@@ -206,6 +222,11 @@ func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 				v := buffer.NewViewSize(g.size(win, offset, j))
 				g.build(v.AsSlice(), win, offset, j)
 				d.injectBuffer(buffer.MakeWithView(v), win[g.out[j]][offset])
+				merges++
+			}
+			if merges > 0 {
+				d.stats.merges.Add(uint64(merges))
+				d.stats.mergedPackets.Add(uint64(len(win) - empty - g.nout + merges))
 			}
 		}
 		if err != nil {
@@ -286,6 +307,10 @@ func (d *netstackDev) take(pkt *gstack.PacketBuffer, bufs [][]byte, sizes []int,
 		return k
 	}
 	d.split.pkt = pkt
+	if n := d.split.packets(); n > 1 {
+		d.stats.splitSegments.Add(1)
+		d.stats.splitPackets.Add(uint64(n))
+	}
 	return d.splitInto(bufs, sizes, offset, k, n)
 }
 
