@@ -430,4 +430,3 @@ func TestOffloadFirewallVerdicts(t *testing.T) {
 	}
 	t.Logf("verdicts:\n%s", vOn)
 }
-
