@@ -315,6 +315,20 @@ func (v *verdictLog) String() string {
 // outcome.
 func firewallFlows(t *testing.T, p *batchPair) map[string]string {
 	out := map[string]string{}
+	// quiet waits until no packet has crossed the links for 300ms (at most
+	// 3s), so that a flow's closing packets are judged before the next
+	// flow, and before the stacks close.
+	quiet := func() {
+		last, since := int64(-1), time.Now()
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			n := p.ab.packets.Load() + p.ba.packets.Load()
+			if n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > 300*time.Millisecond {
+				return
+			}
+		}
+	}
 	tcpFlow := func(port uint16, size int) string {
 		l, err := p.b.ListenTCP(port)
 		if err != nil {
@@ -328,9 +342,9 @@ func firewallFlows(t *testing.T, p *batchPair) map[string]string {
 				recv <- "no accept"
 				return
 			}
-			defer c.Close()
 			c.SetDeadline(time.Now().Add(2 * time.Second))
 			n, err := io.Copy(io.Discard, c)
+			c.Close()
 			recv <- fmt.Sprintf("received %d, EOF %v", n, err == nil)
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
@@ -343,6 +357,7 @@ func firewallFlows(t *testing.T, p *batchPair) map[string]string {
 		c.(*TCPConn).CloseWrite()
 		res := <-recv
 		c.Close()
+		quiet()
 		return res
 	}
 	udpFlow := func(port uint16) string {
@@ -369,10 +384,12 @@ func firewallFlows(t *testing.T, p *batchPair) map[string]string {
 		c.Write([]byte("ping"))
 		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		var buf [16]byte
+		res := "no echo"
 		if n, err := c.Read(buf[:]); err == nil {
-			return "echo " + string(buf[:n])
+			res = "echo " + string(buf[:n])
 		}
-		return "no echo"
+		quiet()
+		return res
 	}
 	out["tcp bulk 7401"] = tcpFlow(7401, 3<<20)
 	out["tcp closed 7402"] = tcpFlow(7402, 100)
