@@ -30,6 +30,12 @@ const netstackNIC tcpip.NICID = 1
 // drops the packet as a NIC with a full transmit ring would; TCP recovers.
 const netstackQueueLen = 1024
 
+// Per-connection TCP buffer limits of the userspace stack (see setup).
+const (
+	tcpMaxReceiveBuffer = 8 << 20
+	tcpMaxSendBuffer    = 6 << 20
+)
+
 // netstackBatch is the number of packets Read moves per call at most, and
 // the batch size the device reports.
 const netstackBatch = 128
@@ -135,6 +141,23 @@ func (d *netstackDev) setup(addrs []netip.Addr) error {
 	sack := tcpip.TCPSACKEnabled(true) // off by default in gVisor
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("enable TCP SACK: %v", err)
+	}
+	// Buffers: gVisor's fixed 1 MiB receive window limits one connection
+	// once offload lets it move a few Gbit/s through queues that add
+	// milliseconds of round trip; the receive buffer is auto-tuned (grows
+	// with the measured rate) up to tcpMaxReceiveBuffer, and the send
+	// buffer may grow to tcpMaxSendBuffer.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: tcpMaxReceiveBuffer}
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		return fmt.Errorf("set TCP receive buffer range: %v", err)
+	}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: tcpMaxSendBuffer}
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		return fmt.Errorf("set TCP send buffer range: %v", err)
+	}
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
+		return fmt.Errorf("enable TCP receive buffer auto-tuning: %v", err)
 	}
 	if err := d.stack.CreateNIC(netstackNIC, d.ep); err != nil {
 		return fmt.Errorf("create NIC: %v", err)
