@@ -338,30 +338,47 @@ func (g *groBatch) build(dst []byte, pkts [][]byte, offset, j int) {
 		copy(dst, h)
 		return
 	}
+	n := g.headerLen(pkts, offset, j)
+	g.buildMerged(dst[:n], dst[n:], pkts, offset, j)
+}
+
+// headerLen returns the IP and TCP header length of merged output j.
+func (g *groBatch) headerLen(pkts [][]byte, offset, j int) int {
+	s, _ := parseGROSeg(pkts[g.out[j]][offset:])
+	return s.hdrLen
+}
+
+// buildMerged writes merged output j as build does, its headers into hdr
+// (headerLen(j) bytes) and its payload into payload (the rest of size(j)),
+// which need not be contiguous.
+func (g *groBatch) buildMerged(hdr, payload []byte, pkts [][]byte, offset, j int) {
+	head := g.out[j]
+	h := pkts[head][offset:]
 	s, _ := parseGROSeg(h)
-	copy(dst, h[:s.hdrLen])
-	pos := s.hdrLen
+	copy(hdr, h[:s.hdrLen])
+	pos := 0
 	var sum uint16 // payload sum of the merged segment
 	var last byte
 	for i := head; i >= 0; i = g.next[i] {
 		p := pkts[i][offset:]
 		ps := ^checksum.Combine(tcpPseudoSum(p, s.v6, len(p)-s.ipLen), checksum.Checksum(p[s.ipLen:s.hdrLen], 0))
-		if (pos-s.hdrLen)&1 != 0 {
+		if pos&1 != 0 {
 			ps = swapSum(ps)
 		}
 		sum = checksum.Combine(sum, ps)
-		pos += copy(dst[pos:], p[s.hdrLen:])
+		pos += copy(payload[pos:], p[s.hdrLen:])
 		last = p[s.ipLen+tcpFlagsOff]
 	}
+	total := s.hdrLen + pos
 	if s.v6 {
-		binary.BigEndian.PutUint16(dst[ipv6PayloadOff:], uint16(pos-ipv6HeaderLen))
+		binary.BigEndian.PutUint16(hdr[ipv6PayloadOff:], uint16(total-ipv6HeaderLen))
 	} else {
-		binary.BigEndian.PutUint16(dst[ipv4TotalLenOff:], uint16(pos))
-		setIPv4Checksum(dst[:s.ipLen])
+		binary.BigEndian.PutUint16(hdr[ipv4TotalLenOff:], uint16(total))
+		setIPv4Checksum(hdr[:s.ipLen])
 	}
-	tcp := dst[s.ipLen:s.hdrLen]
+	tcp := hdr[s.ipLen:s.hdrLen]
 	tcp[tcpFlagsOff] |= last & tcpPSH
 	tcp[tcpCsumOff], tcp[tcpCsumOff+1] = 0, 0
-	sum = checksum.Combine(checksum.Checksum(tcp, sum), tcpPseudoSum(dst, s.v6, pos-s.ipLen))
+	sum = checksum.Combine(checksum.Checksum(tcp, sum), tcpPseudoSum(hdr, s.v6, total-s.ipLen))
 	binary.BigEndian.PutUint16(tcp[tcpCsumOff:], ^sum)
 }

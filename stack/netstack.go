@@ -242,9 +242,15 @@ func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 					d.inject(win[g.out[j]][offset:])
 					continue
 				}
-				v := buffer.NewViewSize(g.size(win, offset, j))
-				g.build(v.AsSlice(), win, offset, j)
-				d.injectBuffer(buffer.MakeWithView(v), win[g.out[j]][offset])
+				// Headers and payload in views of their own: gVisor copies
+				// the whole chunk under a header it reads while another
+				// reference holds it, and the header's chunk is small.
+				n := g.headerLen(win, offset, j)
+				hv, pv := buffer.NewViewSize(n), buffer.NewViewSize(g.size(win, offset, j)-n)
+				g.buildMerged(hv.AsSlice(), pv.AsSlice(), win, offset, j)
+				buf := buffer.MakeWithView(hv)
+				buf.Append(pv)
+				d.injectBuffer(buf, win[g.out[j]][offset])
 				merges++
 			}
 			if merges > 0 {
