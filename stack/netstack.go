@@ -320,11 +320,11 @@ func (d *netstackDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 }
 
 // take moves pkt into bufs from index k on and returns the next free index:
-// a packet as it is, or a segment that needs splitting or its checksum
-// completed (offload) through the splitter. It takes ownership of pkt.
-// Called with rmu held.
+// a packet as it is, or any TCP segment gVisor sent with GSO options (it may
+// be larger than the MTU, and its checksum is partial) through the
+// splitter. It takes ownership of pkt. Called with rmu held.
 func (d *netstackDev) take(pkt *gstack.PacketBuffer, bufs [][]byte, sizes []int, offset, k, n int) int {
-	if pkt.GSOOptions.Type == gstack.GSONone || !pkt.GSOOptions.NeedsCsum {
+	if pkt.GSOOptions.Type == gstack.GSONone {
 		if copyPacket(bufs[k], sizes, k, offset, pkt) {
 			k++
 		}
