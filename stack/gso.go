@@ -239,6 +239,30 @@ func (s *tcpSplitter) next(dst []byte) int {
 	return total
 }
 
+// completeTCPChecksum computes and stores the TCP checksum of pkt, an IPv4
+// (any IHL) or IPv6 (no extension headers) TCP packet that fits in one
+// packet, whose IP header gVisor completed. It reports false when pkt is not
+// such a packet.
+func completeTCPChecksum(pkt []byte) bool {
+	var ipLen int
+	switch ipVersion(pkt) {
+	case 4:
+		ipLen = int(pkt[0]&0x0f) * 4
+		if ipLen < ipv4MinHeaderLen || len(pkt) < ipLen+tcpMinHeaderLen || pkt[ipv4ProtoOff] != protoTCP {
+			return false
+		}
+	case 6:
+		ipLen = ipv6HeaderLen
+		if len(pkt) < ipLen+tcpMinHeaderLen || pkt[ipv6NextHdrOff] != protoTCP {
+			return false
+		}
+	default:
+		return false
+	}
+	setTCPChecksum(pkt, ipLen, ipLen == ipv6HeaderLen)
+	return true
+}
+
 // splitSegment splits the contiguous segment seg into packets of at most
 // mss payload bytes written to out[k][offset:], with their lengths in
 // sizes[k]. It returns the number of packets, and false when seg is not a

@@ -326,3 +326,28 @@ func TestSplitZeroAlloc(t *testing.T) {
 		t.Errorf("Read of a split segment: %v allocs, want 0", withRead-withoutRead)
 	}
 }
+
+// TestCompleteTCPChecksum checks the one-packet path: a segment that fits
+// in one packet gets its checksum completed in place, whatever the field
+// held; other packets are refused.
+func TestCompleteTCPChecksum(t *testing.T) {
+	for _, s := range []seg{
+		{flags: tcpACK, opts: tsOpts(1, 2)},
+		{flags: tcpACK | tcpPSH, payload: pattern(63, 1)},
+		{v6: true, flags: tcpACK | tcpFIN, payload: pattern(100, 2)},
+		{ipOpts: 4, flags: tcpACK, payload: pattern(1, 3)},
+	} {
+		p := s.build()
+		ipLen, _ := refIPLen(p)
+		p[ipLen+16], p[ipLen+17] = 0x12, 0x34
+		if !completeTCPChecksum(p) {
+			t.Fatalf("refused %d-byte packet", len(p))
+		}
+		if err := refCheckPacket(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if completeTCPChecksum(mkPacket(addrA, addrB, 1, 60)) || completeTCPChecksum(nil) || completeTCPChecksum([]byte{0x45, 0}) {
+		t.Fatal("accepted a packet that is not TCP")
+	}
+}

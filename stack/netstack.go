@@ -230,7 +230,7 @@ func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 			}
 		}
 		win := bufs[start:end]
-		if !d.offload {
+		if !d.offload || len(win) == 1 { // nothing to merge
 			for _, b := range win {
 				d.inject(b[offset:])
 			}
@@ -326,6 +326,14 @@ func (d *netstackDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 func (d *netstackDev) take(pkt *gstack.PacketBuffer, bufs [][]byte, sizes []int, offset, k, n int) int {
 	if pkt.GSOOptions.Type == gstack.GSONone {
 		if copyPacket(bufs[k], sizes, k, offset, pkt) {
+			k++
+		}
+		return k
+	}
+	if size := pkt.Size(); size <= d.mtu && offset >= 0 && offset+size <= len(bufs[k]) {
+		// One packet (an ACK, a small write): copy it and complete its
+		// checksum, no splitting.
+		if copyPacket(bufs[k], sizes, k, offset, pkt) && completeTCPChecksum(bufs[k][offset:offset+size]) {
 			k++
 		}
 		return k
