@@ -287,8 +287,9 @@ func rssMiB() float64 {
 }
 
 // BenchmarkTunnel compares two gridnet nodes with raw wireguard-go +
-// netstack in the same run: bulk TCP throughput, 64-byte request/response
-// latency, and the process's resident memory idle and after the bulk run.
+// netstack in the same run: bulk TCP throughput and the CPU time it took,
+// 64-byte request/response latency, and the process's resident memory idle
+// and after the bulk run.
 func BenchmarkTunnel(b *testing.B) {
 	size := bulkBytes()
 	for i := 0; i < b.N; i++ {
@@ -296,7 +297,9 @@ func BenchmarkTunnel(b *testing.B) {
 		debug.FreeOSMemory()
 		raw := rawPair(b)
 		rawRSSIdle := rssMiB()
+		cpu0 := processCPU(b)
 		rawMbps := measureBulk(b, raw, size)
+		rawCPU := processCPU(b) - cpu0
 		rawRSSBulk := rssMiB()
 		runtime.GC() // same start for every latency run: no garbage left from the bulk run
 		rawP50, rawP99 := measureRR(b, raw)
@@ -308,7 +311,9 @@ func BenchmarkTunnel(b *testing.B) {
 		oldLimit := debug.SetMemoryLimit(node.DefaultMemoryLimitMiB << 20)
 		gn := gridnetPair(b, nil)
 		gnRSSIdle := rssMiB()
+		cpu0 = processCPU(b)
 		gnMbps := measureBulk(b, gn, size)
+		gnCPU := processCPU(b) - cpu0
 		gnRSSBulk := rssMiB()
 		runtime.GC()
 		gnP50, gnP99 := measureRR(b, gn)
@@ -335,6 +340,15 @@ func BenchmarkTunnel(b *testing.B) {
 		b.ReportMetric(float64(gnP50)/float64(rawP50), "p50-ratio")
 		b.ReportMetric(float64(gnP99)/float64(rawP99), "p99-ratio")
 		b.Logf("bulk %d MiB: raw %.0f Mbit/s, gridnet %.0f Mbit/s (ratio %.3f)", size>>20, rawMbps, gnMbps, gnMbps/rawMbps)
+		// CPU time per GiB (both nodes, the whole process) does not depend
+		// on how much of the machine other processes take, unlike Mbit/s.
+		gib := float64(size) / (1 << 30)
+		b.ReportMetric(rawCPU.Seconds()/gib, "raw-CPU-s/GiB")
+		b.ReportMetric(gnCPU.Seconds()/gib, "gridnet-CPU-s/GiB")
+		b.ReportMetric(rawCPU.Seconds()/gnCPU.Seconds(), "cpu-efficiency-ratio")
+		b.Logf("bulk CPU time: raw %.2f s/GiB, gridnet %.2f s/GiB (raw/gridnet %.3f); process CPU use during bulk: raw %.0f%%, gridnet %.0f%%",
+			rawCPU.Seconds()/gib, gnCPU.Seconds()/gib, rawCPU.Seconds()/gnCPU.Seconds(),
+			100*rawCPU.Seconds()/(float64(size*8)/rawMbps/1e6), 100*gnCPU.Seconds()/(float64(size*8)/gnMbps/1e6))
 		b.Logf("64-byte RR: raw p50 %v p99 %v; gridnet p50 %v p99 %v (p50 ratio %.3f)", rawP50, rawP99, gnP50, gnP99, float64(gnP50)/float64(rawP50))
 		b.Logf("process RSS (two nodes): raw idle %.0f MiB, after bulk %.0f MiB; gridnet (soft memory limit %d MiB) idle %.0f MiB, after bulk %.0f MiB",
 			rawRSSIdle, rawRSSBulk, node.DefaultMemoryLimitMiB, gnRSSIdle, gnRSSBulk)

@@ -13,7 +13,8 @@
 // # Modes
 //
 // Userspace runs gVisor's TCP/IP stack in-process; the package owns the
-// stack and its link endpoint (a gVisor channel endpoint), so it controls
+// stack and its link endpoint (a gVisor channel endpoint with segmentation
+// offload, see Offload), so it controls
 // shutdown: Close stops gVisor's goroutines before the device's queue is
 // closed, and gVisor never blocks on a reader. It needs no privilege and touches nothing on the host; only
 // this process reaches the overlay, through Stack.DialContext, ListenTCP,
@@ -61,6 +62,33 @@
 //   - With the kernel's TCP segmentation offload the TUN hands wireguard-go
 //     super-packets; wireguard-go's tun package splits them into MTU-sized
 //     segments inside Read, before the hooks see them.
+//   - In userspace mode with offload on (Config.NoOffload unset), gVisor's
+//     TCP builds segments of up to 64 KiB; the device splits each into
+//     MTU-sized packets inside Read, before the hooks see them, as the
+//     kernel's TUN offload does above.
+//
+// # Offload (userspace mode)
+//
+// Per-packet work in gVisor dominates the userspace stack's cost, so the
+// device moves TCP data in large segments on the stack's side and in
+// MTU-sized packets on WireGuard's side:
+//
+//   - Outbound (gso.go): the link endpoint advertises host GSO; gVisor hands
+//     it TCP segments of up to 64 KiB with a partial checksum, and Read cuts
+//     them into MTU-sized packets straight into wireguard-go's buffers, with
+//     sequence numbers, lengths, IPv4 IDs, flags (FIN and PSH on the last,
+//     CWR on the first) and checksums of their own.
+//   - Inbound (gro.go): Write merges in-order data segments of one TCP flow
+//     within a batch into one segment before injecting it, with a checksum
+//     derived from the segments' so that gVisor verifies every byte once.
+//     Out-of-order, retransmitted and control segments (SYN, FIN, RST, URG),
+//     IP options and fragments are never merged.
+//
+// Both happen inside the device, below the hook layer: the Outbound hook
+// judges each packet after the split and the Inbound hook each packet
+// before the merge, so filters see exactly the packets that cross the
+// device and give exactly the verdicts they would give without offload.
+// Nothing per packet allocates on either path.
 //
 // Forwarding traffic from other networks (subnet routing) would need MSS
 // clamping on forwarded SYNs; this package carries only the node's own
@@ -68,7 +96,9 @@
 //
 // # Hook layer contract
 //
-// Filters are called from several goroutines at once, in batches, and must
+// Filters always judge packets of at most the MTU, the packets that cross
+// the device, whatever the offload (see Offload). Filters are called from
+// several goroutines at once, in batches, and must
 // neither block nor allocate; the hook layer itself allocates nothing per
 // packet. Packets that are not well-formed IPv4/IPv6 (see PacketAddrs) are
 // dropped and counted as invalid before any Filter sees them. Dropped packets

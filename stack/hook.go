@@ -39,6 +39,12 @@ func (v Verdict) String() string {
 // pkt is the IP packet starting at its IP header; the hook layer only passes
 // packets for which PacketAddrs reports ok. pkt must not be retained or
 // modified. Any verdict other than Accept drops the packet.
+//
+// pkt is always one packet as it crosses the device, at most the MTU: in
+// userspace mode with offload, the Outbound filter judges each packet cut
+// from a large TCP segment (after the split) and the Inbound filter each
+// packet before segments are merged, so verdicts are exactly those without
+// offload.
 type Filter interface {
 	Filter(pkt []byte) Verdict
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 type acceptAll struct{}
@@ -267,7 +269,11 @@ func TestHookSwapDuringTraffic(t *testing.T) {
 			}
 		}()
 	}
+	// Swap until both hooks were seen at work (200 swaps at least), for at
+	// most 10s: on a loaded machine the writers may not run at all during
+	// a fixed number of swaps.
 	var sawDrop, sawAccept bool
+	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; i < 200 || !(sawDrop && sawAccept); i++ {
 		if i%2 == 0 {
 			d.setHooks(Hooks{Inbound: dropAll{}})
@@ -276,8 +282,11 @@ func TestHookSwapDuringTraffic(t *testing.T) {
 		}
 		c := d.counters().Inbound
 		sawDrop, sawAccept = c.DroppedPackets > 0, c.AcceptedPackets > 0
-		if i > 100000 {
+		if time.Now().After(deadline) {
 			break
+		}
+		if i%64 == 63 {
+			runtime.Gosched()
 		}
 	}
 	d.setHooks(Hooks{Inbound: dropAll{}})

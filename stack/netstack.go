@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -29,13 +30,29 @@ const netstackNIC tcpip.NICID = 1
 // drops the packet as a NIC with a full transmit ring would; TCP recovers.
 const netstackQueueLen = 1024
 
+// Per-connection TCP buffer limits of the userspace stack (see setup).
+const (
+	tcpMaxReceiveBuffer = 8 << 20
+	tcpMaxSendBuffer    = 6 << 20
+)
+
 // netstackBatch is the number of packets Read moves per call at most, and
 // the batch size the device reports.
 const netstackBatch = 128
 
 // netstackDev is the userspace stack's tun.Device: a gVisor stack whose only
-// NIC is a channel.Endpoint. Write injects packets into the stack, Read
-// takes the packets gVisor sends out of the endpoint's queue.
+// NIC is a channel.Endpoint (wrapped by gsoEndpoint). Write injects packets
+// into the stack, Read takes the packets gVisor sends out of the endpoint's
+// queue.
+//
+// # Offload
+//
+// With offload on (the default), gVisor's TCP hands Read segments of up to
+// 64 KiB, which Read splits into MTU-sized packets (gso.go), and Write
+// merges in-order TCP segments of one flow within a batch before injecting
+// them (gro.go). Both happen inside this device, below the hook layer: the
+// hooks see exactly the MTU-sized packets that cross the device, as without
+// offload. Every packet Read returns is at most the MTU.
 //
 // # Shutdown
 //
@@ -54,17 +71,24 @@ const netstackBatch = 128
 //  1. takes mu for writing and sets closed: Writes in flight (injecting
 //     inbound packets into the stack) finish first, later ones return
 //     os.ErrClosed;
-//  2. cancels ctx: blocked Reads return os.ErrClosed;
+//  2. cancels ctx: blocked Reads return os.ErrClosed; then, under the
+//     Read lock, releases a segment left half split;
 //  3. removes the NIC, aborts every endpoint (stack.Close) and waits for
 //     gVisor's worker goroutines (stack.Wait);
 //  4. closes the endpoint (its queue refuses further packets and is
 //     drained, releasing queued packet buffers);
 //  5. closes the events channel (wireguard-go's event reader ends).
 type netstackDev struct {
-	ep     *channel.Endpoint
-	stack  *gstack.Stack
-	mtu    int
-	events chan tun.Event
+	ep      *gsoEndpoint
+	stack   *gstack.Stack
+	mtu     int
+	offload bool
+	events  chan tun.Event
+
+	rmu   sync.Mutex  // serializes Read: split holds a segment across calls
+	split tcpSplitter // guarded by rmu
+
+	stats offloadStats
 
 	ctx    context.Context // done once Close starts
 	cancel context.CancelFunc
@@ -77,9 +101,19 @@ type netstackDev struct {
 
 var _ tun.Device = (*netstackDev)(nil)
 
+// offloadStats counts the work of the offload paths, added to once per
+// Read or Write call.
+type offloadStats struct {
+	splitSegments atomic.Uint64 // segments larger than one packet, split by Read
+	splitPackets  atomic.Uint64 // packets cut from them
+	merges        atomic.Uint64 // merged segments injected by Write
+	mergedPackets atomic.Uint64 // packets that went into them
+}
+
 // newNetstackDev creates the gVisor stack, gives its NIC the node addresses
-// (as /32 and /128) and routes everything of their families to it.
-func newNetstackDev(addrs []netip.Addr, mtu int) (*netstackDev, error) {
+// (as /32 and /128) and routes everything of their families to it. offload
+// turns segmentation offload and coalescing on.
+func newNetstackDev(addrs []netip.Addr, mtu int, offload bool) (*netstackDev, error) {
 	s := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
@@ -87,12 +121,13 @@ func newNetstackDev(addrs []netip.Addr, mtu int) (*netstackDev, error) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &netstackDev{
-		ep:     channel.New(netstackQueueLen, uint32(mtu), ""),
-		stack:  s,
-		mtu:    mtu,
-		events: make(chan tun.Event, 1),
-		ctx:    ctx,
-		cancel: cancel,
+		ep:      &gsoEndpoint{Endpoint: channel.New(netstackQueueLen, uint32(mtu), ""), offload: offload},
+		stack:   s,
+		mtu:     mtu,
+		offload: offload,
+		events:  make(chan tun.Event, 1),
+		ctx:     ctx,
+		cancel:  cancel,
 	}
 	if err := d.setup(addrs); err != nil {
 		d.Close()
@@ -106,6 +141,23 @@ func (d *netstackDev) setup(addrs []netip.Addr) error {
 	sack := tcpip.TCPSACKEnabled(true) // off by default in gVisor
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("enable TCP SACK: %v", err)
+	}
+	// Buffers: gVisor's fixed 1 MiB receive window limits one connection
+	// once offload lets it move a few Gbit/s through queues that add
+	// milliseconds of round trip; the receive buffer is auto-tuned (grows
+	// with the measured rate) up to tcpMaxReceiveBuffer, and the send
+	// buffer may grow to tcpMaxSendBuffer.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: tcpMaxReceiveBuffer}
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+		return fmt.Errorf("set TCP receive buffer range: %v", err)
+	}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: tcpMaxSendBuffer}
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+		return fmt.Errorf("set TCP send buffer range: %v", err)
+	}
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
+		return fmt.Errorf("enable TCP receive buffer auto-tuning: %v", err)
 	}
 	if err := d.stack.CreateNIC(netstackNIC, d.ep); err != nil {
 		return fmt.Errorf("create NIC: %v", err)
@@ -148,66 +200,176 @@ func (d *netstackDev) Events() <-chan tun.Event { return d.events }
 // BatchSize is the largest batch Read returns.
 func (d *netstackDev) BatchSize() int { return netstackBatch }
 
-// Write injects each packet (starting at offset) into the stack. Packets are
-// copied; bufs can be reused when Write returns.
+// Write injects each packet (starting at offset) into the stack; with
+// offload on, in-order TCP segments of one flow are merged first (gro.go).
+// Packets are copied; bufs can be reused when Write returns. A buffer
+// shorter than offset fails with EINVAL and a packet that is neither IPv4
+// nor IPv6 with EAFNOSUPPORT; the packets before it are injected and
+// counted.
 func (d *netstackDev) Write(bufs [][]byte, offset int) (int, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.closed {
 		return 0, os.ErrClosed
 	}
-	for i, b := range bufs {
-		if offset > len(b) {
-			return i, syscall.EINVAL
+	var g groBatch
+	for start := 0; start < len(bufs); start += groWindow {
+		end := min(start+groWindow, len(bufs))
+		var err error
+		empty := 0
+		for i := start; i < end; i++ {
+			if offset < 0 || offset > len(bufs[i]) {
+				end, err = i, syscall.EINVAL
+				break
+			}
+			if len(bufs[i]) == offset {
+				empty++
+			} else if v := ipVersion(bufs[i][offset:]); v != 4 && v != 6 {
+				end, err = i, syscall.EAFNOSUPPORT
+				break
+			}
 		}
-		pkt := b[offset:]
-		if len(pkt) == 0 {
-			continue
+		win := bufs[start:end]
+		if !d.offload || len(win) == 1 { // nothing to merge
+			for _, b := range win {
+				d.inject(b[offset:])
+			}
+		} else {
+			g.plan(win, offset)
+			merges := 0
+			for j := range g.nout {
+				if !g.merged(j) {
+					d.inject(win[g.out[j]][offset:])
+					continue
+				}
+				// Headers and payload in views of their own: gVisor copies
+				// the whole chunk under a header it reads while another
+				// reference holds it, and the header's chunk is small.
+				n := g.headerLen(win, offset, j)
+				hv, pv := buffer.NewViewSize(n), buffer.NewViewSize(g.size(win, offset, j)-n)
+				g.buildMerged(hv.AsSlice(), pv.AsSlice(), win, offset, j)
+				buf := buffer.MakeWithView(hv)
+				buf.Append(pv)
+				d.injectBuffer(buf, win[g.out[j]][offset])
+				merges++
+			}
+			if merges > 0 {
+				d.stats.merges.Add(uint64(merges))
+				d.stats.mergedPackets.Add(uint64(len(win) - empty - g.nout + merges))
+			}
 		}
-		var proto tcpip.NetworkProtocolNumber
-		switch pkt[0] >> 4 {
-		case 4:
-			proto = header.IPv4ProtocolNumber
-		case 6:
-			proto = header.IPv6ProtocolNumber
-		default:
-			return i, syscall.EAFNOSUPPORT
+		if err != nil {
+			return end, err
 		}
-		pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		d.ep.InjectInbound(proto, pb)
-		pb.DecRef() // the stack took its own references
 	}
 	return len(bufs), nil
 }
 
+// inject copies the IP packet pkt into a packet buffer and delivers it to
+// the stack. Empty packets are skipped.
+func (d *netstackDev) inject(pkt []byte) {
+	if len(pkt) == 0 {
+		return
+	}
+	d.injectBuffer(buffer.MakeWithData(pkt), pkt[0])
+}
+
+// injectBuffer delivers the IP packet in buf, whose first byte is first, to
+// the stack and releases buf.
+func (d *netstackDev) injectBuffer(buf buffer.Buffer, first byte) {
+	proto := header.IPv4ProtocolNumber
+	if first>>4 == 6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buf})
+	d.ep.InjectInbound(proto, pb)
+	pb.DecRef() // the stack took its own references
+}
+
 // Read blocks until gVisor sends at least one packet, then returns up to
-// len(bufs) queued packets, each copied to bufs[i][offset:] with its length
-// in sizes[i]. After Close it returns os.ErrClosed.
+// len(bufs) packets, each copied to bufs[i][offset:] with its length in
+// sizes[i]. A large TCP segment (offload) is split into MTU-sized packets
+// straight into bufs; when bufs run out, the rest of the segment comes
+// first in the next Read. After Close it returns os.ErrClosed.
 func (d *netstackDev) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n := min(len(bufs), len(sizes))
 	if n == 0 {
 		return 0, nil
 	}
-	k := 0
+	d.rmu.Lock()
+	defer d.rmu.Unlock()
+	if d.ctx.Err() != nil {
+		return 0, os.ErrClosed
+	}
+	k := d.splitInto(bufs, sizes, offset, 0, n)
 	for k == 0 {
 		pkt := d.ep.ReadContext(d.ctx)
 		if pkt == nil {
 			return 0, os.ErrClosed // ctx canceled or queue closed
 		}
-		if copyPacket(bufs[0], sizes, 0, offset, pkt) {
-			k++
-		}
+		k = d.take(pkt, bufs, sizes, offset, k, n)
 	}
-	for k < n {
+	for k < n && !d.split.busy {
 		pkt := d.ep.Read()
 		if pkt == nil {
 			break
 		}
+		k = d.take(pkt, bufs, sizes, offset, k, n)
+	}
+	return k, nil
+}
+
+// take moves pkt into bufs from index k on and returns the next free index:
+// a packet as it is, or any TCP segment gVisor sent with GSO options (it may
+// be larger than the MTU, and its checksum is partial) through the
+// splitter. It takes ownership of pkt. Called with rmu held.
+func (d *netstackDev) take(pkt *gstack.PacketBuffer, bufs [][]byte, sizes []int, offset, k, n int) int {
+	if pkt.GSOOptions.Type == gstack.GSONone {
 		if copyPacket(bufs[k], sizes, k, offset, pkt) {
 			k++
 		}
+		return k
 	}
-	return k, nil
+	if size := pkt.Size(); size <= d.mtu && offset >= 0 && offset+size <= len(bufs[k]) {
+		// One packet (an ACK, a small write): copy it and complete its
+		// checksum, no splitting.
+		if copyPacket(bufs[k], sizes, k, offset, pkt) && completeTCPChecksum(bufs[k][offset:offset+size]) {
+			k++
+		}
+		return k
+	}
+	views, skip := pkt.AsViewList()
+	if !d.split.start(viewCursor(views.Front(), skip), pkt.Size(), int(pkt.GSOOptions.MSS), d.mtu) {
+		pkt.DecRef() // not a TCP segment over IPv4/IPv6: cannot happen with gVisor's TCP
+		return k
+	}
+	d.split.pkt = pkt
+	if n := d.split.packets(); n > 1 {
+		d.stats.splitSegments.Add(1)
+		d.stats.splitPackets.Add(uint64(n))
+	}
+	return d.splitInto(bufs, sizes, offset, k, n)
+}
+
+// splitInto writes the pending segment's next packets into bufs[k:n] and
+// returns the next free index, releasing the segment when it is done.
+// Called with rmu held.
+func (d *netstackDev) splitInto(bufs [][]byte, sizes []int, offset, k, n int) int {
+	for k < n && d.split.busy {
+		var dst []byte
+		if offset >= 0 && offset <= len(bufs[k]) {
+			dst = bufs[k][offset:]
+		}
+		if m := d.split.next(dst); m > 0 {
+			sizes[k] = m
+			k++
+		}
+	}
+	if !d.split.busy && d.split.pkt != nil {
+		d.split.pkt.DecRef()
+		d.split.pkt = nil
+	}
+	return k
 }
 
 // copyPacket copies pkt to buf[offset:], records its size in sizes[i] and
@@ -243,6 +405,12 @@ func (d *netstackDev) Close() error {
 		d.closed = true
 		d.mu.Unlock()
 		d.cancel()
+		d.rmu.Lock() // a Read in progress returns: ctx is done
+		if d.split.pkt != nil {
+			d.split.pkt.DecRef()
+			d.split.pkt, d.split.busy = nil, false
+		}
+		d.rmu.Unlock()
 		d.stack.RemoveNIC(netstackNIC)
 		d.stack.Close()
 		d.stack.Wait()

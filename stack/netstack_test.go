@@ -14,7 +14,7 @@ func TestNetstackDevZeroAlloc(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless with -race (sync.Pool drops objects)")
 	}
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestNetstackDevZeroAlloc(t *testing.T) {
 // TestNetstackDevReadBatch checks that Read returns every queued packet in
 // one call, intact and in order.
 func TestNetstackDevReadBatch(t *testing.T) {
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,10 @@ type Config struct {
 	TUNName string
 	// Logger receives lifecycle logs; nil means slog.Default().
 	Logger *slog.Logger
+	// NoOffload turns off TCP segmentation offload and receive coalescing
+	// inside the userspace device (see the package documentation); it is
+	// there for comparison and troubleshooting. Kernel mode ignores it.
+	NoOffload bool
 }
 
 // backend is what a mode provides beyond the raw tun.Device.
@@ -132,7 +136,7 @@ func New(cfg Config) (*Stack, error) {
 	var inner tun.Device
 	switch cfg.Mode {
 	case Userspace:
-		inner, s.be, err = newUserspace(cfg.Addresses, mtu)
+		inner, s.be, err = newUserspace(cfg.Addresses, mtu, !cfg.NoOffload)
 	case Kernel:
 		inner, s.be, err = newKernel(cfg.TUNName, cfg.Addresses, mtu, log)
 	}

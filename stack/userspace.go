@@ -29,13 +29,14 @@ type userspace struct {
 // newUserspace creates the gVisor stack and its device. It assigns the node
 // addresses (as /32 and /128: the stack routes everything else to its single
 // NIC through default routes, which is what an overlay with one interface
-// needs); gVisor derives the TCP MSS from mtu.
-func newUserspace(addrs []netip.Prefix, mtu int) (tun.Device, backend, error) {
+// needs); gVisor derives the TCP MSS from mtu. offload turns segmentation
+// offload and coalescing on (netstackDev).
+func newUserspace(addrs []netip.Prefix, mtu int, offload bool) (tun.Device, backend, error) {
 	local := make([]netip.Addr, len(addrs))
 	for i, p := range addrs {
 		local[i] = p.Addr()
 	}
-	dev, err := newNetstackDev(local, mtu)
+	dev, err := newNetstackDev(local, mtu, offload)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create netstack: %w", err)
 	}
