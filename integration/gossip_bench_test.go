@@ -54,7 +54,7 @@ func gossipBenchSizes() []int {
 // again took the second fabric of a process about 10 s more CPU than the
 // first (memclr 10.9 s against 0.6 s in a profile).
 //
-// GRIDNET_BENCH_LOG=FILE writes the nodes' logs and a progress line per
+// GRIDNET_BENCH_LOG=FILE writes the nodes' debug logs and a progress line per
 // second (what the pairs without a session are waiting for) to FILE.
 func BenchmarkGossipFabric(b *testing.B) {
 	if os.Getenv(gossipChildEnv) != "" {
@@ -156,7 +156,7 @@ func init() {
 	if p := os.Getenv("GRIDNET_BENCH_LOG"); p != "" {
 		f, err := os.Create(p)
 		if err == nil {
-			benchLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			benchLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		}
 	}
 }

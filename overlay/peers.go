@@ -112,7 +112,7 @@ func (o *Overlay) admit(p *handshake.Peer, endpoint netip.AddrPort, start bool, 
 		// the same endpoint moments ago. One "peer admitted" per peer.
 		o.log.Debug("peer admitted again", "name", id.Name, "endpoint", endpoint.String())
 	} else {
-		o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter)
+		o.log.Info("peer admitted", "name", id.Name, "endpoint", endpoint.String(), "fingerprint", id.Fingerprint, "not_after", id.NotAfter, "peer", shortKey(p.Static), "starts", start)
 	}
 	return nil
 }
@@ -188,29 +188,35 @@ func (o *Overlay) refreshEndpoints() {
 	o.peersMu.Lock()
 	o.publishEndpointsLocked(st)
 	o.peersMu.Unlock()
-	o.checkSessions(st, time.Now())
+	o.checkSessions(st, time.Now(), checkedSessionUp)
 }
 
 // checkSessions is the safety net under the session watch, which is a
-// hint: a peer whose session has been up for longer than SessionSetup by
-// the session rules but that has no live WireGuard session in the device
-// (no handshake, or none within WireGuard's 180 s key lifetime, although
-// keepalives keep a working session's keys fresh) is suspected, so that
-// it is probed and, if nothing comes, removed and admitted again. It
-// reads the device dump the revalidation tick takes anyway.
-func (o *Overlay) checkSessions(st map[[32]byte]*wgPeerStats, now time.Time) {
+// hint: a peer whose session has been up by the session rules for longer
+// than minUp but that has no live WireGuard session in the device (no
+// handshake, or none within WireGuard's 180 s key lifetime, although
+// keepalives keep a working session's keys fresh) is reported Lost, and
+// this side starts a new session (a mistaken report costs one handshake).
+func (o *Overlay) checkSessions(st map[[32]byte]*wgPeerStats, now time.Time, minUp time.Duration) {
 	for key, ps := range st {
 		if !ps.lastHandshake.IsZero() && now.Sub(ps.lastHandshake) < sessionFresh {
 			continue
 		}
 		s := o.sessions.Get(session.Key(key))
-		if s.State == session.Up && now.Sub(s.UpAt) > o.timers.SessionSetup {
+		if s.State == session.Up && now.Sub(s.UpAt) > minUp {
 			o.stats.sessionsLost.Add(1)
-			o.log.Info("session up by the rules but not in WireGuard; checking the peer", "peer", shortKey(key))
-			o.sessions.Post(session.Key(key), session.Event{Kind: session.Suspected})
+			o.log.Info("session up by the rules but not in WireGuard; starting a new one", "peer", shortKey(key))
+			o.sessions.Post(session.Key(key), session.Event{Kind: session.Lost})
 		}
 	}
 }
+
+// checkedSessionUp is how long a session must have been up by the rules
+// before the revalidation tick's check may find it lost: longer than
+// WireGuard takes to process the handshake the watch saw, on a loaded
+// node too (a check that comes too early costs a needless handshake, and
+// on an overloaded fabric many of them).
+const checkedSessionUp = 6 * time.Second
 
 // hasPeer reports whether key is currently admitted.
 func (o *Overlay) hasPeer(key [32]byte) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 
@@ -67,6 +68,9 @@ func newSessionExec(o *Overlay) *sessionExec {
 // Execute runs one action of peer's session (see session.Executor).
 func (x *sessionExec) Execute(peer session.Key, a session.Action, s session.Session) {
 	key := [32]byte(peer)
+	if x.o.log.Enabled(context.Background(), slog.LevelDebug) {
+		x.o.log.Debug("session action", "peer", shortKey(key), "action", a.Kind.String(), "start", a.Start, "fresh", a.Fresh, "state", s.State.String(), "starts", s.Starts)
+	}
 	switch a.Kind {
 	case session.Admit:
 		x.admitAction(key, s)
@@ -160,6 +164,9 @@ func (x *sessionExec) configure(key [32]byte, a session.Action) {
 	x.configured[key] = e.endpoint
 	x.lastAdmitted[key] = e.endpoint
 	x.arm(key, e.endpoint)
+	if a.Fresh && a.Start {
+		x.forgetIndices(key) // the device drops the peer's sessions
+	}
 	if a.Start && !a.Fresh {
 		// A try WireGuard made without an endpoint holds the next
 		// initiation back for its 5 s retry: clear it.
@@ -266,9 +273,22 @@ func (x *sessionExec) setDevice(key [32]byte, cfg string) bool {
 func (x *sessionExec) clearHandshake(key [32]byte) bool {
 	p := x.o.dev.LookupPeer(device.NoisePublicKey(key))
 	if p != nil {
+		// The session of the last handshake goes with it (WireGuard drops
+		// what arrives on its index): nothing on it proves a session now.
+		x.forgetIndices(key)
 		p.ExpireCurrentKeypairs()
 	}
 	return p != nil
+}
+
+// forgetIndices makes the peer's session watch forget the indices of the
+// handshakes this node sent so far: their sessions are gone from the
+// device, and only the next handshake's count.
+func (x *sessionExec) forgetIndices(key [32]byte) {
+	if w := x.watches[key]; w != nil {
+		w.sentInit.Store(0)
+		w.sentResp.Store(0)
+	}
 }
 
 // initiate sends a WireGuard handshake initiation to the peer unless one
@@ -285,6 +305,9 @@ func (x *sessionExec) initiate(key [32]byte) {
 
 // sessionUp is the Bind's report that a watched peer's session came up.
 func (o *Overlay) sessionUp(key [32]byte) {
+	if o.log.Enabled(context.Background(), slog.LevelDebug) {
+		o.log.Debug("session watch: up", "peer", shortKey(key))
+	}
 	o.sessions.Post(session.Key(key), session.Event{Kind: session.SessionUp})
 }
 

@@ -156,7 +156,7 @@ type Stats struct {
 	Initiations uint64
 	// SessionsLost counts sessions that were up by the session rules but
 	// not in WireGuard when the periodic check looked (see checkSessions);
-	// each is then probed like a suspected peer.
+	// this side then starts a new one.
 	SessionsLost uint64
 	// Probes counts probes of peers that failure detection declared
 	// suspect or dead (see Suspect).

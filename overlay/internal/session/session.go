@@ -40,6 +40,9 @@
 //     newer than the admission (the two sides admitted each other at
 //     once), and starts a fresh one otherwise (the peer restarted or lost
 //     it).
+//   - A session the owner finds missing in WireGuard although it is up
+//     (Lost: what said it came was wrong, or WireGuard lost it) is started
+//     again from this side, as a take-over, and judged like one.
 //   - Liveness is decided from what the tunnel carried: a suspicion
 //     (failure detection's verdict, which a starved node or an insider's
 //     word can cause) removes the peer only if nothing came from it during
@@ -124,11 +127,15 @@ const (
 	Revoked
 	// Forgotten: the peer's record was superseded or dropped.
 	Forgotten
+	// Lost: the owner found no WireGuard session in the device for a
+	// session that is up (what told it the session came was wrong, or
+	// WireGuard lost it): this side starts a new one.
+	Lost
 	// Tick: Session.Deadline passed.
 	Tick
 )
 
-var eventNames = [...]string{"", "want", "answering", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "tick"}
+var eventNames = [...]string{"", "want", "answering", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "lost", "tick"}
 
 func (k EventKind) String() string { return enumName(eventNames[:], uint8(k), "event") }
 
@@ -279,6 +286,17 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 			return s.up(now)
 		}
 		return s, nil
+	case Lost:
+		if s.State != Up {
+			return s, nil
+		}
+		// Started again from this side, as a take-over: kicked, and given
+		// up one kick after SessionSetup if it does not come.
+		s = s.enter(Awaiting, now)
+		s.Starts, s.AdmittedAt, s.StartedAt, s.Kicks = true, now, now, 0
+		kick := t.KickDelay(s.RTT)
+		s.Deadline = now.Add(kick + t.jitter(kick/3))
+		return s, []Action{{Kind: NewInitiation}}
 	case Suspected:
 		if s.State != Up {
 			// Wanted or admitting: no tunnel to check. Awaiting: the
