@@ -412,8 +412,11 @@ func TestSessionWatch(t *testing.T) {
 		{{wgMessage(2, device.MessageResponseSize, 8, ours), watched}},
 		// transport on our session, not armed
 		{{wgMessage(4, 64, 4, ours), watched}},
-		// stale, then on the session of our response (armed again)
-		{{wgMessage(4, 64, 4, stale), watched}, {wgMessage(4, 64, 4, ours+1), watched}},
+		// stale, the answer to our initiation (which our response to the
+		// peer's initiation replaced), then on the session of our
+		// response (armed again)
+		{{wgMessage(4, 64, 4, stale), watched}, {wgMessage(2, device.MessageResponseSize, 8, ours), watched}},
+		{{wgMessage(4, 64, 4, ours+1), watched}},
 		// after unwatch
 		{{wgMessage(4, 64, 4, ours), watched}},
 	}
@@ -447,6 +450,10 @@ func TestSessionWatch(t *testing.T) {
 	b.watchEndpoint(watched, w) // armed again
 	if err := b.Send([][]byte{sentResp}, to); err != nil {
 		t.Fatal(err)
+	}
+	fns[0](bufs, sizes, eps)
+	if len(ups) != 1 {
+		t.Fatal("watch fired on the answer to an initiation its response replaced")
 	}
 	fns[0](bufs, sizes, eps)
 	if len(ups) != 2 {

@@ -45,7 +45,11 @@ func (w *sessionWatch) sent(pkt []byte) {
 	case len(pkt) == device.MessageInitiationSize && pkt[0] == device.MessageInitiationType:
 		w.sentInit.Store(1<<32 | uint64(binary.LittleEndian.Uint32(pkt[4:8])))
 	case len(pkt) == device.MessageResponseSize && pkt[0] == device.MessageResponseType:
+		// WireGuard answered the peer's initiation: that replaced the
+		// handshake of this node's own initiation, and an answer to that
+		// one will be dropped.
 		w.sentResp.Store(1<<32 | uint64(binary.LittleEndian.Uint32(pkt[4:8])))
+		w.sentInit.Store(0)
 	}
 }
 
