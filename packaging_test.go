@@ -454,8 +454,14 @@ func TestContainerImageRuntime(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), "tun=userspace") {
-		t.Errorf("node in the image did not come up in userspace mode:\n%s", logs.String())
+	// The node wrote its "node up" line before it answered status, but
+	// the line reaches logs through a pipe and exec's copier: wait for it.
+	for !strings.Contains(logs.String(), "tun=userspace") {
+		if time.Now().After(deadline) {
+			t.Errorf("node in the image did not come up in userspace mode:\n%s", logs.String())
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
