@@ -340,6 +340,18 @@ func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <
 				return err
 			}
 		case <-ctx.Done():
+			// The caller gave up: this admission's entry goes (not a newer
+			// one), as a refused one does, before Admit returns.
+			o.peersMu.Lock()
+			removed := o.peers[entry.key] == entry && o.sessions.Get(key).State == session.Awaiting
+			if removed {
+				o.removeLocked(entry, "no WireGuard session before the admission was given up")
+				o.publishLocked()
+			}
+			o.peersMu.Unlock()
+			if removed {
+				o.deviceCaughtUp()
+			}
 			return fmt.Errorf("%w with %q: %w", errNotConfirmed, name, ctx.Err())
 		}
 	}
