@@ -280,7 +280,8 @@ func measureRound(b *testing.B, procs [2]*tunnelProc, nsA, nsB, server string, s
 // wireguard-go's throughput (gridnet/raw), CPU-seconds per GB of each
 // (both ends' processes), iperf3's retransmits and each gridnet node's
 // RSS after the run. `make bench-netns` runs it; it needs root, iproute2,
-// iperf3 and /dev/net/tun.
+// iperf3 and /dev/net/tun. GRIDNET_BENCH_LOG=FILE writes the gridnet
+// nodes' output there after the run.
 func BenchmarkNetnsKernelThroughput(b *testing.B) {
 	requireNetns(b)
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
@@ -316,6 +317,9 @@ func BenchmarkNetnsKernelThroughput(b *testing.B) {
 	}
 	nodes[0].waitPeer(b, bin, "beta")
 	nodes[1].waitPeer(b, bin, "alpha")
+	// Idle: both tunnels up, no traffic yet (reported after the run:
+	// ResetTimer drops metrics reported before it).
+	gridIdle, rawIdle := readRSS(b, grid), readRSS(b, raw)
 
 	b.ResetTimer()
 	for range b.N {
@@ -344,18 +348,47 @@ func BenchmarkNetnsKernelThroughput(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	for i, p := range grid {
-		rss, err := procRSSMiB(strconv.Itoa(p.cmd.Process.Pid))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(rss, fmt.Sprintf("gridnet%d-RSS-MiB", i))
+	for i, n := range nodes {
+		// The data path as the node saw it: offloads and how often the
+		// backlog bound made a reader wait or stepped aside.
+		st := n.waitPeer(b, bin, []string{"beta", "alpha"}[i])
+		b.Logf("gridnet%d data path: %+v", i, st.DataPath)
 	}
-	for i, p := range raw {
-		rss, err := procRSSMiB(strconv.Itoa(p.cmd.Process.Pid))
+	if path := os.Getenv("GRIDNET_BENCH_LOG"); path != "" {
+		// The nodes' own output (with GODEBUG=gctrace=1 in the
+		// environment, the garbage collector's trace too).
+		var all bytes.Buffer
+		for i, p := range grid {
+			fmt.Fprintf(&all, "=== gridnet%d\n%s", i, p.logs.Bytes())
+		}
+		if err := os.WriteFile(path, all.Bytes(), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRSS(b, gridIdle, "gridnet%d-idle-RSS-MiB")
+	reportRSS(b, rawIdle, "raw-wg%d-idle-RSS-MiB")
+	reportRSS(b, readRSS(b, grid), "gridnet%d-RSS-MiB")
+	reportRSS(b, readRSS(b, raw), "raw-wg%d-RSS-MiB")
+}
+
+// readRSS reads each process's resident set in MiB.
+func readRSS(b *testing.B, procs [2]*tunnelProc) [2]float64 {
+	b.Helper()
+	var rss [2]float64
+	for i, p := range procs {
+		r, err := procRSSMiB(strconv.Itoa(p.cmd.Process.Pid))
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(rss, fmt.Sprintf("raw-wg%d-RSS-MiB", i))
+		rss[i] = r
+	}
+	return rss
+}
+
+// reportRSS reports each resident set as the metric named by format
+// (with the process's index).
+func reportRSS(b *testing.B, rss [2]float64, format string) {
+	for i, r := range rss {
+		b.ReportMetric(r, fmt.Sprintf(format, i))
 	}
 }

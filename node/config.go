@@ -72,13 +72,24 @@ type Config struct {
 	lines map[string]int
 }
 
-// DefaultMemoryLimitMiB bounds a node's heap. wireguard-go's buffers are
-// 64 KiB each and its queues hold thousands, so under bulk load an
-// unbounded node grows past 100 MiB and keeps it; with this soft limit the
-// garbage collector returns buffers early. Measured: two nodes in one
-// process stay at 75 MiB after a 256 MiB transfer (215 MiB without), with
-// the same throughput (BenchmarkTunnel).
+// DefaultMemoryLimitMiB is a ceiling on a node's heap (a soft limit: the
+// garbage collector works harder as the heap nears it). wireguard-go's
+// buffers are 64 KiB each and its queues hold thousands; the overlay
+// bounds how many packets wait inside it (overlay/backlog.go), so a busy
+// node's live heap stays near 40 MiB and the limit is rarely reached.
+// Without that bound it was: under 4-stream bulk load the collector ran
+// every 5–8 ms and the node lost a third of its throughput.
 const DefaultMemoryLimitMiB = 128
+
+// DefaultGCPercent is the garbage collector's target (Go's GOGC) that
+// `gridnet up` sets unless GOGC is in the environment. The heap of a busy
+// node is mostly wireguard-go's packet buffers, which hold no pointers and
+// cost the collector little, so collecting at 1.5× the live heap rather
+// than Go's 2× keeps a node's resident set lower after bulk transfers for
+// a CPU cost too small to measure (kernel mode, `make bench-netns`, 4
+// streams: RSS after the transfers 58–74 MiB at 50 in two runs, 62–97 MiB
+// at 100 in one).
+const DefaultGCPercent = 50
 
 // VaultConfig locates the node vault and its key.
 type VaultConfig struct {

@@ -33,6 +33,36 @@ type Status struct {
 	// Refusals are the last refusal by each peer that refused this node
 	// since it was last admitted there, newest first.
 	Refusals []RefusalView `json:"refusals,omitempty"`
+	// DataPath says which offloads carry packets and how the backlog
+	// inside WireGuard is bounded.
+	DataPath DataPathView `json:"data_path"`
+}
+
+// DataPathView is the data path in Status (docs/ARCHITECTURE.md,
+// "Admission and the data plane").
+type DataPathView struct {
+	// Mode is the stack's mode: "userspace" or "kernel".
+	Mode string `json:"mode"`
+	// TCPSegmentation: TCP segments of up to 64 KiB cross between the
+	// stack and WireGuard and are split or merged at the boundary
+	// (userspace: the netstack's offload; kernel: the TUN's virtio-net
+	// header).
+	TCPSegmentation bool `json:"tcp_segmentation"`
+	// UDPSegmentation and UDPCoalescing: the kernel offers UDP GSO and
+	// GRO for the underlay socket, so wireguard-go uses them (it turns GSO
+	// off for the rest of the run if a send with it fails, which this does
+	// not show).
+	UDPSegmentation bool `json:"udp_gso"`
+	UDPCoalescing   bool `json:"udp_gro"`
+	// BacklogLimit is how many packets may wait inside WireGuard in each
+	// direction; BacklogWaits counts the times a reader waited for room,
+	// BacklogExpired the packets WireGuard dropped unseen, and
+	// BacklogBypasses the times so many went missing that the bound
+	// stepped aside for a second.
+	BacklogLimit    int    `json:"backlog_limit"`
+	BacklogWaits    uint64 `json:"backlog_waits"`
+	BacklogExpired  uint64 `json:"backlog_expired"`
+	BacklogBypasses uint64 `json:"backlog_bypasses"`
 }
 
 // FirewallView is the firewall's counters in Status.
@@ -120,6 +150,12 @@ func (n *Node) Status() Status {
 	}
 	fs := n.fw.Stats()
 	st.Firewall = FirewallView{Accepted: fs.Accepted, Dropped: fs.Dropped, Drops: fs.Drops, Flows: fs.Flows, Quarantined: fs.Quarantined, FlowsCut: fs.FlowsCut}
+	dp := n.ov.DataPath()
+	st.DataPath = DataPathView{
+		Mode: n.stack.Mode().String(), TCPSegmentation: n.stack.SegmentationOffload(),
+		UDPSegmentation: dp.UDPSegmentation, UDPCoalescing: dp.UDPCoalescing,
+		BacklogLimit: dp.BacklogLimit, BacklogWaits: dp.BacklogWaits, BacklogExpired: dp.BacklogExpired, BacklogBypasses: dp.BacklogBypasses,
+	}
 	c := n.stack.Counters()
 	st.Interface = CounterView{
 		InAccepted: c.Inbound.AcceptedPackets, InDropped: c.Inbound.DroppedPackets,

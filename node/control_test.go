@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,12 @@ func TestServeControl(t *testing.T) {
 	var st Status
 	if err := c.GetJSON(t.Context(), control.PathStatus, &st); err != nil || st.Name != "emb" || st.Addresses[0] != "100.64.0.7/10" {
 		t.Errorf("status: %+v, %v", st, err)
+	}
+	// The data path: a userspace stack with offload, a bounded backlog,
+	// and the UDP offloads the kernel offers (Linux only).
+	if dp := st.DataPath; dp.Mode != "userspace" || !dp.TCPSegmentation || dp.BacklogLimit <= 0 ||
+		(runtime.GOOS != "linux" && (dp.UDPSegmentation || dp.UDPCoalescing)) {
+		t.Errorf("status data path: %+v", dp)
 	}
 	if _, err := c.Do(t.Context(), http.MethodPost, control.PathReload); err == nil || !strings.Contains(err.Error(), "does not reload") {
 		t.Errorf("reload without a reload function: %v", err)

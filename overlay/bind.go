@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/handshake"
+	"github.com/aigrid/gridnet/overlay/internal/inflight"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 )
@@ -36,9 +37,14 @@ type divertBind struct {
 
 	// known holds the source IPs of admitted peers' endpoints (immutable
 	// map, swapped whole); strangers is the limiter for every other source.
-	known     atomic.Pointer[map[netip.Addr]struct{}]
-	strangers *rateLimiter
-	limited   atomic.Uint64 // WireGuard datagrams dropped by strangers
+	known atomic.Pointer[map[netip.Addr]struct{}]
+	// peerEndpoints holds the same endpoints with their ports: only
+	// datagrams from them count in the receive backlog (a stranger's, or
+	// one from another port of a peer's address, is dropped by
+	// wireguard-go at once, unless it is a handshake).
+	peerEndpoints atomic.Pointer[map[netip.AddrPort]struct{}]
+	strangers     *rateLimiter
+	limited       atomic.Uint64 // WireGuard datagrams dropped by strangers
 
 	// budgets holds the pre-decryption budgets of throttled peers by
 	// endpoint (see SetBudgets); budgetMu serializes its writers.
@@ -61,6 +67,12 @@ type divertBind struct {
 
 	mu   sync.Mutex
 	port uint16
+
+	// backlog bounds the packets inside wireguard-go in each direction
+	// (nil: unbounded): received counts the transport datagrams handed
+	// to it until their packets reach the TUN, sent the packets read
+	// from the TUN until they leave encrypted (see backlog.go).
+	received, sent *inflight.Limiter
 }
 
 var _ conn.Bind = (*divertBind)(nil)
@@ -82,13 +94,18 @@ func newDivertBind(inner conn.Bind, divert divertFunc, junk *atomic.Uint64) *div
 	return b
 }
 
-// setKnown replaces the set of admitted peers' endpoint addresses.
-func (b *divertBind) setKnown(addrs []netip.Addr) {
-	m := make(map[netip.Addr]struct{}, len(addrs))
-	for _, a := range addrs {
-		m[a.Unmap()] = struct{}{}
+// setKnown replaces the admitted peers' endpoints (where they were
+// admitted from, and where WireGuard sees them now).
+func (b *divertBind) setKnown(eps []netip.AddrPort) {
+	addrs := make(map[netip.Addr]struct{}, len(eps))
+	exact := make(map[netip.AddrPort]struct{}, len(eps))
+	for _, ep := range eps {
+		ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+		addrs[ep.Addr()] = struct{}{}
+		exact[ep] = struct{}{}
 	}
-	b.known.Store(&m)
+	b.known.Store(&addrs)
+	b.peerEndpoints.Store(&exact)
 }
 
 // isWireGuard reports whether b looks like a WireGuard message: a
@@ -118,8 +135,17 @@ func (b *divertBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 // copying bytes (only when a diverted one precedes them), never by swapping
 // slices.
 func (b *divertBind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
+	var room *inflight.Waiter
+	if b.received != nil {
+		room = b.received.NewWaiter()
+	}
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		for {
+			if room != nil {
+				// While wireguard-go holds a full backlog, datagrams
+				// wait in the socket's buffer instead.
+				room.Wait()
+			}
 			n, err := fn(packets, sizes, eps)
 			if err != nil {
 				return 0, err
@@ -137,7 +163,12 @@ func (b *divertBind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
 	j := 0
 	var junk, limited, throttled uint64
-	known := *b.known.Load()
+	// Transport datagrams with a packet inside from an admitted peer's
+	// endpoint (one lookup per run of datagrams from one endpoint).
+	data := 0
+	var lastCounted netip.AddrPort
+	counted := false
+	known, peerEps := *b.known.Load(), *b.peerEndpoints.Load()
 	budgets := *b.budgets.Load()
 	watches := *b.watches.Load()
 	var now int64
@@ -178,6 +209,16 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 					}
 				}
 			}
+			if pkt[0] == messageTransport && size > device.MessageKeepaliveSize {
+				ep := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+				if ep != lastCounted {
+					_, counted = peerEps[ep]
+					lastCounted = ep
+				}
+				if counted {
+					data++
+				}
+			}
 			if j != i {
 				copy(packets[j][:size], pkt)
 				sizes[j] = size
@@ -193,6 +234,9 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 	for k := j; k < n; k++ {
 		sizes[k] = 0
 		eps[k] = nil
+	}
+	if b.received != nil {
+		b.received.Add(data)
 	}
 	if junk > 0 {
 		b.junk.Add(junk)
@@ -231,8 +275,15 @@ func (b *divertBind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 // initiation and response (the only 92-byte message of type 2); data
 // messages are only looked at for their first byte.
 func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	data := 0 // transport messages with a packet read from the TUN inside
 	for _, buf := range bufs {
-		if len(buf) == 0 || buf[0] == messageTransport {
+		if len(buf) == 0 {
+			continue
+		}
+		if buf[0] == messageTransport {
+			if len(buf) > device.MessageKeepaliveSize {
+				data++
+			}
 			continue
 		}
 		initiation := len(buf) == device.MessageInitiationSize && buf[0] == device.MessageInitiationType
@@ -250,6 +301,9 @@ func (b *divertBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 				w.sent(buf)
 			}
 		}
+	}
+	if b.sent != nil {
+		b.sent.Done(data)
 	}
 	return b.inner.Send(bufs, ep)
 }

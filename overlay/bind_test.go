@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/overlay/handshake"
+	"github.com/aigrid/gridnet/overlay/internal/inflight"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 )
@@ -282,7 +283,7 @@ func TestBindStrangerLimit(t *testing.T) {
 	}
 	var junk atomic.Uint64
 	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
-	b.setKnown([]netip.Addr{known.Addr()})
+	b.setKnown([]netip.AddrPort{known})
 	fns, _, err := b.Open(0)
 	if err != nil {
 		t.Fatal(err)
@@ -337,7 +338,7 @@ func TestBudgetThrottlesOnlyItsEndpoint(t *testing.T) {
 	batches = append(batches, after)
 	var junk atomic.Uint64
 	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
-	b.setKnown([]netip.Addr{flooder.Addr()})
+	b.setKnown([]netip.AddrPort{flooder})
 	const rate = 1000 // burst: 100 ms of rate
 	b.setBudgets(map[netip.AddrPort]float64{flooder: rate})
 	fns, _, err := b.Open(0)
@@ -422,7 +423,7 @@ func TestSessionWatch(t *testing.T) {
 	}
 	var junk atomic.Uint64
 	b := newDivertBind(&fakeBind{batches: batches}, func([]byte, netip.AddrPort) {}, &junk)
-	b.setKnown([]netip.Addr{watched.Addr(), other.Addr()})
+	b.setKnown([]netip.AddrPort{watched, other})
 	fns, _, err := b.Open(0)
 	if err != nil {
 		t.Fatal(err)
@@ -479,7 +480,7 @@ func BenchmarkBindReceive(b *testing.B) {
 	var junk atomic.Uint64
 	inner := &fakeBind{batches: [][]fakePacket{batch}, loop: true}
 	bind := newDivertBind(inner, func([]byte, netip.AddrPort) {}, &junk)
-	bind.setKnown([]netip.Addr{src.Addr()}) // an admitted peer's traffic
+	bind.setKnown([]netip.AddrPort{src}) // an admitted peer's traffic
 	fns, _, _ := bind.Open(0)
 	raw, _, _ := inner.Open(0)
 	bufs, sizes, eps := receiveBuffers()
@@ -494,4 +495,49 @@ func BenchmarkBindReceive(b *testing.B) {
 	}
 	b.Run("inner", func(b *testing.B) { run(b, raw[0]) })
 	b.Run("divert", func(b *testing.B) { run(b, fns[0]) })
+}
+
+// The Bind counts the backlog inside wireguard-go: received transport
+// datagrams that carry a packet from an admitted peer's endpoint go in
+// (keepalives, handshakes and gridnet messages do not: they never reach the
+// TUN; nor do datagrams from other endpoints, which wireguard-go drops at
+// once), and sent ones come out of the send backlog the same way.
+func TestBindCountsTheBacklog(t *testing.T) {
+	peer := netip.MustParseAddrPort("127.0.0.1:1000")
+	keepalive := wgPacket(0, device.MessageKeepaliveSize)
+	initiation := wgPacket(0, device.MessageInitiationSize)
+	initiation[0] = device.MessageInitiationType
+	gridnet := []byte{handshake.TypeGridnet, 1, 2, 3}
+	otherPort := netip.MustParseAddrPort("127.0.0.1:1001") // the peer's address, not its endpoint
+	stranger := netip.MustParseAddrPort("192.0.2.9:1000")
+	batch := []fakePacket{
+		{wgPacket(1, 100), peer}, {keepalive, peer}, {initiation, peer},
+		{gridnet, peer}, {wgPacket(2, 1400), peer}, {[]byte{9, 9, 9, 9}, peer},
+		{wgPacket(3, 100), otherPort}, {wgPacket(4, 100), stranger},
+	}
+	var junk atomic.Uint64
+	b := newDivertBind(&fakeBind{batches: [][]fakePacket{batch}}, func([]byte, netip.AddrPort) {}, &junk)
+	b.setKnown([]netip.AddrPort{peer})
+	b.received = inflight.New(1000, time.Hour, nil)
+	b.sent = inflight.New(1000, time.Hour, nil)
+	fns, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes, eps := receiveBuffers()
+	if _, err := fns[0](bufs, sizes, eps); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.received.Inside(); got != 2 {
+		t.Fatalf("received backlog = %d, want the 2 transport datagrams with a packet", got)
+	}
+
+	b.sent.Add(5) // five packets read from the TUN
+	ep := &conn.StdNetEndpoint{AddrPort: peer}
+	if err := b.Send([][]byte{wgPacket(1, 100), keepalive, initiation, wgPacket(2, 200)}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.sent.Inside(); got != 3 {
+		t.Fatalf("send backlog = %d after two packets left, want 3", got)
+	}
 }

@@ -178,6 +178,9 @@ type Overlay struct {
 	bind    *divertBind
 	limiter *rateLimiter
 	stats   counters
+	// Data path facts fixed at start (see DataPath).
+	backlogLimit   int
+	udpGSO, udpGRO bool
 
 	// cookies makes and checks the cookies this node hands out under
 	// load; jar keeps those it received as initiator (see cookie.go).
@@ -329,7 +332,7 @@ func (o *Overlay) start(cfg Config) (*Overlay, error) {
 	o.exec = newSessionExec(o)
 	o.sessions = session.NewTable(o.timers, session.SystemClock{}, o.exec)
 	o.bind = newDivertBind(conn.NewStdNetBind(), o.onGridnet, &o.stats.junk)
-	o.dev = device.NewDevice(cfg.TUN, o.bind, o.wgLogger())
+	o.dev = device.NewDevice(o.boundBacklog(cfg.TUN), o.bind, o.wgLogger())
 	if err := o.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(o.wgPriv[:]), cfg.ListenPort)); err != nil {
 		o.cancel()
 		o.dev.Close()

@@ -165,18 +165,18 @@ func (o *Overlay) publishLocked() {
 	}
 }
 
-// publishEndpointsLocked tells the bind which source addresses belong to
+// publishEndpointsLocked tells the bind which source endpoints belong to
 // admitted peers: where they were admitted from, and where WireGuard
 // currently sees them (roaming), when the caller has fresh device stats.
 func (o *Overlay) publishEndpointsLocked(st map[[32]byte]*wgPeerStats) {
-	addrs := make([]netip.Addr, 0, 2*len(o.peers))
+	eps := make([]netip.AddrPort, 0, 2*len(o.peers))
 	for key, e := range o.peers {
-		addrs = append(addrs, e.endpoint.Addr())
+		eps = append(eps, e.endpoint)
 		if s := st[key]; s != nil && s.endpoint.IsValid() {
-			addrs = append(addrs, s.endpoint.Addr())
+			eps = append(eps, s.endpoint)
 		}
 	}
-	o.bind.setKnown(addrs)
+	o.bind.setKnown(eps)
 }
 
 // refreshEndpoints learns roamed peers' addresses from the device.

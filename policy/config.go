@@ -234,7 +234,7 @@ const (
 	DefaultBlockedWindow   = 60 * time.Second // a retried port costs once a minute; a scan of new ports costs every time
 	DefaultFloodPenalty    = 0.02             // one per floodPenaltyWindow: ~0.2/s under sustained flood
 	DefaultExpiryWindow    = 0.1              // last 10% of certificate validity
-	DefaultPacketsPerSec   = 400_000          // above one TCP stream at the measured 1.7 Gbit/s (userspace) and 2.4 Gbit/s (kernel TUN) with 1280-byte packets
+	DefaultPacketsPerSec   = 2_000_000        // 3× one TCP stream at the measured 6.7 Gbit/s (userspace, 1280-byte packets: 650,000/s); see docs/FIREWALL.md
 	DefaultBytesPerSec     = 0                // off: packets/s and the flow caps bound a peer
 	DefaultNewFlowsPerSec  = 1_000            // a port scan is slowed, a busy client is not
 	DefaultMaxFlowsPerPeer = 4_096            // memory bound per peer

@@ -111,7 +111,7 @@ func TestMarshalYAMLShowsDefaults(t *testing.T) {
 		"quarantine: 1m\n",
 		"half_life: 5m\n",
 		"blocked_penalty: 0.05\n",
-		"packets_per_sec: 400000\n",
+		"packets_per_sec: 2000000\n",
 		"max_flows: 65536\n",
 	} {
 		if !strings.Contains(out, want) {

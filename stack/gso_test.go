@@ -351,3 +351,38 @@ func TestCompleteTCPChecksum(t *testing.T) {
 		t.Fatal("accepted a packet that is not TCP")
 	}
 }
+
+// TestNetstackDevSplitsAtPeersMSS: a segment that would fit the MTU in one
+// packet but carries more than the MSS (the peer asked for smaller
+// segments) still leaves as packets of at most the MSS.
+func TestNetstackDevSplitsAtPeersMSS(t *testing.T) {
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const mss = 1000
+	s := seg{flags: tcpACK | tcpPSH, opts: tsOpts(5, 6), seq: 7, payload: pattern(1100, 3)}.build()
+	if len(s) > DefaultMTU {
+		t.Fatalf("test segment of %d bytes does not fit the MTU", len(s))
+	}
+	var list gstack.PacketBufferList
+	list.PushBack(gsoPacket(s, mss, 2))
+	if n, err := d.ep.WritePackets(list); n != 1 || err != nil {
+		t.Fatalf("WritePackets = %d, %v", n, err)
+	}
+	list.DecRef()
+	bufs := [][]byte{make([]byte, testOffset+MaxMTU), make([]byte, testOffset+MaxMTU)}
+	sizes := make([]int, len(bufs))
+	n, err := d.Read(bufs, sizes, testOffset)
+	if err != nil || n != 2 {
+		t.Fatalf("Read = %d packets, %v; want the segment split in 2", n, err)
+	}
+	var got [][]byte
+	for i := range n {
+		got = append(got, bytes.Clone(bufs[i][testOffset:testOffset+sizes[i]]))
+	}
+	if err := checkSplit(s, mss, got); err != nil {
+		t.Error(err)
+	}
+}

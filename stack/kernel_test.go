@@ -99,6 +99,11 @@ func kernelChild(t *testing.T, ns string) {
 	if err != nil {
 		t.Fatalf("New kernel: %v", err)
 	}
+	// wireguard-go turns the TUN's virtio-net header on wherever the
+	// kernel has it (every kernel that runs Go's supported releases).
+	if !s.SegmentationOffload() {
+		t.Errorf("kernel TUN without segmentation offload (batch size %d)", s.Device().BatchSize())
+	}
 	closed := false
 	defer func() {
 		if !closed {

@@ -330,9 +330,11 @@ func (d *netstackDev) take(pkt *gstack.PacketBuffer, bufs [][]byte, sizes []int,
 		}
 		return k
 	}
-	if size := pkt.Size(); size <= d.mtu && offset >= 0 && offset+size <= len(bufs[k]) {
+	if size := pkt.Size(); size <= d.mtu && pkt.Data().Size() <= int(pkt.GSOOptions.MSS) && offset >= 0 && offset+size <= len(bufs[k]) {
 		// One packet (an ACK, a small write): copy it and complete its
-		// checksum, no splitting.
+		// checksum, no splitting. A segment that fits the MTU but carries
+		// more than the MSS (a peer that asked for smaller segments) is
+		// split like any other.
 		if copyPacket(bufs[k], sizes, k, offset, pkt) && completeTCPChecksum(bufs[k][offset:offset+size]) {
 			k++
 		}

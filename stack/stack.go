@@ -193,6 +193,20 @@ func validate(cfg *Config) (int, error) {
 // rest of the Stack; use Stack.Close.
 func (s *Stack) Device() tun.Device { return s.dev }
 
+// SegmentationOffload reports whether packets cross between the stack and
+// WireGuard as large TCP segments, split and merged at the boundary: in
+// userspace mode, the netstack's segmentation offload (off with
+// Config.NoOffload); in kernel mode, the TUN's virtio-net header, through
+// which the kernel hands over TCP segments of up to 64 KiB and takes merged
+// ones (wireguard-go turns it on where the kernel offers it; then it reads
+// and writes batches).
+func (s *Stack) SegmentationOffload() bool {
+	if s.cfg.Mode == Userspace {
+		return !s.cfg.NoOffload
+	}
+	return s.dev.BatchSize() > 1
+}
+
 // SetHooks atomically replaces the packet hooks; batches already in flight
 // finish with the previous hooks.
 func (s *Stack) SetHooks(h Hooks) {

@@ -464,3 +464,18 @@ func TestListenOnAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestSegmentationOffloadReported: a userspace stack reports its offload
+// as configured.
+func TestSegmentationOffloadReported(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		s, err := New(Config{Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/10")}, NoOffload: off, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.SegmentationOffload(); got == off {
+			t.Errorf("NoOffload %v: SegmentationOffload() = %v", off, got)
+		}
+		s.Close()
+	}
+}

@@ -106,6 +106,9 @@ func runUp(ctx context.Context, env Env, path string, cfg *node.Config) error {
 	if _, set := env.LookupEnv("GOMEMLIMIT"); !set && cfg.MemoryLimitMiB > 0 {
 		debug.SetMemoryLimit(int64(cfg.MemoryLimitMiB) << 20)
 	}
+	if _, set := env.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(node.DefaultGCPercent)
+	}
 	// One node per vault: a second up on it stops here, naming the first.
 	claim, err := vault.ClaimVault(cfg.Vault.Path, vault.Holder{PID: os.Getpid(), Socket: cfg.Control.Socket}, vault.DefaultLockTimeout)
 	if err != nil {
@@ -286,6 +289,11 @@ func statusCommand() *command {
 func printStatus(w io.Writer, st node.Status, now time.Time) {
 	fmt.Fprintf(w, "%s (%s) %s  underlay port %d  certificate valid until %s\n",
 		st.Name, st.Domain, strings.Join(st.Addresses, ", "), st.UnderlayPort, st.CertExpiry.UTC().Format(time.RFC3339))
+	if dp := st.DataPath; dp.Mode != "" {
+		fmt.Fprintf(w, "data path: %s stack, TCP segmentation %s, UDP GSO %s, UDP GRO %s; backlog in WireGuard %d packets each way (readers waited %d times, %d packets lost unseen, bound stepped aside %d times)\n",
+			dp.Mode, onOff(dp.TCPSegmentation), onOff(dp.UDPSegmentation), onOff(dp.UDPCoalescing), dp.BacklogLimit,
+			dp.BacklogWaits, dp.BacklogExpired, dp.BacklogBypasses)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tADDRESS\tENDPOINT\tHANDSHAKE\tRX\tTX\tSTATE")
 	for _, p := range st.Peers {
@@ -297,6 +305,14 @@ func printStatus(w io.Writer, st node.Status, now time.Time) {
 	}
 	tw.Flush()
 	printRefusals(w, st.Refusals, now)
+}
+
+// onOff is "on" or "off".
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 func pingCommand() *command {

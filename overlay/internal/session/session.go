@@ -33,9 +33,9 @@
 //     new initiations (a copy the peer consumed is a replay to it). A side
 //     that does not start takes the start over once the starter's first
 //     kick had time, and Timers.Grace more. A session still not up
-//     Timers.SessionSetup after the admission (or one kick after a late
-//     take-over) is given up: the peer is removed and wanted again after a
-//     backoff.
+//     Timers.SessionSetup after the admission (or, after a late take-over,
+//     once both kinds of kick had their time: three kick delays after it)
+//     is given up: the peer is removed and wanted again after a backoff.
 //   - A new admission of a peer with a session keeps the session if it is
 //     newer than the admission (the two sides admitted each other at
 //     once), and starts a fresh one otherwise (the peer restarted or lost
@@ -508,11 +508,20 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 }
 
 // giveUp is when a pending session is given up: SessionSetup after the
-// admission, or one kick after this side started it (a take-over late in
-// a slow admission), whichever is later.
+// admission, or, when this side started it later (a take-over late in a
+// slow admission, or after a lost session), three kicks' time after that,
+// whichever is later.
+// A late starter so gets both kinds of kick before it gives up: the resend
+// byte for byte (a copy still queued at the peer), then a new initiation
+// (when the first crossed the other side's take-over: both sides may take
+// over at once, and two initiations that cross need a third).
 func (s Session) giveUp(t Timers) time.Time {
 	end := s.AdmittedAt.Add(t.SessionSetup)
-	if e := s.StartedAt.Add(t.KickDelay(s.RTT)); s.Starts && e.After(end) {
+	kicks := time.Duration(1)
+	if s.StartedAt.After(s.AdmittedAt) {
+		kicks = 3 // a take-over
+	}
+	if e := s.StartedAt.Add(kicks * t.KickDelay(s.RTT)); s.Starts && e.After(end) {
 		end = e
 	}
 	return end

@@ -252,7 +252,7 @@ func TestYieldThenAdmit(t *testing.T) {
 // until SessionSetup after the admission; then it removes the peer and
 // wants it again after the backoff. The non-starter takes the start over
 // (a new initiation) no later than one kick before SessionSetup, and then
-// follows the same rules.
+// kicks twice (a resend, a new initiation) before it gives up.
 func TestStarterKicksThenGivesUp(t *testing.T) {
 	tm := testTimers()
 	for _, c := range []struct {
@@ -298,10 +298,23 @@ func TestStarterKicksThenGivesUp(t *testing.T) {
 					t.Errorf("later kick %s, want a new initiation; ticks %v", l, log)
 				}
 			}
-			// Given up at SessionSetup, or one kick after a late take-over.
+			// Given up at SessionSetup, or three kicks' time after a late
+			// take-over, which so gets a resend and a new initiation.
 			end := tm.SessionSetup
 			if c.initiates {
-				end = max(end, takeOver.Sub(t0)+kick)
+				end = max(end, takeOver.Sub(t0)+3*kick)
+				var resends, news int
+				for _, l := range log[1 : len(log)-1] {
+					switch {
+					case strings.HasSuffix(l, ":resend-initiation"):
+						resends++
+					case strings.HasSuffix(l, ":new-initiation"):
+						news++
+					}
+				}
+				if resends < 1 || news < 1 {
+					t.Errorf("after the take-over: %d resends and %d new initiations, want at least one of each; ticks %v", resends, news, log)
+				}
 			}
 			last := log[len(log)-1]
 			if last != fmt.Sprintf("%v:remove(no WireGuard session after admission)", end) {
