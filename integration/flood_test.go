@@ -254,12 +254,25 @@ func runFloodInProcess(t testing.TB, measure bool) floodInProcess {
 	wg.Wait()
 	r.sent = sent.Load()
 	r.stats = victim.Firewall().Stats()
-	for len(sub.C) > 0 {
-		if e := <-sub.C; e.Peer == "attacker" {
-			r.sawAttacker = true
+	r.sawAttacker = awaitPeerEvent(sub.C, "attacker", time.Second)
+	return r
+}
+
+// awaitPeerEvent reports whether c holds or brings, within wait, an event
+// naming peer. The firewall counts a drop before it sends the drop's
+// event, so a drop count seen does not yet mean its event is queued.
+func awaitPeerEvent(c <-chan policy.Event, peer string, wait time.Duration) bool {
+	deadline := time.After(wait)
+	for {
+		select {
+		case e := <-c:
+			if e.Peer == peer {
+				return true
+			}
+		case <-deadline:
+			return false
 		}
 	}
-	return r
 }
 
 // TestFloodKeepsOtherPeersServed: an admitted peer floods the victim with

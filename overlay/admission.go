@@ -100,9 +100,9 @@ func (o *Overlay) heldRepeat(mk msg1Key, from netip.AddrPort, mark bool) bool {
 // repeated answers a msg1 this node held when it came again: with the
 // msg2 made for it, if there is one to send (see heldLocked) and, when
 // charge is set, the per-source limit allows it. It counts the repeat
-// after the answer left.
+// before the answer leaves.
 func (o *Overlay) repeated(again []byte, from netip.AddrPort, charge bool) {
-	defer o.stats.repeats.Add(1)
+	o.stats.repeats.Add(1) // a repeat that came counts, answered or not
 	if again == nil {
 		return
 	}
@@ -399,11 +399,9 @@ func (o *Overlay) respond(m handshake.Message, from netip.AddrPort) {
 	h.answered = time.Now()
 	h.msg2 = msg2
 	o.hsMu.Unlock()
-	if err := o.bind.SendTo(msg2, from); err != nil {
+	if err := o.sendCounted(&o.stats.responded, msg2, from); err != nil {
 		o.logSend(err)
-		return
 	}
-	o.stats.responded.Add(1)
 }
 
 // finish verifies msg3 and admits the initiator.
@@ -424,7 +422,12 @@ func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
 	rtt := now.Sub(h.answered)
 	peer, err := h.resp.ConsumeFinal(m, o.verifyPeer)
 	if err == nil {
-		err = o.admit(peer, from, o.startsSession(peer.Static, from), rtt)
+		// Counted before the admission starts the session, so that
+		// whoever sees the session sees the completion counted.
+		o.stats.completed.Add(1)
+		if err = o.admit(peer, from, o.startsSession(peer.Static, from), rtt); err != nil {
+			o.stats.completed.Add(^uint64(0))
+		}
 	}
 	if err != nil {
 		o.reject(err, from, "responder")
@@ -432,7 +435,6 @@ func (o *Overlay) finish(m handshake.Message, from netip.AddrPort) {
 		return
 	}
 	o.forgetRefusal(from)
-	o.stats.completed.Add(1)
 }
 
 // startsSession decides whether this node, admitting peer as responder,

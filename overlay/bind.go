@@ -61,7 +61,7 @@ type divertBind struct {
 	watchMu sync.Mutex
 
 	// initiations holds the last WireGuard handshake initiation sent to
-	// each endpoint, for a kick to send again (see resendInitiation).
+	// each endpoint, for a kick to send again (see keptInitiation).
 	initMu      sync.Mutex
 	initiations map[netip.AddrPort][]byte
 
@@ -330,8 +330,8 @@ func (b *divertBind) forgetInitiation(to netip.AddrPort) {
 	b.initMu.Unlock()
 }
 
-// resendInitiation sends the last handshake initiation sent to to again,
-// byte for byte, and reports whether there was one to send. To the peer
+// keptInitiation returns the last handshake initiation sent to to, or
+// nil if none is kept. Sent again byte for byte (a kick), to the peer
 // it is a duplicate datagram: if the first copy is still waiting in the
 // peer's handshake queue, WireGuard answers the first and drops the second
 // as a replay, and the answer matches the handshake this side holds; if
@@ -339,12 +339,11 @@ func (b *divertBind) forgetInitiation(to netip.AddrPort) {
 // replace this side's handshake, so the answer to the first is dropped,
 // and the peer refuses the new one as a flood when it consumes both
 // within 20 ms, as a backed-up queue does.
-func (b *divertBind) resendInitiation(to netip.AddrPort) bool {
+func (b *divertBind) keptInitiation(to netip.AddrPort) []byte {
 	to = netip.AddrPortFrom(to.Addr().Unmap(), to.Port())
 	b.initMu.Lock()
-	pkt := b.initiations[to]
-	b.initMu.Unlock()
-	return pkt != nil && b.SendTo(pkt, to) == nil
+	defer b.initMu.Unlock()
+	return b.initiations[to]
 }
 
 // ParseEndpoint forwards to the inner bind.

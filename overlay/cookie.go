@@ -348,11 +348,9 @@ func (o *Overlay) sendCookie(job cookieJob) {
 		o.logSend(err)
 		return
 	}
-	if err := o.bind.SendTo(reply, job.from); err != nil {
+	if err := o.sendCounted(&o.stats.cookiesSent, reply, job.from); err != nil {
 		o.logSend(err)
-		return
 	}
-	o.stats.cookiesSent.Add(1)
 }
 
 // openCookie reads a cookie reply for the initiator init; ok is false

@@ -463,7 +463,7 @@ func TestAdmitThroughCookie(t *testing.T) {
 	if m := mustParseMessage(t, buf[:n]); m.Kind != handshake.KindCookie || m.Receiver != 99 {
 		t.Fatalf("answer to a msg1 without cookie: kind %d", m.Kind)
 	}
-	// The reply may reach the socket before the counter moves.
+	// The reply was counted before it left.
 	waitFor(t, sessionTimeout, "the reply counted", func() bool { return b.Stats().CookiesSent > before.CookiesSent })
 	if after := b.Stats(); after.Responded != before.Responded || after.CookiesSent != before.CookiesSent+1 {
 		t.Fatalf("b under load answered a msg1 without cookie: before %+v, after %+v", before, after)

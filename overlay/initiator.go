@@ -188,10 +188,9 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 			return nil, fmt.Errorf("overlay: start handshake: %w", err)
 		}
 	}
-	if err := o.bind.SendTo(msg1, endpoint); err != nil {
+	if err := o.sendCounted(&o.stats.initiated, msg1, endpoint); err != nil {
 		return nil, err
 	}
-	o.stats.initiated.Add(1)
 	sent := time.Now()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -211,10 +210,9 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 				continue
 			}
 			resends++
-			if err := o.bind.SendTo(msg1, endpoint); err != nil {
+			if err := o.sendCounted(&o.stats.resent, msg1, endpoint); err != nil {
 				return nil, err
 			}
-			o.stats.resent.Add(1)
 			resend.Reset(resendDelay())
 		case <-timer.C:
 			o.stats.timeouts.Add(1)
@@ -284,8 +282,9 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		return nil, fmt.Errorf("%w (%q)", errOtherNode, peer.Identity.Name)
 	}
 	if err := o.admit(peer, endpoint, false, rtt); err != nil {
+		rej := o.reject(err, endpoint, "initiator") // counted before the refusal leaves
 		o.sendRefusal(err, endpoint, init.Refusal)
-		return nil, o.reject(err, endpoint, "initiator")
+		return nil, rej
 	}
 	o.peersMu.Lock()
 	entry := o.peers[peer.Static]

@@ -151,11 +151,9 @@ func (o *Overlay) sendRefusal(err error, to netip.AddrPort, seal func(handshake.
 	if serr != nil {
 		return
 	}
-	if serr := o.bind.SendTo(pkt, to); serr != nil {
+	if serr := o.sendCounted(&o.stats.refusalsSent, pkt, to); serr != nil {
 		o.logSend(serr)
-		return
 	}
-	o.stats.refusalsSent.Add(1)
 }
 
 // refuseBusy answers a msg1 frame this node drops unprocessed with a busy
@@ -179,11 +177,9 @@ func (o *Overlay) refuseBusyMsg(m handshake.Message, from netip.AddrPort) {
 	if err != nil {
 		return
 	}
-	if err := o.bind.SendTo(ref, from); err != nil {
+	if err := o.sendCounted(&o.stats.refusalsSent, ref, from); err != nil {
 		o.logSend(err)
-		return
 	}
-	o.stats.refusalsSent.Add(1)
 }
 
 // refused records a refusal this node received from from (name if

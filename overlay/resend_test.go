@@ -88,8 +88,8 @@ func TestRepeatedMsg1AnsweredOnce(t *testing.T) {
 	if again := read(); !bytes.Equal(again, msg2) {
 		t.Fatal("the repeated msg1 got another msg2")
 	}
-	// Both counters move after the datagram left, so the test may see the
-	// answer first.
+	// Each counter moves before its datagram leaves, so both answers
+	// that came are counted.
 	waitFor(t, sessionTimeout, "the repeat and the msg2 counted", func() bool {
 		st := b.Stats()
 		return st.RepeatsAnswered == 1 && st.Responded >= 1
@@ -111,7 +111,7 @@ func TestRepeatedMsg1AnsweredOnce(t *testing.T) {
 		waitFor(t, sessionTimeout, "the repeat counted", func() bool { return b.Stats().RepeatsAnswered == uint64(2+i) })
 	}
 	answers := 0
-	sock.SetReadDeadline(time.Now().Add(time.Second)) // a repeat is counted after its answer left
+	sock.SetReadDeadline(time.Now().Add(time.Second)) // the last answer leaves right after its count
 	for {
 		n, err := readFromPeer(sock, b.ep, buf)
 		if err != nil {
@@ -244,7 +244,7 @@ func TestRepeatsPayThePerSourceLimit(t *testing.T) {
 	}
 	buf := make([]byte, 4096)
 	answers := 0
-	sock.SetReadDeadline(time.Now().Add(time.Second)) // every answer left before its count
+	sock.SetReadDeadline(time.Now().Add(time.Second)) // each answer leaves right after its count
 	for {
 		if _, err := readFromPeer(sock, b.ep, buf); err != nil {
 			break

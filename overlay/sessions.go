@@ -86,11 +86,11 @@ func (x *sessionExec) Execute(peer session.Key, a session.Action, s session.Sess
 			return
 		}
 		x.arm(key, ep)
-		if !x.o.bind.resendInitiation(ep) {
+		pkt := x.o.bind.keptInitiation(ep)
+		if pkt == nil || x.o.sendCounted(&x.o.stats.kicks, pkt, ep) != nil {
 			x.newInitiation(key)
 			return
 		}
-		x.o.stats.kicks.Add(1)
 		x.o.log.Debug("session not up in time; initiation sent again", "peer", shortKey(key))
 	case session.EnableKeepalive:
 		x.setDevice(key, fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", hex.EncodeToString(key[:]), PersistentKeepalive))
@@ -194,12 +194,15 @@ func (x *sessionExec) newInitiation(key [32]byte) {
 		return
 	}
 	x.arm(key, ep)
+	// Counted before it goes out (turning the keepalive on may send it),
+	// as sendCounted does.
+	x.o.stats.kicks.Add(1)
 	if !x.setDevice(key, fmt.Sprintf("public_key=%s\nupdate_only=true\nendpoint=%s\npersistent_keepalive_interval=%d\n",
 		hex.EncodeToString(key[:]), ep, PersistentKeepalive)) {
+		x.o.stats.kicks.Add(^uint64(0))
 		return
 	}
 	x.initiate(key)
-	x.o.stats.kicks.Add(1)
 	x.o.log.Debug("session not up in time; started again", "peer", shortKey(key))
 }
 

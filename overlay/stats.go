@@ -3,6 +3,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,7 +113,9 @@ func classify(err error) Reason {
 	}
 }
 
-// Stats is a snapshot of the handshake counters.
+// Stats is a snapshot of the handshake counters. A counter of something
+// sent or done moves before its effect can be seen: before the packet
+// leaves, before the admission starts its session.
 type Stats struct {
 	// Initiated counts msg1 sent (every attempt, including retries).
 	Initiated uint64
@@ -180,6 +183,18 @@ type Stats struct {
 	// CookiesReceived counts valid cookie replies this node received as
 	// initiator.
 	CookiesReceived uint64
+}
+
+// sendCounted sends pkt to to and counts it in c. The count comes first:
+// whoever sees what the packet brought about (an answer, a session)
+// sees it counted. A send that fails is taken back out of the count.
+func (o *Overlay) sendCounted(c *atomic.Uint64, pkt []byte, to netip.AddrPort) error {
+	c.Add(1)
+	if err := o.bind.SendTo(pkt, to); err != nil {
+		c.Add(^uint64(0))
+		return err
+	}
+	return nil
 }
 
 type counters struct {
