@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/big"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -13,6 +12,8 @@ import (
 	"github.com/aigrid/gridnet/node"
 	"github.com/aigrid/gridnet/node/nodetest"
 	"github.com/aigrid/gridnet/overlay"
+
+	"github.com/aigrid/gridnet/node/nodetest/freeport"
 )
 
 // gossipOptions makes node options with discovery on (fast test timings).
@@ -301,8 +302,8 @@ func TestSeedChainsMergeInAnyStartOrder(t *testing.T) {
 			checkGoroutines(t)
 			f := newFabric(t)
 			ports := map[int]uint16{}
-			for i := 1; i <= 5; i++ {
-				ports[i] = freeLoopbackUDPPort(t)
+			for i, p := range freeport.UDP(t, 5) {
+				ports[i+1] = p
 			}
 			nodes := map[int]*node.Node{}
 			start := func(i int) {
@@ -332,16 +333,4 @@ func TestSeedChainsMergeInAnyStartOrder(t *testing.T) {
 			t.Logf("one fabric %v after the last start", took)
 		})
 	}
-}
-
-// freeLoopbackUDPPort returns a UDP port on 127.0.0.1 that was free a
-// moment ago.
-func freeLoopbackUDPPort(t testing.TB) uint16 {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/aigrid/gridnet/node/internal/identity"
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/vault"
+
+	"github.com/aigrid/gridnet/node/nodetest/freeport"
 )
 
 // TestListenAddresses: Listen and ListenPacket take net-style networks and
@@ -434,16 +436,9 @@ func writeNodeVault(t *testing.T, ca *localCA, path, keyFile, name string, addr 
 	}
 }
 
-// freeUDPPort returns a UDP port that was free a moment ago.
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
+// freeUDPPort returns a port for a node to bind that no other socket
+// gets meanwhile (see package freeport).
+func freeUDPPort(t *testing.T) int { return int(freeport.UDP(t, 1)[0]) }
 
 // TestListenTLSResumptionChecksRevocation: a client that resumes a TLS
 // session with a ticket is checked again: once its certificate is

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+
+	"github.com/aigrid/gridnet/node/nodetest/freeport"
 )
 
 // joinDeadline bounds each wait of the join test: generous, only a hang
@@ -60,7 +61,8 @@ func TestEmbeddedNodeJoinsGridnetUp(t *testing.T) {
 	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from web") }))
 	defer site.Close()
 
-	ports := map[string]int{"seed": freePort(t), "web": freePort(t), "emb": freePort(t)}
+	free := freeport.UDP(t, 3)
+	ports := map[string]int{"seed": int(free[0]), "web": int(free[1]), "emb": int(free[2])}
 	config := func(name, extra string) {
 		t.Helper()
 		peers := ""
@@ -147,15 +149,4 @@ func cleanEnv() []string {
 		}
 	}
 	return env
-}
-
-// freePort returns a UDP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }

@@ -24,7 +24,7 @@ func TestUpGossipPeersAndCRLPush(t *testing.T) {
 	mustGridnet(t, nil, "vault", "keyfile", p("k"))
 	mustGridnet(t, nil, "ca", "init", "--name", "ca", "--domain", "corp.example", "--vault", p("ca.vault"), "--vault-key-file", p("k"), "--out", p("ca.crt"))
 	names := []string{"alpha", "beta", "gamma"}
-	ports := []int{freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)}
+	ports := freeUDPPorts(t, 3)
 	for i, name := range names {
 		mustGridnet(t, nil, "cert", "issue", "--ca-vault", p("ca.vault"), "--ca-vault-key-file", p("k"), "--ca-cert", p("ca.crt"),
 			"--name", name, "--out-vault", p(name+".vault"), "--out-vault-key-file", p("k"), "--ip", fmt.Sprintf("100.64.0.%d/10", i+1), "--out", p(name+".crt"))

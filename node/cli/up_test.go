@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,17 +11,22 @@ import (
 	"time"
 
 	"github.com/aigrid/gridnet/node"
+
+	"github.com/aigrid/gridnet/node/nodetest/freeport"
 )
 
-// freeUDPPort returns a UDP port that was free a moment ago.
-func freeUDPPort(t *testing.T) int {
+// freeUDPPort returns a port for a node to bind that no other socket
+// gets meanwhile (see package freeport).
+func freeUDPPort(t *testing.T) int { return freeUDPPorts(t, 1)[0] }
+
+// freeUDPPorts returns n distinct such ports.
+func freeUDPPorts(t *testing.T, n int) []int {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	var out []int
+	for _, p := range freeport.UDP(t, n) {
+		out = append(out, int(p))
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	return out
 }
 
 // upNode runs `gridnet up` in-process until the test ends and checks that
@@ -53,7 +57,7 @@ func TestUpControlAPI(t *testing.T) {
 	p := func(name string) string { return filepath.Join(dir, name) }
 	mustGridnet(t, nil, "vault", "keyfile", p("k"))
 	mustGridnet(t, nil, "ca", "init", "--name", "ca", "--domain", "corp.example", "--vault", p("ca.vault"), "--vault-key-file", p("k"), "--out", p("ca.crt"))
-	ports := []int{freeUDPPort(t), freeUDPPort(t)}
+	ports := freeUDPPorts(t, 2)
 	names := []string{"alpha", "beta"}
 	for i, name := range names {
 		mustGridnet(t, nil, "cert", "issue", "--ca-vault", p("ca.vault"), "--ca-vault-key-file", p("k"), "--ca-cert", p("ca.crt"),
