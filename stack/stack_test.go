@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -76,7 +77,7 @@ func transfer(t testing.TB, p *pair, port uint16, n int) {
 			return
 		}
 		defer c.Close()
-		io.Copy(c, c)
+		echoReadingOn(c)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -99,6 +100,56 @@ func transfer(t testing.TB, p *pair, port uint16, n int) {
 	}
 	if want := sha256.Sum256(data); string(h.Sum(nil)) != string(want[:]) {
 		t.Fatal("echoed data differs")
+	}
+}
+
+// echoReadingOn sends back what c receives, and keeps reading while a
+// write back waits. A one-goroutine echo (io.Copy(c, c)) stops reading
+// while its write waits for the peer's acknowledgements, and gVisor's TCP
+// can then stall for good: when its free receive space is below one unit
+// of the window scale, it advertises a zero window but its acceptance
+// test also takes the window as zero, so it drops the bytes the peer
+// sent into the space advertised before, and, with them, the ACKs of
+// every later segment the peer sends (their sequence number lies beyond
+// the window). The write waits for those ACKs, and nothing reads.
+func echoReadingOn(c net.Conn) {
+	var (
+		mu      sync.Mutex
+		pending []byte
+		ended   bool
+	)
+	ready := make(chan struct{}, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			mu.Lock()
+			pending = append(pending, buf[:n]...)
+			ended = err != nil
+			mu.Unlock()
+			select {
+			case ready <- struct{}{}:
+			default: // a wake-up is already pending
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var out []byte
+	for range ready {
+		mu.Lock()
+		out, pending = append(out[:0], pending...), pending[:0]
+		done := ended
+		mu.Unlock()
+		if len(out) > 0 {
+			if _, err := c.Write(out); err != nil {
+				return
+			}
+		}
+		if done {
+			return
+		}
 	}
 }
 
