@@ -253,7 +253,11 @@ type Discovery struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	events *notifier
+	// goMu guards wg.Add against Close's wg.Wait (see spawn); stopping
+	// is set once Close began.
+	goMu     sync.Mutex
+	stopping bool
+	events   *notifier
 	// user holds the package's own messages from packets for handleUsers.
 	user *userQueue
 	// syncs holds exchanges to run (see syncWorker); replies, pull
@@ -420,8 +424,7 @@ func (d *Discovery) Join(ctx context.Context, seeds []netip.Addr) (int, error) {
 		n, err := d.ml.Join(addrs)
 		if n > 0 {
 			d.log.Debug("discovery: joined", "seeds", n)
-			d.wg.Add(1)
-			go d.settle()
+			d.spawn(d.settle)
 			return n, nil
 		}
 		d.log.Debug("discovery: join failed; retrying", "err", err, "wait", wait)
@@ -557,13 +560,11 @@ func (d *Discovery) spreadSelf() {
 	self := d.selfEntry
 	d.mu.Unlock()
 	d.queueRecord(self)
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
+	d.spawn(func() {
 		if err := d.ml.UpdateNode(d.tun.updateTimeout); err != nil {
 			d.log.Debug("discovery: metadata update", "err", err)
 		}
-	}()
+	})
 }
 
 // BroadcastCRL makes der the newest CRL of this node (the caller has
@@ -592,13 +593,7 @@ func (d *Discovery) BroadcastCRL(der []byte) error {
 	d.queueCRL(der)
 	// Streams have no packet limit: the whole CRL goes directly.
 	msg := append([]byte{msgCRL}, der...)
-	if d.ctx.Err() == nil {
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			d.sendToMembers(msg)
-		}()
-	}
+	d.spawn(func() { d.sendToMembers(msg) })
 	return nil
 }
 
@@ -689,11 +684,32 @@ func (d *Discovery) Leave(timeout time.Duration) error {
 	return nil
 }
 
+// spawn runs f on a goroutine that Close waits for, unless Close began
+// (a WaitGroup must not grow while Close waits on it: an admission, a
+// CRL or a join that ends during Close would otherwise start one then).
+// It reports whether f runs.
+func (d *Discovery) spawn(f func()) bool {
+	d.goMu.Lock()
+	defer d.goMu.Unlock()
+	if d.stopping {
+		return false
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+	return true
+}
+
 // Close stops the member without a leave message (others will declare it
 // dead) and waits for every goroutine of the package. Safe to call twice.
 func (d *Discovery) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
+		d.goMu.Lock()
+		d.stopping = true // no goroutine starts from here on
+		d.goMu.Unlock()
 		d.cancel()
 		if e := d.ml.Shutdown(); e != nil {
 			err = fmt.Errorf("discovery: close: %w", e)

@@ -526,3 +526,31 @@ func TestCRLSentDirectlyToEveryMember(t *testing.T) {
 	took := waitFor(t, convergeTimeout, "CRL everywhere without gossip", crlEverywhere(f, 1))
 	t.Logf("CRL everywhere after %v", took)
 }
+
+// TestNothingStartsAfterClose: once Close began, work that would run on
+// a goroutine of its own (spreading an updated record, sending a CRL,
+// settling after a join) does not start: a WaitGroup must not grow from
+// zero while Close waits on it (that panicked once at the end of a
+// 200-node run, when a CRL came in during shutdown).
+func TestNothingStartsAfterClose(t *testing.T) {
+	f := newFabric(t, ProfileLAN)
+	n := f.start(0, 1)
+	if err := n.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan struct{}, 1)
+	if n.d.spawn(func() { ran <- struct{}{} }) {
+		t.Fatal("spawn started a goroutine after Close")
+	}
+	// The public paths that start goroutines return without one.
+	n.d.UpdateSelf(testRecord(0, 2))
+	if err := n.d.BroadcastCRL(testCRL(1, 600)); err != nil {
+		t.Fatalf("BroadcastCRL after Close: %v", err)
+	}
+	select {
+	case <-ran:
+		t.Fatal("work ran after Close")
+	case <-time.After(50 * time.Millisecond):
+	}
+	n.d.wg.Wait() // returns at once: nothing was added
+}

@@ -256,7 +256,6 @@ func (d *Discovery) answer(p pullRequest) state {
 // pulls, a crashed last joiner stayed admitted at a node whose memberlist
 // had not heard of it).
 func (d *Discovery) settle() {
-	defer d.wg.Done()
 	start := time.Now()
 	for _, delay := range d.tun.settleDelays {
 		t := time.NewTimer(time.Until(start.Add(delay)))
