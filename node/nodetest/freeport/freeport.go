@@ -11,6 +11,7 @@ package freeport
 
 import (
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -68,33 +69,29 @@ func UDP(tb testing.TB, n int) []uint16 {
 // returns the release of those sockets. A host without IPv6 is checked
 // on IPv4 alone.
 func hold(port int) (release func(), ok bool) {
-	var closers []func() error
+	var held []io.Closer
 	release = func() {
-		for _, c := range closers {
-			c()
+		for _, c := range held {
+			c.Close()
 		}
 	}
-	for _, network := range []string{"udp4", "udp6"} {
-		c, err := net.ListenUDP(network, &net.UDPAddr{Port: port})
-		if network == "udp6" && noIPv6(err) {
-			continue
+	addr := ":" + strconv.Itoa(port)
+	for _, network := range []string{"udp4", "udp6", "tcp4", "tcp6"} {
+		var c io.Closer
+		var err error
+		if strings.HasPrefix(network, "udp") {
+			c, err = net.ListenPacket(network, addr)
+		} else {
+			c, err = net.Listen(network, addr)
 		}
-		if err != nil {
+		switch {
+		case err == nil:
+			held = append(held, c)
+		case strings.HasSuffix(network, "6") && noIPv6(err):
+		default:
 			release()
 			return nil, false
 		}
-		closers = append(closers, c.Close)
-	}
-	for _, network := range []string{"tcp4", "tcp6"} {
-		l, err := net.ListenTCP(network, &net.TCPAddr{Port: port})
-		if network == "tcp6" && noIPv6(err) {
-			continue
-		}
-		if err != nil {
-			release()
-			return nil, false
-		}
-		closers = append(closers, l.Close)
 	}
 	return release, true
 }
@@ -108,17 +105,17 @@ func noIPv6(err error) bool {
 // ports it gives sockets bound to port 0): Linux's setting, or the IANA
 // range's start where there is none.
 func ephemeralLow() int {
+	const iana = 49152
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
-		return 49152
+		return iana
 	}
 	f := strings.Fields(string(b))
 	if len(f) == 0 {
-		return 49152
+		return iana
 	}
-	low, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 49152
+	if low, err := strconv.Atoi(f[0]); err == nil {
+		return low
 	}
-	return low
+	return iana
 }
