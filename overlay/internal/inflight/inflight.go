@@ -23,13 +23,14 @@
 package inflight
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 const (
-	// buckets is the number of age buckets a horizon is divided into.
+	// buckets is the number of ticks a horizon is divided into.
 	buckets = 8
 	// lossWindow and bypass, in horizons: lossFactor times the limit more
 	// packets in than out within lossWindow turns the bound off for
@@ -39,31 +40,46 @@ const (
 	bypass     = 500
 )
 
-// bucket counts the packets let in during one tick that are still inside.
-type bucket struct {
+// mark records how many packets had been let in when a tick began (when
+// the first Add of that tick came).
+type mark struct {
 	tick int64
-	n    int64
+	in   int64
 }
 
 // Limiter counts the packets let into a pipeline (Add) and those that came
 // out (Done), and makes the entrance wait (Waiter.Wait) while Limit or more
 // are inside. Packets come out in the order they went in, as far as the
-// Limiter is concerned: Done takes from the oldest counted packets. All
-// methods are safe for concurrent use.
+// Limiter is concerned: the first out of the packets let in so far are
+// the ones out (or forgotten). All methods are safe for concurrent use.
+//
+// The counts are two running totals, so that Add, Done and a Wait with
+// room cost an atomic operation or two and no lock: in, the packets ever
+// let in, and out, a cursor below which every packet is out or forgotten.
+// Once per tick Add takes the lock to note the total at the tick's start;
+// a packet whose tick is a horizon old is forgotten by moving the cursor
+// past it.
 type Limiter struct {
 	limit int64
-	tick  int64 // nanoseconds per bucket
+	tick  int64 // nanoseconds per tick
 	now   func() int64
 
-	mu     sync.Mutex
-	last   int64 // the latest tick seen: ticks never go back
-	ring   [buckets]bucket
-	inside int64
-	// net is the packets let in less those that came out in the loss
-	// window that began at lossStart; offUntil the tick until which the
-	// bound is off.
-	lossStart, net, offUntil int64
-	wakes                    []chan struct{} // one per Waiter
+	in   atomic.Int64 // packets let in, ever
+	out  atomic.Int64 // packets out or forgotten, the oldest first; never above in
+	done atomic.Int64 // packets Done reported, ever (the loss balance's out)
+	// markTick is the latest tick with a mark: Add takes the lock only
+	// when its tick is later.
+	markTick atomic.Int64
+	waiting  atomic.Int32 // Waiters past the lock-free look
+
+	mu    sync.Mutex
+	last  int64 // the latest tick seen: ticks never go back
+	marks [buckets]mark
+	// The loss window began at tick lossStart, when in and done were
+	// lossIn and lossDone; offUntil is the tick until which the bound is
+	// off.
+	lossStart, lossIn, lossDone, offUntil int64
+	wakes                                 []chan struct{} // one per Waiter
 
 	waits    atomic.Uint64
 	expired  atomic.Uint64
@@ -79,7 +95,12 @@ func New(limit int, horizon time.Duration, now func() int64) *Limiter {
 		now = func() int64 { return int64(time.Since(epoch)) }
 	}
 	tick := max(int64(horizon)/buckets, 1)
-	return &Limiter{limit: int64(limit), tick: tick, now: now}
+	l := &Limiter{limit: int64(limit), tick: tick, now: now, last: math.MinInt64}
+	l.markTick.Store(math.MinInt64)
+	for i := range l.marks {
+		l.marks[i].tick = math.MinInt64
+	}
+	return l
 }
 
 // tickLocked is the current tick, never before one already seen (two
@@ -98,18 +119,17 @@ func (l *Limiter) Add(n int) {
 	if n <= 0 {
 		return
 	}
-	l.mu.Lock()
-	t := l.tickLocked()
-	l.expireLocked(t)
-	b := &l.ring[slot(t)]
-	if b.tick != t {
-		// expireLocked emptied it: it held a tick at least a horizon old.
-		b.tick, b.n = t, 0
+	if t := l.now() / l.tick; t > l.markTick.Load() {
+		l.mu.Lock()
+		t = l.tickLocked()
+		if t > l.markTick.Load() {
+			l.marks[slot(t)] = mark{tick: t, in: l.in.Load()}
+			l.markTick.Store(t)
+		}
+		l.expireLocked(t)
+		l.mu.Unlock()
 	}
-	b.n += int64(n)
-	l.inside += int64(n)
-	l.net += int64(n)
-	l.mu.Unlock()
+	l.in.Add(int64(n))
 }
 
 // Done counts n packets that came out, oldest first. More than are
@@ -120,35 +140,31 @@ func (l *Limiter) Done(n int) {
 	if n <= 0 {
 		return
 	}
-	left := int64(n)
-	l.mu.Lock()
-	t := l.tickLocked()
-	l.expireLocked(t)
-	l.net -= int64(n)
-	for i := t - buckets + 1; i <= t && left > 0; i++ {
-		b := &l.ring[slot(i)]
-		if b.tick != i || b.n == 0 {
-			continue
+	l.done.Add(int64(n))
+	for {
+		o, in := l.out.Load(), l.in.Load()
+		next := min(o+int64(n), in)
+		if next <= o || l.out.CompareAndSwap(o, next) {
+			break
 		}
-		d := min(left, b.n)
-		b.n -= d
-		l.inside -= d
-		left -= d
 	}
-	if l.inside < l.limit {
-		for _, w := range l.wakes {
-			select {
-			case w <- struct{}{}:
-			default:
+	if l.waiting.Load() > 0 {
+		l.mu.Lock()
+		if l.in.Load()-l.out.Load() < l.limit {
+			for _, w := range l.wakes {
+				select {
+				case w <- struct{}{}:
+				default:
+				}
 			}
 		}
+		l.mu.Unlock()
 	}
-	l.mu.Unlock()
 }
 
-// expireLocked forgets the packets of buckets a horizon or more older than
-// tick t and, at the end of each loss window, turns the bound off if far
-// more packets went in during it than came out.
+// expireLocked forgets the packets let in a horizon or more before tick t
+// and, at the end of each loss window, turns the bound off if far more
+// packets went in during it than came out.
 //
 // Packets slower than the horizon (a loaded machine) are forgotten too, but
 // they come out later, so what is missing is judged by the window's
@@ -156,21 +172,33 @@ func (l *Limiter) Done(n int) {
 // (the limit, a batch or so beyond it, what straddles the window's ends)
 // only by packets that never come out.
 func (l *Limiter) expireLocked(t int64) {
+	in := l.in.Load()
 	if t-l.lossStart >= lossWindow*buckets {
-		if l.net > lossFactor*l.limit && t >= l.offUntil {
+		done := l.done.Load()
+		if (in-l.lossIn)-(done-l.lossDone) > lossFactor*l.limit && t >= l.offUntil {
 			l.offUntil = t + bypass*buckets
 			l.bypasses.Add(1)
 		}
-		l.lossStart, l.net = t, 0
+		l.lossStart, l.lossIn, l.lossDone = t, in, done
 	}
-	for i := range l.ring {
-		b := &l.ring[i]
-		if b.n == 0 || b.tick > t-buckets {
-			continue
+	// Every packet let in before the earliest tick of the horizon is
+	// forgotten: the cursor moves up to the total at that tick's start,
+	// or to all of them if no packet went in since.
+	keep := in
+	for _, m := range l.marks {
+		if m.tick > t-buckets && m.in < keep {
+			keep = m.in
 		}
-		l.expired.Add(uint64(b.n))
-		l.inside -= b.n
-		b.n = 0
+	}
+	for {
+		o := l.out.Load()
+		if o >= keep {
+			return
+		}
+		if l.out.CompareAndSwap(o, keep) {
+			l.expired.Add(uint64(keep - o))
+			return
+		}
 	}
 }
 
@@ -181,14 +209,21 @@ func (l *Limiter) full() (time.Duration, bool) {
 	defer l.mu.Unlock()
 	t := l.tickLocked()
 	l.expireLocked(t)
-	if l.inside < l.limit || t < l.offUntil {
+	out := l.out.Load()
+	if l.in.Load()-out < l.limit || t < l.offUntil {
 		return 0, false
 	}
+	// The oldest packet inside went in during the latest marked tick
+	// that began with at most out packets in.
 	oldest := t
-	for _, b := range l.ring {
-		if b.n != 0 && b.tick < oldest {
-			oldest = b.tick
+	best := int64(math.MinInt64)
+	for _, m := range l.marks {
+		if m.tick > t-buckets && m.in <= out && m.tick > best {
+			best = m.tick
 		}
+	}
+	if best != math.MinInt64 {
+		oldest = best
 	}
 	return time.Duration((oldest + buckets - t) * l.tick), true
 }
@@ -198,7 +233,7 @@ func (l *Limiter) Inside() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expireLocked(l.tickLocked())
-	return int(l.inside)
+	return int(l.in.Load() - l.out.Load())
 }
 
 // Stats returns how often an entrance waited, how many packets were
@@ -233,6 +268,13 @@ func (l *Limiter) NewWaiter() *Waiter {
 // a horizon and a tick after it was called: by then every packet counted
 // when it was called is out or forgotten.
 func (w *Waiter) Wait() {
+	if w.l.in.Load()-w.l.out.Load() < w.l.limit {
+		return // the common case, without the lock or the clock
+	}
+	// Done wakes waiters only while one is past this point; it sees the
+	// count, or full below sees Done's packets.
+	w.l.waiting.Add(1)
+	defer w.l.waiting.Add(-1)
 	d, full := w.l.full()
 	if !full {
 		return

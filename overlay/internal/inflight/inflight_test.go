@@ -287,3 +287,55 @@ func awaitReturn(t *testing.T, returned <-chan struct{}, when string) {
 		t.Fatalf("Wait did not return %s", when)
 	}
 }
+
+// BenchmarkRoundTrip is what one packet costs the bound on its way through
+// a pipeline that is far from full (the latency case): the entrance's
+// wait, its Add and the exit's Done, on the system clock.
+func BenchmarkRoundTrip(b *testing.B) {
+	l := New(128, 2*time.Millisecond, nil)
+	w := l.NewWaiter()
+	b.ReportAllocs()
+	for range b.N {
+		w.Wait()
+		l.Add(1)
+		l.Done(1)
+	}
+}
+
+// TestNoWakeIsMissed passes packets one at a time between an entrance and
+// an exit on two goroutines, with a limit of one and a horizon of an
+// hour: the entrance waits at almost every packet, and only a wake-up
+// from Done can let it go on. A wake-up lost between the entrance's look
+// and its sleep would hold it for the hour.
+func TestNoWakeIsMissed(t *testing.T) {
+	const packets = 20000
+	l := New(1, time.Hour, nil)
+	w := l.NewWaiter()
+	pipe := make(chan struct{}, 1)
+	finished := make(chan struct{})
+	go func() { // the exit
+		for range packets {
+			<-pipe
+			l.Done(1)
+		}
+		close(finished)
+	}()
+	go func() { // the entrance
+		for range packets {
+			w.Wait()
+			l.Add(1)
+			pipe <- struct{}{}
+		}
+	}()
+	select {
+	case <-finished:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("stalled with %d inside: a wake-up was missed", l.Inside())
+	}
+	if got := l.Inside(); got != 0 {
+		t.Fatalf("inside = %d after every packet came out, want 0", got)
+	}
+	if waits, _, _ := l.Stats(); waits == 0 {
+		t.Fatal("the entrance never waited: the test did not test waking")
+	}
+}
