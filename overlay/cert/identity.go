@@ -39,8 +39,10 @@ package cert
 import (
 	"crypto/ed25519"
 	"errors"
+	"maps"
 	"math/big"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -75,6 +77,21 @@ type Identity struct {
 	CAFingerprint string
 	// Raw is the certificate DER.
 	Raw []byte
+}
+
+// clone returns a copy of id that shares nothing mutable with it: each
+// Verify hands out an Identity its caller may change.
+func (id *Identity) clone() *Identity {
+	c := *id
+	c.Groups = slices.Clone(id.Groups)
+	c.Attributes = maps.Clone(id.Attributes)
+	c.Addresses = slices.Clone(id.Addresses)
+	c.IdentityKey = slices.Clone(id.IdentityKey)
+	c.Raw = slices.Clone(id.Raw)
+	if id.Serial != nil {
+		c.Serial = new(big.Int).Set(id.Serial)
+	}
+	return &c
 }
 
 // Sentinel verification failures. Verify wraps exactly one of them with

@@ -1,11 +1,13 @@
 package cert
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"math/big"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +29,9 @@ type Pool struct {
 	// verified remembers which trusted CA's signature each recently
 	// verified certificate carries, so that the same certificate seen
 	// again (every handshake with a peer, every gossip record, every
-	// revalidation) costs a hash instead of an Ed25519 verification.
+	// revalidation) costs a hash instead of an Ed25519 verification, and,
+	// once its other checks passed, the certificate parsed and decoded,
+	// so that VerifyDER does not parse it again.
 	verified atomic.Pointer[signatureCache]
 }
 
@@ -35,14 +39,27 @@ type Pool struct {
 // dropped and starts again empty.
 const signatureCacheSize = 8192
 
-// signatureCache maps SHA-256(certificate DER) to the fingerprint of the
-// CA whose key verified the certificate's signature. An entry only ever
-// says "these exact bytes carry a valid signature by that CA"; every other
-// check (time, domain, revocation, the CA still being trusted) runs on
-// every Verify.
+// signatureCache maps SHA-256(certificate DER) to what is known of those
+// bytes (a *verifiedCert). An entry says "these exact bytes carry a valid
+// signature by the CA with this fingerprint" and, when it holds the
+// parsed certificate, "and they pass every check that depends on nothing
+// but the bytes and that CA" (structure, key usage, domain, networks).
+// The checks that can change (time, revocation, the CA still being
+// trusted) run on every Verify.
 type signatureCache struct {
-	m sync.Map // [32]byte → string
+	m sync.Map // [32]byte → *verifiedCert
 	n atomic.Int32
+}
+
+// verifiedCert is a signature cache entry; it is never modified once
+// stored (a later Store replaces it).
+type verifiedCert struct {
+	caFingerprint string
+	// cert and id are set once the fixed checks passed: the parsed
+	// certificate, and its decoded identity without the CA's fields
+	// (handed out as copies).
+	cert *x509.Certificate
+	id   *Identity
 }
 
 // poolState is an immutable snapshot of a Pool.
@@ -287,13 +304,22 @@ func (ca *trustedCA) revoked(serial *big.Int) bool {
 }
 
 // VerifyDER parses der and verifies it like Verify. Parse failures are
-// ErrMalformed.
+// ErrMalformed. Bytes already verified are not parsed again: what does
+// not depend on time, revocation or the pool's CAs is taken from the
+// signature cache.
 func (p *Pool) VerifyDER(der []byte, now time.Time) (*Identity, error) {
-	c, err := x509.ParseCertificate(der)
+	s := p.load()
+	key := sha256.Sum256(der)
+	if e, ca := p.lookup(s, key); e != nil && e.cert != nil {
+		return finish(ca, e.cert, e.id.clone(), now)
+	}
+	// The cache keeps the parsed certificate, whose fields point into the
+	// bytes parsed: they must not be the caller's, which may change.
+	c, err := x509.ParseCertificate(bytes.Clone(der))
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w: %v", ErrMalformed, err)
 	}
-	return p.Verify(c, now)
+	return p.verify(s, key, c, true, now)
 }
 
 // Verify checks that c is a valid gridnet node certificate at now and
@@ -322,10 +348,22 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 	if c == nil {
 		return nil, fmt.Errorf("verify: %w: nil certificate", ErrMalformed)
 	}
-	s := p.load()
-	ca := p.cachedIssuer(s, c)
+	return p.verify(p.load(), sha256.Sum256(c.Raw), c, false, now)
+}
+
+// verify is Verify on snapshot s, for c whose DER hashes to key; owned
+// says that nothing but the pool holds c and its bytes, so the cache may
+// keep it (otherwise it keeps a copy).
+func (p *Pool) verify(s *poolState, key [32]byte, c *x509.Certificate, owned bool, now time.Time) (*Identity, error) {
+	e, ca := p.lookup(s, key)
+	if e != nil && e.cert != nil {
+		return finish(ca, c, e.id.clone(), now)
+	}
 	if ca == nil {
-		return nil, fmt.Errorf("verify %q: %w: issuer %q", c.Subject.CommonName, ErrUnknownCA, c.Issuer.CommonName)
+		if ca = s.issuer(c); ca == nil {
+			return nil, fmt.Errorf("verify %q: %w: issuer %q", c.Subject.CommonName, ErrUnknownCA, c.Issuer.CommonName)
+		}
+		p.remember(key, &verifiedCert{caFingerprint: ca.fingerprint})
 	}
 	id, err := decodeIdentity(c)
 	if err != nil {
@@ -340,6 +378,23 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 	if p, out := outsideNetworks(id.Addresses, ca.networks); out {
 		return nil, fmt.Errorf("verify %q: %w: %v is not in %s, the networks of CA %q", id.Name, ErrOutsideNetworks, p.Addr(), formatNetworks(ca.networks), ca.name)
 	}
+	kept := c
+	if !owned {
+		kept, err = x509.ParseCertificate(bytes.Clone(c.Raw))
+	}
+	if err == nil {
+		p.remember(key, &verifiedCert{caFingerprint: ca.fingerprint, cert: kept, id: id.clone()})
+		if owned {
+			id.Raw = slices.Clone(id.Raw) // kept's bytes stay the cache's own
+		}
+	}
+	return finish(ca, c, id, now)
+}
+
+// finish runs the checks that can change after the fixed ones passed:
+// time (the certificate's, then its CA's) and revocation; it fills in the
+// CA's fields of id.
+func finish(ca *trustedCA, c *x509.Certificate, id *Identity, now time.Time) (*Identity, error) {
 	if err := checkTime("certificate", c, now); err != nil {
 		return nil, fmt.Errorf("verify %q: %w", id.Name, err)
 	}
@@ -354,34 +409,39 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 	return id, nil
 }
 
-// cachedIssuer is s.issuer(c) through the signature cache. A hit counts
-// only while the CA with that fingerprint (the hash of its certificate,
-// hence of its key) is in s.
-func (p *Pool) cachedIssuer(s *poolState, c *x509.Certificate) *trustedCA {
-	key := sha256.Sum256(c.Raw)
+// lookup returns the signature cache's entry for key and the CA it names,
+// while that CA is in s; nil, nil otherwise.
+func (p *Pool) lookup(s *poolState, key [32]byte) (*verifiedCert, *trustedCA) {
 	cache := p.verified.Load()
-	if cache != nil {
-		if fp, ok := cache.m.Load(key); ok {
-			if ca := s.byFP[fp.(string)]; ca != nil {
-				return ca
-			}
-		}
+	if cache == nil {
+		return nil, nil
 	}
-	ca := s.issuer(c)
+	v, ok := cache.m.Load(key)
+	if !ok {
+		return nil, nil
+	}
+	e := v.(*verifiedCert)
+	ca := s.byFP[e.caFingerprint]
 	if ca == nil {
-		return nil
+		return nil, nil
 	}
+	return e, ca
+}
+
+// remember stores e for key in the signature cache, starting a fresh
+// cache when it is full.
+func (p *Pool) remember(key [32]byte, e *verifiedCert) {
+	cache := p.verified.Load()
 	if cache == nil || cache.n.Load() >= signatureCacheSize {
 		fresh := &signatureCache{}
 		if !p.verified.CompareAndSwap(cache, fresh) {
-			return ca
+			return
 		}
 		cache = fresh
 	}
-	if _, loaded := cache.m.LoadOrStore(key, ca.fingerprint); !loaded {
+	if _, loaded := cache.m.Swap(key, e); !loaded {
 		cache.n.Add(1)
 	}
-	return ca
 }
 
 // issuer returns the trusted CA whose key verifies c's signature, or nil.

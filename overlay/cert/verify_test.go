@@ -1,6 +1,7 @@
 package cert
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -10,7 +11,9 @@ import (
 	"encoding/asn1"
 	"errors"
 	"math/big"
+	"net/netip"
 	"net/url"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -373,8 +376,17 @@ func TestSignatureCacheKeepsEveryOtherCheck(t *testing.T) {
 	if n := pool.verified.Load().n.Load(); n != 1 {
 		t.Fatalf("cache holds %d entries, want 1", n)
 	}
+	for range 2 { // and from the parsed certificate the cache keeps
+		if _, err := pool.VerifyDER(c.Raw, testNow); err != nil {
+			t.Fatalf("VerifyDER: %v", err)
+		}
+	}
+	_, err := pool.VerifyDER(c.Raw, c.NotAfter.Add(time.Second))
+	requireExactly(t, err, ErrExpired)
+	_, err = pool.VerifyDER(c.Raw, c.NotBefore.Add(-time.Second))
+	requireExactly(t, err, ErrNotYetValid)
 
-	_, err := pool.Verify(c, c.NotAfter.Add(time.Second))
+	_, err = pool.Verify(c, c.NotAfter.Add(time.Second))
 	requireExactly(t, err, ErrExpired)
 
 	altered := flipLast(c.Raw)
@@ -396,6 +408,8 @@ func TestSignatureCacheKeepsEveryOtherCheck(t *testing.T) {
 	}
 	_, err = pool.Verify(c, testNow)
 	requireExactly(t, err, ErrRevoked)
+	_, err = pool.VerifyDER(c.Raw, testNow)
+	requireExactly(t, err, ErrRevoked)
 
 	full := pool.verified.Load()
 	full.n.Store(signatureCacheSize)
@@ -405,5 +419,41 @@ func TestSignatureCacheKeepsEveryOtherCheck(t *testing.T) {
 	}
 	if now := pool.verified.Load(); now == full || now.n.Load() != 1 {
 		t.Fatal("a full signature cache was not replaced by a fresh one")
+	}
+}
+
+// TestCachedIdentitiesAreCopies: the identity VerifyDER returns from its
+// cache is the one a first verification returns, and a caller that
+// changes it changes nothing another caller gets.
+func TestCachedIdentitiesAreCopies(t *testing.T) {
+	ca := newTestCA(t, "Corp CA", "corp.example")
+	pool := mustPool(t, ca.Cert)
+	c, _ := issue(t, ca, "web-1")
+	der := slices.Clone(c.Raw)
+	first, err := pool.VerifyDER(der, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der[len(der)-1] ^= 0xff // the caller's buffer is reused: the cache kept its own copy
+	want := first.clone()
+	first.Name = "changed"
+	first.Groups[0] = "changed"
+	first.Addresses[0] = netip.MustParsePrefix("10.0.0.1/8")
+	first.IdentityKey[0] ^= 0xff
+	first.Raw[0] ^= 0xff
+	first.Serial.SetInt64(-1)
+	first.Attributes["changed"] = "yes"
+	second, err := pool.VerifyDER(c.Raw, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(second.Raw, c.Raw) {
+		t.Fatal("the cached certificate changed with the first caller's buffer")
+	}
+	if !reflect.DeepEqual(second, want) {
+		t.Fatalf("second verification:\n%+v\nwant the first one as it was returned:\n%+v", second, want)
+	}
+	if second.CAName != "Corp CA" || second.CAFingerprint == "" {
+		t.Fatalf("CA fields %q %q not filled from the cache", second.CAName, second.CAFingerprint)
 	}
 }
