@@ -10,7 +10,7 @@ FUZZTIME  ?= 20s
 # Test timeout: the integration fabrics and namespace tests are the slowest.
 TESTTIMEOUT ?= 30m
 
-.PHONY: bench-netns bench-flood bench-gossip bench-proxy all build test test-short vet bench fuzz demo clean
+.PHONY: bench-netns bench-tuning bench-flood bench-gossip bench-proxy all build test test-short vet bench fuzz demo clean
 
 all: build
 
@@ -65,6 +65,12 @@ bench-proxy:
 # GRIDNET_BENCH_ROUNDS per tunnel, default 3). Needs root, iproute2, iperf3.
 bench-netns:
 	$(GO) test -run '^$$' -bench NetnsKernelThroughput -benchtime 1x -count 1 -timeout 30m -v ./integration
+
+# The userspace stack's settings against its defaults (congestion control,
+# RACK, queue length, batch size), unpoliced and under a per-peer packet
+# cap, GRIDNET_TUNING_ROUNDS rounds (default 3); docs/TUNING.md.
+bench-tuning:
+	$(GO) test -run '^$$' -bench StackTuning -benchtime 1x -count 1 -timeout 60m -v ./integration
 
 # The flood benchmarks alone: the share of throughput an honest peer keeps
 # while another peer floods the victim (in one process, and with the

@@ -144,6 +144,12 @@ func realisticRules() string {
 // pass-through hook (no firewall).
 func gridnetPair(b *testing.B, rules *policy.Config) pair {
 	b.Helper()
+	return gridnetPairWith(b, rules, nodetest.Switches{Unfiltered: rules == nil})
+}
+
+// gridnetPairWith is gridnetPair with the nodes' test switches set.
+func gridnetPairWith(b *testing.B, rules *policy.Config, sw nodetest.Switches) pair {
+	b.Helper()
 	ca, err := nodetest.NewLocalCA("bench-ca", "bench.gridnet")
 	if err != nil {
 		b.Fatal(err)
@@ -155,7 +161,7 @@ func gridnetPair(b *testing.B, rules *policy.Config) pair {
 		}
 		opts.Peers = peers
 		opts.Firewall = rules
-		n, err := nodetest.Start(context.Background(), opts, nodetest.Switches{Unfiltered: rules == nil})
+		n, err := nodetest.Start(context.Background(), opts, sw)
 		if err != nil {
 			b.Fatal(err)
 		}

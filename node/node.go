@@ -154,12 +154,17 @@ func Start(ctx context.Context, opts Options) (*Node, error) {
 	if opts.TunMode == TunKernel {
 		mode = stack.Kernel
 	}
+	var tuning stack.Tuning
+	if opts.TestHooks != nil {
+		tuning = opts.TestHooks.StackTuning
+	}
 	n.stack, err = stack.New(stack.Config{
 		Mode:      mode,
 		Addresses: id.Addresses,
 		MTU:       opts.MTU,
 		TUNName:   opts.TunName,
 		Logger:    n.log,
+		Tuning:    tuning,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("virtual interface: %w", err)

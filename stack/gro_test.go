@@ -357,7 +357,7 @@ func TestCoalesceZeroAlloc(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("plan and build: %v allocs per batch, want 0", a)
 	}
-	d, err := newNetstackDev([]netip.Addr{netip.MustParseAddr("100.64.0.9")}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{netip.MustParseAddr("100.64.0.9")}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}

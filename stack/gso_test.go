@@ -181,7 +181,7 @@ func gsoPacket(segment []byte, mss int, views int) *gstack.PacketBuffer {
 // by the stack comes out of Read as MTU-sized packets, continuing in the
 // next Read when a batch has too few buffers, followed by the next packet.
 func TestNetstackDevSplitsAcrossReads(t *testing.T) {
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestSplitZeroAlloc(t *testing.T) {
 		t.Errorf("splitSegment: %v allocs per segment, want 0", a)
 	}
 
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +356,7 @@ func TestCompleteTCPChecksum(t *testing.T) {
 // packet but carries more than the MSS (the peer asked for smaller
 // segments) still leaves as packets of at most the MSS.
 func TestNetstackDevSplitsAtPeersMSS(t *testing.T) {
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,20 +25,67 @@ import (
 // netstackNIC is the ID of the single NIC of the userspace stack.
 const netstackNIC tcpip.NICID = 1
 
-// netstackQueueLen is the capacity of the outbound packet queue between
-// gVisor and Read (the channel endpoint's queue). When it is full gVisor
-// drops the packet as a NIC with a full transmit ring would; TCP recovers.
+// netstackQueueLen is the default capacity of the outbound packet queue
+// between gVisor and Read (the channel endpoint's queue). When it is full
+// gVisor drops the packet as a NIC with a full transmit ring would; TCP
+// recovers. docs/TUNING.md has the figures that chose it.
 const netstackQueueLen = 1024
 
-// Per-connection TCP buffer limits of the userspace stack (see setup).
+// Per-connection TCP buffer limits of the userspace stack by default (see
+// setup and docs/TUNING.md).
 const (
 	tcpMaxReceiveBuffer = 8 << 20
 	tcpMaxSendBuffer    = 6 << 20
 )
 
-// netstackBatch is the number of packets Read moves per call at most, and
-// the batch size the device reports.
+// netstackBatch is the default number of packets Read moves per call at
+// most, and the batch size the device reports (docs/TUNING.md).
 const netstackBatch = 128
+
+// Tuning overrides the userspace stack's defaults, which were chosen by
+// measurement (docs/TUNING.md). It is there to measure alternatives and
+// for troubleshooting; the zero value is the defaults, and kernel mode
+// ignores it.
+type Tuning struct {
+	// CongestionControl is gVisor's TCP congestion control, "reno" or
+	// "cubic"; "" means the default (reno).
+	CongestionControl string
+	// RACK turns RACK-TLP loss detection on (gVisor's own default). The
+	// default is off: TCP marks a segment lost by SACK and three
+	// duplicate acknowledgements, and by its retransmission timer; under
+	// a packet cap that drops (the firewall's per-peer cap), RACK made one
+	// stream 6–13 times slower (docs/TUNING.md).
+	RACK bool
+	// QueueLen is the capacity of the outbound packet queue; 0 means
+	// 1024.
+	QueueLen int
+	// Batch is the most packets one Read returns; 0 means 128.
+	Batch int
+	// MaxReceiveBuffer and MaxSendBuffer bound one connection's TCP
+	// buffers, which grow with the measured rate up to them; 0 means
+	// 8 MiB and 6 MiB.
+	MaxReceiveBuffer, MaxSendBuffer int
+}
+
+// withDefaults returns t with its zero fields set to the defaults.
+func (t Tuning) withDefaults() Tuning {
+	if t.CongestionControl == "" {
+		t.CongestionControl = "reno"
+	}
+	if t.QueueLen <= 0 {
+		t.QueueLen = netstackQueueLen
+	}
+	if t.Batch <= 0 {
+		t.Batch = netstackBatch
+	}
+	if t.MaxReceiveBuffer <= 0 {
+		t.MaxReceiveBuffer = tcpMaxReceiveBuffer
+	}
+	if t.MaxSendBuffer <= 0 {
+		t.MaxSendBuffer = tcpMaxSendBuffer
+	}
+	return t
+}
 
 // netstackDev is the userspace stack's tun.Device: a gVisor stack whose only
 // NIC is a channel.Endpoint (wrapped by gsoEndpoint). Write injects packets
@@ -83,6 +130,7 @@ type netstackDev struct {
 	stack   *gstack.Stack
 	mtu     int
 	offload bool
+	tuning  Tuning // with its defaults set
 	events  chan tun.Event
 
 	rmu   sync.Mutex  // serializes Read: split holds a segment across calls
@@ -112,8 +160,9 @@ type offloadStats struct {
 
 // newNetstackDev creates the gVisor stack, gives its NIC the node addresses
 // (as /32 and /128) and routes everything of their families to it. offload
-// turns segmentation offload and coalescing on.
-func newNetstackDev(addrs []netip.Addr, mtu int, offload bool) (*netstackDev, error) {
+// turns segmentation offload and coalescing on; tuning overrides defaults.
+func newNetstackDev(addrs []netip.Addr, mtu int, offload bool, tuning Tuning) (*netstackDev, error) {
+	tuning = tuning.withDefaults()
 	s := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
@@ -121,10 +170,11 @@ func newNetstackDev(addrs []netip.Addr, mtu int, offload bool) (*netstackDev, er
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &netstackDev{
-		ep:      &gsoEndpoint{Endpoint: channel.New(netstackQueueLen, uint32(mtu), ""), offload: offload},
+		ep:      &gsoEndpoint{Endpoint: channel.New(tuning.QueueLen, uint32(mtu), ""), offload: offload},
 		stack:   s,
 		mtu:     mtu,
 		offload: offload,
+		tuning:  tuning,
 		events:  make(chan tun.Event, 1),
 		ctx:     ctx,
 		cancel:  cancel,
@@ -138,26 +188,39 @@ func newNetstackDev(addrs []netip.Addr, mtu int, offload bool) (*netstackDev, er
 }
 
 func (d *netstackDev) setup(addrs []netip.Addr) error {
-	sack := tcpip.TCPSACKEnabled(true) // off by default in gVisor
+	// SACK and receive buffer auto-tuning are gVisor's defaults at the
+	// version pinned; they are set here so that they stay on whatever its
+	// defaults become.
+	sack := tcpip.TCPSACKEnabled(true)
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &sack); err != nil {
 		return fmt.Errorf("enable TCP SACK: %v", err)
 	}
-	// Buffers: gVisor's fixed 1 MiB receive window limits one connection
-	// once offload lets it move a few Gbit/s through queues that add
-	// milliseconds of round trip; the receive buffer is auto-tuned (grows
-	// with the measured rate) up to tcpMaxReceiveBuffer, and the send
-	// buffer may grow to tcpMaxSendBuffer.
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: tcpMaxReceiveBuffer}
+	// Buffers: the receive buffer is auto-tuned (grows with the measured
+	// rate) up to MaxReceiveBuffer, and the send buffer may grow to
+	// MaxSendBuffer (docs/TUNING.md: held at 1 MiB, one stream ran at
+	// 0.80×; the ceiling is for paths with a longer round trip).
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: min(tcp.DefaultReceiveBufferSize, d.tuning.MaxReceiveBuffer), Max: d.tuning.MaxReceiveBuffer}
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 		return fmt.Errorf("set TCP receive buffer range: %v", err)
 	}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: tcpMaxSendBuffer}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: min(tcp.DefaultSendBufferSize, d.tuning.MaxSendBuffer), Max: d.tuning.MaxSendBuffer}
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
 		return fmt.Errorf("set TCP send buffer range: %v", err)
 	}
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
 		return fmt.Errorf("enable TCP receive buffer auto-tuning: %v", err)
+	}
+	cc := tcpip.CongestionControlOption(d.tuning.CongestionControl)
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &cc); err != nil {
+		return fmt.Errorf("set TCP congestion control %q: %v", d.tuning.CongestionControl, err)
+	}
+	var recovery tcpip.TCPRecovery // no RACK
+	if d.tuning.RACK {
+		recovery = tcpip.TCPRACKLossDetection
+	}
+	if err := d.stack.SetTransportProtocolOption(tcp.ProtocolNumber, &recovery); err != nil {
+		return fmt.Errorf("set TCP loss detection: %v", err)
 	}
 	if err := d.stack.CreateNIC(netstackNIC, d.ep); err != nil {
 		return fmt.Errorf("create NIC: %v", err)
@@ -198,7 +261,7 @@ func (d *netstackDev) Name() (string, error) { return "netstack", nil }
 func (d *netstackDev) Events() <-chan tun.Event { return d.events }
 
 // BatchSize is the largest batch Read returns.
-func (d *netstackDev) BatchSize() int { return netstackBatch }
+func (d *netstackDev) BatchSize() int { return d.tuning.Batch }
 
 // Write injects each packet (starting at offset) into the stack; with
 // offload on, in-order TCP segments of one flow are merged first (gro.go).

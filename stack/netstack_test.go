@@ -3,7 +3,11 @@ package stack
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // TestNetstackDevZeroAlloc checks that the userspace device adds no
@@ -14,7 +18,7 @@ func TestNetstackDevZeroAlloc(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless with -race (sync.Pool drops objects)")
 	}
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +56,7 @@ func TestNetstackDevZeroAlloc(t *testing.T) {
 // TestNetstackDevReadBatch checks that Read returns every queued packet in
 // one call, intact and in order.
 func TestNetstackDevReadBatch(t *testing.T) {
-	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true)
+	d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,5 +87,65 @@ func TestNetstackDevReadBatch(t *testing.T) {
 		if !ok || src != addrA || dst != addrB || sizes[i] != 20+8+10+i {
 			t.Errorf("packet %d: %v→%v ok=%v size %d", i, src, dst, ok, sizes[i])
 		}
+	}
+}
+
+// TestTuning checks that the defaults are the documented ones, that every
+// override reaches gVisor and the device, and that an unknown congestion
+// control is refused by name.
+func TestTuning(t *testing.T) {
+	check := func(tn Tuning, cc string, recovery tcpip.TCPRecovery, batch, queue, rcvMax, sndMax int) {
+		t.Helper()
+		d, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, tn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		var gotCC tcpip.CongestionControlOption
+		if err := d.stack.TransportProtocolOption(tcp.ProtocolNumber, &gotCC); err != nil {
+			t.Fatal(err)
+		}
+		var gotRecovery tcpip.TCPRecovery
+		if err := d.stack.TransportProtocolOption(tcp.ProtocolNumber, &gotRecovery); err != nil {
+			t.Fatal(err)
+		}
+		if string(gotCC) != cc || gotRecovery != recovery {
+			t.Errorf("%+v: congestion control %q, recovery %v; want %q, %v", tn, gotCC, gotRecovery, cc, recovery)
+		}
+		var rcv tcpip.TCPReceiveBufferSizeRangeOption
+		var snd tcpip.TCPSendBufferSizeRangeOption
+		if err := d.stack.TransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.stack.TransportProtocolOption(tcp.ProtocolNumber, &snd); err != nil {
+			t.Fatal(err)
+		}
+		if rcv.Max != rcvMax || snd.Max != sndMax || rcv.Default > rcv.Max || snd.Default > snd.Max {
+			t.Errorf("%+v: buffers receive %+v send %+v, want maxima %d and %d", tn, rcv, snd, rcvMax, sndMax)
+		}
+		if d.BatchSize() != batch {
+			t.Errorf("%+v: batch %d, want %d", tn, d.BatchSize(), batch)
+		}
+		// The queue refuses packets past its capacity.
+		u := &userspace{dev: d}
+		c, err := u.dialUDP(context.Background(), "udp", addrA, netip.AddrPortFrom(addrB, 9))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for range queue + 10 {
+			c.Write(make([]byte, 10))
+		}
+		if n := d.ep.NumQueued(); n != queue {
+			t.Errorf("%+v: %d packets queued, want the capacity %d", tn, n, queue)
+		}
+	}
+	check(Tuning{}, "reno", 0, 128, 1024, 8<<20, 6<<20)
+	check(Tuning{CongestionControl: "cubic", RACK: true, Batch: 32, QueueLen: 64, MaxReceiveBuffer: 512 << 10, MaxSendBuffer: 16 << 20},
+		"cubic", tcpip.TCPRACKLossDetection, 32, 64, 512<<10, 16<<20)
+
+	_, err := newNetstackDev([]netip.Addr{addrA}, DefaultMTU, true, Tuning{CongestionControl: "bbr"})
+	if err == nil || !strings.Contains(err.Error(), `"bbr"`) {
+		t.Errorf("unknown congestion control: err = %v, want one that names it", err)
 	}
 }

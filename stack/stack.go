@@ -94,6 +94,9 @@ type Config struct {
 	// inside the userspace device (see the package documentation); it is
 	// there for comparison and troubleshooting. Kernel mode ignores it.
 	NoOffload bool
+	// Tuning overrides the userspace stack's measured defaults (see
+	// Tuning); the zero value keeps them. Kernel mode ignores it.
+	Tuning Tuning
 }
 
 // backend is what a mode provides beyond the raw tun.Device.
@@ -136,7 +139,7 @@ func New(cfg Config) (*Stack, error) {
 	var inner tun.Device
 	switch cfg.Mode {
 	case Userspace:
-		inner, s.be, err = newUserspace(cfg.Addresses, mtu, !cfg.NoOffload)
+		inner, s.be, err = newUserspace(cfg.Addresses, mtu, !cfg.NoOffload, cfg.Tuning)
 	case Kernel:
 		inner, s.be, err = newKernel(cfg.TUNName, cfg.Addresses, mtu, log)
 	}

@@ -30,13 +30,13 @@ type userspace struct {
 // addresses (as /32 and /128: the stack routes everything else to its single
 // NIC through default routes, which is what an overlay with one interface
 // needs); gVisor derives the TCP MSS from mtu. offload turns segmentation
-// offload and coalescing on (netstackDev).
-func newUserspace(addrs []netip.Prefix, mtu int, offload bool) (tun.Device, backend, error) {
+// offload and coalescing on (netstackDev); tuning overrides defaults.
+func newUserspace(addrs []netip.Prefix, mtu int, offload bool, tuning Tuning) (tun.Device, backend, error) {
 	local := make([]netip.Addr, len(addrs))
 	for i, p := range addrs {
 		local[i] = p.Addr()
 	}
-	dev, err := newNetstackDev(local, mtu, offload)
+	dev, err := newNetstackDev(local, mtu, offload, tuning)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create netstack: %w", err)
 	}

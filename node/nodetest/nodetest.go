@@ -22,6 +22,7 @@ import (
 	"github.com/aigrid/gridnet/node/internal/testhooks"
 	"github.com/aigrid/gridnet/overlay"
 	"github.com/aigrid/gridnet/overlay/cert"
+	"github.com/aigrid/gridnet/stack"
 )
 
 // LocalCA is a throwaway CA that makes ready-to-start node options on
@@ -98,6 +99,9 @@ type Switches struct {
 	// verify or is not for its keys, to play a node that an honest peer
 	// must refuse.
 	SkipSelfCheck bool
+	// StackTuning overrides the userspace stack's defaults (stack.Tuning),
+	// for the benchmark that measures alternatives to them.
+	StackTuning stack.Tuning
 }
 
 // Node is a node started by Start: the node and its test-only controls.
@@ -109,7 +113,7 @@ type Node struct {
 // Start starts a node with opts as node.Start does, with the switches
 // set.
 func Start(ctx context.Context, opts node.Options, sw Switches) (*Node, error) {
-	h := &testhooks.Hooks{Unfiltered: sw.Unfiltered, SkipSelfCheck: sw.SkipSelfCheck}
+	h := &testhooks.Hooks{Unfiltered: sw.Unfiltered, SkipSelfCheck: sw.SkipSelfCheck, StackTuning: sw.StackTuning}
 	opts.TestHooks = h
 	n, err := node.Start(ctx, opts)
 	if err != nil {

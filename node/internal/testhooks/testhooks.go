@@ -5,7 +5,10 @@
 // their nodes run.
 package testhooks
 
-import "github.com/aigrid/gridnet/overlay"
+import (
+	"github.com/aigrid/gridnet/overlay"
+	"github.com/aigrid/gridnet/stack"
+)
 
 // Hooks are set by node/nodetest before node.Start (the switches) and
 // filled by node.Start (the functions).
@@ -17,6 +20,9 @@ type Hooks struct {
 	// verify or is not for its keys, to play a node that an honest peer
 	// must refuse.
 	SkipSelfCheck bool
+	// StackTuning overrides the userspace stack's defaults, for the
+	// benchmark that measures alternatives to them.
+	StackTuning stack.Tuning
 
 	// Crash stops the node without leaving the gossip fabric, as a
 	// killed process would.
