@@ -39,6 +39,13 @@ const (
 	// not an alive member of this node's cluster the next join through it
 	// may be tried (see outsiders).
 	mergeRetry = 30 * time.Second
+	// outsiderGrace is how long an admitted peer must have been outside
+	// this node's cluster before a join goes through it. While a fabric
+	// assembles, a node admits peers that gossip has not yet made alive
+	// members here; a join through each of them, a push/pull of every
+	// record both ways, cost a 100-node fabric more CPU than its
+	// admissions (nodes joined through about 20 such peers at once).
+	outsiderGrace = 5 * time.Second
 )
 
 // gossip connects discovery with the overlay: records learned by gossip
@@ -213,7 +220,7 @@ func (g *gossip) joinLoop() {
 	defer g.wg.Done()
 	delay := 100 * time.Millisecond
 	lastReconcile := time.Now()
-	tried := map[string]time.Time{} // outsiders: last join through each
+	outside := map[string]*outsider{} // admitted peers outside the cluster
 	for {
 		select {
 		case <-g.ctx.Done():
@@ -226,7 +233,7 @@ func (g *gossip) joinLoop() {
 				lastReconcile = time.Now()
 				g.reconcile()
 			}
-			if seeds := g.outsiders(time.Now(), tried); len(seeds) > 0 {
+			if seeds := g.outsiders(time.Now(), outside); len(seeds) > 0 {
 				ctx, cancel := context.WithTimeout(g.ctx, 5*time.Second)
 				n, err := g.d.Join(ctx, seeds)
 				cancel()
@@ -254,38 +261,67 @@ func (g *gossip) joinLoop() {
 	}
 }
 
-// outsiders returns the overlay addresses of admitted peers that are not
-// alive members of this node's memberlist cluster: a static peer or seed
-// that belongs to another cluster, or a node of a cluster that formed apart.
-// A join through one merges the two clusters (memberlist's push/pull
-// exchanges both member lists). Each is tried at most once per mergeRetry;
-// tried holds the last try per name and keeps only admitted names.
-func (g *gossip) outsiders(now time.Time, tried map[string]time.Time) []netip.Addr {
+// outsider is what the join loop remembers of an admitted peer outside
+// this node's cluster.
+type outsider struct {
+	since time.Time // outside without a break since then
+	tried time.Time // the last join through it (zero: none)
+}
+
+// outsiders returns the overlay address of the admitted peer to join
+// through now, if any: a peer that is not an alive member of this node's
+// memberlist cluster (a static peer or seed that belongs to another
+// cluster, or a node of a cluster that formed apart). A join through one
+// merges the two clusters (memberlist's push/pull exchanges both member
+// lists), so one a round is enough. out holds the peers outside and is
+// kept to the admitted ones.
+func (g *gossip) outsiders(now time.Time, out map[string]*outsider) []netip.Addr {
 	alive := map[string]bool{g.n.Identity().Name: true}
 	for _, m := range g.d.Members() {
 		if m.State == discovery.StateAlive {
 			alive[m.Name] = true
 		}
 	}
-	admitted := map[string]bool{}
-	var out []netip.Addr
-	for _, id := range g.n.ov.Admitted() {
-		admitted[id.Name] = true
+	if a, ok := pickOutsider(now, g.n.ov.Admitted(), alive, out); ok {
+		return []netip.Addr{a}
+	}
+	return nil
+}
+
+// pickOutsider updates out with the admitted identities that are not alive
+// members (forgetting those that are, or are no longer admitted) and
+// returns the address of the one to join through now: outside for
+// outsiderGrace at least, not tried within mergeRetry, and outside the
+// longest of those (by name among equals). It marks that one tried.
+func pickOutsider(now time.Time, admitted []*cert.Identity, alive map[string]bool, out map[string]*outsider) (netip.Addr, bool) {
+	addrs := map[string]netip.Addr{}
+	for _, id := range admitted {
 		if alive[id.Name] || len(id.Addresses) == 0 {
 			continue
 		}
-		if last, ok := tried[id.Name]; ok && now.Sub(last) < mergeRetry {
+		addrs[id.Name] = id.Addresses[0].Addr()
+		if out[id.Name] == nil {
+			out[id.Name] = &outsider{since: now}
+		}
+	}
+	var best string
+	for name, o := range out {
+		if _, ok := addrs[name]; !ok {
+			delete(out, name)
 			continue
 		}
-		tried[id.Name] = now
-		out = append(out, id.Addresses[0].Addr())
-	}
-	for name := range tried {
-		if !admitted[name] {
-			delete(tried, name)
+		if now.Sub(o.since) < outsiderGrace || (!o.tried.IsZero() && now.Sub(o.tried) < mergeRetry) {
+			continue
+		}
+		if b := out[best]; best == "" || o.since.Before(b.since) || (o.since.Equal(b.since) && name < best) {
+			best = name
 		}
 	}
-	return out
+	if best == "" {
+		return netip.Addr{}, false
+	}
+	out[best].tried = now
+	return addrs[best], true
 }
 
 func (g *gossip) aliveOthers() int { return g.d.NumAlive() - 1 }
