@@ -353,7 +353,8 @@ func (p *Pool) Verify(c *x509.Certificate, now time.Time) (*Identity, error) {
 
 // verify is Verify on snapshot s, for c whose DER hashes to key; owned
 // says that nothing but the pool holds c and its bytes, so the cache may
-// keep it (otherwise it keeps a copy).
+// keep it parsed (VerifyDER). A certificate the caller parsed (Verify,
+// used by one-shot commands) leaves only its signature in the cache.
 func (p *Pool) verify(s *poolState, key [32]byte, c *x509.Certificate, owned bool, now time.Time) (*Identity, error) {
 	e, ca := p.lookup(s, key)
 	if e != nil && e.cert != nil {
@@ -378,15 +379,9 @@ func (p *Pool) verify(s *poolState, key [32]byte, c *x509.Certificate, owned boo
 	if p, out := outsideNetworks(id.Addresses, ca.networks); out {
 		return nil, fmt.Errorf("verify %q: %w: %v is not in %s, the networks of CA %q", id.Name, ErrOutsideNetworks, p.Addr(), formatNetworks(ca.networks), ca.name)
 	}
-	kept := c
-	if !owned {
-		kept, err = x509.ParseCertificate(bytes.Clone(c.Raw))
-	}
-	if err == nil {
-		p.remember(key, &verifiedCert{caFingerprint: ca.fingerprint, cert: kept, id: id.clone()})
-		if owned {
-			id.Raw = slices.Clone(id.Raw) // kept's bytes stay the cache's own
-		}
+	if owned {
+		p.remember(key, &verifiedCert{caFingerprint: ca.fingerprint, cert: c, id: id.clone()})
+		id.Raw = slices.Clone(id.Raw) // c's bytes stay the cache's own
 	}
 	return finish(ca, c, id, now)
 }
