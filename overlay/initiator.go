@@ -304,11 +304,14 @@ func (o *Overlay) complete(ctx context.Context, init *handshake.Initiator, in in
 		}
 		return nil
 	}
+	// Counted before the session can be seen up (as the responder counts
+	// before its admission starts it), and taken back if it does not come.
+	o.stats.completed.Add(1)
 	if err := o.awaitSession(ctx, entry, ch, refusal); err != nil {
+		o.stats.completed.Add(^uint64(0))
 		return nil, err
 	}
 	o.forgetRefusal(endpoint)
-	o.stats.completed.Add(1)
 	return peer.Identity, nil
 }
 
