@@ -55,7 +55,9 @@ func gossipBenchSizes() []int {
 // first (memclr 10.9 s against 0.6 s in a profile).
 //
 // GRIDNET_BENCH_LOG=FILE writes the nodes' debug logs and a progress line per
-// second (what the pairs without a session are waiting for) to FILE.
+// second (what the pairs without a session are waiting for) to FILE;
+// GRIDNET_BENCH_PROFILE=FILE a CPU profile of the mesh's assembly (from
+// the first start to the full mesh; of the last run) to FILE.
 func BenchmarkGossipFabric(b *testing.B) {
 	if os.Getenv(gossipChildEnv) != "" {
 		n := gossipBenchSizes()[0]
@@ -177,6 +179,8 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	crash := map[*node.Node]func() error{} // each node's crash (no leave notice)
 	var stats []func() overlay.Stats       // each node's overlay counters
 	defer func() { closeAll(nodes) }()
+	stopProfile := startMeshProfile(b)
+	defer stopProfile()
 	start, startCPU := time.Now(), processCPU(b)
 	for i := 1; i <= n; i++ {
 		opts, err := ca.NodeOptions(fmt.Sprintf("n%d", i), overlayPrefix(i), nil, time.Hour)
@@ -241,6 +245,7 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	benchDiag = func() string { return "" }
 	mesh := time.Since(start)
 	meshCPU := processCPU(b) - startCPU
+	stopProfile()
 	var initiations, admissions uint64
 	for _, st := range stats {
 		s := st()
@@ -280,6 +285,31 @@ func benchGossipOnce(b *testing.B, n int) fabricTimes {
 	return fabricTimes{Mesh: mesh, Removal: removal, Revocation: time.Since(t0), MeshCPU: meshCPU,
 		InitiationsPerPair: float64(initiations) / pairs, AdmissionsPerPair: float64(admissions) / 2 / pairs,
 		Detection: detection, RemovalAfter: removal - detection}
+}
+
+// startMeshProfile starts a CPU profile of the mesh's assembly into the
+// file GRIDNET_BENCH_PROFILE names, if it names one; the function it
+// returns stops it, and does nothing when called again.
+func startMeshProfile(b *testing.B) (stop func()) {
+	path := os.Getenv("GRIDNET_BENCH_PROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatalf("mesh profile: %v", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatalf("mesh profile: %v", err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}
 }
 
 // anyHoldsAlive reports whether a node among nodes holds the member called

@@ -3,6 +3,7 @@ package overlay
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -50,10 +51,10 @@ type sessionExec struct {
 	// lastAdmitted is where each peer with a session was last admitted
 	// from (where it is admitted again if no Want named it); tries
 	// counts its admissions (which endpoint is next), admitting cancels
-	// the one that runs.
+	// the one that runs (with errAdmitCancelled).
 	lastAdmitted map[[32]byte]netip.AddrPort
 	tries        map[[32]byte]int
-	admitting    map[[32]byte]context.CancelFunc
+	admitting    map[[32]byte]context.CancelCauseFunc
 	probeSlots   chan struct{}
 }
 
@@ -61,7 +62,7 @@ func newSessionExec(o *Overlay) *sessionExec {
 	return &sessionExec{
 		o: o, configured: map[[32]byte]netip.AddrPort{}, watches: map[[32]byte]*sessionWatch{},
 		lastAdmitted: map[[32]byte]netip.AddrPort{}, tries: map[[32]byte]int{},
-		admitting: map[[32]byte]context.CancelFunc{}, probeSlots: make(chan struct{}, maxProbes),
+		admitting: map[[32]byte]context.CancelCauseFunc{}, probeSlots: make(chan struct{}, maxProbes),
 	}
 }
 
@@ -343,6 +344,15 @@ func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <
 				return err
 			}
 		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), errAdmitCancelled) {
+				// The session rules stopped this admission (the peer's own
+				// admission of this node completed meanwhile, say) after
+				// it had installed the peer: the admission is done, and
+				// the session is the rules' to judge from here, as after
+				// any admission. Removing the entry here would undo the
+				// admission the rules have just taken.
+				return nil
+			}
 			// The caller gave up: this admission's entry goes (not a newer
 			// one), as a refused one does, before Admit returns.
 			o.peersMu.Lock()

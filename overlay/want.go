@@ -145,13 +145,15 @@ func (x *sessionExec) admitAction(key [32]byte, s session.Session) {
 	ep := eps[x.tries[key]%len(eps)]
 	x.tries[key]++
 	if cancel := x.admitting[key]; cancel != nil {
-		cancel()
+		cancel(errAdmitCancelled)
 	}
-	ctx, cancel := context.WithTimeout(o.ctx, o.timers.AdmitTimeout+o.timers.SessionSetup)
-	x.admitting[key] = cancel
+	ruled, cancelRuled := context.WithCancelCause(o.ctx)
+	ctx, cancel := context.WithTimeout(ruled, o.timers.AdmitTimeout+o.timers.SessionSetup)
+	x.admitting[key] = cancelRuled
 	o.wg.Add(1) // the table's goroutine is counted too: never from zero
 	go func() {
 		defer o.wg.Done()
+		defer cancelRuled(nil)
 		defer cancel()
 		// Only the wanted node is admitted. A static peer (persistent)
 		// is wanted by its endpoint: a node set up again there with new
@@ -177,10 +179,15 @@ func (x *sessionExec) admitAction(key [32]byte, s session.Session) {
 	}()
 }
 
+// errAdmitCancelled is the cause of an admission the session rules
+// stopped (CancelAdmit, or a new try of theirs): if it got as far as
+// installing the peer, the peer stays (see awaitSession).
+var errAdmitCancelled = errors.New("overlay: admission stopped by the session rules")
+
 // cancelAdmit stops key's admission if one runs.
 func (x *sessionExec) cancelAdmit(key [32]byte) {
 	if cancel := x.admitting[key]; cancel != nil {
-		cancel()
+		cancel(errAdmitCancelled)
 		delete(x.admitting, key)
 	}
 }
