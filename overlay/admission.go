@@ -213,6 +213,13 @@ func (o *Overlay) onGridnet(pkt []byte, from netip.AddrPort) {
 			o.stats.junk.Add(1)
 			return
 		}
+		in.pkt = bytes.Clone(pkt)
+		select {
+		case o.finals <- in:
+		default:
+			o.stats.queueFull.Add(1)
+		}
+		return
 	}
 	in.pkt = bytes.Clone(pkt)
 	select {
@@ -305,16 +312,34 @@ func (o *Overlay) newIndexLocked() uint32 {
 	}
 }
 
-// worker serves the handshake queue until the overlay closes.
+// worker serves the handshake queues until the overlay closes.
 func (o *Overlay) worker() {
 	defer o.wg.Done()
 	for {
-		select {
-		case <-o.ctx.Done():
+		in, ok := o.nextInbound()
+		if !ok {
 			return
-		case in := <-o.queue:
-			o.handleInbound(in)
 		}
+		o.handleInbound(in)
+	}
+}
+
+// nextInbound waits for the next handshake message to handle: a last
+// message (msg3) if one waits, else whichever comes first. It reports
+// false once the overlay closes.
+func (o *Overlay) nextInbound() (inboundPacket, bool) {
+	select {
+	case in := <-o.finals:
+		return in, true
+	default:
+	}
+	select {
+	case <-o.ctx.Done():
+		return inboundPacket{}, false
+	case in := <-o.finals:
+		return in, true
+	case in := <-o.queue:
+		return in, true
 	}
 }
 

@@ -96,7 +96,9 @@ const (
 	// HalfOpenTimeout is how long a responder waits for msg3.
 	HalfOpenTimeout = 5 * time.Second
 	// handshakeQueueLen bounds handshake datagrams waiting for a worker;
-	// beyond it they are dropped (the sender retries).
+	// beyond it they are dropped (the sender retries). Last messages
+	// (msg3) have a queue of this length of their own, which the workers
+	// serve first.
 	handshakeQueueLen = 256
 	// handshakeWorkers is the number of goroutines doing handshake crypto.
 	handshakeWorkers = 2
@@ -201,7 +203,13 @@ type Overlay struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	queue  chan inboundPacket
+	// queue holds first messages (and refusals of msg2) for the
+	// workers; finals the last messages, served first: a msg3 completes
+	// an admission both sides already paid for and a session waits on,
+	// where a msg1 starts new work. Only a msg3 that names a half-open
+	// handshake from its own source gets in, and the first one handled
+	// closes it, so copies cost a lookup each.
+	queue, finals chan inboundPacket
 
 	hsMu              sync.Mutex
 	halfOpenTTL       time.Duration  // HalfOpenTimeout; tests may raise it
@@ -292,6 +300,7 @@ func newOverlay(cfg Config) (*Overlay, error) {
 		refusedFrom:    make(map[netip.AddrPort]*refusalRecord),
 		logLim:         newLogLimiter(nil),
 		queue:          make(chan inboundPacket, handshakeQueueLen),
+		finals:         make(chan inboundPacket, handshakeQueueLen),
 		halfOpen:       make(map[uint32]*halfOpenState),
 		halfOpenBySrc:  make(map[netip.Addr]int),
 		halfOpenByInit: make(map[msg1Key]uint32),
