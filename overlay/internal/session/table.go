@@ -59,8 +59,10 @@ type Table struct {
 
 	// The inbox: posted events in order. Post never blocks, so that a
 	// caller may post while holding a lock that the Executor takes.
+	// lastOf is the index in inbox of each peer's last event there.
 	inMu   sync.Mutex
 	inbox  []posted
+	lastOf map[Key]int
 	wakeIn chan struct{} // has a value when inbox may be non-empty
 
 	mu       sync.Mutex
@@ -70,19 +72,33 @@ type Table struct {
 
 // NewTable makes a Table; Run starts it.
 func NewTable(t Timers, c Clock, e Executor) *Table {
-	return &Table{timers: t, clock: c, exec: e, wakeIn: make(chan struct{}, 1),
+	return &Table{timers: t, clock: c, exec: e, wakeIn: make(chan struct{}, 1), lastOf: map[Key]int{},
 		sessions: map[Key]Session{}, changed: make(chan struct{})}
 }
 
 // Post queues ev for peer, stamped with the time of the call. It never
-// blocks: the events a node can cause are bounded by its peers and its
-// admissions, not by what anyone sends.
+// blocks. An event equal to the peer's last one still waiting is not
+// queued again: the second of two equal events in a row changes nothing
+// but, for a few kinds, a deadline by the time between them (a Revoked
+// bars a little longer, an Answering waits a little longer). So a
+// source that repeats itself (discovery wanting every live member without
+// a tunnel every 10 s, say) adds nothing while the loop is busy, and what
+// waits is bounded by the peers and the changes that happened to them:
+// discovery queues at most one event per kind per member for the node,
+// and the rest are this node's own admissions, probes and watches.
 func (t *Table) Post(peer Key, ev Event) {
 	t.enqueue(posted{peer: peer, ev: ev, at: t.clock.Now()})
 }
 
 func (t *Table) enqueue(p posted) {
 	t.inMu.Lock()
+	if p.done == nil {
+		if i, ok := t.lastOf[p.peer]; ok && t.inbox[i].ev == p.ev {
+			t.inMu.Unlock()
+			return // the equal event waiting wakes the loop
+		}
+		t.lastOf[p.peer] = len(t.inbox)
+	}
 	t.inbox = append(t.inbox, p)
 	t.inMu.Unlock()
 	select {
@@ -97,6 +113,7 @@ func (t *Table) takeAll() []posted {
 	defer t.inMu.Unlock()
 	out := t.inbox
 	t.inbox = nil
+	clear(t.lastOf)
 	return out
 }
 

@@ -200,3 +200,53 @@ func TestTableEventBeforeDeadlineGoesFirst(t *testing.T) {
 		t.Fatalf("%d sessions kept, want 1 (a revocation of an unknown peer keeps none)", n)
 	}
 }
+
+// TestTableCoalescesRepeats: while the loop is busy, an event equal to a
+// peer's last waiting event is not queued again (a source repeating
+// itself adds nothing), per peer and only in a row; events that differ
+// all wait, in order; once the loop took the inbox, an equal event is
+// queued again.
+func TestTableCoalescesRepeats(t *testing.T) {
+	ctx, tab, _, rec, _ := newTestTable(t)
+	a, b := Key{1}, Key{2}
+	waiting := func() int {
+		tab.inMu.Lock()
+		defer tab.inMu.Unlock()
+		return len(tab.inbox)
+	}
+	for range 1000 {
+		tab.Post(a, Event{Kind: Want, Initiates: true})
+		tab.Post(b, Event{Kind: Want}) // another peer between a's does not split them
+	}
+	if n := waiting(); n != 2 {
+		t.Fatalf("%d events wait after 1,000 equal Wants for each of two peers, want 2", n)
+	}
+	tab.Post(a, Event{Kind: Want, Initiates: true, Persistent: true}) // differs
+	tab.Post(a, Event{Kind: Left})
+	tab.Post(a, Event{Kind: Want, Initiates: true}) // equal to an earlier one, not to the last
+	if n := waiting(); n != 5 {
+		t.Fatalf("%d events wait, want 5: events that differ from the last all wait", n)
+	}
+	run(ctx, t, tab)
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	tab.Sync(sctx)
+	// In order: a wanted (persistent at last), gone with its leave,
+	// wanted again: not persistent, the want after the leave is the
+	// plain one, and its turn to admit came.
+	if s := tab.Get(a); s.State != Admitting || s.Persistent {
+		t.Fatalf("a: %v persistent=%v, want admitting again after leave and want, not persistent", s.State, s.Persistent)
+	}
+	rec.take()
+	tab.Post(b, Event{Kind: Want})
+	if n := waiting(); n > 1 {
+		t.Fatalf("%d events wait, want at most b's new Want", n)
+	}
+	tab.Sync(sctx)
+	tab.inMu.Lock()
+	left := len(tab.lastOf)
+	tab.inMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d peers' last events still noted with the inbox empty", left)
+	}
+}
