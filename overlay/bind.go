@@ -192,7 +192,7 @@ func (b *divertBind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, 
 					limited++
 					continue
 				}
-			} else if (pkt[0] == messageTransport || pkt[0] == messageResponse) && (len(budgets) > 0 || len(watches) > 0) {
+			} else if pkt[0] != device.MessageCookieReplyType && (len(budgets) > 0 || len(watches) > 0) {
 				ep := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 				if len(budgets) > 0 && pkt[0] == messageTransport {
 					if bg := budgets[ep]; bg != nil && !bg.allow(now) {

@@ -396,19 +396,30 @@ func wgMessage(typ byte, n, off int, idx uint32) []byte {
 // A session watch reports, once per arming, the first handshake response
 // or transport message from its endpoint on the session of this node's
 // latest initiation or response: not initiations, not messages on other
-// sessions, not other endpoints, not after unwatch.
+// sessions, not other endpoints, not after unwatch; and, once per arming,
+// the first initiation from its endpoint whose MAC1 names this node's key
+// (the peer is starting the session).
 func TestSessionWatch(t *testing.T) {
 	watched := netip.MustParseAddrPort("127.0.0.1:1000")
 	other := netip.MustParseAddrPort("127.0.0.1:2000")
 	const ours, theirs, stale = 11, 22, 33
 	sentInit := wgMessage(1, device.MessageInitiationSize, 4, ours)
 	sentResp := wgMessage(2, device.MessageResponseSize, 4, ours+1)
+	var self device.NoisePublicKey
+	self[0] = 9
+	var macs device.CookieGenerator
+	macs.Init(self)
+	peerInit := wgMessage(1, device.MessageInitiationSize, 4, theirs)
+	macs.AddMacs(peerInit) // addressed to self
 	batches := [][]fakePacket{
 		// an initiation from it, transport on our index from another
 		// endpoint, transport on a stale session and a response to
 		// another handshake from it
+		// (its MAC1 is not for this node's key)
 		{{wgMessage(1, device.MessageInitiationSize, 4, theirs), watched}, {wgMessage(4, 64, 4, ours), other},
 			{wgMessage(4, 64, 4, stale), watched}, {wgMessage(2, device.MessageResponseSize, 8, stale), watched}},
+		// the peer's initiation from another endpoint, then twice from it
+		{{peerInit, other}, {peerInit, watched}, {peerInit, watched}},
 		// the response to our initiation
 		{{wgMessage(2, device.MessageResponseSize, 8, ours), watched}},
 		// transport on our session, not armed
@@ -429,16 +440,23 @@ func TestSessionWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	bufs, sizes, eps := receiveBuffers()
-	var ups []([32]byte)
-	w := &sessionWatch{key: [32]byte{7}, up: func(k [32]byte) { ups = append(ups, k) }}
+	var ups, starts []([32]byte)
+	var mac1 device.CookieChecker
+	mac1.Init(self)
+	w := &sessionWatch{key: [32]byte{7}, up: func(k [32]byte) { ups = append(ups, k) },
+		started: func(k [32]byte) { starts = append(starts, k) }, mac1: &mac1}
 	b.watchEndpoint(watched, w)
 	to := &conn.StdNetEndpoint{AddrPort: watched}
 	if err := b.Send([][]byte{sentInit}, to); err != nil {
 		t.Fatal(err)
 	}
 	fns[0](bufs, sizes, eps)
-	if len(ups) != 0 {
-		t.Fatal("watch fired on an initiation, another endpoint or another session")
+	if len(ups) != 0 || len(starts) != 0 {
+		t.Fatalf("watch reported %v up and %v started on an initiation not for this node, another endpoint or another session", ups, starts)
+	}
+	fns[0](bufs, sizes, eps)
+	if len(ups) != 0 || len(starts) != 1 || starts[0] != w.key {
+		t.Fatalf("after the peer's initiation came twice: %v up, %v started; want one report of the start", ups, starts)
 	}
 	fns[0](bufs, sizes, eps)
 	if len(ups) != 1 || ups[0] != w.key {

@@ -56,14 +56,19 @@ type sessionExec struct {
 	tries        map[[32]byte]int
 	admitting    map[[32]byte]context.CancelCauseFunc
 	probeSlots   chan struct{}
+	// mac1 checks that an initiation is addressed to this node's key
+	// (for the session watches).
+	mac1 device.CookieChecker
 }
 
 func newSessionExec(o *Overlay) *sessionExec {
-	return &sessionExec{
+	x := &sessionExec{
 		o: o, configured: map[[32]byte]netip.AddrPort{}, watches: map[[32]byte]*sessionWatch{},
 		lastAdmitted: map[[32]byte]netip.AddrPort{}, tries: map[[32]byte]int{},
 		admitting: map[[32]byte]context.CancelCauseFunc{}, probeSlots: make(chan struct{}, maxProbes),
 	}
+	x.mac1.Init(device.NoisePublicKey(o.wgPub))
+	return x
 }
 
 // Execute runs one action of peer's session (see session.Executor).
@@ -253,7 +258,7 @@ func (o *Overlay) dropAdmission(key [32]byte, ref uint64, why string, forget boo
 func (x *sessionExec) arm(key [32]byte, ep netip.AddrPort) {
 	w := x.watches[key]
 	if w == nil {
-		w = &sessionWatch{key: key, up: x.o.sessionUp}
+		w = &sessionWatch{key: key, up: x.o.sessionUp, started: x.o.peerStarted, mac1: &x.mac1}
 		x.watches[key] = w
 	}
 	x.o.bind.watchEndpoint(ep, w)
@@ -313,6 +318,15 @@ func (o *Overlay) sessionUp(key [32]byte) {
 		o.log.Debug("session watch: up", "peer", shortKey(key))
 	}
 	o.sessions.Post(session.Key(key), session.Event{Kind: session.SessionUp})
+}
+
+// peerStarted is the Bind's report that a watched peer's initiation
+// arrived: the peer is starting the pending session.
+func (o *Overlay) peerStarted(key [32]byte) {
+	if o.log.Enabled(context.Background(), slog.LevelDebug) {
+		o.log.Debug("session watch: peer started", "peer", shortKey(key))
+	}
+	o.sessions.Post(session.Key(key), session.Event{Kind: session.PeerStarted})
 }
 
 // awaitSession waits until the session of the peer admitted as entry is

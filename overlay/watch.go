@@ -25,6 +25,15 @@ const messageResponse = 2
 // not. A suspected peer is judged the same way, on its current session
 // (a rekey's handshake goes through here too).
 //
+// While armed, the first handshake initiation from the endpoint whose
+// MAC1 names this node's key is reported too (started): the peer is
+// starting the session, and a side that does not start then takes
+// nothing over. It is seen as it arrives, before it waits in WireGuard's
+// handshake queue: on a loaded node an initiation can wait there for
+// seconds, and a take-over decided meanwhile crosses it. MAC1 is what
+// WireGuard checks before it queues an initiation; it takes this node's
+// public key, which the fabric's members know, to make one.
+//
 // It is a hint read before decryption. Faking it takes a sender on the
 // path who sees the indices; it can only end a wait for a session early,
 // and WireGuard keeps retrying its handshake on its own.
@@ -37,6 +46,12 @@ type sessionWatch struct {
 	sentInit, sentResp atomic.Uint64
 	// up is called, from the Bind's receive path, once per arming.
 	up func(key [32]byte)
+	// startPending is set at arming and cleared by the first initiation
+	// seen after it; started is called then, from the Bind's receive
+	// path. mac1 checks the initiation's MAC1 against this node's key.
+	startPending atomic.Bool
+	started      func(key [32]byte)
+	mac1         *device.CookieChecker
 }
 
 // sent notes an outgoing handshake message to the watched endpoint.
@@ -53,10 +68,20 @@ func (w *sessionWatch) sent(pkt []byte) {
 	}
 }
 
-// seen is called for a handshake response or transport message from the
+// seen is called for a handshake message or transport message from the
 // watched endpoint. Unarmed, it is one atomic load.
 func (w *sessionWatch) seen(pkt []byte) {
-	if !w.armed.Load() || !w.answers(pkt) {
+	if !w.armed.Load() {
+		return
+	}
+	if pkt[0] == device.MessageInitiationType {
+		if len(pkt) == device.MessageInitiationSize && w.startPending.Load() && w.mac1 != nil && w.mac1.CheckMAC1(pkt) &&
+			w.startPending.CompareAndSwap(true, false) && w.started != nil {
+			w.started(w.key)
+		}
+		return
+	}
+	if !w.answers(pkt) {
 		return
 	}
 	if w.armed.CompareAndSwap(true, false) {
@@ -87,6 +112,7 @@ type watchTable map[netip.AddrPort]*sessionWatch
 // arms it.
 func (b *divertBind) watchEndpoint(ep netip.AddrPort, w *sessionWatch) {
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	w.startPending.Store(true)
 	w.armed.Store(true)
 	b.watchMu.Lock()
 	defer b.watchMu.Unlock()

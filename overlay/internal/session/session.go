@@ -32,7 +32,12 @@
 //     loaded peer is then answered once, not refused as a flood), then as
 //     new initiations (a copy the peer consumed is a replay to it). A side
 //     that does not start takes the start over once the starter's first
-//     kick had time, and Timers.Grace more. A session still not up
+//     kick had time, and Timers.Grace more, unless it has answered the
+//     starter's initiation by then (PeerStarted): the starter is at work,
+//     its kicks repair a lost message, and an initiation of this side's
+//     would only cross the starter's next one (two initiations that cross
+//     leave both sides without a session). It then waits for the session
+//     until Timers.SessionSetup after that answer. A session still not up
 //     Timers.SessionSetup after the admission (or, after a late take-over,
 //     once both kinds of kick had their time: three kick delays after it)
 //     is given up: the peer is removed and wanted again after a backoff.
@@ -131,11 +136,14 @@ const (
 	// session that is up (what told it the session came was wrong, or
 	// WireGuard lost it): this side starts a new one.
 	Lost
+	// PeerStarted: this side answered the peer's WireGuard handshake
+	// initiation while its session was pending: the peer is starting it.
+	PeerStarted
 	// Tick: Session.Deadline passed.
 	Tick
 )
 
-var eventNames = [...]string{"", "want", "answering", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "lost", "tick"}
+var eventNames = [...]string{"", "want", "answering", "admitted", "admit-failed", "session-up", "heard", "suspected", "left", "revoked", "forgotten", "lost", "peer-started", "tick"}
 
 func (k EventKind) String() string { return enumName(eventNames[:], uint8(k), "event") }
 
@@ -238,6 +246,9 @@ type Session struct {
 	// the take-over for the other side); UpAt when its session last came
 	// up.
 	AdmittedAt, StartedAt, UpAt time.Time
+	// PeerStartedAt is when this side, not the starter, first answered
+	// the peer's initiation for the pending session (zero: not yet).
+	PeerStartedAt time.Time
 }
 
 // Initiates reports whether the side with WireGuard key self admits the
@@ -286,6 +297,15 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 			return s.up(now)
 		}
 		return s, nil
+	case PeerStarted:
+		if s.State != Awaiting || s.Starts || !s.PeerStartedAt.IsZero() {
+			return s, nil
+		}
+		// The starter is at work: no take-over; its session may take
+		// until SessionSetup after this.
+		s.PeerStartedAt = now
+		s.Deadline = s.giveUp(t)
+		return s, nil
 	case Lost:
 		if s.State != Up {
 			return s, nil
@@ -294,6 +314,7 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 		// up one kick after SessionSetup if it does not come.
 		s = s.enter(Awaiting, now)
 		s.Starts, s.AdmittedAt, s.StartedAt, s.Kicks = true, now, now, 0
+		s.PeerStartedAt = time.Time{}
 		kick := t.KickDelay(s.RTT)
 		s.Deadline = now.Add(kick + t.jitter(kick/3))
 		return s, []Action{{Kind: NewInitiation}}
@@ -425,6 +446,7 @@ func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action)
 	s.Initiates = ev.Initiates
 	s.Starts = !ev.Initiates
 	s.AdmittedAt, s.StartedAt, s.RTT, s.Kicks = now, now, ev.RTT, 0
+	s.PeerStartedAt = time.Time{}
 	acts = append(acts, Action{Kind: Configure, Start: s.Starts, Fresh: fresh})
 	kick := t.KickDelay(s.RTT)
 	if s.Starts {
@@ -510,7 +532,8 @@ func (s Session) tick(now time.Time, t Timers) (Session, []Action) {
 // giveUp is when a pending session is given up: SessionSetup after the
 // admission, or, when this side started it later (a take-over late in a
 // slow admission, or after a lost session), three kicks' time after that,
-// whichever is later.
+// or, when this side does not start it and answered the starter's
+// initiation, SessionSetup after that answer, whichever is later.
 // A late starter so gets both kinds of kick before it gives up: the resend
 // byte for byte (a copy still queued at the peer), then a new initiation
 // (when the first crossed the other side's take-over: both sides may take
@@ -522,6 +545,9 @@ func (s Session) giveUp(t Timers) time.Time {
 		kicks = 3 // a take-over
 	}
 	if e := s.StartedAt.Add(kicks * t.KickDelay(s.RTT)); s.Starts && e.After(end) {
+		end = e
+	}
+	if e := s.PeerStartedAt.Add(t.SessionSetup); !s.Starts && !s.PeerStartedAt.IsZero() && e.After(end) {
 		end = e
 	}
 	return end

@@ -31,6 +31,8 @@ func fixtures(tm Timers) map[string]Session {
 		"admitting-after-yield": {State: Admitting, Since: t0, Deadline: t0.Add(tm.AdmitTimeout)},
 		"awaiting-starter":      {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Kick), Starts: true, AdmittedAt: t0},
 		"awaiting-non-starter":  {State: Awaiting, Since: t0, Deadline: t0.Add(tm.Grace), AdmittedAt: t0, Initiates: true},
+		// It answered the starter's initiation (PeerStarted).
+		"awaiting-peer-started": {State: Awaiting, Since: t0, Deadline: t0.Add(tm.SessionSetup), AdmittedAt: t0, PeerStartedAt: t0, Initiates: true},
 		"up":                    {State: Up, Since: t0, AdmittedAt: t0, UpAt: t0, Starts: true},
 		"suspect":               {State: Suspect, Since: t0, Deadline: t0.Add(tm.SuspectWindow / 2), Probes: 1, AdmittedAt: long, UpAt: long},
 		"suspect-probed-twice":  {State: Suspect, Since: t0, Deadline: t0.Add(tm.SuspectWindow), Probes: 2, AdmittedAt: long, UpAt: long},
@@ -123,6 +125,12 @@ func TestTransitions(t *testing.T) {
 			// starts now (the first one's session is not up yet).
 			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {awaiting, ""},
 			SessionUp: {up, "enable-keepalive"}, Heard: {up, "enable-keepalive"}, Suspected: {awaiting, ""}, Tick: {awaiting, "new-initiation"},
+			PeerStarted: {awaiting, ""}, // and no take-over (TestPeerStartedStopsTakeOver)
+		}, removed()),
+		"awaiting-peer-started": merge(map[EventKind]want{
+			Want: {awaiting, ""}, Answering: {awaiting, ""}, Admitted: {awaiting, "configure(start)"}, AdmitFailed: {awaiting, ""},
+			SessionUp: {up, "enable-keepalive"}, Heard: {up, "enable-keepalive"}, Suspected: {awaiting, ""}, PeerStarted: {awaiting, ""},
+			Tick: {wanted, "remove(no WireGuard session after admission)"},
 		}, removed()),
 		"up": merge(map[EventKind]want{
 			Want: {up, ""}, Answering: {up, ""}, Admitted: {up, ""}, AdmitFailed: {up, ""},
@@ -144,6 +152,12 @@ func TestTransitions(t *testing.T) {
 			row[Lost] = want{awaiting, "new-initiation"}
 		} else {
 			row[Lost] = want{fx[name].State.String(), ""} // only an up session can be lost
+		}
+	}
+	for name, row := range table {
+		if _, ok := row[PeerStarted]; !ok {
+			// Only a side waiting for the other's start takes it in.
+			row[PeerStarted] = want{fx[name].State.String(), ""}
 		}
 	}
 	if len(table) != len(fx) {
@@ -324,6 +338,49 @@ func TestStarterKicksThenGivesUp(t *testing.T) {
 				t.Errorf("after giving up: %v failures=%d next try %v", s.State, s.Failures, s.Deadline.Sub(t0))
 			}
 		})
+	}
+}
+
+// TestPeerStartedStopsTakeOver: a side that does not start the session
+// and has answered the starter's initiation takes nothing over: its
+// initiation would cross the starter's next one. It waits for the session
+// until SessionSetup after the answer (a starter that processed the
+// admission late started late), sends nothing meanwhile, and then gives
+// the session up. Only the first answer counts; a side that starts, or a
+// new admission, is not held by an earlier answer.
+func TestPeerStartedStopsTakeOver(t *testing.T) {
+	tm := testTimers()
+	from := Session{State: Admitting, Initiates: true, Deadline: t0.Add(tm.AdmitTimeout)}
+	s, _ := from.Next(Event{Kind: Admitted, Initiates: true}, t0, tm)
+	takeOver := s.Deadline
+	answered := takeOver.Add(-time.Second)
+	s, as := s.Next(Event{Kind: PeerStarted}, answered, tm)
+	end := answered.Add(tm.SessionSetup)
+	if len(as) != 0 || !s.PeerStartedAt.Equal(answered) || !s.Deadline.Equal(end) {
+		t.Fatalf("after the answer: %+v [%s], want a deadline at %v", s, acts(as), end.Sub(t0))
+	}
+	// A later answer (a kick of the starter's) moves nothing.
+	if again, as := s.Next(Event{Kind: PeerStarted}, answered.Add(time.Second), tm); again != s || len(as) != 0 {
+		t.Fatalf("a second answer changed %+v into %+v [%s]", s, again, acts(as))
+	}
+	// Nothing at the take-over's time...
+	if again, as := s.Next(Event{Kind: Tick}, takeOver, tm); again != s || len(as) != 0 {
+		t.Fatalf("at the take-over's time: %+v [%s]", again, acts(as))
+	}
+	// ...and the session given up at its deadline.
+	gaveUp, as := s.Next(Event{Kind: Tick}, end, tm)
+	if gaveUp.State != Wanted || acts(as) != "remove(no WireGuard session after admission)" {
+		t.Fatalf("at %v: %v [%s], want the session given up", end.Sub(t0), gaveUp.State, acts(as))
+	}
+	// A new admission starts the wait afresh: the take-over is back.
+	readmitted, _ := s.Next(Event{Kind: Admitted, Initiates: true}, t0.Add(time.Minute), tm)
+	if !readmitted.PeerStartedAt.IsZero() || readmitted.Deadline.After(t0.Add(time.Minute).Add(tm.Grace+tm.KickMax)) {
+		t.Fatalf("readmitted: %+v, want the wait for the take-over again", readmitted)
+	}
+	// The starter is not held by answering: it kicks on its own clock.
+	starter, _ := Session{State: Wanted, Deadline: t0.Add(tm.Yield)}.Next(Event{Kind: Admitted, Responder: true}, t0, tm)
+	if got, as := starter.Next(Event{Kind: PeerStarted}, t0.Add(time.Second), tm); got != starter || len(as) != 0 {
+		t.Fatalf("a starter took an answer in: %+v [%s]", got, acts(as))
 	}
 }
 

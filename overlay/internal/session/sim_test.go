@@ -271,6 +271,7 @@ func (s *sim) deliver(m simMsg) {
 		w.session, w.confirmed = m.id, false
 		w.pending = 0
 		s.send(simMsg{from: i, to: j, kind: simResponse, id: m.id})
+		s.event(i, j, Event{Kind: PeerStarted}) // the session watch sees the answer go
 	case simResponse:
 		if !w.configured || w.pending != m.id {
 			return
