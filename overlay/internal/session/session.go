@@ -37,7 +37,11 @@
 //     its kicks repair a lost message, and an initiation of this side's
 //     would only cross the starter's next one (two initiations that cross
 //     leave both sides without a session). It then waits for the session
-//     until Timers.SessionSetup after that answer. A session still not up
+//     until Timers.SessionSetup after that answer. A side that took the
+//     start over and then sees the starter's initiation hands the start
+//     back and sends nothing more; a starter that sees the peer's
+//     initiation (a take-over that crossed its own) makes its next kick a
+//     new initiation. A session still not up
 //     Timers.SessionSetup after the admission (or, after a late take-over,
 //     once both kinds of kick had their time: three kick delays after it)
 //     is given up: the peer is removed and wanted again after a backoff.
@@ -298,14 +302,7 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 		}
 		return s, nil
 	case PeerStarted:
-		if s.State != Awaiting || s.Starts || !s.PeerStartedAt.IsZero() {
-			return s, nil
-		}
-		// The starter is at work: no take-over; its session may take
-		// until SessionSetup after this.
-		s.PeerStartedAt = now
-		s.Deadline = s.giveUp(t)
-		return s, nil
+		return s.peerStarted(now, t), nil
 	case Lost:
 		if s.State != Up {
 			return s, nil
@@ -457,6 +454,42 @@ func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action)
 		s.Deadline = now.Add(t.Grace + kick - t.Kick + t.jitter(t.Grace/2))
 	}
 	return s, acts
+}
+
+// peerStarted: the peer's WireGuard initiation arrived while the session
+// was pending.
+func (s Session) peerStarted(now time.Time, t Timers) Session {
+	if s.State != Awaiting {
+		return s
+	}
+	switch {
+	case !s.Starts:
+		// The starter is at work: no take-over; its session may take
+		// until SessionSetup after this.
+		if s.PeerStartedAt.IsZero() {
+			s.PeerStartedAt = now
+			s.Deadline = s.giveUp(t)
+		}
+	case s.StartedAt.After(s.AdmittedAt):
+		// This side took the start over, and the starter's initiation
+		// came after all: the start goes back to the starter, and this
+		// side sends nothing more. Either the starter dropped this
+		// side's initiation (it came before the starter had the peer)
+		// and the session comes from the starter's, or the two crossed
+		// there, and the starter's next kick starts a fresh one: kicks
+		// from both sides would cross again.
+		s.Starts, s.PeerStartedAt = false, now
+		s.Deadline = s.giveUp(t)
+	default:
+		// The starter, and the peer's initiation came while this side's
+		// was pending: the peer took the start over, and WireGuard here
+		// answered its initiation and dropped the handshake of this
+		// side's. The peer hands the start back when this side's
+		// initiation reaches it, so the next kick sends a new
+		// initiation: a copy of the old one is a replay to the peer.
+		s.Kicks = max(s.Kicks, 1)
+	}
+	return s
 }
 
 func (s Session) up(now time.Time) (Session, []Action) {

@@ -377,10 +377,49 @@ func TestPeerStartedStopsTakeOver(t *testing.T) {
 	if !readmitted.PeerStartedAt.IsZero() || readmitted.Deadline.After(t0.Add(time.Minute).Add(tm.Grace+tm.KickMax)) {
 		t.Fatalf("readmitted: %+v, want the wait for the take-over again", readmitted)
 	}
-	// The starter is not held by answering: it kicks on its own clock.
-	starter, _ := Session{State: Wanted, Deadline: t0.Add(tm.Yield)}.Next(Event{Kind: Admitted, Responder: true}, t0, tm)
-	if got, as := starter.Next(Event{Kind: PeerStarted}, t0.Add(time.Second), tm); got != starter || len(as) != 0 {
-		t.Fatalf("a starter took an answer in: %+v [%s]", got, acts(as))
+}
+
+// TestCrossedTakeOverOneSideAgain: a take-over that crosses the starter's
+// initiation (each side sent one before it saw the other's) leaves both
+// without a session; then only the starter sends again. The side that
+// took over hands the start back when the starter's initiation arrives
+// and sends nothing more; the starter, seeing the take-over's initiation
+// while its own is pending, makes its next kick a new initiation (a copy
+// of the old one would be a replay to the peer) at its usual time.
+func TestCrossedTakeOverOneSideAgain(t *testing.T) {
+	tm := testTimers()
+	// The side that does not start, at its take-over.
+	ns, _ := Session{State: Admitting, Initiates: true, Deadline: t0.Add(tm.AdmitTimeout)}.Next(Event{Kind: Admitted, Initiates: true}, t0, tm)
+	tookOver := ns.Deadline
+	ns, as := ns.Next(Event{Kind: Tick}, tookOver, tm)
+	if !ns.Starts || acts(as) != "new-initiation" {
+		t.Fatalf("take-over: starts=%v [%s]", ns.Starts, acts(as))
+	}
+	arrived := tookOver.Add(50 * time.Millisecond)
+	ns, as = ns.Next(Event{Kind: PeerStarted}, arrived, tm)
+	if ns.Starts || len(as) != 0 || !ns.Deadline.Equal(arrived.Add(tm.SessionSetup)) {
+		t.Fatalf("the starter's initiation after the take-over: %+v [%s], want the start handed back, given up %v after it", ns, acts(as), tm.SessionSetup)
+	}
+	for now := arrived; now.Before(ns.Deadline); now = now.Add(100 * time.Millisecond) {
+		if _, as := ns.Next(Event{Kind: Tick}, now, tm); len(as) != 0 {
+			t.Fatalf("sent [%s] at %v after handing the start back", acts(as), now.Sub(arrived))
+		}
+	}
+
+	// The starter, whose initiation the take-over crossed.
+	st, _ := Session{State: Wanted, Deadline: t0.Add(tm.Yield)}.Next(Event{Kind: Admitted, Responder: true}, t0, tm)
+	kick := st.Deadline
+	st, as = st.Next(Event{Kind: PeerStarted}, t0.Add(time.Second), tm)
+	if len(as) != 0 || !st.Deadline.Equal(kick) || !st.Starts {
+		t.Fatalf("the take-over's initiation at the starter: %+v [%s], want the kick kept at %v", st, acts(as), kick.Sub(t0))
+	}
+	if _, as = st.Next(Event{Kind: Tick}, kick, tm); acts(as) != "new-initiation" {
+		t.Fatalf("the starter's kick after a crossing: [%s], want a new initiation", acts(as))
+	}
+	// Without the crossing, the first kick is the copy.
+	plain, _ := Session{State: Wanted, Deadline: t0.Add(tm.Yield)}.Next(Event{Kind: Admitted, Responder: true}, t0, tm)
+	if _, as = plain.Next(Event{Kind: Tick}, kick, tm); acts(as) != "resend-initiation" {
+		t.Fatalf("the starter's first kick: [%s], want the copy", acts(as))
 	}
 }
 
