@@ -1,8 +1,12 @@
 package baseline
 
 import (
+	"net"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 func TestRunConverges(t *testing.T) {
@@ -38,5 +42,33 @@ func TestRestTrafficCountsProbes(t *testing.T) {
 	}
 	if perMember < 10 || perMember > 10000 {
 		t.Fatalf("3 members at rest sent %.0f B/member/s, want 10–10000", perMember)
+	}
+}
+
+// TestShutdownWithStreamAccepted: a stream the wrapped transport accepts
+// after nobody reads its streams any more (memberlist stops reading
+// before it shuts the transport down) does not keep Shutdown waiting.
+func TestShutdownWithStreamAccepted(t *testing.T) {
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCountingTransport(nt)
+	c.once.Do(func() { close(c.done) }) // forwarding stopped, as memberlist's reader stops first
+	conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	time.Sleep(100 * time.Millisecond) // accepted, and handed to nobody
+	done := make(chan error, 1)
+	go func() { done <- c.Shutdown() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waits 10 s after it began: the accepted stream holds it")
 	}
 }

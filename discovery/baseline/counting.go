@@ -65,9 +65,31 @@ func (c *countingTransport) DialTimeout(addr string, timeout time.Duration) (net
 func (c *countingTransport) StreamCh() <-chan net.Conn { return c.streams }
 
 // Shutdown stops forwarding streams and shuts the wrapped transport down.
+// Streams the wrapped transport accepts meanwhile are closed: memberlist's
+// NetTransport hands each accepted stream over an unbuffered channel and
+// its Shutdown waits for the goroutine doing that, so a stream accepted
+// after memberlist stopped reading (it stops before it shuts the
+// transport down) kept Shutdown waiting for ever (seen once in the gossip
+// benchmark's baseline).
 func (c *countingTransport) Shutdown() error {
 	c.once.Do(func() { close(c.done) })
-	return c.Transport.Shutdown()
+	stop := make(chan struct{})
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			select {
+			case conn := <-c.Transport.StreamCh():
+				conn.Close()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	err := c.Transport.Shutdown()
+	close(stop)
+	<-drained
+	return err
 }
 
 // countingConn counts the bytes written on a stream.
