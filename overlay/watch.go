@@ -34,9 +34,13 @@ const messageResponse = 2
 // WireGuard checks before it queues an initiation; it takes this node's
 // public key, which the fabric's members know, to make one.
 //
-// It is a hint read before decryption. Faking it takes a sender on the
-// path who sees the indices; it can only end a wait for a session early,
-// and WireGuard keeps retrying its handshake on its own.
+// It is a hint read before decryption. Faking an answer takes a sender
+// on the path who sees the indices; it can only end a wait for a session
+// early, and WireGuard keeps retrying its handshake on its own. Faking an
+// initiation takes this node's key and a datagram from the peer's
+// address; it can only hold back this side's take-over, and the session
+// rules then give the session up SessionSetup later and admit the peer
+// again.
 type sessionWatch struct {
 	key   [32]byte
 	armed atomic.Bool
