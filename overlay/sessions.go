@@ -364,8 +364,13 @@ func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <
 				// it had installed the peer: the admission is done, and
 				// the session is the rules' to judge from here, as after
 				// any admission. Removing the entry here would undo the
-				// admission the rules have just taken.
-				return nil
+				// admission the rules have just taken. (Stopped because
+				// the peer went, its session is gone: not confirmed.)
+				switch o.sessions.Get(key).State {
+				case session.Awaiting, session.Up, session.Suspect:
+					return nil
+				}
+				return fmt.Errorf("%w with %q", errNotConfirmed, name)
 			}
 			// The caller gave up: this admission's entry goes (not a newer
 			// one), as a refused one does, before Admit returns.
