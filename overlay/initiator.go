@@ -13,12 +13,17 @@ import (
 )
 
 const (
-	// AttemptTimeout is how long an initiator waits for msg2 before
-	// retrying; well above any sane RTT, short enough to recover from loss.
-	// Each attempt that times out doubles the next one's wait, up to
-	// AttemptTimeoutMax: an overloaded responder answers late, not never.
-	AttemptTimeout    = time.Second
-	AttemptTimeoutMax = 4 * time.Second
+	// AttemptTimeout is how long one attempt (one msg1, one ephemeral
+	// key) waits for its msg2: as long as a responder that answered it
+	// keeps the handshake open (HalfOpenTimeout). A loaded responder
+	// answers late, not never, and a new attempt would cost it a second
+	// answer (an ephemeral key, two agreements, a signature) while the
+	// first is still on its way: under load, attempts that gave up early
+	// multiplied the responders' work (measured: 200 nodes in one process
+	// on two cores made 2.3 answers per admission that completed). The
+	// attempt sends its msg1 again meanwhile (Msg1Resend), so a lost msg1
+	// or msg2 costs a resend, not the attempt.
+	AttemptTimeout = HalfOpenTimeout
 	// BackoffMin is the first retry delay.
 	BackoffMin = 100 * time.Millisecond
 	// BackoffMax caps the retry delay so a returning peer is found quickly.
@@ -28,22 +33,26 @@ const (
 	// recentStats).
 	statusPoll = 100 * time.Millisecond
 	// Msg1Resend is how often an attempt sends its msg1 again while it has
-	// no answer (jittered to between three quarters and five quarters of
-	// it), at most maxResends times, so over about the attempt's first
-	// second. A responder under a spoofed flood answers only some of the
+	// no answer during its first two seconds (jittered to between three
+	// quarters and five quarters of it; quickResends times), and half as
+	// often after that until the attempt ends, at most maxResends times in
+	// all. A responder under a spoofed flood answers only some of the
 	// msg1s without a cookie (the cookie replies it cannot send in time
 	// are dropped, cookieQueueLen), and the kernel may drop others; each
-	// resend is another draw, where waiting out AttemptTimeout made one
-	// lost msg1 cost a second and two of them three. The responder
-	// answers a resend of a msg1 it already holds with the msg2 it made
-	// (no new slot, no new Noise work; see respond), so resends cost a
-	// responder that is merely slow nothing but the datagrams.
+	// resend is another draw. The responder answers a resend of a msg1 it
+	// already holds with the msg2 it made (no new slot, no new Noise work;
+	// see respond), so resends cost a responder that is merely slow
+	// nothing but the datagrams.
 	Msg1Resend = 125 * time.Millisecond
-	// maxResends bounds the resends of one attempt: with the msg1 itself
-	// and the repeat a cookie reply triggers, at most 10 msg1s per
-	// attempt, within the per-source limit (DefaultHandshakeRate and
+	// quickResends are the resends of an attempt's first two seconds.
+	quickResends = int(2 * time.Second / Msg1Resend)
+	// maxResends bounds the resends of one attempt: the quick ones, and
+	// one every two Msg1Resend for the rest of AttemptTimeout. With the
+	// msg1 itself and the repeat a cookie reply triggers, that is at most
+	// 10 msg1s in the first second of an attempt, 8 in the second and 4 a
+	// second after, within the per-source limit (DefaultHandshakeRate and
 	// DefaultHandshakeBurst) of a responder.
-	maxResends = 8
+	maxResends = quickResends + int((AttemptTimeout-2*time.Second)/(2*Msg1Resend))
 )
 
 var (
@@ -71,11 +80,16 @@ func (b *backoff) reset() { b.cur = 0 }
 // atLeast makes the next delay at least about d (d to 2d).
 func (b *backoff) atLeast(d time.Duration) { b.cur = max(b.cur, d) }
 
-// resendDelay is the wait before an attempt's next resend of msg1:
-// Msg1Resend, jittered to [3/4, 5/4) of it so that many initiators
-// started at once (a mesh coming up) do not resend in step.
-func resendDelay() time.Duration {
-	return Msg1Resend*3/4 + rand.N(Msg1Resend/2)
+// resendDelay is the wait before an attempt's resend number n (from 0)
+// of msg1: Msg1Resend for the quick ones, twice that after, jittered to
+// [3/4, 5/4) of it so that many initiators started at once (a mesh coming
+// up) do not resend in step.
+func resendDelay(n int) time.Duration {
+	d := Msg1Resend
+	if n >= quickResends {
+		d *= 2
+	}
+	return d*3/4 + rand.N(d/2)
 }
 
 // sleep waits d or until ctx ends; it reports whether d elapsed.
@@ -121,20 +135,14 @@ func (o *Overlay) admitAt(ctx context.Context, endpoint netip.AddrPort, expect *
 	stop := context.AfterFunc(o.ctx, cancel)
 	defer stop()
 	var bo backoff
-	wait := AttemptTimeout
 	var refused *RefusedError // the last refusal, for the final error
 	for {
-		id, err := o.attempt(ctx, endpoint, wait, expect)
+		id, err := o.attempt(ctx, endpoint, expect)
 		if err == nil {
 			return id, nil
 		}
 		if errors.Is(err, errOtherNode) {
 			return nil, fmt.Errorf("overlay: admit %s: %w", endpoint, err)
-		}
-		if errors.Is(err, errAttemptTimeout) {
-			// A loaded responder answers late, and a late msg2 no longer
-			// counts (a new attempt replaced it): give the next one longer.
-			wait = min(2*wait, AttemptTimeoutMax)
 		}
 		var rej *RejectError
 		if errors.As(err, &rej) {
@@ -161,7 +169,7 @@ func (o *Overlay) admitAt(ctx context.Context, endpoint netip.AddrPort, expect *
 
 // attempt is one initiator handshake. Retryable failures are returned as
 // plain errors, refusals as *RejectError.
-func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait time.Duration, expect *[32]byte) (*cert.Identity, error) {
+func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, expect *[32]byte) (*cert.Identity, error) {
 	ch := make(chan inboundPacket, 1)
 	o.hsMu.Lock()
 	idx := o.newIndexLocked()
@@ -192,9 +200,9 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 		return nil, err
 	}
 	sent := time.Now()
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(AttemptTimeout)
 	defer timer.Stop()
-	resend := time.NewTimer(resendDelay())
+	resend := time.NewTimer(resendDelay(0))
 	defer resend.Stop()
 	resends := 0
 	repeated := false // msg1 went again with a cookie
@@ -209,11 +217,11 @@ func (o *Overlay) attempt(ctx context.Context, endpoint netip.AddrPort, wait tim
 			if resends >= maxResends {
 				continue
 			}
-			resends++
 			if err := o.sendCounted(&o.stats.resent, msg1, endpoint); err != nil {
 				return nil, err
 			}
-			resend.Reset(resendDelay())
+			resends++
+			resend.Reset(resendDelay(resends))
 		case <-timer.C:
 			o.stats.timeouts.Add(1)
 			if carried && !repeated {
