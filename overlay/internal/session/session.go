@@ -60,6 +60,11 @@
 //     at once, whatever its state; for Timers.AdmitTimeout after a
 //     revocation, an admission that was under way does not bring the peer
 //     back (a new Want, for a new certificate, does).
+//   - Deadlines count from when the rules get to an event (the now of
+//     Next), since the actions they take run then; what happened is dated
+//     by the event's own time (Event.At). A loaded owner that takes its
+//     events late so gives its peers the time it lost, instead of giving
+//     up sessions it has only just configured.
 package session
 
 import (
@@ -166,6 +171,20 @@ type Event struct {
 	// Ref (Admitted): the owner's reference of the admission (opaque to
 	// the session; kept as Session.AdmitRef).
 	Ref uint64
+	// At is when the event happened (Table.Post stamps it; zero: at the
+	// now of Next). The rules date what happened by it (whether a session
+	// came up during an admission), and count their deadlines from the
+	// now of Next: the actions they take run then, so a table that runs
+	// late does not take the time it lost from its peers.
+	At time.Time
+}
+
+// happened is when ev happened: ev.At, or now if unset or later.
+func (ev Event) happened(now time.Time) time.Time {
+	if ev.At.IsZero() || ev.At.After(now) {
+		return now
+	}
+	return ev.At
 }
 
 // ActionKind says what the owner of a session must do.
@@ -291,14 +310,14 @@ func (s Session) Next(ev Event, now time.Time, t Timers) (Session, []Action) {
 	case SessionUp:
 		switch s.State {
 		case Awaiting, Suspect:
-			return s.up(now)
+			return s.up(ev, now)
 		}
 		return s, nil
 	case Heard:
 		switch s.State {
 		case Awaiting, Suspect:
 			// Transport data from the peer: the session works.
-			return s.up(now)
+			return s.up(ev, now)
 		}
 		return s, nil
 	case PeerStarted:
@@ -408,7 +427,7 @@ func (s Session) admitted(ev Event, now time.Time, t Timers) (Session, []Action)
 		acts = append(acts, Action{Kind: CancelAdmit})
 	}
 	s.AdmitRef = ev.Ref
-	began := now.Add(-ev.RTT - t.Slack)
+	began := ev.happened(now).Add(-ev.RTT - t.Slack)
 	fresh := false
 	switch s.State {
 	case Awaiting:
@@ -492,13 +511,13 @@ func (s Session) peerStarted(now time.Time, t Timers) Session {
 	return s
 }
 
-func (s Session) up(now time.Time) (Session, []Action) {
+func (s Session) up(ev Event, now time.Time) (Session, []Action) {
 	var acts []Action
 	if s.State == Awaiting && !s.Starts {
 		acts = append(acts, Action{Kind: EnableKeepalive})
 	}
 	if s.State == Awaiting {
-		s.UpAt = now
+		s.UpAt = ev.happened(now)
 	}
 	s = s.enter(Up, now)
 	s.Failures, s.Kicks, s.Probes = 0, 0, 0

@@ -675,3 +675,25 @@ func TestNames(t *testing.T) {
 		}
 	}
 }
+
+// TestEventTimeDatesTheSession: the rules date what happened by the
+// event's own time (Event.At), not by when they got to it. A session that
+// came up before a new admission of the peer began, but was reported to
+// the rules only after it, predates that admission: the peer restarted,
+// and the session is started fresh.
+func TestEventTimeDatesTheSession(t *testing.T) {
+	tm := testTimers()
+	s, _ := Session{}.Next(Event{Kind: Admitted, Responder: true, RTT: 10 * time.Millisecond}, t0, tm)
+	late := t0.Add(30 * time.Second) // the rules get to the next two events only now
+	s, _ = s.Next(Event{Kind: SessionUp, At: t0.Add(time.Second)}, late, tm)
+	if s.State != Up || !s.UpAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("%v up at %v, want up at the event's time %v", s.State, s.UpAt, t0.Add(time.Second))
+	}
+	s, acts := s.Next(Event{Kind: Admitted, Responder: true, RTT: 10 * time.Millisecond, At: t0.Add(10 * time.Second)}, late, tm)
+	if len(acts) != 1 || acts[0].Kind != Configure || !acts[0].Fresh {
+		t.Fatalf("actions %+v after an admission that began after the session came, want a fresh Configure", acts)
+	}
+	if s.State != Awaiting || !s.AdmittedAt.Equal(late) {
+		t.Fatalf("%v admitted at %v, want awaiting, admitted at %v", s.State, s.AdmittedAt, late)
+	}
+}

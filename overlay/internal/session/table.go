@@ -44,7 +44,7 @@ func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 type posted struct {
 	peer Key
 	ev   Event
-	at   time.Time     // when it was posted: the event's time
+	at   time.Time     // when it was posted: the event's time (Event.At)
 	done chan struct{} // closed once everything before it ran (Sync)
 }
 
@@ -179,7 +179,7 @@ func (t *Table) drain() {
 			synced = true
 			continue
 		}
-		t.step(p.peer, p.ev, p.at)
+		t.step(p.peer, p.at, p.ev, t.clock.Now())
 	}
 	if synced {
 		t.tick()
@@ -196,16 +196,17 @@ func (t *Table) tick() {
 			defer close(p.done) // once the ticks below ran
 			continue
 		}
-		t.step(p.peer, p.ev, p.at)
+		t.step(p.peer, p.at, p.ev, t.clock.Now())
 	}
 	for _, peer := range t.due(now) {
-		t.step(peer, Event{Kind: Tick}, now)
+		t.step(peer, now, Event{Kind: Tick}, now)
 	}
 }
 
-// step runs ev, which happened at now, on peer's session and executes
-// the actions.
-func (t *Table) step(peer Key, ev Event, now time.Time) {
+// step runs ev, which happened at at, on peer's session at now (when
+// the loop got to it) and executes the actions.
+func (t *Table) step(peer Key, at time.Time, ev Event, now time.Time) {
+	ev.At = at
 	t.mu.Lock()
 	s, known := t.sessions[peer]
 	next, acts := s.Next(ev, now, t.timers)

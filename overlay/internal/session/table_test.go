@@ -250,3 +250,40 @@ func TestTableCoalescesRepeats(t *testing.T) {
 		t.Fatalf("%d peers' last events still noted with the inbox empty", left)
 	}
 }
+
+// TestLateLoopKeepsSessionSetup: an admission that waited in the inbox
+// while the loop was busy gets its whole SessionSetup from when the loop
+// configures the peer, not from when it completed: a loop that runs late
+// does not give up, at once, the sessions it has only just set up.
+func TestLateLoopKeepsSessionSetup(t *testing.T) {
+	ctx, tab, clock, rec, tm := newTestTable(t)
+	peer := Key{7}
+	tab.Post(peer, Event{Kind: Admitted, Responder: true, RTT: 10 * time.Millisecond})
+	clock.advance(tm.SessionSetup + tm.Slack) // the loop was busy this long
+	configuredAt := clock.Now()
+	run(ctx, t, tab)
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	tab.Sync(sctx)
+	got := rec.take()
+	if len(got) != 1 || got[0].a.Kind != Configure {
+		t.Fatalf("actions %+v, want the peer configured, and nothing else", got)
+	}
+	if s := tab.Get(peer); s.State != Awaiting || !s.AdmittedAt.Equal(configuredAt) {
+		t.Fatalf("%v admitted at %v, want awaiting its session, admitted at %v (when the loop got to it)", s.State, s.AdmittedAt, configuredAt)
+	}
+	// Up to just before SessionSetup after that, the peer is kicked but
+	// kept.
+	for step := tm.SessionSetup / 8; clock.Now().Add(step).Before(configuredAt.Add(tm.SessionSetup)); {
+		clock.advance(step)
+		tab.Sync(sctx)
+		for _, r := range rec.take() {
+			if r.a.Kind == Remove {
+				t.Fatalf("removed %v after the loop configured it: %q", clock.Now().Sub(configuredAt), r.a.Reason)
+			}
+		}
+	}
+	if s := tab.Get(peer); s.State != Awaiting {
+		t.Fatalf("%v before SessionSetup ran out, want awaiting", s.State)
+	}
+}
