@@ -360,8 +360,10 @@ func TestLostSessionIsChecked(t *testing.T) {
 
 // TestRulesCancelKeepsCompletedAdmission: an admission the session rules
 // stop after it installed the peer (the peer's own admission of this node
-// completed meanwhile, so the rules cancel this one) leaves the peer
-// installed: the rules have taken that admission and judge its session.
+// completed meanwhile, so the rules cancel this one), or that runs out of
+// the time the rules gave it after that (it completed late on a loaded
+// node), leaves the peer installed: the rules have taken that admission
+// and judge its session.
 // Only a caller that gives up removes the admission's entry. (A 100-node
 // mesh lost about one pair in a thousand this way: the entry went, and
 // the pair waited for the other side to give up its session, 5 s or
@@ -395,6 +397,18 @@ func TestRulesCancelKeepsCompletedAdmission(t *testing.T) {
 	}
 	if !a.hasPeer(bKey) {
 		t.Fatal("the rules' cancel removed the admission's peer")
+	}
+
+	// An admission of the rules that ran out of the time they gave it
+	// after it installed the peer leaves the session to them too.
+	late, _, release := ruledAdmission(context.Background(), time.Millisecond)
+	defer release()
+	<-late.Done()
+	if err := a.awaitSession(late, entryOf(), nil, nil); err != nil {
+		t.Fatalf("an admission of the rules that ran out of time after it completed: %v", err)
+	}
+	if !a.hasPeer(bKey) {
+		t.Fatal("running out of the rules' bound removed the admission's peer")
 	}
 
 	// A caller that gives up takes its admission's entry with it.

@@ -360,8 +360,9 @@ func (o *Overlay) awaitSession(ctx context.Context, entry *peerEntry, refusals <
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), errAdmitCancelled) {
 				// The session rules stopped this admission (the peer's own
-				// admission of this node completed meanwhile, say) after
-				// it had installed the peer: the admission is done, and
+				// admission of this node completed meanwhile, say), or it
+				// ran out of the time they gave it, after it had installed
+				// the peer: the admission is done, and
 				// the session is the rules' to judge from here, as after
 				// any admission. Removing the entry here would undo the
 				// admission the rules have just taken. (Stopped because

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/aigrid/gridnet/overlay/cert"
 	"github.com/aigrid/gridnet/overlay/internal/session"
@@ -147,8 +148,7 @@ func (x *sessionExec) admitAction(key [32]byte, s session.Session) {
 	if cancel := x.admitting[key]; cancel != nil {
 		cancel(errAdmitCancelled)
 	}
-	ruled, cancelRuled := context.WithCancelCause(o.ctx)
-	ctx, cancel := context.WithTimeout(ruled, o.timers.AdmitTimeout+o.timers.SessionSetup)
+	ctx, cancelRuled, cancel := ruledAdmission(o.ctx, o.timers.AdmitTimeout+o.timers.SessionSetup)
 	x.admitting[key] = cancelRuled
 	o.wg.Add(1) // the table's goroutine is counted too: never from zero
 	go func() {
@@ -180,9 +180,23 @@ func (x *sessionExec) admitAction(key [32]byte, s session.Session) {
 }
 
 // errAdmitCancelled is the cause of an admission the session rules
-// stopped (CancelAdmit, or a new try of theirs): if it got as far as
-// installing the peer, the peer stays (see awaitSession).
+// stopped (CancelAdmit, or a new try of theirs), or that ran out of the
+// time they gave it: if it got as far as installing the peer, the peer
+// stays (see awaitSession).
 var errAdmitCancelled = errors.New("overlay: admission stopped by the session rules")
+
+// ruledAdmission is the context of an admission the session rules run:
+// cancelRuled stops it (with errAdmitCancelled), and so does bound, the
+// most it may take. Once the admission has installed the peer, the
+// session is the rules' to judge (Timers.SessionSetup after they took
+// the admission), so running out of bound does not remove it: on a
+// loaded node an admission that completed late would otherwise take the
+// peer away before the rules' own deadline. cancel releases the context.
+func ruledAdmission(parent context.Context, bound time.Duration) (ctx context.Context, cancelRuled context.CancelCauseFunc, cancel context.CancelFunc) {
+	ruled, cancelRuled := context.WithCancelCause(parent)
+	ctx, cancel = context.WithTimeoutCause(ruled, bound, errAdmitCancelled)
+	return ctx, cancelRuled, cancel
+}
 
 // cancelAdmit stops key's admission if one runs.
 func (x *sessionExec) cancelAdmit(key [32]byte) {
