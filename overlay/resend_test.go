@@ -255,3 +255,29 @@ func TestRepeatsPayThePerSourceLimit(t *testing.T) {
 		t.Fatalf("%d msg2s for one msg1 sent %d times, want %d (the per-source burst)", answers, sends, burst)
 	}
 }
+
+// TestResendPacing: an attempt resends its msg1 every Msg1Resend
+// (jittered to [3/4, 5/4) of it) during its first two seconds, half as
+// often after, and its resends fit in AttemptTimeout: the last of them at
+// the shortest delays still goes before the attempt ends.
+func TestResendPacing(t *testing.T) {
+	var shortest time.Duration
+	for n := range maxResends {
+		want := Msg1Resend
+		if n >= quickResends {
+			want *= 2
+		}
+		for range 200 {
+			if d := resendDelay(n); d < want*3/4 || d >= want*5/4 {
+				t.Fatalf("resend %d after %v, want within [%v, %v)", n, d, want*3/4, want*5/4)
+			}
+		}
+		shortest += want * 3 / 4
+	}
+	if time.Duration(quickResends)*Msg1Resend != 2*time.Second {
+		t.Fatalf("%d quick resends of %v: not the attempt's first two seconds", quickResends, Msg1Resend)
+	}
+	if shortest >= AttemptTimeout {
+		t.Fatalf("%d resends take at least %v, not within AttemptTimeout %v", maxResends, shortest, AttemptTimeout)
+	}
+}

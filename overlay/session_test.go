@@ -401,7 +401,8 @@ func TestRulesCancelKeepsCompletedAdmission(t *testing.T) {
 
 	// An admission of the rules that ran out of the time they gave it
 	// after it installed the peer leaves the session to them too.
-	late, _, release := ruledAdmission(context.Background(), time.Millisecond)
+	late, stopRuled, release := ruledAdmission(context.Background(), time.Millisecond)
+	defer stopRuled(nil)
 	defer release()
 	<-late.Done()
 	if err := a.awaitSession(late, entryOf(), nil, nil); err != nil {
