@@ -79,8 +79,8 @@ func newDelayRelay(t *testing.T, target netip.AddrPort, delay time.Duration) *de
 	return r
 }
 
-// TestLateAnswerCompletesTheAttempt: a responder whose msg2 comes seconds
-// late (an overloaded node) is admitted by the attempt it answered. The
+// TestLateAnswerCompletesTheAttempt: a responder whose msg2 comes late
+// (an overloaded node) is admitted by the attempt it answered. The
 // initiator starts no second attempt, which would cost the responder a
 // second answer while the first is on its way.
 func TestLateAnswerCompletesTheAttempt(t *testing.T) {
@@ -88,7 +88,9 @@ func TestLateAnswerCompletesTheAttempt(t *testing.T) {
 	f := newFixture(t, "corp.example")
 	a := startNode(t, f, "a", "100.64.0.1", nodeOpts{})
 	b := startNode(t, f, "b", "100.64.0.2", nodeOpts{})
-	relay := newDelayRelay(t, b.ep, AttemptTimeout/2)
+	// Later than the second an attempt used to wait, and far enough
+	// within AttemptTimeout that a loaded machine does not push it out.
+	relay := newDelayRelay(t, b.ep, 1500*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*AttemptTimeout)
 	defer cancel()
 	id, err := a.Admit(ctx, relay.addr)
