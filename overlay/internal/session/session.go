@@ -627,7 +627,9 @@ type Timers struct {
 	// before the peer is removed and wanted again.
 	SessionSetup time.Duration
 	// SuspectWindow is how long a suspected peer has to be heard from
-	// through its tunnel before it is removed.
+	// through its tunnel before it is removed. It is probed at the start
+	// and halfway. The default leaves room, within two seconds of the
+	// verdict, for the session loop's own delay on a loaded node.
 	SuspectWindow time.Duration
 	// Slack allows for the granularity of the clocks that time sessions
 	// and admissions.
@@ -655,7 +657,7 @@ func DefaultTimers() Timers {
 		KickRTTs:      3,
 		Grace:         3 * time.Second,
 		SessionSetup:  6 * time.Second,
-		SuspectWindow: 2 * time.Second,
+		SuspectWindow: 1750 * time.Millisecond,
 		Slack:         time.Second,
 		BackoffMin:    500 * time.Millisecond,
 		BackoffMax:    30 * time.Second,
