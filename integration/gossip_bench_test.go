@@ -395,7 +395,8 @@ type meshWatcher struct {
 	done    map[*node.Node]bool
 	last    time.Time // of the last reading
 	prev    string    // its result
-	missing int       // ordered pairs without a session at the last reading
+	missing int       // ordered pairs without a session at the last complete reading
+	readAll bool      // a reading has gone through every node
 }
 
 // meshReadEvery spaces the watcher's readings: the figure's resolution.
@@ -429,8 +430,8 @@ func (w *meshWatcher) read() string {
 		if !w.until.IsZero() && time.Now().After(w.until) {
 			n := len(w.nodes)
 			p := fmt.Sprintf("the reading under way stopped at the bound after %d of %d nodes, with %d ordered pairs (of %d) without a session so far", i, n, missing, n*(n-1))
-			if w.prev != "" {
-				p += "; the reading before: " + w.prev
+			if w.readAll {
+				p += fmt.Sprintf("; the last complete reading: %d without a session", w.missing)
 			}
 			return p
 		}
@@ -449,7 +450,7 @@ func (w *meshWatcher) read() string {
 		}
 		missing += lacks
 	}
-	w.missing = missing
+	w.missing, w.readAll = missing, true
 	if missing > 0 {
 		n := len(w.nodes)
 		return fmt.Sprintf("%d of %d ordered pairs without a session", missing, n*(n-1))

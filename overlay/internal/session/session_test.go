@@ -441,6 +441,31 @@ func TestSessionUpEndsTheWait(t *testing.T) {
 	}
 }
 
+// TestDefaultSuspectWindowLeavesRoom: with the default timers, a silent
+// suspect is removed within the fabric's goal of two seconds after
+// failure detection's verdict, with a quarter second left for the session
+// loop's own delay on a loaded node (measured: up to a tenth of a second
+// at 100 nodes on two cores); and its halfway probe still has half a
+// second and more to be answered across a slow link.
+func TestDefaultSuspectWindowLeavesRoom(t *testing.T) {
+	tm := DefaultTimers()
+	tm.Jitter = func(time.Duration) time.Duration { return 0 }
+	up := Session{State: Up, Since: t0, AdmittedAt: t0, UpAt: t0}
+	s, _ := up.Next(Event{Kind: Suspected}, t0, tm)
+	halfway := s.Deadline // the second probe
+	s, _ = s.Next(Event{Kind: Tick}, halfway, tm)
+	s, as := s.Next(Event{Kind: Tick}, s.Deadline, tm)
+	if s.State != Wanted || !strings.HasPrefix(acts(as), "remove(") {
+		t.Fatalf("silent suspect not removed at its window's end: %v [%s]", s.State, acts(as))
+	}
+	if removedAt := s.Since; removedAt.Sub(t0) > 2*time.Second-250*time.Millisecond {
+		t.Errorf("removed %v after the verdict: no room within 2 s for a loaded session loop", removedAt.Sub(t0))
+	}
+	if probeWait := s.Since.Sub(halfway); probeWait < 500*time.Millisecond {
+		t.Errorf("the halfway probe has %v to be answered, want at least 500ms", probeWait)
+	}
+}
+
 // TestSuspicionNeedsSilence: a suspected peer is probed at once and again
 // halfway through the window; heard from within it, it stays; silent
 // through it, it is removed and wanted again.
